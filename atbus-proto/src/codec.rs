@@ -97,8 +97,9 @@ impl Header {
             return Err(truncated(buf.len() + 1));
         };
         let header_len = version_len + length_len;
-        let size = (header_len + CHECKSUM_LEN) as u64 + length;
-        if size > limits.max_frame_size as u64 || length > usize::MAX as u64 {
+        // A hostile length near u64::MAX must not overflow the sum.
+        let size = length.saturating_add((header_len + CHECKSUM_LEN) as u64);
+        if size > limits.max_frame_size as u64 {
             return Err(FrameError::FrameTooLarge {
                 size,
                 max: limits.max_frame_size,

@@ -1,6 +1,6 @@
 //! Decoding frames from a byte stream (TCP, Unix stream, shm).
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 
 use crate::codec::{Header, decode_checked};
 use crate::pb::FrameMessage;
@@ -51,9 +51,11 @@ impl StreamDecoder {
         }
     }
 
-    /// Appends bytes read from the stream.
+    /// Appends bytes read from the stream; after an error they are discarded.
     pub fn extend(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if self.failed.is_none() {
+            self.buf.extend_from_slice(data);
+        }
     }
 
     /// The buffer to read into directly (for example with `read_buf`).
@@ -76,6 +78,8 @@ impl StreamDecoder {
     /// The frame's payload `bytes` fields are slices of the decoder's buffer.
     pub fn next_frame(&mut self) -> Result<Option<FrameMessage>, FrameError> {
         if let Some(err) = &self.failed {
+            // Bytes read into `buffer_mut` after the error are dropped too.
+            self.buf.clear();
             return Err(err.clone());
         }
         if self.buf.is_empty() {
@@ -95,7 +99,7 @@ impl StreamDecoder {
 
     fn fail(&mut self, err: FrameError) -> FrameError {
         self.failed = Some(err.clone());
-        self.buf.advance(self.buf.len());
+        self.buf.clear();
         err
     }
 }

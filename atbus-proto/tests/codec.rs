@@ -134,6 +134,12 @@ fn length_above_the_limit_is_rejected_from_the_header_alone() {
     ));
     assert_eq!(decoder.buffered(), 0);
 
+    // A length of u64::MAX does not overflow the size computation.
+    let mut header = vec![3u8];
+    prost::encoding::encode_varint(u64::MAX, &mut header);
+    let err = decode_frame(&Bytes::from(header), &DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, FrameError::FrameTooLarge { size: u64::MAX, .. }), "{err}");
+
     // A frame exactly at the limit passes.
     let body = vec![0u8; 0];
     let exact = raw_frame(3, 0, &body);
@@ -266,5 +272,13 @@ fn stream_decoder_error_is_final() {
     let err = decoder.next_frame().unwrap_err();
     assert_eq!(err, FrameError::UnsupportedVersion(7));
     decoder.extend(&wire(&data_frame(b"late")));
+    assert_eq!(decoder.buffered(), 0, "a failed decoder keeps nothing");
     assert_eq!(decoder.next_frame().unwrap_err(), err);
+}
+
+#[test]
+fn crc32c_check_value_matches_the_spec() {
+    // docs/protocol.md states this check value.
+    assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    assert_eq!(::crc32c::crc32c(b"123456789"), 0xe306_9283);
 }
