@@ -138,7 +138,10 @@ fn length_above_the_limit_is_rejected_from_the_header_alone() {
     let mut header = vec![3u8];
     prost::encoding::encode_varint(u64::MAX, &mut header);
     let err = decode_frame(&Bytes::from(header), &DecodeLimits::default()).unwrap_err();
-    assert!(matches!(err, FrameError::FrameTooLarge { size: u64::MAX, .. }), "{err}");
+    assert!(
+        matches!(err, FrameError::FrameTooLarge { size: u64::MAX, .. }),
+        "{err}"
+    );
 
     // A frame exactly at the limit passes.
     let body = vec![0u8; 0];

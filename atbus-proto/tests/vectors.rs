@@ -24,7 +24,13 @@ fn head() -> pb::MessageHead {
     }
 }
 
-fn packet(stream_id: i64, offset: i64, flags: i32, t: i64, fragment: Vec<FragmentType>) -> pb::FrameMessage {
+fn packet(
+    stream_id: i64,
+    offset: i64,
+    flags: i32,
+    t: i64,
+    fragment: Vec<FragmentType>,
+) -> pb::FrameMessage {
     pb::FrameMessage {
         head: Some(head()),
         body: Some(Body::Packet(pb::PacketData {
@@ -51,11 +57,25 @@ fn vectors() -> Vec<(&'static str, pb::FrameMessage)> {
         pmtud_padding: Bytes::new(),
         pmtud_received_size: 40,
     };
-    let labels: BTreeMap<String, String> =
-        [("app", "demo"), ("zone", "eu-1")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+    let labels: BTreeMap<String, String> = [("app", "demo"), ("zone", "eu-1")]
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
     vec![
-        ("ping", pb::FrameMessage { head: Some(head()), body: Some(Body::Ping(ping)) }),
-        ("pong", pb::FrameMessage { head: Some(head()), body: Some(Body::Pong(pong)) }),
+        (
+            "ping",
+            pb::FrameMessage {
+                head: Some(head()),
+                body: Some(Body::Ping(ping)),
+            },
+        ),
+        (
+            "pong",
+            pb::FrameMessage {
+                head: Some(head()),
+                body: Some(Body::Pong(pong)),
+            },
+        ),
         (
             "ack",
             pb::FrameMessage {
@@ -78,7 +98,11 @@ fn vectors() -> Vec<(&'static str, pb::FrameMessage)> {
                 0,
                 0,
                 1_000_500,
-                vec![FragmentType { packet_type: DATA, data: Bytes::from_static(b"hello"), ..Default::default() }],
+                vec![FragmentType {
+                    packet_type: DATA,
+                    data: Bytes::from_static(b"hello"),
+                    ..Default::default()
+                }],
             ),
         ),
         (
@@ -93,12 +117,21 @@ fn vectors() -> Vec<(&'static str, pb::FrameMessage)> {
                         packet_type: DATA,
                         data: Bytes::from_static(b"hello "),
                         fragment_flag: HAS_MORE,
-                        options: Some(pb::PacketOptions { token: Bytes::from_static(b"secret-token") }),
+                        options: Some(pb::PacketOptions {
+                            token: Bytes::from_static(b"secret-token"),
+                        }),
                         labels,
                         ..Default::default()
                     },
-                    FragmentType { data: Bytes::from_static(b"world"), ..Default::default() },
-                    FragmentType { packet_type: 100, data: Bytes::from_static(b"bye"), ..Default::default() },
+                    FragmentType {
+                        data: Bytes::from_static(b"world"),
+                        ..Default::default()
+                    },
+                    FragmentType {
+                        packet_type: 100,
+                        data: Bytes::from_static(b"bye"),
+                        ..Default::default()
+                    },
                 ],
             ),
         ),
@@ -137,7 +170,11 @@ fn golden_vectors_are_reproduced_byte_for_byte() {
             std::fs::write(&path, &wire).unwrap();
         }
         let golden = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(wire[..], golden[..], "{name}.bin differs from the encoder's output");
+        assert_eq!(
+            wire[..],
+            golden[..],
+            "{name}.bin differs from the encoder's output"
+        );
 
         let (decoded, used) = decode_frame(&Bytes::from(golden), &DecodeLimits::default()).unwrap();
         assert_eq!(used, wire.len());
@@ -148,19 +185,30 @@ fn golden_vectors_are_reproduced_byte_for_byte() {
 #[test]
 fn golden_data_frames_are_what_the_splicer_writes() {
     for (name, msg) in vectors() {
-        let Some(Body::Packet(packet)) = &msg.body else { continue };
+        let Some(Body::Packet(packet)) = &msg.body else {
+            continue;
+        };
         let content = decode_content(packet.content.clone(), &DecodeLimits::default()).unwrap();
         let metas: Vec<Option<CachedMessageMeta>> = content
             .fragment
             .iter()
-            .map(|f| (f.packet_type != 0 || f.options.is_some() || f.close_reason.is_some() || !f.labels.is_empty())
-                .then(|| CachedMessageMeta::new(f)))
+            .map(|f| {
+                (f.packet_type != 0
+                    || f.options.is_some()
+                    || f.close_reason.is_some()
+                    || !f.labels.is_empty())
+                .then(|| CachedMessageMeta::new(f))
+            })
             .collect();
         let specs: Vec<FragmentSpec> = content
             .fragment
             .iter()
             .zip(&metas)
-            .map(|(f, meta)| FragmentSpec { meta: meta.as_ref(), data: &f.data, has_more: f.fragment_flag == HAS_MORE })
+            .map(|(f, meta)| FragmentSpec {
+                meta: meta.as_ref(),
+                data: &f.data,
+                has_more: f.fragment_flag == HAS_MORE,
+            })
             .collect();
         let head = CachedHead::new(msg.head.as_ref().unwrap());
         let frame = DataFrame {
