@@ -8,12 +8,18 @@ fn atbus() -> Command {
 }
 
 fn vector(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/vectors").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/vectors")
+        .join(name)
 }
 
 #[test]
 fn decode_prints_every_frame_and_fragment_of_a_vector() {
-    let out = atbus().arg("decode").arg(vector("data_three_fragments.bin")).output().unwrap();
+    let out = atbus()
+        .arg("decode")
+        .arg(vector("data_three_fragments.bin"))
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("frame 0:"), "{stdout}");

@@ -1,0 +1,183 @@
+//! Round-trip time estimation and the retransmission timeout.
+//!
+//! Smoothed RTT and variance follow RFC 6298 §2 (weights 1/8 and 1/4). The timeout
+//! is the seed's empirical optimum, `factor × smoothed RTT` (factor 1.2), raised to
+//! `smoothed RTT + variance_weight × RTT variance` when the path is jittery so that
+//! delay noise does not fire spurious retransmissions, clamped to a floor and a
+//! ceiling, and doubled per consecutive timeout of the same range (RFC 6298 §5.5).
+
+use std::time::Duration;
+
+/// How the retransmission timeout is derived from the RTT.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RtoConfig {
+    /// RTT assumed before the first sample.
+    pub initial_rtt: Duration,
+    /// Multiplier of the smoothed RTT (the seed's 1.2).
+    pub factor: f64,
+    /// Multiplier of the RTT variance added to the smoothed RTT; the timeout is at
+    /// least `srtt + variance_weight × rttvar`.
+    pub variance_weight: f64,
+    /// The timeout is never shorter than this.
+    pub floor: Duration,
+    /// Nor longer than this, backoff included.
+    pub ceiling: Duration,
+    /// Consecutive timeouts double the timeout at most this many times.
+    pub max_backoff_exponent: u32,
+}
+
+impl Default for RtoConfig {
+    fn default() -> Self {
+        RtoConfig {
+            initial_rtt: Duration::from_millis(200),
+            factor: 1.2,
+            variance_weight: 2.0,
+            floor: Duration::from_millis(5),
+            ceiling: Duration::from_secs(10),
+            max_backoff_exponent: 6,
+        }
+    }
+}
+
+/// RTT state of one connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RttEstimator {
+    config: RtoConfig,
+    smoothed: Duration,
+    variance: Duration,
+    min: Duration,
+    latest: Duration,
+    samples: u64,
+}
+
+impl RttEstimator {
+    /// An estimator with no samples yet; it assumes `config.initial_rtt`.
+    pub fn new(config: RtoConfig) -> Self {
+        RttEstimator {
+            config,
+            smoothed: config.initial_rtt,
+            variance: config.initial_rtt / 2,
+            min: Duration::MAX,
+            latest: config.initial_rtt,
+            samples: 0,
+        }
+    }
+
+    /// Feeds one RTT measurement.
+    pub fn on_sample(&mut self, rtt: Duration) {
+        self.latest = rtt;
+        self.min = self.min.min(rtt);
+        if self.samples == 0 {
+            // RFC 6298 §2.2.
+            self.smoothed = rtt;
+            self.variance = rtt / 2;
+        } else {
+            // RFC 6298 §2.3: RTTVAR first, with the old SRTT.
+            let deviation = self.smoothed.abs_diff(rtt);
+            self.variance = (self.variance * 3 + deviation) / 4;
+            self.smoothed = (self.smoothed * 7 + rtt) / 8;
+        }
+        self.samples += 1;
+    }
+
+    /// Smoothed RTT (the initial RTT before any sample).
+    pub fn smoothed(&self) -> Duration {
+        self.smoothed
+    }
+
+    /// RTT variance.
+    pub fn variance(&self) -> Duration {
+        self.variance
+    }
+
+    /// Smallest RTT seen, `None` before any sample.
+    pub fn min(&self) -> Option<Duration> {
+        (self.samples > 0).then_some(self.min)
+    }
+
+    /// The latest sample (the initial RTT before any sample).
+    pub fn latest(&self) -> Duration {
+        self.latest
+    }
+
+    /// Number of samples taken.
+    pub fn samples(&self) -> u64 {
+        self.samples
+    }
+
+    /// The retransmission timeout for a range timed out `backoff` times in a row.
+    pub fn retransmit_timeout(&self, backoff: u32) -> Duration {
+        let c = &self.config;
+        let scaled = self.smoothed.mul_f64(c.factor);
+        let jittery = self.smoothed + self.variance.mul_f64(c.variance_weight);
+        let base = scaled.max(jittery).clamp(c.floor, c.ceiling);
+        let doublings = backoff.min(c.max_backoff_exponent);
+        base.saturating_mul(1 << doublings).min(c.ceiling)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn first_sample_sets_srtt_and_half_variance() {
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        assert_eq!(rtt.min(), None);
+        rtt.on_sample(ms(100));
+        assert_eq!(rtt.smoothed(), ms(100));
+        assert_eq!(rtt.variance(), ms(50));
+        assert_eq!(rtt.min(), Some(ms(100)));
+    }
+
+    #[test]
+    fn stable_path_converges_to_one_point_two_rtt() {
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        for _ in 0..100 {
+            rtt.on_sample(ms(50));
+        }
+        assert_eq!(rtt.smoothed(), ms(50));
+        assert!(rtt.variance() < Duration::from_micros(100));
+        assert_eq!(rtt.retransmit_timeout(0), ms(60));
+    }
+
+    #[test]
+    fn jittery_path_gets_a_longer_timeout_than_its_worst_common_sample() {
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        for i in 0..200 {
+            rtt.on_sample(if i % 2 == 0 { ms(40) } else { ms(80) });
+        }
+        // srtt ~60, rttvar ~20: srtt + 2 rttvar ~100 > 1.2 × 60 = 72 and > 80.
+        let rto = rtt.retransmit_timeout(0);
+        assert!(rto > ms(80), "{rto:?}");
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling() {
+        let config = RtoConfig {
+            ceiling: ms(1000),
+            ..RtoConfig::default()
+        };
+        let mut rtt = RttEstimator::new(config);
+        for _ in 0..50 {
+            rtt.on_sample(ms(100));
+        }
+        let base = rtt.retransmit_timeout(0);
+        assert_eq!(rtt.retransmit_timeout(1), base * 2);
+        assert_eq!(rtt.retransmit_timeout(2), base * 4);
+        assert_eq!(rtt.retransmit_timeout(30), ms(1000));
+    }
+
+    #[test]
+    fn floor_applies_to_tiny_rtts() {
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        for _ in 0..20 {
+            rtt.on_sample(Duration::from_micros(30));
+        }
+        assert_eq!(rtt.retransmit_timeout(0), ms(5));
+    }
+}
