@@ -44,6 +44,10 @@ pub enum FrameError {
         /// The configured maximum.
         max: usize,
     },
+    /// The protobuf wire structure is broken or uses constructs the schema has none of
+    /// (groups); found while counting elements, before prost decodes.
+    #[error("malformed protobuf: {0}")]
+    Malformed(&'static str),
     /// The protobuf body does not decode.
     #[error("malformed protobuf body: {0}")]
     Protobuf(#[from] prost::DecodeError),

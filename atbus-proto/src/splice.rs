@@ -163,8 +163,10 @@ impl FragmentSpec<'_> {
         len_field_len(self.body_len())
     }
 
-    /// Bytes this fragment adds beyond its payload: what a packetizer subtracts from
-    /// the room left in a datagram to know how much payload fits.
+    /// Bytes this fragment adds beyond its payload. It depends on the payload length
+    /// (the length varint grows at 128 and 16,384 bytes; an empty payload omits the
+    /// data field), so a packetizer must check the length it picks, not reuse the
+    /// overhead of another length.
     pub fn overhead(&self) -> usize {
         self.encoded_len() - self.data.len()
     }

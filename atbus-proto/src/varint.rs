@@ -28,43 +28,45 @@ pub(crate) fn read_varint(buf: &[u8]) -> Result<Option<(u64, usize)>, FrameError
 }
 
 /// Calls `f(field_number, payload)` for each length-delimited field at the top level
-/// of the encoded message `buf`; other wire types are skipped.
+/// of the encoded message `buf`; varint and fixed-size fields are skipped.
 ///
-/// The walk stops silently at the first malformed byte: prost rejects the same input
-/// when it decodes it, and stops at the same place.
+/// The walk must see everything prost will decode, or a hostile frame could hide
+/// elements from the counts: anything it cannot follow is refused. Groups (wire types
+/// 3 and 4) are refused although prost would skip them: the schema has none, and
+/// skipping them here would let elements after a group go uncounted.
 pub(crate) fn for_each_len_field(
     mut buf: &[u8],
     mut f: impl FnMut(u64, &[u8]) -> Result<(), FrameError>,
 ) -> Result<(), FrameError> {
+    let malformed = |what| Err(FrameError::Malformed(what));
     while !buf.is_empty() {
-        let Ok(Some((key, n))) = read_varint(buf) else {
-            return Ok(());
+        let Some((key, n)) = read_varint(buf)? else {
+            return malformed("truncated field key");
         };
         buf = &buf[n..];
         let skip = match key & 7 {
-            0 => match read_varint(buf) {
-                Ok(Some((_, n))) => n,
-                _ => return Ok(()),
+            0 => match read_varint(buf)? {
+                Some((_, n)) => n,
+                None => return malformed("truncated varint field"),
             },
             1 => 8,
             5 => 4,
             2 => {
-                let Ok(Some((len, n))) = read_varint(buf) else {
-                    return Ok(());
+                let Some((len, n)) = read_varint(buf)? else {
+                    return malformed("truncated field length");
                 };
-                let Some(end) = usize::try_from(len).ok().and_then(|l| l.checked_add(n)) else {
-                    return Ok(());
-                };
-                let Some(payload) = buf.get(n..end) else {
-                    return Ok(());
+                let end = usize::try_from(len).ok().and_then(|l| l.checked_add(n));
+                let Some(payload) = end.and_then(|end| buf.get(n..end)) else {
+                    return malformed("field length past the end of its message");
                 };
                 f(key >> 3, payload)?;
-                end
+                n + payload.len()
             }
-            _ => return Ok(()),
+            3 | 4 => return malformed("protobuf groups are not part of the schema"),
+            _ => return malformed("invalid wire type"),
         };
         let Some(rest) = buf.get(skip..) else {
-            return Ok(());
+            return malformed("truncated fixed-size field");
         };
         buf = rest;
     }

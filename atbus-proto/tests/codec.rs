@@ -170,6 +170,10 @@ fn protobuf_that_does_not_decode_is_rejected() {
     // Field 7 (packet), length-delimited, declares 5 bytes but only 1 follows.
     let bytes = Bytes::from(raw_frame(3, 3, &[0x3a, 0x05, 0x00]));
     let err = decode_frame(&bytes, &DecodeLimits::default()).unwrap_err();
+    assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+    // Well-formed wire structure that prost refuses: field 7 holding a varint.
+    let bytes = Bytes::from(raw_frame(3, 2, &[0x38, 0x01]));
+    let err = decode_frame(&bytes, &DecodeLimits::default()).unwrap_err();
     assert!(matches!(err, FrameError::Protobuf(_)), "{err}");
 }
 
@@ -284,4 +288,42 @@ fn crc32c_check_value_matches_the_spec() {
     // docs/protocol.md states this check value.
     assert_eq!(crc32c(b"123456789"), 0xe306_9283);
     assert_eq!(::crc32c::crc32c(b"123456789"), 0xe306_9283);
+}
+
+#[test]
+fn a_group_cannot_hide_fragments_from_the_limit() {
+    let limits = DecodeLimits {
+        max_fragments: 10,
+        ..DecodeLimits::default()
+    };
+    // An empty group on unknown field 15 (`7b 7c`), then 100 empty fragments: prost
+    // would skip the group and decode them all.
+    let mut content = vec![0x7bu8, 0x7c];
+    content.extend([0x0au8, 0x00].repeat(100));
+    let err = decode_content(Bytes::from(content), &limits).unwrap_err();
+    assert!(matches!(err, FrameError::Malformed(_)), "{err}");
+
+    // The same trick in front of an ACK's relay attributes.
+    let limits = DecodeLimits {
+        max_map_entries: 3,
+        ..DecodeLimits::default()
+    };
+    let mut body = vec![0x7bu8, 0x7c];
+    let attributes = (0..10)
+        .map(|i| (format!("k{i}"), "v".to_string()))
+        .collect();
+    let ack = pb::FrameMessage {
+        head: None,
+        body: Some(Body::Acknowledge(pb::AcknowledgeData {
+            forward_for: Some(pb::ForwardData {
+                attributes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    };
+    body.extend(ack.encode_to_vec());
+    let bytes = Bytes::from(raw_frame(3, body.len() as u64, &body));
+    let err = decode_frame(&bytes, &limits).unwrap_err();
+    assert!(matches!(err, FrameError::Malformed(_)), "{err}");
 }
