@@ -106,14 +106,30 @@ impl RttEstimator {
     }
 
     /// The retransmission timeout for a range timed out `backoff` times in a row.
+    ///
+    /// Never panics, whatever the configuration: a factor that is negative, NaN or
+    /// huge, or a floor above the ceiling, gives a timeout within [floor, ceiling]
+    /// (the ceiling winning when they conflict).
     pub fn retransmit_timeout(&self, backoff: u32) -> Duration {
         let c = &self.config;
-        let scaled = self.smoothed.mul_f64(c.factor);
-        let jittery = self.smoothed + self.variance.mul_f64(c.variance_weight);
-        let base = scaled.max(jittery).clamp(c.floor, c.ceiling);
+        let scaled = scale(self.smoothed, c.factor, c.ceiling);
+        let jittery =
+            self.smoothed
+                .saturating_add(scale(self.variance, c.variance_weight, c.ceiling));
+        let base = scaled.max(jittery).max(c.floor).min(c.ceiling);
         let doublings = backoff.min(c.max_backoff_exponent);
-        base.saturating_mul(1 << doublings).min(c.ceiling)
+        base.saturating_mul(2u32.saturating_pow(doublings))
+            .min(c.ceiling)
     }
+}
+
+/// `duration × factor`, with `cap` for results that do not fit and zero for
+/// factors that are negative or not numbers.
+fn scale(duration: Duration, factor: f64, cap: Duration) -> Duration {
+    if factor.is_nan() || factor <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(cap)
 }
 
 #[cfg(test)]
@@ -170,6 +186,27 @@ mod tests {
         assert_eq!(rtt.retransmit_timeout(1), base * 2);
         assert_eq!(rtt.retransmit_timeout(2), base * 4);
         assert_eq!(rtt.retransmit_timeout(30), ms(1000));
+    }
+
+    #[test]
+    fn odd_configurations_never_panic() {
+        let config = RtoConfig {
+            factor: f64::NAN,
+            variance_weight: -3.0,
+            floor: ms(500),
+            ceiling: ms(100),
+            max_backoff_exponent: 64,
+            ..RtoConfig::default()
+        };
+        let mut rtt = RttEstimator::new(config);
+        rtt.on_sample(ms(50));
+        assert_eq!(rtt.retransmit_timeout(0), ms(100));
+        assert_eq!(rtt.retransmit_timeout(40), ms(100));
+        let huge = RtoConfig {
+            factor: f64::MAX,
+            ..RtoConfig::default()
+        };
+        assert_eq!(RttEstimator::new(huge).retransmit_timeout(0), huge.ceiling);
     }
 
     #[test]

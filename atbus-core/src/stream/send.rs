@@ -119,9 +119,12 @@ pub struct SendBuffer<M> {
     lost: RangeSet<u64>,
     /// Largest number of unacknowledged offset units queued.
     window: u64,
-    /// A RESET_OFFSET to deliver: the first packet at this offset carries the flag
-    /// until the peer acknowledges it.
+    /// A RESET_OFFSET to deliver: every packet at this offset carries the flag until
+    /// the peer acknowledges it.
     reset: Option<u64>,
+    /// Whether the reset must go out in a packet of its own (no packet at its offset
+    /// has carried it since it was set or last declared lost).
+    reset_unsent: bool,
     finished: bool,
 }
 
@@ -138,6 +141,7 @@ impl<M> SendBuffer<M> {
             lost: RangeSet::new(),
             window,
             reset: Some(0),
+            reset_unsent: false,
             finished: false,
         }
     }
@@ -214,9 +218,27 @@ impl<M> SendBuffer<M> {
         self.reset
     }
 
-    /// Whether there is anything to send: a lost range or new data.
+    /// Whether there is anything to send: a lost range, new data, or a reset.
     pub fn has_pending(&self) -> bool {
-        !self.lost.is_empty() || self.next_new < self.end
+        !self.lost.is_empty() || self.next_new < self.end || self.reset_unsent
+    }
+
+    /// The offset of a RESET_OFFSET that must go out in a packet of its own (empty
+    /// content at that offset): after an expiry, the data at the reset offset may all
+    /// be acknowledged already, or there may be none.
+    pub fn reset_to_send(&self) -> Option<u64> {
+        self.reset.filter(|_| self.reset_unsent)
+    }
+
+    /// Records that a packet at the pending reset's offset carried RESET_OFFSET.
+    pub fn mark_reset_sent(&mut self) {
+        self.reset_unsent = false;
+    }
+
+    /// The packet that carried the reset was declared lost: send it again unless it
+    /// was acknowledged meanwhile.
+    pub fn on_reset_lost(&mut self) {
+        self.reset_unsent = self.reset.is_some();
     }
 
     fn message_at(&self, offset: u64) -> Option<&QueuedMessage<M>> {
@@ -246,7 +268,14 @@ impl<M> SendBuffer<M> {
 
     /// Records that `[start, end)` was sent: it is no longer lost, and new data
     /// advances.
+    ///
+    /// `end` is clamped to the end of the message holding `start`, as
+    /// [`Pending::cut`] clamps it: one fragment never spans two messages.
     pub fn mark_sent(&mut self, start: u64, end: u64) {
+        let Some(message_end) = self.message_at(start).map(QueuedMessage::end) else {
+            return;
+        };
+        let end = end.min(message_end);
         if start >= end {
             return;
         }
@@ -257,11 +286,27 @@ impl<M> SendBuffer<M> {
     }
 
     /// The peer has everything below `acknowledged` (`acknowledge_offset`).
-    pub fn on_acknowledged(&mut self, acknowledged: u64) -> AckOutcome {
-        if self.reset.is_some_and(|reset| acknowledged >= reset) {
-            self.reset = None;
+    ///
+    /// An acknowledgement beyond what was ever sent is impossible from an honest peer
+    /// of this incarnation; it is ignored (returns `None`) rather than trusted.
+    pub fn on_acknowledged(&mut self, acknowledged: u64) -> Option<AckOutcome> {
+        if acknowledged > self.next_new {
+            return None;
         }
-        let acknowledged = acknowledged.min(self.next_new);
+        // The peer's read point reached the reset: it has applied it (or received
+        // everything before it, which makes it moot). A reset at 0 (a new incarnation)
+        // is only known to have arrived once something after it is acknowledged.
+        if self
+            .reset
+            .is_some_and(|reset| acknowledged > reset || (reset > 0 && acknowledged == reset))
+        {
+            self.reset = None;
+            self.reset_unsent = false;
+        }
+        Some(self.advance_base(acknowledged))
+    }
+
+    fn advance_base(&mut self, acknowledged: u64) -> AckOutcome {
         if acknowledged <= self.base {
             return AckOutcome::default();
         }
@@ -349,6 +394,7 @@ impl<M> SendBuffer<M> {
         self.acked.remove(0..reset_to);
         self.lost.remove(0..reset_to);
         self.reset = Some(reset_to);
+        self.reset_unsent = true;
         Some(Expired { messages, reset_to })
     }
 }
@@ -456,18 +502,22 @@ mod tests {
         let outcome = buf.on_acknowledged(20);
         assert_eq!(
             outcome,
-            AckOutcome {
+            Some(AckOutcome {
                 newly_acknowledged: 20,
                 released_messages: 2
-            }
+            })
         );
         assert!(buf.has_room(9));
         assert_eq!(
             buf.on_acknowledged(20),
-            AckOutcome::default(),
+            Some(AckOutcome::default()),
             "duplicate ack"
         );
-        assert_eq!(buf.on_acknowledged(5), AckOutcome::default(), "stale ack");
+        assert_eq!(
+            buf.on_acknowledged(5),
+            Some(AckOutcome::default()),
+            "stale ack"
+        );
     }
 
     #[test]
@@ -481,17 +531,76 @@ mod tests {
         let lost: Vec<_> = buf.lost.iter().cloned().collect();
         assert_eq!(lost, vec![0..20, 50..100]);
         // A cumulative ack over selectively acknowledged units counts them once.
-        assert_eq!(buf.on_acknowledged(60).newly_acknowledged, 30);
+        assert_eq!(buf.on_acknowledged(60).unwrap().newly_acknowledged, 30);
     }
 
     #[test]
-    fn an_ack_beyond_what_was_sent_is_clamped() {
+    fn an_ack_beyond_what_was_sent_is_ignored() {
         let mut buf = buffer();
         buf.push(Bytes::from(vec![0u8; 9]), 1, None).unwrap();
-        assert_eq!(buf.on_acknowledged(1_000).newly_acknowledged, 0);
+        assert_eq!(buf.on_acknowledged(1_000), None);
+        assert_eq!(
+            buf.pending_reset(),
+            Some(0),
+            "an impossible ack clears nothing"
+        );
         send_all(&mut buf, 100);
-        assert_eq!(buf.on_acknowledged(1_000).newly_acknowledged, 10);
+        assert_eq!(buf.on_acknowledged(11), None);
+        assert_eq!(buf.on_acknowledged(10).unwrap().newly_acknowledged, 10);
         assert!(buf.is_settled());
+    }
+
+    #[test]
+    fn the_incarnation_reset_needs_an_ack_past_zero() {
+        let mut buf = buffer();
+        buf.push(Bytes::from(vec![0u8; 9]), 1, None).unwrap();
+        send_all(&mut buf, 4);
+        // The first packet (with the flag) was lost; the peer acks 0.
+        buf.on_acknowledged(0);
+        assert_eq!(buf.pending_reset(), Some(0));
+        buf.on_acknowledged(4);
+        assert_eq!(buf.pending_reset(), None);
+    }
+
+    #[test]
+    fn mark_sent_never_runs_past_the_message() {
+        let mut buf = buffer();
+        buf.push(Bytes::from(vec![1u8; 5]), 1, None).unwrap();
+        buf.push(Bytes::from(vec![2u8; 5]), 2, None).unwrap();
+        let p = buf.next_pending().unwrap();
+        let offset = p.offset;
+        // A caller that forgets the limit: the first message ends at 6.
+        buf.mark_sent(offset, offset + 100);
+        assert_eq!(buf.next_new(), 6);
+        send_all(&mut buf, 100);
+        buf.on_lost(3, 9);
+        buf.mark_sent(3, 103);
+        assert_eq!(
+            buf.next_pending().map(|p| (p.offset, p.limit)),
+            Some((6, 9))
+        );
+    }
+
+    #[test]
+    fn a_reset_with_nothing_left_to_carry_it_goes_out_alone() {
+        let mut buf = buffer();
+        let t = Timestamp::from_micros;
+        buf.push(Bytes::from(vec![0u8; 4]), 1, Some(t(100)))
+            .unwrap();
+        send_all(&mut buf, 100);
+        buf.on_acknowledged(0);
+        buf.expire(t(100));
+        assert!(buf.has_pending());
+        assert!(buf.next_pending().is_none(), "no data left");
+        assert_eq!(buf.reset_to_send(), Some(5));
+        buf.mark_reset_sent();
+        assert!(!buf.has_pending());
+        buf.on_reset_lost();
+        assert_eq!(buf.reset_to_send(), Some(5));
+        buf.mark_reset_sent();
+        buf.on_acknowledged(5);
+        assert!(buf.is_settled());
+        assert_eq!(buf.reset_to_send(), None);
     }
 
     #[test]
@@ -504,12 +613,12 @@ mod tests {
             .unwrap();
         buf.push(Bytes::from(vec![0u8; 4]), 3, Some(t(500)))
             .unwrap();
-        buf.on_acknowledged(0);
+        send_all(&mut buf, 3);
+        buf.on_acknowledged(3);
         assert!(
             buf.pending_reset().is_none(),
             "the incarnation reset is acknowledged"
         );
-        send_all(&mut buf, 3);
         assert_eq!(buf.expire(t(99)), None);
         assert_eq!(
             buf.expire(t(100)),
