@@ -29,6 +29,21 @@ fn data_frame(payload: &[u8]) -> pb::FrameMessage {
     }
 }
 
+/// An ACK frame whose relay data carries `n` attributes.
+fn ack_with_attributes(n: usize) -> pb::FrameMessage {
+    let attributes = (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect();
+    pb::FrameMessage {
+        head: None,
+        body: Some(Body::Acknowledge(pb::AcknowledgeData {
+            forward_for: Some(pb::ForwardData {
+                attributes,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })),
+    }
+}
+
 fn wire(msg: &pb::FrameMessage) -> Bytes {
     let mut buf = BytesMut::new();
     encode_frame(msg, &mut buf);
@@ -219,18 +234,7 @@ fn too_many_map_entries_are_refused_before_decoding() {
         }
     );
 
-    let attributes = (0..4).map(|i| (format!("k{i}"), "v".to_string())).collect();
-    let ack = pb::FrameMessage {
-        head: None,
-        body: Some(Body::Acknowledge(pb::AcknowledgeData {
-            forward_for: Some(pb::ForwardData {
-                attributes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    };
-    let err = decode_frame(&wire(&ack), &limits).unwrap_err();
+    let err = decode_frame(&wire(&ack_with_attributes(4)), &limits).unwrap_err();
     assert_eq!(
         err,
         FrameError::TooManyElements {
@@ -309,20 +313,7 @@ fn a_group_cannot_hide_fragments_from_the_limit() {
         ..DecodeLimits::default()
     };
     let mut body = vec![0x7bu8, 0x7c];
-    let attributes = (0..10)
-        .map(|i| (format!("k{i}"), "v".to_string()))
-        .collect();
-    let ack = pb::FrameMessage {
-        head: None,
-        body: Some(Body::Acknowledge(pb::AcknowledgeData {
-            forward_for: Some(pb::ForwardData {
-                attributes,
-                ..Default::default()
-            }),
-            ..Default::default()
-        })),
-    };
-    body.extend(ack.encode_to_vec());
+    body.extend(ack_with_attributes(10).encode_to_vec());
     let bytes = Bytes::from(raw_frame(3, body.len() as u64, &body));
     let err = decode_frame(&bytes, &limits).unwrap_err();
     assert!(matches!(err, FrameError::Malformed(_)), "{err}");
