@@ -19,6 +19,9 @@ enum Command {
     /// Two nodes exchanging messages over a lossy multi-path loopback link, with live
     /// statistics (arrives with the runtime-adapters issue).
     Demo,
+    /// Run two atbus endpoints over simulated links in virtual time and report
+    /// delivery and latency (exact, deterministic for a seed).
+    Sim(SimArgs),
     /// Decode files holding atbus frames (a datagram or a captured byte stream) and
     /// print each frame.
     Decode {
@@ -29,6 +32,39 @@ enum Command {
         #[arg(long, default_value_t = atbus_proto::DEFAULT_MAX_FRAME_SIZE)]
         max_frame_size: usize,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct SimArgs {
+    /// A path: comma-separated key=value (delay=30ms, jitter=5ms, loss=2%, burst=N,
+    /// dup=0.1%, reorder=1%, corrupt=0.1%, mtu=1200, bw=20mbit, queue=64kb,
+    /// down=2s-5s). Repeat for several paths. Default: one path, delay=25ms.
+    #[arg(long = "path", value_name = "SPEC")]
+    paths: Vec<String>,
+    /// Messages the client sends.
+    #[arg(long, default_value_t = 100)]
+    messages: u64,
+    /// Message size in bytes: N, or MIN-MAX drawn uniformly.
+    #[arg(long, default_value = "1000", value_name = "N|MIN-MAX")]
+    size: String,
+    /// Time between two sends (us, ms, s); 0 sends everything at once.
+    #[arg(long, default_value = "10ms", value_name = "DUR")]
+    interval: String,
+    /// Streams the messages are spread over (round robin).
+    #[arg(long, default_value_t = 1)]
+    streams: u32,
+    /// The receiver echoes each message; latency is the round trip.
+    #[arg(long)]
+    echo: bool,
+    /// Seed of every random draw (payloads, links).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Virtual time after which the run stops.
+    #[arg(long, default_value = "600s", value_name = "DUR")]
+    time_limit: String,
+    /// Print one JSON object instead of a summary.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
@@ -42,11 +78,94 @@ fn main() -> ExitCode {
             );
             ExitCode::from(2)
         }
+        Command::Sim(args) => match sim(&args) {
+            Ok(code) => code,
+            Err(message) => {
+                eprintln!("atbus sim: {message}");
+                ExitCode::from(2)
+            }
+        },
         Command::Decode {
             files,
             max_frame_size,
         } => decode(&files, max_frame_size),
     }
+}
+
+fn parse_size(value: &str) -> Result<atbus_sim::SizeRange, String> {
+    let number = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("invalid size {v:?}: expected N or MIN-MAX in bytes"))
+    };
+    let range = match value.split_once('-') {
+        Some((min, max)) => atbus_sim::SizeRange {
+            min: number(min)?,
+            max: number(max)?,
+        },
+        None => atbus_sim::SizeRange::fixed(number(value)?),
+    };
+    if range.min > range.max {
+        return Err(format!("invalid size {value:?}: MIN is above MAX"));
+    }
+    Ok(range)
+}
+
+fn parse_duration(what: &str, value: &str) -> Result<std::time::Duration, String> {
+    if value.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    atbus_sim::spec::parse_duration(value)
+        .ok_or_else(|| format!("invalid {what} {value:?}: expected a number with us, ms or s"))
+}
+
+fn sim(args: &SimArgs) -> Result<ExitCode, String> {
+    let paths = if args.paths.is_empty() {
+        vec![atbus_sim::LinkConfig::default()]
+    } else {
+        args.paths
+            .iter()
+            .map(|spec| {
+                spec.parse::<atbus_sim::LinkConfig>()
+                    .map_err(|err| format!("--path {spec:?}: {err}"))
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let scenario = atbus_sim::Scenario {
+        paths,
+        messages: args.messages,
+        size: parse_size(&args.size)?,
+        interval: parse_duration("interval", &args.interval)?,
+        streams: args.streams,
+        echo: args.echo,
+        seed: args.seed,
+        time_limit: parse_duration("time limit", &args.time_limit)?,
+    };
+    scenario.validate().map_err(|err| err.to_string())?;
+    let min_mtu = atbus_core::config::MIN_MTU;
+    if let Some(path) = scenario.paths.iter().find(|p| p.mtu < min_mtu) {
+        return Err(format!(
+            "mtu={} is below the smallest atbus accepts ({min_mtu})",
+            path.mtu
+        ));
+    }
+    let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
+    let (client, server) = atbus_sim::atbus::pair(&mtus);
+    let report = atbus_sim::run(&scenario, client, server);
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        println!("{report}");
+    }
+    let perfect = report.delivered == report.sent
+        && report.duplicates == 0
+        && report.out_of_order == 0
+        && report.corrupted == 0;
+    Ok(if perfect {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn decode(files: &[PathBuf], max_frame_size: usize) -> ExitCode {

@@ -258,7 +258,13 @@ impl DataFrame<'_> {
 
     /// Length of the whole frame, known without encoding anything.
     pub fn encoded_len(&self) -> usize {
-        frame_len_for_body(self.body_len(self.packet_len(self.content.len())))
+        self.encoded_len_with_content(self.content.len())
+    }
+
+    /// Length the whole frame would have if its content were `content_len` bytes
+    /// (`self.content` is ignored): what a packetizer needs to fit a frame in an MTU.
+    pub fn encoded_len_with_content(&self, content_len: usize) -> usize {
+        frame_len_for_body(self.body_len(self.packet_len(content_len)))
     }
 
     /// Appends the frame to `buf`, checksum included; writes exactly

@@ -85,6 +85,7 @@ fn vectors() -> Vec<(&'static str, pb::FrameMessage)> {
                         stream_id: 1,
                         acknowledge_offset: 18,
                         received_max_offset: 42,
+                        received_ranges: Vec::new(),
                     }),
                     timepoint_microseconds: 1_000_500,
                     forward_for: None,

@@ -221,6 +221,12 @@ fn scaled(number: &str, scale: u128) -> Option<u128> {
 }
 
 /// A duration with unit `us`, `ms` or `s`.
+/// Parses a duration in the SPEC syntax: a decimal number with `us`, `ms` or `s`
+/// (`250us`, `1.5ms`, `2s`).
+pub fn parse_duration(value: &str) -> Option<Duration> {
+    duration(value)
+}
+
 fn duration(value: &str) -> Option<Duration> {
     let (number, unit) = split_unit(value);
     let nanos_per_unit = match unit.as_str() {

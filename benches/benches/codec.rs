@@ -27,6 +27,7 @@ fn ack_frame() -> pb::FrameMessage {
                 stream_id: 1,
                 acknowledge_offset: 1_234_567,
                 received_max_offset: 1_240_000,
+                received_ranges: Vec::new(),
             }),
             timepoint_microseconds: 987_654_321,
             forward_for: None,

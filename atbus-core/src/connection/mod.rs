@@ -1,5 +1,237 @@
 //! Connections (paths) to a peer: RTT, in-flight ranges, MTU, congestion state and
 //! statistics. A connection owns no stream data; it only knows which stream ranges it
-//! has carried.
+//! has carried ([`recovery`]), plus the tiny control stream (`-1`) of its own
+//! handshake.
 
+pub mod congestion;
+pub mod recovery;
 pub mod rtt;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use atbus_proto::{CachedHead, StreamDecoder, pb};
+
+use crate::config::{ConnectionKind, EndpointConfig, STREAM_TRANSMIT_SIZE};
+use crate::event::{CloseReason, PeerId};
+use crate::stream::{Assembler, RecvMeta, SendBuffer, SendMeta};
+use crate::time::Timestamp;
+use congestion::{CongestionController, FixedWindow, NewReno};
+use recovery::InFlight;
+use rtt::RttEstimator;
+
+/// Window of the control stream, both ways: hellos and commands are small.
+pub(crate) const CONTROL_WINDOW: u64 = 256 * 1024;
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// This endpoint sent the hello.
+    Initiator,
+    /// The peer sent the hello.
+    Acceptor,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    /// Hello sent or awaited.
+    Handshaking,
+    /// The hello was accepted: data flows.
+    Established,
+    /// Closed; only a FINISH_CONNECTION may still go out.
+    Closed,
+}
+
+/// Counters of one connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Datagrams (or stream transmits) sent.
+    pub sent_packets: u64,
+    /// Bytes sent.
+    pub sent_bytes: u64,
+    /// Datagrams (or stream reads) received.
+    pub received_packets: u64,
+    /// Bytes received.
+    pub received_bytes: u64,
+    /// Data frames sent.
+    pub sent_frames: u64,
+    /// Fragments sent.
+    pub sent_fragments: u64,
+    /// Datagrams with at least one range declared lost.
+    pub lost_packets: u64,
+    /// Ranges resent after being declared lost.
+    pub retransmits: u64,
+    /// Retransmissions found unnecessary.
+    pub spurious_retransmits: u64,
+    /// Datagrams or frames dropped as malformed (bad checksum, bad protobuf, ...).
+    pub malformed: u64,
+    /// Frames dropped because a receive limit was reached.
+    pub dropped_over_limit: u64,
+    /// Early-data frames dropped because the early-data budget was full.
+    pub dropped_early: u64,
+    /// ACK frames sent.
+    pub sent_acks: u64,
+    /// Pings sent.
+    pub sent_pings: u64,
+}
+
+/// A snapshot of a connection for the application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    /// The connection's kind.
+    pub kind: ConnectionKind,
+    /// Its role.
+    pub role: Role,
+    /// Its state.
+    pub state: ConnectionState,
+    /// Its peer, once bound.
+    pub peer: Option<PeerId>,
+    /// Largest datagram it sends.
+    pub mtu: usize,
+    /// Smoothed RTT.
+    pub srtt: Duration,
+    /// Minimum RTT seen, if any sample was taken.
+    pub min_rtt: Option<Duration>,
+    /// Current retransmission timeout.
+    pub rto: Duration,
+    /// Congestion window.
+    pub congestion_window: usize,
+    /// Bytes in flight.
+    pub bytes_in_flight: usize,
+    /// Counters.
+    pub stats: ConnectionStats,
+}
+
+/// One connection's state.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub kind: ConnectionKind,
+    pub role: Role,
+    pub state: ConnectionState,
+    pub peer: Option<PeerId>,
+    pub mtu: usize,
+    pub head: CachedHead,
+    pub rtt: RttEstimator,
+    pub cc: Box<dyn CongestionController>,
+    pub in_flight: InFlight,
+    /// Send time of the newest frame the peer is known to have received.
+    pub newest_delivered: Timestamp,
+    /// RTT of that frame.
+    pub rack_rtt: Duration,
+    /// Consecutive retransmission timeouts without progress.
+    pub rto_backoff: u32,
+    /// The newest echoed timepoint an RTT sample was taken from.
+    pub sampled_echo: Timestamp,
+    /// The newest timepoint this connection sent.
+    pub last_sent_timepoint: Timestamp,
+    pub control_send: SendBuffer<SendMeta>,
+    pub control_recv: Assembler<RecvMeta>,
+    /// Streams with an acknowledgement to send, and since when.
+    pub ack_pending: BTreeMap<i64, Timestamp>,
+    /// Finished streams to acknowledge again, with their final offsets.
+    pub tombstone_acks: BTreeMap<i64, u64>,
+    /// The newest timepoint received (echoed in ACKs).
+    pub echo: i64,
+    /// Timepoints of pings to answer.
+    pub pongs: VecDeque<i64>,
+    /// A ping to send, and the timepoint of the one outstanding.
+    pub ping_due: bool,
+    pub ping_outstanding: Option<Timestamp>,
+    pub last_received: Timestamp,
+    pub last_sent: Timestamp,
+    pub decoder: Option<StreamDecoder>,
+    /// Frames received before the handshake completed (acceptor side).
+    pub early: Vec<pb::FrameMessage>,
+    pub early_bytes: usize,
+    /// A hello waiting for the application's decision.
+    pub deferred_hello: Option<crate::handshake::Hello>,
+    /// FINISH_CONNECTION to send before forgetting the connection.
+    pub close_frame: Option<CloseReason>,
+    pub packets_sent: u64,
+    pub stats: ConnectionStats,
+}
+
+impl Connection {
+    pub fn new(kind: ConnectionKind, role: Role, config: &EndpointConfig, now: Timestamp) -> Self {
+        let (mtu, cc, decoder): (usize, Box<dyn CongestionController>, _) = match kind {
+            ConnectionKind::Datagram { mtu } => {
+                (mtu, Box::new(NewReno::new(config.congestion, mtu)), None)
+            }
+            ConnectionKind::Stream => (
+                STREAM_TRANSMIT_SIZE.min(config.decode_limits.max_frame_size),
+                Box::new(FixedWindow(config.reliable_window)),
+                Some(StreamDecoder::new(config.decode_limits)),
+            ),
+        };
+        Connection {
+            kind,
+            role,
+            state: ConnectionState::Handshaking,
+            peer: None,
+            mtu,
+            head: CachedHead::absent(),
+            rtt: RttEstimator::new(config.rto),
+            cc,
+            in_flight: InFlight::default(),
+            newest_delivered: Timestamp::ZERO,
+            rack_rtt: Duration::ZERO,
+            rto_backoff: 0,
+            sampled_echo: Timestamp::ZERO,
+            last_sent_timepoint: Timestamp::ZERO,
+            control_send: SendBuffer::new(CONTROL_WINDOW),
+            control_recv: Assembler::new(CONTROL_WINDOW),
+            ack_pending: BTreeMap::new(),
+            tombstone_acks: BTreeMap::new(),
+            echo: 0,
+            pongs: VecDeque::new(),
+            ping_due: false,
+            ping_outstanding: None,
+            last_received: now,
+            last_sent: now,
+            decoder,
+            early: Vec::new(),
+            early_bytes: 0,
+            deferred_hello: None,
+            close_frame: None,
+            packets_sent: 0,
+            stats: ConnectionStats::default(),
+        }
+    }
+
+    /// Whether the connection retransmits (datagram kind).
+    pub fn is_lossy(&self) -> bool {
+        matches!(self.kind, ConnectionKind::Datagram { .. })
+    }
+
+    /// The retransmission timeout with the current backoff.
+    pub fn rto(&self) -> Duration {
+        self.rtt.retransmit_timeout(self.rto_backoff)
+    }
+
+    /// The reordering window of the time-ordered loss rule: a quarter of the minimum
+    /// RTT, or the RTT variation if larger (jittery links), at most the smoothed RTT.
+    pub fn reorder_window(&self) -> Duration {
+        let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
+        quarter
+            .max(self.rtt.variance())
+            .max(Duration::from_millis(1))
+            .min(self.rtt.smoothed())
+    }
+
+    pub fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            kind: self.kind,
+            role: self.role,
+            state: self.state,
+            peer: self.peer,
+            mtu: self.mtu,
+            srtt: self.rtt.smoothed(),
+            min_rtt: self.rtt.min(),
+            rto: self.rto(),
+            congestion_window: self.cc.window(),
+            bytes_in_flight: self.in_flight.bytes(),
+            stats: self.stats,
+        }
+    }
+}

@@ -12,3 +12,72 @@ pub use assembler::{
     ResetOutcome,
 };
 pub use send::{AckOutcome, Expired, Pending, PushError, QueuedMessage, SendBuffer};
+
+use std::collections::BTreeMap;
+
+use atbus_proto::CachedMessageMeta;
+use bytes::Bytes;
+
+use crate::event::CloseReason;
+
+/// Metadata of a queued message: its encoded metadata, and whether it is the
+/// stream's FINISH_STREAM marker.
+#[derive(Debug, Clone)]
+pub struct SendMeta {
+    /// Encoded once, spliced into the fragment that starts the message.
+    pub cached: CachedMessageMeta,
+    /// The empty message that finishes the stream (its packet carries
+    /// FINISH_STREAM and its fragment the close reason).
+    pub fin: bool,
+}
+
+/// Metadata of a received message, from the fragment that started it.
+#[derive(Debug, Clone, Default)]
+pub struct RecvMeta {
+    /// `packet_type`.
+    pub packet_type: i32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// The token option.
+    pub token: Bytes,
+    /// The close reason (on a FINISH_STREAM marker or a handshake reject).
+    pub close_reason: Option<CloseReason>,
+    /// The fragment came in a packet flagged FINISH_STREAM and carries a close
+    /// reason: the message is the stream's finish marker.
+    pub fin: bool,
+}
+
+/// Both directions of one stream with a peer.
+#[derive(Debug)]
+pub(crate) struct Stream {
+    pub send: SendBuffer<SendMeta>,
+    pub recv: Assembler<RecvMeta>,
+    /// A push answered `WouldBlock` with a message of this size: raise `Writable`
+    /// once it fits.
+    pub blocked: Option<usize>,
+    /// The peer's finish marker was delivered.
+    pub recv_finished: bool,
+    /// Payload bytes this stream counted against the peer's receive limit.
+    pub counted: usize,
+}
+
+impl Stream {
+    pub fn new(send_window: u64, receive_window: u64) -> Self {
+        Stream {
+            send: SendBuffer::new(send_window),
+            recv: Assembler::new(receive_window),
+            blocked: None,
+            recv_finished: false,
+            counted: 0,
+        }
+    }
+
+    /// Whether nothing is left either way and the stream can be forgotten.
+    pub fn is_done(&self) -> bool {
+        let recv_done = self.recv_finished && self.recv.buffered_bytes() == 0
+            || self.recv.received_max_offset() == 0 && self.recv.read_offset() == 0;
+        let send_done = self.send.end() == 0 && self.blocked.is_none()
+            || self.send.is_finished() && self.send.is_settled();
+        recv_done && send_done && (self.recv_finished || self.send.is_finished())
+    }
+}

@@ -126,6 +126,8 @@ pub struct SendBuffer<M> {
     /// has carried it since it was set or last declared lost).
     reset_unsent: bool,
     finished: bool,
+    /// Payload bytes of `messages`.
+    buffered: usize,
 }
 
 impl<M> SendBuffer<M> {
@@ -143,6 +145,7 @@ impl<M> SendBuffer<M> {
             reset: Some(0),
             reset_unsent: false,
             finished: false,
+            buffered: 0,
         }
     }
 
@@ -169,12 +172,33 @@ impl<M> SendBuffer<M> {
         }
         let start = self.end;
         self.end += data.len() as u64 + 1;
+        self.buffered += data.len();
         self.messages.push_back(QueuedMessage {
             start,
             data,
             meta,
             deadline,
         });
+        Ok(start)
+    }
+
+    /// Queues a last message whatever the window (a finish marker must always fit)
+    /// and finishes the stream; returns its start offset, or `Finished` if the stream
+    /// already was.
+    pub fn push_final(&mut self, data: Bytes, meta: M) -> Result<u64, PushError> {
+        if self.finished {
+            return Err(PushError::Finished);
+        }
+        let start = self.end;
+        self.end += data.len() as u64 + 1;
+        self.buffered += data.len();
+        self.messages.push_back(QueuedMessage {
+            start,
+            data,
+            meta,
+            deadline: None,
+        });
+        self.finished = true;
         Ok(start)
     }
 
@@ -186,6 +210,17 @@ impl<M> SendBuffer<M> {
     /// Whether the stream was finished.
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// The deadline of the first unacknowledged message, if it has one: the next
+    /// instant [`Self::expire`] can drop anything.
+    pub fn next_deadline(&self) -> Option<Timestamp> {
+        self.messages.front().and_then(|m| m.deadline)
+    }
+
+    /// Number of messages queued and not acknowledged.
+    pub fn queued_messages(&self) -> usize {
+        self.messages.len()
     }
 
     /// Whether everything queued is acknowledged.
@@ -210,7 +245,7 @@ impl<M> SendBuffer<M> {
 
     /// Payload bytes held (queued and not acknowledged).
     pub fn buffered_bytes(&self) -> usize {
-        self.messages.iter().map(|m| m.data.len()).sum()
+        self.buffered
     }
 
     /// The offset a RESET_OFFSET must still be delivered for.
@@ -344,7 +379,9 @@ impl<M> SendBuffer<M> {
     fn release_acknowledged(&mut self) -> usize {
         let mut released = 0;
         while self.messages.front().is_some_and(|m| m.end() <= self.base) {
-            self.messages.pop_front();
+            if let Some(m) = self.messages.pop_front() {
+                self.buffered -= m.data.len();
+            }
             released += 1;
         }
         released
@@ -382,7 +419,9 @@ impl<M> SendBuffer<M> {
             .front()
             .is_some_and(|m| m.deadline.is_some_and(|d| d <= now))
         {
-            self.messages.pop_front();
+            if let Some(m) = self.messages.pop_front() {
+                self.buffered -= m.data.len();
+            }
             messages += 1;
         }
         if messages == 0 {

@@ -124,13 +124,18 @@ pub fn packet() -> impl Strategy<Value = pb::PacketData> {
 pub fn ack() -> impl Strategy<Value = pb::AcknowledgeData> {
     (
         proptest::option::of(
-            (any::<i64>(), any::<i64>(), any::<i64>()).prop_map(|(s, a, r)| {
-                pb::StreamAcknowledge {
+            (
+                any::<i64>(),
+                any::<i64>(),
+                any::<i64>(),
+                proptest::collection::vec(any::<i64>(), 0..8),
+            )
+                .prop_map(|(s, a, r, ranges)| pb::StreamAcknowledge {
                     stream_id: s,
                     acknowledge_offset: a,
                     received_max_offset: r,
-                }
-            }),
+                    received_ranges: ranges,
+                }),
         ),
         any::<i64>(),
         proptest::option::of(forward()),

@@ -1,0 +1,111 @@
+//! Endpoint configuration: identity, limits and timing.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use atbus_proto::DecodeLimits;
+use bytes::Bytes;
+
+use crate::connection::congestion::CongestionConfig;
+use crate::connection::rtt::RtoConfig;
+
+/// The smallest MTU a datagram connection accepts: room for the frame headers and a
+/// useful fragment.
+pub const MIN_MTU: usize = 128;
+
+/// Largest chunk of bytes handed out at once for a stream (byte-stream) connection.
+pub const STREAM_TRANSMIT_SIZE: usize = 64 * 1024;
+
+/// How an [`Endpoint`](crate::Endpoint) behaves. Every limit is a hard bound on what a
+/// peer can make the endpoint hold.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// This node's name, sent in the hello (k8s name rules).
+    pub node_name: String,
+    /// Identifies this endpoint incarnation: a peer that sees a new value knows the
+    /// node restarted and starts every stream with it afresh. Adapters draw it at
+    /// random at start-up; the core itself never draws randomness.
+    pub session_id: u64,
+    /// Labels sent in the hello.
+    pub labels: BTreeMap<String, String>,
+    /// Token sent in the hello (checked by the peer's authenticator).
+    pub token: Bytes,
+    /// Largest message payload accepted from the application or a peer.
+    pub max_message_size: usize,
+    /// Unacknowledged offset units a stream may queue before `send` answers
+    /// `WouldBlock` (one message larger than this is accepted when the stream is idle).
+    pub stream_send_window: u64,
+    /// Offset units past the delivery point a stream buffers out of order.
+    pub stream_receive_window: u64,
+    /// Payload bytes one peer's streams may hold undelivered; out-of-order data beyond
+    /// it is dropped (the sender resends it). In-order data may use
+    /// `max_message_size` more so that a message being assembled always completes.
+    pub peer_receive_limit: usize,
+    /// Streams one peer may open towards this endpoint.
+    pub max_streams_per_peer: usize,
+    /// Bytes of early data (sent by a peer between its hello and our accept) buffered
+    /// per connection.
+    pub early_data_limit: usize,
+    /// Bytes of early data buffered over all connections still in their handshake.
+    pub early_data_total: usize,
+    /// Retransmission timeout: factor (1.2 × smoothed RTT), floor, ceiling, backoff.
+    pub rto: RtoConfig,
+    /// Congestion window of datagram connections.
+    pub congestion: CongestionConfig,
+    /// Bytes a stream (reliable) connection keeps unacknowledged in flight.
+    pub reliable_window: usize,
+    /// How long an acknowledgement may wait for data to ride along with.
+    pub ack_delay: Duration,
+    /// Received ranges reported in one acknowledgement (selective ACK).
+    pub max_ack_ranges: usize,
+    /// A connection that has sent nothing for this long sends a ping.
+    pub keepalive_interval: Duration,
+    /// A connection that has received nothing for this long is closed (`PEER_RESET`).
+    pub idle_timeout: Duration,
+    /// A connection whose handshake has not completed in this time is closed.
+    pub handshake_timeout: Duration,
+    /// Limits applied to every frame decoded.
+    pub decode_limits: DecodeLimits,
+}
+
+impl EndpointConfig {
+    /// Defaults for a node with this name and incarnation.
+    pub fn new(node_name: impl Into<String>, session_id: u64) -> Self {
+        EndpointConfig {
+            node_name: node_name.into(),
+            session_id,
+            labels: BTreeMap::new(),
+            token: Bytes::new(),
+            max_message_size: 16 * 1024 * 1024,
+            stream_send_window: 4 * 1024 * 1024,
+            stream_receive_window: 4 * 1024 * 1024,
+            peer_receive_limit: 64 * 1024 * 1024,
+            max_streams_per_peer: 1024,
+            early_data_limit: 64 * 1024,
+            early_data_total: 1024 * 1024,
+            rto: RtoConfig::default(),
+            congestion: CongestionConfig::default(),
+            reliable_window: 4 * 1024 * 1024,
+            ack_delay: Duration::ZERO,
+            max_ack_ranges: 8,
+            keepalive_interval: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            decode_limits: DecodeLimits::default(),
+        }
+    }
+}
+
+/// What kind of transport a connection runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// Datagrams that may be lost, duplicated, reordered or corrupted (UDP, Unix
+    /// datagram): the core fragments by `mtu` and retransmits.
+    Datagram {
+        /// Largest datagram the path carries (at least [`MIN_MTU`]).
+        mtu: usize,
+    },
+    /// An ordered, reliable byte stream (TCP, Unix stream, shm): fed through the
+    /// streaming decoder; never retransmits.
+    Stream,
+}

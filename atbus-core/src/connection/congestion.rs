@@ -1,0 +1,183 @@
+//! Congestion control: how many bytes a connection may keep in flight.
+//!
+//! The sender owns bandwidth control (`DESIGN.md`, "Reliability, timing and
+//! control"). A connection asks its [`CongestionController`] for a window and reports
+//! sends, acknowledgements and losses. This module has the trait and a NewReno-style
+//! AIMD controller; CUBIC, pacing and the fixed-rate controller come with the
+//! congestion-control issue, behind the same trait.
+
+use std::fmt::Debug;
+
+use crate::time::Timestamp;
+
+/// Window parameters of the default controller, in datagrams of the connection's MTU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CongestionConfig {
+    /// Initial window.
+    pub initial_window_packets: usize,
+    /// The window never shrinks below this.
+    pub min_window_packets: usize,
+    /// The window never grows beyond this many bytes.
+    pub max_window_bytes: usize,
+}
+
+impl Default for CongestionConfig {
+    fn default() -> Self {
+        CongestionConfig {
+            initial_window_packets: 32,
+            min_window_packets: 4,
+            max_window_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Decides how many bytes may be in flight on one connection.
+pub trait CongestionController: Debug + Send {
+    /// Bytes that may be unacknowledged in flight now.
+    fn window(&self) -> usize;
+    /// `bytes` sent at `now` were acknowledged; they had been sent at `sent_at`.
+    fn on_acked(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
+    /// `bytes` sent at `sent_at` were declared lost.
+    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
+    /// The connection's MTU changed.
+    fn on_mtu(&mut self, mtu: usize);
+}
+
+/// Slow start then additive increase, multiplicative decrease (RFC 5681 / 9002
+/// style): one window reduction per round of losses.
+#[derive(Debug, Clone)]
+pub struct NewReno {
+    config: CongestionConfig,
+    mtu: usize,
+    window: usize,
+    threshold: usize,
+    /// Losses of packets sent before this instant belong to the current reduction.
+    recovery_start: Option<Timestamp>,
+    /// Bytes acknowledged in congestion avoidance since the window last grew.
+    acked_in_avoidance: usize,
+}
+
+impl NewReno {
+    /// A controller for a connection of this MTU.
+    pub fn new(config: CongestionConfig, mtu: usize) -> Self {
+        let mut controller = NewReno {
+            config,
+            mtu,
+            window: 0,
+            threshold: usize::MAX,
+            recovery_start: None,
+            acked_in_avoidance: 0,
+        };
+        controller.window = controller.clamp(config.initial_window_packets.saturating_mul(mtu));
+        controller
+    }
+
+    fn min_window(&self) -> usize {
+        self.config
+            .min_window_packets
+            .max(1)
+            .saturating_mul(self.mtu)
+    }
+
+    fn clamp(&self, window: usize) -> usize {
+        window.clamp(
+            self.min_window(),
+            self.config.max_window_bytes.max(self.min_window()),
+        )
+    }
+}
+
+impl CongestionController for NewReno {
+    fn window(&self) -> usize {
+        self.window
+    }
+
+    fn on_acked(&mut self, _now: Timestamp, sent_at: Timestamp, bytes: usize) {
+        if self.recovery_start.is_some_and(|start| sent_at < start) {
+            return;
+        }
+        if self.window < self.threshold {
+            self.window = self.clamp(self.window.saturating_add(bytes));
+        } else {
+            self.acked_in_avoidance += bytes;
+            if self.acked_in_avoidance >= self.window {
+                self.acked_in_avoidance -= self.window;
+                self.window = self.clamp(self.window.saturating_add(self.mtu));
+            }
+        }
+    }
+
+    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
+        if self.recovery_start.is_some_and(|start| sent_at < start) {
+            return;
+        }
+        self.recovery_start = Some(now);
+        self.window = self.clamp(self.window / 2);
+        self.threshold = self.window;
+        self.acked_in_avoidance = 0;
+    }
+
+    fn on_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu.max(1);
+        self.window = self.clamp(self.window);
+    }
+}
+
+/// A fixed window: for reliable connections, where it only bounds the unacknowledged
+/// bytes kept for multi-path bookkeeping.
+#[derive(Debug, Clone)]
+pub struct FixedWindow(pub usize);
+
+impl CongestionController for FixedWindow {
+    fn window(&self) -> usize {
+        self.0
+    }
+    fn on_acked(&mut self, _: Timestamp, _: Timestamp, _: usize) {}
+    fn on_lost(&mut self, _: Timestamp, _: Timestamp, _: usize) {}
+    fn on_mtu(&mut self, _: usize) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_micros(ms * 1000)
+    }
+
+    #[test]
+    fn slow_start_doubles_then_loss_halves_once_per_round() {
+        let config = CongestionConfig::default();
+        let mut cc = NewReno::new(config, 1000);
+        assert_eq!(cc.window(), 32_000);
+        cc.on_acked(at(10), at(0), 32_000);
+        assert_eq!(cc.window(), 64_000);
+        cc.on_lost(at(20), at(5), 1000);
+        assert_eq!(cc.window(), 32_000);
+        // A second loss from the same round does not reduce again.
+        cc.on_lost(at(21), at(6), 1000);
+        assert_eq!(cc.window(), 32_000);
+        // Congestion avoidance: one MTU per window acknowledged.
+        cc.on_acked(at(40), at(25), 32_000);
+        assert_eq!(cc.window(), 33_000);
+        // A loss of a packet sent after the reduction starts a new one.
+        cc.on_lost(at(50), at(30), 1000);
+        assert_eq!(cc.window(), 16_500);
+    }
+
+    #[test]
+    fn window_stays_within_bounds() {
+        let config = CongestionConfig {
+            initial_window_packets: 2,
+            min_window_packets: 2,
+            max_window_bytes: 10_000,
+        };
+        let mut cc = NewReno::new(config, 1000);
+        for i in 0..10 {
+            cc.on_lost(at(100 + i * 100), at(99 + i * 100), 1000);
+        }
+        assert_eq!(cc.window(), 2000);
+        cc.on_acked(at(5000), at(4000), usize::MAX);
+        assert!(cc.window() <= 10_000);
+    }
+}

@@ -1,0 +1,344 @@
+//! In-flight ranges of one connection and loss detection.
+//!
+//! A connection remembers, per frame it sent, which stream range the frame carried
+//! ([`SentRange`]); the data itself stays in the stream's send buffer. A range is
+//! settled by the stream's acknowledgement (cumulative offset or a selective range)
+//! and declared lost by one of two rules:
+//!
+//! - **time-ordered (RACK, RFC 8985)**: the peer's ACK echoes the newest timepoint it
+//!   received, i.e. the send time of the newest frame that arrived. A range sent more
+//!   than a reordering window before that frame, and still unacknowledged, is lost:
+//!   this is the fast retransmit from the SACK hint, and it recovers a burst of holes
+//!   at once because the selective ranges say exactly which parts arrived;
+//! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
+//!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff).
+//!
+//! Ranges are kept in send order, so both rules only look at the oldest ranges, and
+//! the next deadline is the oldest range's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::time::Timestamp;
+
+/// One stream range carried by one frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SentRange {
+    /// The stream.
+    pub stream: i64,
+    /// First offset carried.
+    pub start: u64,
+    /// One past the last offset carried (`start` for a reset-only frame).
+    pub end: u64,
+    /// The frame carried RESET_OFFSET at `start`.
+    pub reset: bool,
+    /// When it was sent (also the frame's timepoint).
+    pub sent_at: Timestamp,
+    /// Frame bytes, for the congestion window.
+    pub bytes: usize,
+    /// The range had been sent before and declared lost.
+    pub retransmit: bool,
+    /// Number of the datagram (or transmit) that carried it.
+    pub packet: u64,
+}
+
+/// What an acknowledgement settled on this connection.
+#[derive(Debug, Default, Clone)]
+pub struct Settled {
+    /// Ranges removed from flight.
+    pub ranges: Vec<SentRange>,
+    /// Retransmissions acknowledged by an ACK generated before the retransmission
+    /// could have arrived (its echoed timepoint is older): the original got through.
+    pub spurious: u64,
+}
+
+/// The ranges in flight on one connection.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// By sequence number (send order).
+    ranges: BTreeMap<u64, SentRange>,
+    /// `(stream, start, seq)` for finding a stream's ranges.
+    by_stream: BTreeSet<(i64, u64, u64)>,
+    /// `(stream, seq)` of the reset-only ranges (no data, RESET_OFFSET).
+    reset_only: BTreeSet<(i64, u64)>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+impl InFlight {
+    /// Records a range just sent.
+    pub fn on_sent(&mut self, range: SentRange) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += range.bytes;
+        self.by_stream.insert((range.stream, range.start, seq));
+        if range.start == range.end {
+            self.reset_only.insert((range.stream, seq));
+        }
+        self.ranges.insert(seq, range);
+    }
+
+    /// Bytes in flight.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Ranges in flight.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Whether nothing is in flight.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    fn remove(&mut self, seq: u64) -> Option<SentRange> {
+        let range = self.ranges.remove(&seq)?;
+        self.by_stream.remove(&(range.stream, range.start, seq));
+        self.reset_only.remove(&(range.stream, seq));
+        self.bytes -= range.bytes;
+        Some(range)
+    }
+
+    /// Settles the ranges of `stream` that the acknowledgement covers: everything
+    /// below `acknowledged`, and every range inside one of `received` (sorted,
+    /// disjoint `[start, end)` pairs). A reset-only range is settled when
+    /// `reset_settled(offset)` says the peer has it. `echo` is the ACK's echoed
+    /// timepoint, for spurious-retransmission detection.
+    pub fn on_stream_ack(
+        &mut self,
+        stream: i64,
+        acknowledged: u64,
+        received: &[(u64, u64)],
+        echo: Option<Timestamp>,
+        reset_settled: impl Fn(u64) -> bool,
+    ) -> Settled {
+        let mut settled = Settled::default();
+        // Ranges start in order; at or past the highest received end nothing more
+        // can be covered, except a reset-only range.
+        let horizon = received
+            .last()
+            .map_or(acknowledged, |r| r.1.max(acknowledged));
+        let mut candidates: Vec<u64> = self
+            .by_stream
+            .range((stream, 0, 0)..(stream, horizon, 0))
+            .map(|&(_, _, seq)| seq)
+            .collect();
+        candidates.extend(
+            self.reset_only
+                .range((stream, 0)..=(stream, u64::MAX))
+                .map(|&(_, seq)| seq),
+        );
+        for seq in candidates {
+            let Some(range) = self.ranges.get(&seq) else {
+                continue;
+            };
+            let covered = if range.start == range.end {
+                range.reset && reset_settled(range.start)
+            } else {
+                range.end <= acknowledged
+                    || received
+                        .iter()
+                        .any(|&(lo, hi)| lo <= range.start && range.end <= hi)
+            };
+            if !covered {
+                continue;
+            }
+            let Some(range) = self.remove(seq) else {
+                continue;
+            };
+            if range.retransmit && echo.is_some_and(|echo| echo < range.sent_at) {
+                settled.spurious += 1;
+            }
+            settled.ranges.push(range);
+        }
+        settled
+    }
+
+    /// Removes and returns the ranges lost at `now`: sent `rto` ago or longer, or
+    /// sent more than `reorder_window` before `newest_delivered` (the echoed send time
+    /// of the newest frame the peer received) and still unacknowledged `rack_rtt +
+    /// reorder_window` after being sent.
+    pub fn detect_lost(
+        &mut self,
+        now: Timestamp,
+        rto: Duration,
+        newest_delivered: Timestamp,
+        rack_rtt: Duration,
+        reorder_window: Duration,
+    ) -> Vec<SentRange> {
+        let mut lost = Vec::new();
+        while let Some((&seq, range)) = self.ranges.first_key_value() {
+            if !Self::is_lost(range, now, rto, newest_delivered, rack_rtt, reorder_window) {
+                break;
+            }
+            lost.push(self.remove(seq).expect("present"));
+        }
+        lost
+    }
+
+    fn is_lost(
+        range: &SentRange,
+        now: Timestamp,
+        rto: Duration,
+        newest_delivered: Timestamp,
+        rack_rtt: Duration,
+        reorder_window: Duration,
+    ) -> bool {
+        now >= range.sent_at + rto
+            || (range.sent_at + reorder_window < newest_delivered
+                && now >= range.sent_at + rack_rtt + reorder_window)
+    }
+
+    /// When [`InFlight::detect_lost`] must run next, if anything is in flight.
+    pub fn loss_deadline(
+        &self,
+        rto: Duration,
+        newest_delivered: Timestamp,
+        rack_rtt: Duration,
+        reorder_window: Duration,
+    ) -> Option<Timestamp> {
+        let range = self.ranges.values().next()?;
+        let by_rto = range.sent_at + rto;
+        if range.sent_at + reorder_window < newest_delivered {
+            Some(by_rto.min(range.sent_at + rack_rtt + reorder_window))
+        } else {
+            Some(by_rto)
+        }
+    }
+
+    /// Removes and returns everything in flight (the connection closed).
+    pub fn drain(&mut self) -> Vec<SentRange> {
+        self.by_stream.clear();
+        self.reset_only.clear();
+        self.bytes = 0;
+        std::mem::take(&mut self.ranges).into_values().collect()
+    }
+
+    /// Removes every range of `stream` (the stream was dropped).
+    pub fn forget_stream(&mut self, stream: i64) {
+        let seqs: Vec<u64> = self
+            .by_stream
+            .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))
+            .map(|&(_, _, seq)| seq)
+            .collect();
+        for seq in seqs {
+            self.remove(seq);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_micros(ms * 1000)
+    }
+
+    fn range(stream: i64, start: u64, end: u64, sent_ms: u64) -> SentRange {
+        SentRange {
+            stream,
+            start,
+            end,
+            reset: false,
+            sent_at: at(sent_ms),
+            bytes: 100,
+            retransmit: false,
+            packet: sent_ms,
+        }
+    }
+
+    #[test]
+    fn cumulative_and_selective_acks_settle_exactly_the_covered_ranges() {
+        let mut f = InFlight::default();
+        for i in 0..5 {
+            f.on_sent(range(1, i * 10, i * 10 + 10, i));
+        }
+        f.on_sent(range(2, 0, 10, 5));
+        let settled = f.on_stream_ack(1, 20, &[(30, 40)], None, |_| false);
+        let starts: Vec<u64> = settled.ranges.iter().map(|r| r.start).collect();
+        assert_eq!(starts, [0, 10, 30]);
+        assert_eq!(f.len(), 3);
+        assert_eq!(f.bytes(), 300);
+    }
+
+    #[test]
+    fn rack_declares_holes_lost_only_past_the_reordering_window() {
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 1));
+        f.on_sent(range(1, 20, 30, 10));
+        // The frame sent at 10 ms arrived and was acknowledged; the ones at 0 and 1
+        // did not.
+        f.on_stream_ack(1, 0, &[(20, 30)], Some(at(10)), |_| false);
+        let rto = Duration::from_millis(500);
+        let window = Duration::from_millis(5);
+        let rtt = Duration::from_millis(50);
+        // At 60 ms (10 + rtt), range 0 (sent 10 ms before the delivered one) is lost
+        // once 0 + 50 + 5 <= now; range at 1 ms too.
+        let lost = f.detect_lost(at(54), rto, at(10), rtt, window);
+        assert!(lost.is_empty());
+        assert_eq!(f.loss_deadline(rto, at(10), rtt, window), Some(at(55)));
+        let lost = f.detect_lost(at(56), rto, at(10), rtt, window);
+        assert_eq!(lost.iter().map(|r| r.start).collect::<Vec<_>>(), [0, 10]);
+        assert!(f.is_empty());
+    }
+
+    #[test]
+    fn rto_declares_the_oldest_lost_and_keeps_send_order() {
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 100));
+        let rto = Duration::from_millis(200);
+        assert_eq!(
+            f.loss_deadline(rto, Timestamp::ZERO, Duration::ZERO, Duration::ZERO),
+            Some(at(200))
+        );
+        let lost = f.detect_lost(
+            at(200),
+            rto,
+            Timestamp::ZERO,
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        assert_eq!(lost.len(), 1);
+        assert_eq!(
+            f.loss_deadline(rto, Timestamp::ZERO, Duration::ZERO, Duration::ZERO),
+            Some(at(300))
+        );
+    }
+
+    #[test]
+    fn a_retransmission_acknowledged_by_an_older_echo_is_spurious() {
+        let mut f = InFlight::default();
+        let mut r = range(1, 0, 10, 100);
+        r.retransmit = true;
+        f.on_sent(r);
+        let settled = f.on_stream_ack(1, 10, &[], Some(at(50)), |_| false);
+        assert_eq!(settled.spurious, 1);
+        let mut r = range(1, 10, 20, 200);
+        r.retransmit = true;
+        f.on_sent(r);
+        let settled = f.on_stream_ack(1, 20, &[], Some(at(200)), |_| false);
+        assert_eq!(settled.spurious, 0);
+    }
+
+    #[test]
+    fn reset_only_ranges_settle_by_the_reset_predicate() {
+        let mut f = InFlight::default();
+        let mut r = range(1, 30, 30, 0);
+        r.reset = true;
+        f.on_sent(r);
+        assert!(
+            f.on_stream_ack(1, 0, &[], None, |_| false)
+                .ranges
+                .is_empty()
+        );
+        assert_eq!(
+            f.on_stream_ack(1, 0, &[], None, |o| o == 30).ranges.len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,923 @@
+//! The endpoint: every peer, connection, stream and timer of the local node, driven
+//! by inputs that carry `now` and drained through [`Endpoint::poll_output`].
+//!
+//! The rule: after any input (a datagram, stream bytes, a timeout, or an application
+//! call), call [`Endpoint::poll_output`] until it returns [`Output::Timeout`]; send
+//! each [`Output::Transmit`], handle each [`Output::Event`], and call
+//! [`Endpoint::handle_timeout`] at the instant the timeout names (or earlier, with
+//! new input).
+//!
+//! ```
+//! use std::time::Duration;
+//! use atbus_core::{ConnectionKind, Endpoint, EndpointConfig, Event, Input, Output, SendOptions, Timestamp};
+//! use bytes::Bytes;
+//!
+//! let kind = ConnectionKind::Datagram { mtu: 1200 };
+//! let mut now = Timestamp::from_micros(1_000);
+//! let mut client = Endpoint::new(EndpointConfig::new("client", 1));
+//! let mut server = Endpoint::new(EndpointConfig::new("server", 2));
+//! let (peer, to_server) = client.connect(now, kind)?;
+//! let to_client = server.accept(now, kind)?;
+//! client.send(now, peer, 7, Bytes::from_static(b"hello"), &SendOptions::default())?;
+//!
+//! // A perfect network with 10 ms of delay: drain both sides, deliver to the other.
+//! let mut received = None;
+//! while received.is_none() {
+//!     let mut in_flight = Vec::new();
+//!     loop {
+//!         match client.poll_output() {
+//!             Output::Transmit(t) => in_flight.push((true, t.data)),
+//!             Output::Event(_) => {}
+//!             Output::Timeout(_) => break,
+//!         }
+//!     }
+//!     loop {
+//!         match server.poll_output() {
+//!             Output::Transmit(t) => in_flight.push((false, t.data)),
+//!             Output::Event(Event::Message { message, .. }) => received = Some(message.payload),
+//!             Output::Event(_) => {}
+//!             Output::Timeout(_) => break,
+//!         }
+//!     }
+//!     now += Duration::from_millis(10);
+//!     for (from_client, data) in in_flight {
+//!         if from_client {
+//!             server.handle_input(now, Input::Datagram { connection: to_client, data });
+//!         } else {
+//!             client.handle_input(now, Input::Datagram { connection: to_server, data });
+//!         }
+//!     }
+//! }
+//! assert_eq!(received.as_deref(), Some(&b"hello"[..]));
+//! # Ok::<(), atbus_core::SendError>(())
+//! ```
+
+mod recv;
+mod send;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use atbus_proto::{CachedMessageMeta, pb};
+use bytes::Bytes;
+
+use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU};
+use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
+use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
+use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind};
+use crate::peer::Peer;
+use crate::stream::{SendMeta, Stream};
+use crate::time::Timestamp;
+use crate::timer::TimerQueue;
+
+/// A network input.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// A datagram received on a datagram connection.
+    Datagram {
+        /// The connection it arrived on.
+        connection: ConnectionId,
+        /// The whole datagram.
+        data: Bytes,
+    },
+    /// Bytes read from a stream connection (any split).
+    StreamData {
+        /// The connection they were read from.
+        connection: ConnectionId,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The deadline returned as [`Output::Timeout`] has come.
+    Timeout,
+}
+
+/// Options of one message.
+#[derive(Debug, Clone, Default)]
+pub struct SendOptions {
+    /// `packet_type`: 0 (DATA) or a user type >= 100.
+    pub packet_type: i32,
+    /// Labels, sent on the first fragment.
+    pub labels: BTreeMap<String, String>,
+    /// A token option, sent on the first fragment.
+    pub token: Bytes,
+    /// Drop the message (and tell the peer to skip it) if it is not acknowledged by
+    /// then.
+    pub deadline: Option<Timestamp>,
+}
+
+/// Why an application call failed. Nothing was queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The stream's send window is full; a [`Event::Writable`] follows when it has
+    /// room.
+    #[error("the stream's send window is full")]
+    WouldBlock,
+    /// No such peer (never existed, or lost).
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// No such connection.
+    #[error("unknown connection")]
+    UnknownConnection,
+    /// The peer has no established connection (for commands).
+    #[error("the peer has no established connection")]
+    NotConnected,
+    /// Negative stream ids are internal.
+    #[error("stream ids below 0 are reserved")]
+    ReservedStream,
+    /// `packet_type` must be 0 or at least 100.
+    #[error("packet type {0} is reserved (use 0 or >= 100)")]
+    ReservedType(i32),
+    /// Command ids are 1, 2 or at least 100.
+    #[error("command id {0} is reserved")]
+    ReservedCommand(i32),
+    /// The payload is larger than the configured maximum.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    MessageTooLarge {
+        /// The payload size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The stream was finished.
+    #[error("the stream is finished")]
+    StreamFinished,
+    /// The peer already has the maximum number of streams.
+    #[error("too many streams with this peer")]
+    TooManyStreams,
+    /// A datagram connection needs an MTU of at least [`MIN_MTU`].
+    #[error("MTU {0} is below the minimum of {MIN_MTU}")]
+    MtuTooSmall(usize),
+    /// The connection's handshake is not waiting for a decision.
+    #[error("no hello is waiting on this connection")]
+    NoPendingHello,
+}
+
+/// Endpoint-wide counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Inputs for connections the endpoint does not know.
+    pub unknown_connection_inputs: u64,
+    /// Messages delivered to the application.
+    pub delivered_messages: u64,
+    /// Messages the peers skipped (RESET_OFFSET).
+    pub skipped_messages: u64,
+    /// Messages dropped at their deadline.
+    pub expired_messages: u64,
+    /// Data received for streams beyond the per-peer stream limit.
+    pub refused_streams: u64,
+}
+
+/// A snapshot of a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Node name and session id, once known.
+    pub identity: Option<(String, u64)>,
+    /// Connections bound to the peer.
+    pub connections: Vec<ConnectionId>,
+    /// Streams open with it.
+    pub streams: usize,
+    /// Payload bytes received and not yet delivered.
+    pub receive_buffered: usize,
+    /// Payload bytes queued towards it and not yet acknowledged.
+    pub send_buffered: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Loss(ConnectionId),
+    Ack(ConnectionId),
+    Keepalive(ConnectionId),
+    Idle(ConnectionId),
+    Handshake(ConnectionId),
+    Expire(PeerId, i64),
+}
+
+/// The local node's protocol state; see the [module documentation](self).
+pub struct Endpoint {
+    config: EndpointConfig,
+    authenticator: Box<dyn Authenticator>,
+    now: Timestamp,
+    connections: BTreeMap<ConnectionId, Connection>,
+    peers: BTreeMap<PeerId, Peer>,
+    peer_by_name: BTreeMap<String, PeerId>,
+    next_connection: u64,
+    next_peer: u64,
+    timers: TimerQueue<TimerKey>,
+    events: VecDeque<Event>,
+    /// Connections that may have something to send.
+    dirty: BTreeSet<ConnectionId>,
+    early_total: usize,
+    hello_meta: CachedMessageMeta,
+    stats: EndpointStats,
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("node_name", &self.config.node_name)
+            .field("session_id", &self.config.session_id)
+            .field("connections", &self.connections.len())
+            .field("peers", &self.peers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Endpoint {
+    /// An endpoint with no connection, accepting every hello.
+    pub fn new(config: EndpointConfig) -> Self {
+        let hello_meta = CachedMessageMeta::new(&pb::packet_content::FragmentType {
+            packet_type: pb::AtbusPacketType::Handshake as i32,
+            labels: config.labels.clone(),
+            options: (!config.token.is_empty()).then(|| pb::PacketOptions {
+                token: config.token.clone(),
+            }),
+            ..Default::default()
+        });
+        Endpoint {
+            config,
+            authenticator: Box::new(AcceptAll),
+            now: Timestamp::ZERO,
+            connections: BTreeMap::new(),
+            peers: BTreeMap::new(),
+            peer_by_name: BTreeMap::new(),
+            next_connection: 0,
+            next_peer: 0,
+            timers: TimerQueue::new(),
+            events: VecDeque::new(),
+            dirty: BTreeSet::new(),
+            early_total: 0,
+            hello_meta,
+            stats: EndpointStats::default(),
+        }
+    }
+
+    /// Replaces the authenticator that judges incoming hellos.
+    pub fn set_authenticator(&mut self, authenticator: Box<dyn Authenticator>) {
+        self.authenticator = authenticator;
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    /// Endpoint-wide counters.
+    pub fn stats(&self) -> EndpointStats {
+        self.stats
+    }
+
+    /// A connection's state and counters.
+    pub fn connection_info(&self, connection: ConnectionId) -> Option<ConnectionInfo> {
+        self.connections.get(&connection).map(Connection::info)
+    }
+
+    /// Connections known, in id order.
+    pub fn connections(&self) -> impl Iterator<Item = ConnectionId> + '_ {
+        self.connections.keys().copied()
+    }
+
+    /// A peer's state.
+    pub fn peer_info(&self, peer: PeerId) -> Option<PeerInfo> {
+        let p = self.peers.get(&peer)?;
+        Some(PeerInfo {
+            identity: p.identity.clone(),
+            connections: p.connections.clone(),
+            streams: p.streams.len(),
+            receive_buffered: p.recv_buffered,
+            send_buffered: p.streams.values().map(|s| s.send.buffered_bytes()).sum(),
+        })
+    }
+
+    /// Payload bytes the endpoint holds for all peers: received and undelivered, and
+    /// queued and unacknowledged, plus early data.
+    pub fn buffered_bytes(&self) -> usize {
+        let peers: usize = self
+            .peers
+            .values()
+            .map(|p| {
+                p.recv_buffered
+                    + p.streams
+                        .values()
+                        .map(|s| s.send.buffered_bytes())
+                        .sum::<usize>()
+            })
+            .sum();
+        peers + self.early_total
+    }
+
+    fn advance(&mut self, now: Timestamp) {
+        // Time never goes backwards, whatever the caller passes.
+        self.now = self.now.max(now);
+    }
+
+    fn allocate_connection(
+        &mut self,
+        kind: ConnectionKind,
+        role: Role,
+    ) -> Result<ConnectionId, SendError> {
+        if let ConnectionKind::Datagram { mtu } = kind {
+            if mtu < MIN_MTU {
+                return Err(SendError::MtuTooSmall(mtu));
+            }
+        }
+        let id = ConnectionId(self.next_connection);
+        self.next_connection += 1;
+        let connection = Connection::new(kind, role, &self.config, self.now);
+        self.connections.insert(id, connection);
+        self.timers.set(
+            TimerKey::Handshake(id),
+            self.now + self.config.handshake_timeout,
+        );
+        self.timers
+            .set(TimerKey::Idle(id), self.now + self.config.idle_timeout);
+        self.timers.set(
+            TimerKey::Keepalive(id),
+            self.now + self.config.keepalive_interval,
+        );
+        Ok(id)
+    }
+
+    fn allocate_peer(&mut self) -> PeerId {
+        let id = PeerId(self.next_peer);
+        self.next_peer += 1;
+        self.peers.insert(id, Peer::default());
+        id
+    }
+
+    /// Opens a connection to a new peer: sends the hello. Messages may be sent to
+    /// the returned peer at once; they travel right after the hello and the acceptor
+    /// delivers them once it accepts.
+    pub fn connect(
+        &mut self,
+        now: Timestamp,
+        kind: ConnectionKind,
+    ) -> Result<(PeerId, ConnectionId), SendError> {
+        self.advance(now);
+        let connection = self.allocate_connection(kind, Role::Initiator)?;
+        let peer = self.allocate_peer();
+        self.bind(connection, peer);
+        self.queue_hello(connection);
+        Ok((peer, connection))
+    }
+
+    /// Opens one more connection to a known peer (another path, or a reconnection
+    /// after its connections closed): sends a hello on it.
+    pub fn add_connection(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        kind: ConnectionKind,
+    ) -> Result<ConnectionId, SendError> {
+        self.advance(now);
+        if !self.peers.contains_key(&peer) {
+            return Err(SendError::UnknownPeer);
+        }
+        let connection = self.allocate_connection(kind, Role::Initiator)?;
+        self.bind(connection, peer);
+        self.queue_hello(connection);
+        Ok(connection)
+    }
+
+    /// Registers a connection the peer opened (a new UDP 4-tuple, an accepted TCP
+    /// socket); the endpoint waits for its hello.
+    pub fn accept(
+        &mut self,
+        now: Timestamp,
+        kind: ConnectionKind,
+    ) -> Result<ConnectionId, SendError> {
+        self.advance(now);
+        self.allocate_connection(kind, Role::Acceptor)
+    }
+
+    fn bind(&mut self, connection: ConnectionId, peer: PeerId) {
+        if let Some(c) = self.connections.get_mut(&connection) {
+            c.peer = Some(peer);
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if !p.connections.contains(&connection) {
+                p.connections.push(connection);
+            }
+        }
+    }
+
+    fn queue_hello(&mut self, connection: ConnectionId) {
+        let payload = handshake::encode_handshake(
+            HandshakeKind::Hello,
+            &self.config.node_name,
+            self.config.session_id,
+            &BTreeMap::new(),
+        );
+        self.queue_control(connection, payload, self.hello_meta.clone());
+    }
+
+    fn queue_control(&mut self, connection: ConnectionId, payload: Bytes, meta: CachedMessageMeta) {
+        if let Some(c) = self.connections.get_mut(&connection) {
+            // The control window is far larger than any handshake or command; a
+            // peer that never acknowledges commands only loses the newest ones.
+            let _ = c.control_send.push(
+                payload,
+                SendMeta {
+                    cached: meta,
+                    fin: false,
+                },
+                None,
+            );
+            self.dirty.insert(connection);
+        }
+    }
+
+    /// Accepts a hello the authenticator deferred.
+    pub fn accept_hello(
+        &mut self,
+        now: Timestamp,
+        connection: ConnectionId,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        let hello = self
+            .connections
+            .get_mut(&connection)
+            .ok_or(SendError::UnknownConnection)?
+            .deferred_hello
+            .take()
+            .ok_or(SendError::NoPendingHello)?;
+        self.complete_accept(connection, hello);
+        Ok(())
+    }
+
+    /// Refuses a hello the authenticator deferred: the peer is told `UNAUTHORIZED`
+    /// with `message`, and the connection closes.
+    pub fn reject_hello(
+        &mut self,
+        now: Timestamp,
+        connection: ConnectionId,
+        message: &str,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        self.connections
+            .get_mut(&connection)
+            .ok_or(SendError::UnknownConnection)?
+            .deferred_hello
+            .take()
+            .ok_or(SendError::NoPendingHello)?;
+        self.close(
+            connection,
+            CloseReason::new(CloseCode::Unauthorized, message),
+            false,
+            true,
+        );
+        Ok(())
+    }
+
+    /// Queues a message on `stream` to `peer`.
+    pub fn send(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        stream: i64,
+        payload: Bytes,
+        options: &SendOptions,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        if stream < 0 {
+            return Err(SendError::ReservedStream);
+        }
+        if options.packet_type != 0 && options.packet_type < 100 {
+            return Err(SendError::ReservedType(options.packet_type));
+        }
+        if payload.len() > self.config.max_message_size {
+            return Err(SendError::MessageTooLarge {
+                size: payload.len(),
+                limit: self.config.max_message_size,
+            });
+        }
+        let meta = if options.labels.is_empty() && options.token.is_empty() {
+            CachedMessageMeta::of_type(options.packet_type)
+        } else {
+            CachedMessageMeta::new(&pb::packet_content::FragmentType {
+                packet_type: options.packet_type,
+                labels: options.labels.clone(),
+                options: (!options.token.is_empty()).then(|| pb::PacketOptions {
+                    token: options.token.clone(),
+                }),
+                ..Default::default()
+            })
+        };
+        let s = self.stream_for_send(peer, stream)?;
+        let len = payload.len();
+        match s.send.push(
+            payload,
+            SendMeta {
+                cached: meta,
+                fin: false,
+            },
+            options.deadline,
+        ) {
+            Ok(_) => {}
+            Err(crate::stream::PushError::WouldBlock) => {
+                s.blocked = Some(len);
+                return Err(SendError::WouldBlock);
+            }
+            Err(crate::stream::PushError::Finished) => return Err(SendError::StreamFinished),
+        }
+        if let Some(deadline) = s.send.next_deadline() {
+            self.timers.set(TimerKey::Expire(peer, stream), deadline);
+        }
+        self.mark_peer_dirty(peer);
+        Ok(())
+    }
+
+    /// Whether a message of `len` bytes would be accepted on `stream` now.
+    pub fn can_send(&self, peer: PeerId, stream: i64, len: usize) -> bool {
+        self.peers.get(&peer).is_some_and(|p| {
+            p.streams
+                .get(&stream)
+                .is_none_or(|s| s.send.has_room(len) && !s.send.is_finished())
+        })
+    }
+
+    fn stream_for_send(&mut self, peer: PeerId, stream: i64) -> Result<&mut Stream, SendError> {
+        let max_streams = self.config.max_streams_per_peer;
+        let (send_window, receive_window) = (
+            self.config.stream_send_window,
+            self.config.stream_receive_window,
+        );
+        let p = self.peers.get_mut(&peer).ok_or(SendError::UnknownPeer)?;
+        if !p.streams.contains_key(&stream) {
+            if p.tombstones.contains_key(&stream) {
+                return Err(SendError::StreamFinished);
+            }
+            if p.streams.len() >= max_streams {
+                return Err(SendError::TooManyStreams);
+            }
+        }
+        Ok(p.streams
+            .entry(stream)
+            .or_insert_with(|| Stream::new(send_window, receive_window)))
+    }
+
+    /// Finishes the sending direction of `stream`: after every queued message, the
+    /// peer receives [`Event::StreamFinished`] with `reason`.
+    pub fn finish_stream(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        stream: i64,
+        reason: CloseReason,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        if stream < 0 {
+            return Err(SendError::ReservedStream);
+        }
+        let meta = CachedMessageMeta::new(&pb::packet_content::FragmentType {
+            close_reason: Some(reason.to_pb()),
+            ..Default::default()
+        });
+        let s = self.stream_for_send(peer, stream)?;
+        s.send
+            .push_final(
+                Bytes::new(),
+                SendMeta {
+                    cached: meta,
+                    fin: true,
+                },
+            )
+            .map_err(|_| SendError::StreamFinished)?;
+        self.mark_peer_dirty(peer);
+        Ok(())
+    }
+
+    /// Sends a command to `peer` on the control stream of its first established
+    /// connection.
+    pub fn send_command(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        id: CommandId,
+        payload: Bytes,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        let wire = id.to_wire();
+        if CommandId::from_wire(wire) != Some(id) {
+            return Err(SendError::ReservedCommand(wire));
+        }
+        if payload.len() > self.config.max_message_size {
+            return Err(SendError::MessageTooLarge {
+                size: payload.len(),
+                limit: self.config.max_message_size,
+            });
+        }
+        let p = self.peers.get(&peer).ok_or(SendError::UnknownPeer)?;
+        let connection = p
+            .connections
+            .iter()
+            .copied()
+            .find(|c| {
+                self.connections
+                    .get(c)
+                    .is_some_and(|c| c.state == ConnectionState::Established)
+            })
+            .ok_or(SendError::NotConnected)?;
+        let payload = handshake::encode_command(wire, &payload);
+        self.queue_control(
+            connection,
+            payload,
+            CachedMessageMeta::of_type(pb::AtbusPacketType::Command as i32),
+        );
+        Ok(())
+    }
+
+    /// Closes a connection: the peer is told with FINISH_CONNECTION (best effort)
+    /// and [`Event::ConnectionClosed`] follows.
+    pub fn close_connection(
+        &mut self,
+        now: Timestamp,
+        connection: ConnectionId,
+        reason: CloseReason,
+    ) -> Result<(), SendError> {
+        self.advance(now);
+        if !self.connections.contains_key(&connection) {
+            return Err(SendError::UnknownConnection);
+        }
+        self.close(connection, reason, false, true);
+        Ok(())
+    }
+
+    /// Drops every state of a peer: its connections close with `SHUTDOWN`, its
+    /// queued messages are dropped (reported in [`Event::PeerLost`]).
+    pub fn forget_peer(&mut self, now: Timestamp, peer: PeerId) -> Result<(), SendError> {
+        self.advance(now);
+        if !self.peers.contains_key(&peer) {
+            return Err(SendError::UnknownPeer);
+        }
+        self.drop_peer(
+            peer,
+            CloseReason::new(CloseCode::Shutdown, "peer forgotten"),
+        );
+        Ok(())
+    }
+
+    /// Handles one network input or a timeout.
+    pub fn handle_input(&mut self, now: Timestamp, input: Input) {
+        self.advance(now);
+        match input {
+            Input::Datagram { connection, data } => self.on_datagram(connection, data),
+            Input::StreamData { connection, data } => self.on_stream_data(connection, data),
+            Input::Timeout => self.on_timeout(),
+        }
+    }
+
+    /// Shorthand for [`Endpoint::handle_input`] with [`Input::Timeout`].
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        self.handle_input(now, Input::Timeout);
+    }
+
+    /// The next output: events first, then transmits, then the next deadline. Call
+    /// it until it returns [`Output::Timeout`].
+    pub fn poll_output(&mut self) -> Output {
+        if let Some(event) = self.events.pop_front() {
+            return Output::Event(event);
+        }
+        while let Some(&connection) = self.dirty.first() {
+            if let Some(transmit) = self.build_transmit(connection) {
+                return Output::Transmit(transmit);
+            }
+            self.dirty.remove(&connection);
+        }
+        if let Some(event) = self.events.pop_front() {
+            return Output::Event(event);
+        }
+        Output::Timeout(self.timers.next_deadline().unwrap_or(Timestamp::NEVER))
+    }
+
+    /// The next deadline, without draining anything.
+    pub fn next_timeout(&mut self) -> Timestamp {
+        self.timers.next_deadline().unwrap_or(Timestamp::NEVER)
+    }
+
+    fn mark_peer_dirty(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get(&peer) {
+            for &c in &p.connections {
+                self.dirty.insert(c);
+            }
+        }
+    }
+
+    fn on_timeout(&mut self) {
+        let now = self.now;
+        while let Some(key) = self.timers.pop_expired(now) {
+            match key {
+                TimerKey::Loss(c) => self.on_loss_timer(c),
+                TimerKey::Ack(c) => {
+                    self.dirty.insert(c);
+                }
+                TimerKey::Keepalive(c) => self.on_keepalive_timer(c),
+                TimerKey::Idle(c) => self.on_idle_timer(c),
+                TimerKey::Handshake(c) => {
+                    if self
+                        .connections
+                        .get(&c)
+                        .is_some_and(|c| c.state == ConnectionState::Handshaking)
+                    {
+                        self.close(
+                            c,
+                            CloseReason::new(CloseCode::PeerReset, "handshake timed out"),
+                            false,
+                            true,
+                        );
+                    }
+                }
+                TimerKey::Expire(peer, stream) => self.on_expire_timer(peer, stream),
+            }
+        }
+    }
+
+    fn on_keepalive_timer(&mut self, id: ConnectionId) {
+        let interval = self.config.keepalive_interval;
+        let now = self.now;
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let due = c.last_sent + interval;
+        if now >= due {
+            if c.state == ConnectionState::Established {
+                c.ping_due = true;
+                self.dirty.insert(id);
+            }
+            self.timers.set(TimerKey::Keepalive(id), now + interval);
+        } else {
+            self.timers.set(TimerKey::Keepalive(id), due);
+        }
+    }
+
+    fn on_idle_timer(&mut self, id: ConnectionId) {
+        let timeout = self.config.idle_timeout;
+        let Some(c) = self.connections.get(&id) else {
+            return;
+        };
+        let due = c.last_received + timeout;
+        if self.now >= due {
+            self.close(
+                id,
+                CloseReason::new(CloseCode::PeerReset, "idle timeout"),
+                false,
+                true,
+            );
+        } else {
+            self.timers.set(TimerKey::Idle(id), due);
+        }
+    }
+
+    fn on_expire_timer(&mut self, peer: PeerId, stream: i64) {
+        let now = self.now;
+        let Some(s) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.streams.get_mut(&stream))
+        else {
+            return;
+        };
+        if let Some(expired) = s.send.expire(now) {
+            self.stats.expired_messages += expired.messages as u64;
+            self.events.push_back(Event::MessagesExpired {
+                peer,
+                stream,
+                messages: expired.messages as u64,
+            });
+            self.mark_peer_dirty(peer);
+        }
+        if let Some(deadline) = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.streams.get(&stream))
+            .and_then(|s| s.send.next_deadline())
+        {
+            self.timers.set(TimerKey::Expire(peer, stream), deadline);
+        }
+    }
+
+    /// Recomputes a connection's loss and ack timers.
+    fn update_timers(&mut self, id: ConnectionId) {
+        let Some(c) = self.connections.get(&id) else {
+            return;
+        };
+        if c.is_lossy() {
+            match c.in_flight.loss_deadline(
+                c.rto(),
+                c.newest_delivered,
+                c.rack_rtt,
+                c.reorder_window(),
+            ) {
+                Some(at) => self.timers.set(TimerKey::Loss(id), at),
+                None => self.timers.cancel(TimerKey::Loss(id)),
+            }
+        }
+        if self.config.ack_delay > Duration::ZERO {
+            match c.ack_pending.values().min() {
+                Some(&since) => self
+                    .timers
+                    .set(TimerKey::Ack(id), since + self.config.ack_delay),
+                None => self.timers.cancel(TimerKey::Ack(id)),
+            }
+        }
+    }
+
+    fn cancel_timers(&mut self, id: ConnectionId) {
+        for key in [
+            TimerKey::Loss(id),
+            TimerKey::Ack(id),
+            TimerKey::Keepalive(id),
+            TimerKey::Idle(id),
+            TimerKey::Handshake(id),
+        ] {
+            self.timers.cancel(key);
+        }
+    }
+
+    /// Closes a connection locally. `notify`: send FINISH_CONNECTION to the peer.
+    fn close(&mut self, id: ConnectionId, reason: CloseReason, by_peer: bool, notify: bool) {
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if c.state == ConnectionState::Closed {
+            return;
+        }
+        c.state = ConnectionState::Closed;
+        let peer = c.peer;
+        let lost = c.in_flight.drain();
+        c.ack_pending.clear();
+        c.pongs.clear();
+        c.ping_due = false;
+        self.early_total -= c.early_bytes;
+        c.early_bytes = 0;
+        c.early.clear();
+        c.deferred_hello = None;
+        if notify {
+            c.close_frame = Some(reason.clone());
+            self.dirty.insert(id);
+        }
+        self.cancel_timers(id);
+        // What was in flight goes back to the streams, to travel on another
+        // connection (now or after a reconnection).
+        if let Some(peer) = peer {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                for range in lost {
+                    if let Some(s) = p.streams.get_mut(&range.stream) {
+                        if range.end > range.start {
+                            s.send.on_lost(range.start, range.end);
+                        }
+                        if range.reset {
+                            s.send.on_reset_lost();
+                        }
+                    }
+                }
+                p.connections.retain(|&c| c != id);
+            }
+        }
+        if !notify {
+            self.connections.remove(&id);
+            self.dirty.remove(&id);
+        }
+        self.events.push_back(Event::ConnectionClosed {
+            connection: id,
+            peer,
+            reason,
+            by_peer,
+        });
+        if let Some(peer) = peer {
+            self.mark_peer_dirty(peer);
+        }
+    }
+
+    /// Drops a peer entirely (restart, forget): closes its connections, reports what
+    /// was lost.
+    fn drop_peer(&mut self, peer: PeerId, reason: CloseReason) {
+        let connections = self
+            .peers
+            .get(&peer)
+            .map(|p| p.connections.clone())
+            .unwrap_or_default();
+        for c in connections {
+            self.close(c, reason.clone(), false, true);
+        }
+        let Some(p) = self.peers.remove(&peer) else {
+            return;
+        };
+        if let Some((name, _)) = &p.identity {
+            if self.peer_by_name.get(name) == Some(&peer) {
+                self.peer_by_name.remove(name);
+            }
+        }
+        for (&stream, _) in p.streams.iter() {
+            self.timers.cancel(TimerKey::Expire(peer, stream));
+        }
+        let unacknowledged_messages = p
+            .streams
+            .values()
+            .map(|s| s.send.queued_messages() as u64)
+            .sum();
+        self.events.push_back(Event::PeerLost {
+            peer,
+            unacknowledged_messages,
+        });
+    }
+}

@@ -1,0 +1,827 @@
+//! Input handling: datagrams and stream bytes, frames, packets, acknowledgements,
+//! the handshake and control messages.
+
+use std::time::Duration;
+
+use atbus_proto::{Frames, decode_content, pb};
+use bytes::Bytes;
+use prost::Message as _;
+
+use super::{Endpoint, TimerKey};
+use crate::connection::{ConnectionState, Role};
+use crate::event::{
+    CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
+};
+use crate::handshake::{self, AuthDecision, HandshakeKind, Hello};
+use crate::stream::{AssembledMessage, InsertOutcome, RecvMeta, Stream};
+use crate::time::Timestamp;
+
+const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
+const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
+const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
+const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
+
+/// A fragment held by a slice of a datagram pins the whole datagram; fragments that
+/// use less than this share of it are copied out, so that retained memory stays
+/// within twice what the receive limits count.
+const PIN_RATIO: usize = 2;
+
+impl Endpoint {
+    pub(super) fn on_datagram(&mut self, id: ConnectionId, data: Bytes) {
+        let limits = self.config.decode_limits;
+        let Some(c) = self.connections.get_mut(&id) else {
+            self.stats.unknown_connection_inputs += 1;
+            return;
+        };
+        if c.state == ConnectionState::Closed || !c.is_lossy() {
+            self.stats.unknown_connection_inputs += 1;
+            return;
+        }
+        c.stats.received_packets += 1;
+        c.stats.received_bytes += data.len() as u64;
+        c.last_received = self.now;
+        let datagram_len = data.len();
+        for frame in Frames::new(data, limits) {
+            match frame {
+                Ok(frame) => self.on_frame(id, frame, datagram_len),
+                Err(_) => {
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.stats.malformed += 1;
+                    }
+                    break;
+                }
+            }
+            if !self.is_open(id) {
+                break;
+            }
+        }
+        self.after_input(id);
+    }
+
+    pub(super) fn on_stream_data(&mut self, id: ConnectionId, data: Bytes) {
+        let Some(c) = self.connections.get_mut(&id) else {
+            self.stats.unknown_connection_inputs += 1;
+            return;
+        };
+        if c.state == ConnectionState::Closed {
+            self.stats.unknown_connection_inputs += 1;
+            return;
+        }
+        let Some(decoder) = c.decoder.as_mut() else {
+            self.stats.unknown_connection_inputs += 1;
+            return;
+        };
+        c.stats.received_packets += 1;
+        c.stats.received_bytes += data.len() as u64;
+        c.last_received = self.now;
+        decoder.extend(&data);
+        while let Some(c) = self.connections.get_mut(&id) {
+            let Some(decoder) = c.decoder.as_mut() else {
+                break;
+            };
+            match decoder.next_frame() {
+                Ok(Some(frame)) => {
+                    let len = frame.encoded_len();
+                    self.on_frame(id, frame, len);
+                }
+                Ok(None) => break,
+                Err(err) => {
+                    c.stats.malformed += 1;
+                    self.close(
+                        id,
+                        CloseReason::new(CloseCode::PeerReset, format!("malformed frame: {err}")),
+                        false,
+                        true,
+                    );
+                    break;
+                }
+            }
+            if !self.is_open(id) {
+                break;
+            }
+        }
+        self.after_input(id);
+    }
+
+    fn is_open(&self, id: ConnectionId) -> bool {
+        self.connections
+            .get(&id)
+            .is_some_and(|c| c.state != ConnectionState::Closed)
+    }
+
+    fn after_input(&mut self, id: ConnectionId) {
+        if let Some(c) = self.connections.get(&id) {
+            if !c.ack_pending.is_empty() || !c.pongs.is_empty() {
+                self.dirty.insert(id);
+            }
+        }
+        self.update_timers(id);
+    }
+
+    /// Whether a frame must wait for the handshake: an acceptor takes nothing but
+    /// the control stream (and pings) before it accepts the hello.
+    fn is_early(&self, id: ConnectionId, frame: &pb::FrameMessage) -> bool {
+        let Some(c) = self.connections.get(&id) else {
+            return false;
+        };
+        if c.role != Role::Acceptor || c.state != ConnectionState::Handshaking {
+            return false;
+        }
+        match &frame.body {
+            Some(pb::frame_message::Body::Packet(p)) => p.stream_id != -1,
+            Some(pb::frame_message::Body::Acknowledge(a)) => {
+                a.acknowledge.as_ref().is_some_and(|a| a.stream_id != -1)
+            }
+            _ => false,
+        }
+    }
+
+    fn on_frame(&mut self, id: ConnectionId, frame: pb::FrameMessage, wire_len: usize) {
+        if self.is_early(id, &frame) {
+            let size = frame.encoded_len();
+            let limit = self.config.early_data_limit;
+            let total = self.config.early_data_total;
+            if let Some(c) = self.connections.get_mut(&id) {
+                if c.early_bytes + size <= limit && self.early_total + size <= total {
+                    c.early_bytes += size;
+                    self.early_total += size;
+                    c.early.push(frame);
+                } else {
+                    c.stats.dropped_early += 1;
+                }
+            }
+            return;
+        }
+        match frame.body {
+            Some(pb::frame_message::Body::Packet(packet)) => self.on_packet(id, packet, wire_len),
+            Some(pb::frame_message::Body::Acknowledge(ack)) => self.on_ack(id, ack),
+            Some(pb::frame_message::Body::Ping(ping)) => {
+                if let Some(c) = self.connections.get_mut(&id) {
+                    if c.pongs.len() >= 4 {
+                        c.pongs.pop_front();
+                    }
+                    c.pongs.push_back(ping.timepoint_microseconds);
+                }
+            }
+            Some(pb::frame_message::Body::Pong(pong)) => {
+                let now = self.now;
+                if let Some(c) = self.connections.get_mut(&id) {
+                    if c.ping_outstanding
+                        .is_some_and(|t| t.as_micros() as i64 == pong.timepoint_microseconds)
+                    {
+                        let sent = c.ping_outstanding.take().unwrap_or(now);
+                        c.rtt.on_sample(now.saturating_since(sent));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn on_packet(&mut self, id: ConnectionId, packet: pb::PacketData, wire_len: usize) {
+        let limits = self.config.decode_limits;
+        let Ok(offset) = u64::try_from(packet.stream_offset) else {
+            self.count_malformed(id);
+            return;
+        };
+        let stream_id = packet.stream_id;
+        let Ok(content) = decode_content(packet.content, &limits) else {
+            self.count_malformed(id);
+            return;
+        };
+        if packet.flags & FLAG_FINISH_CONNECTION != 0 {
+            let reason = content
+                .fragment
+                .iter()
+                .find_map(|f| f.close_reason.as_ref())
+                .map(CloseReason::from_pb)
+                .unwrap_or_else(|| CloseReason::new(CloseCode::Unknown, ""));
+            self.close(id, reason, true, false);
+            return;
+        }
+        if stream_id < -1 {
+            self.count_malformed(id);
+            return;
+        }
+        let peer = self.connections.get(&id).and_then(|c| c.peer);
+        if stream_id >= 0 && peer.is_none() {
+            // Data before any peer is bound: only an initiator can get here, from a
+            // peer that breaks the handshake order.
+            self.count_malformed(id);
+            return;
+        }
+        let fin = packet.flags & FLAG_FINISH_STREAM != 0;
+        let timepoint = packet.timepoint_microseconds;
+        if stream_id >= 0 {
+            let Some(peer) = peer else { return };
+            if !self.ensure_recv_stream(id, peer, stream_id) {
+                return;
+            }
+        }
+        // Apply the reset, then insert every fragment.
+        let mut skipped = 0;
+        let max_message = self.config.max_message_size as u64;
+        let peer_limit = self.config.peer_receive_limit;
+        let mut dropped = 0u64;
+        let mut accepted_any = false;
+        {
+            let (asm, mut peer_state) = match self.recv_parts(id, peer, stream_id) {
+                Some(parts) => parts,
+                None => return,
+            };
+            if packet.flags & FLAG_RESET_OFFSET != 0 {
+                if let Ok(outcome) = asm.reset_to(offset) {
+                    skipped += outcome.skipped_messages;
+                }
+            }
+            let mut cursor = offset;
+            for fragment in content.fragment {
+                let is_final = fragment.fragment_flag & HAS_MORE == 0;
+                let Some(end) = cursor
+                    .checked_add(fragment.data.len() as u64)
+                    .and_then(|e| e.checked_add(u64::from(is_final)))
+                else {
+                    break;
+                };
+                let start = cursor;
+                cursor = end;
+                // A message may not grow past the size limit.
+                if end.saturating_sub(asm.read_offset())
+                    > max_message.saturating_add(1).max(asm.window())
+                {
+                    dropped += 1;
+                    continue;
+                }
+                let before = asm.buffered_bytes();
+                let in_order = start <= asm.acknowledge_offset();
+                if let Some((recv_buffered, _)) = peer_state.as_ref() {
+                    let limit = if in_order {
+                        peer_limit.saturating_add(max_message as usize)
+                    } else {
+                        peer_limit
+                    };
+                    if **recv_buffered + fragment.data.len() > limit {
+                        dropped += 1;
+                        continue;
+                    }
+                }
+                let data = if fragment.data.len() * PIN_RATIO < wire_len {
+                    Bytes::copy_from_slice(&fragment.data)
+                } else {
+                    fragment.data
+                };
+                let meta = RecvMeta {
+                    packet_type: fragment.packet_type,
+                    labels: fragment.labels,
+                    token: fragment.options.map(|o| o.token).unwrap_or_default(),
+                    close_reason: fragment.close_reason.as_ref().map(CloseReason::from_pb),
+                    fin: fin && fragment.close_reason.is_some(),
+                };
+                let outcome = asm.insert(start, data, is_final, Some(meta));
+                if matches!(outcome, InsertOutcome::Accepted { .. }) {
+                    accepted_any = true;
+                }
+                if matches!(outcome, InsertOutcome::BeyondWindow) {
+                    dropped += 1;
+                }
+                let after = asm.buffered_bytes();
+                if let Some((recv_buffered, counted)) = peer_state.as_mut() {
+                    let grown = after.saturating_sub(before);
+                    **recv_buffered += grown;
+                    **counted += grown;
+                }
+            }
+        }
+        let _ = accepted_any;
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.stats.dropped_over_limit += dropped;
+            let since = self.now;
+            c.ack_pending.entry(stream_id).or_insert(since);
+            c.echo = c.echo.max(timepoint);
+        }
+        if skipped > 0 {
+            if let Some(peer) = peer {
+                self.stats.skipped_messages += skipped;
+                self.events.push_back(Event::MessagesSkipped {
+                    peer,
+                    stream: stream_id,
+                    messages: skipped,
+                });
+            }
+        }
+        self.deliver(id, peer, stream_id);
+    }
+
+    fn count_malformed(&mut self, id: ConnectionId) {
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.stats.malformed += 1;
+        }
+    }
+
+    /// Makes sure `stream` exists for receiving; false if it must not be opened.
+    fn ensure_recv_stream(&mut self, id: ConnectionId, peer: PeerId, stream: i64) -> bool {
+        let max_streams = self.config.max_streams_per_peer;
+        let (send_window, receive_window) = (
+            self.config.stream_send_window,
+            self.config.stream_receive_window,
+        );
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        if p.streams.contains_key(&stream) {
+            return true;
+        }
+        if let Some(&final_offset) = p.tombstones.get(&stream) {
+            // A late retransmission of a finished stream: acknowledge it again.
+            if let Some(c) = self.connections.get_mut(&id) {
+                c.ack_pending.entry(stream).or_insert(self.now);
+                c.tombstone_acks.insert(stream, final_offset);
+            }
+            return false;
+        }
+        if p.streams.len() >= max_streams {
+            self.stats.refused_streams += 1;
+            return false;
+        }
+        p.streams
+            .insert(stream, Stream::new(send_window, receive_window));
+        true
+    }
+
+    /// The assembler for `stream` on connection `id`, with the peer's receive
+    /// accounting (none for the control stream).
+    #[allow(clippy::type_complexity)]
+    fn recv_parts(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        stream: i64,
+    ) -> Option<(
+        &mut crate::stream::Assembler<RecvMeta>,
+        Option<(&mut usize, &mut usize)>,
+    )> {
+        if stream == -1 {
+            let c = self.connections.get_mut(&id)?;
+            return Some((&mut c.control_recv, None));
+        }
+        let p = self.peers.get_mut(&peer?)?;
+        let s = p.streams.get_mut(&stream)?;
+        Some((&mut s.recv, Some((&mut p.recv_buffered, &mut s.counted))))
+    }
+
+    /// Pops every complete message of a stream and turns it into events.
+    fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
+        if stream == -1 {
+            loop {
+                let Some(message) = self
+                    .connections
+                    .get_mut(&id)
+                    .and_then(|c| c.control_recv.pop_message())
+                else {
+                    break;
+                };
+                self.on_control_message(id, message);
+                if !self.is_open(id) {
+                    break;
+                }
+            }
+            return;
+        }
+        let Some(peer) = peer else { return };
+        let mut done = false;
+        while let Some(p) = self.peers.get_mut(&peer) {
+            let Some(s) = p.streams.get_mut(&stream) else {
+                break;
+            };
+            let Some(message) = s.recv.pop_message() else {
+                done = s.is_done();
+                break;
+            };
+            let len = message.payload.len();
+            let release = len.min(s.counted);
+            s.counted -= release;
+            p.recv_buffered -= release.min(p.recv_buffered);
+            let meta = message.meta.unwrap_or_default();
+            if meta.fin {
+                let end = message.offset + 1 + len as u64;
+                let _ = s.recv.finish_at(end);
+                s.recv_finished = true;
+                self.events.push_back(Event::StreamFinished {
+                    peer,
+                    stream,
+                    reason: meta
+                        .close_reason
+                        .unwrap_or_else(|| CloseReason::new(CloseCode::Unknown, "")),
+                });
+            } else {
+                self.stats.delivered_messages += 1;
+                self.events.push_back(Event::Message {
+                    peer,
+                    stream,
+                    message: ReceivedMessage {
+                        packet_type: meta.packet_type,
+                        labels: meta.labels,
+                        token: meta.token,
+                        payload: message.payload,
+                    },
+                });
+            }
+        }
+        if done {
+            self.retire_stream(peer, stream);
+        }
+    }
+
+    /// Forgets a stream finished both ways, keeping a tombstone.
+    pub(super) fn retire_stream(&mut self, peer: PeerId, stream: i64) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(s) = p.streams.remove(&stream) else {
+            return;
+        };
+        p.recv_buffered -= s.counted.min(p.recv_buffered);
+        p.bury(stream, s.recv.acknowledge_offset());
+        self.timers.cancel(TimerKey::Expire(peer, stream));
+    }
+
+    fn on_control_message(&mut self, id: ConnectionId, message: AssembledMessage<RecvMeta>) {
+        let meta = message.meta.unwrap_or_default();
+        if meta.packet_type == pb::AtbusPacketType::Handshake as i32 {
+            self.on_handshake(id, meta, message.payload);
+        } else if meta.packet_type == pb::AtbusPacketType::Command as i32 {
+            let peer = self.connections.get(&id).and_then(|c| c.peer);
+            let established = self
+                .connections
+                .get(&id)
+                .is_some_and(|c| c.state == ConnectionState::Established);
+            if let (Some(peer), true) = (peer, established) {
+                if let Some(command) = handshake::decode_command(message.payload) {
+                    if let Some(cid) = CommandId::from_wire(command.command_id) {
+                        self.events.push_back(Event::Command {
+                            peer,
+                            command: Command {
+                                id: cid,
+                                payload: command.payload,
+                            },
+                        });
+                        return;
+                    }
+                }
+            }
+            self.count_malformed(id);
+        } else {
+            self.count_malformed(id);
+        }
+    }
+
+    fn on_handshake(&mut self, id: ConnectionId, meta: RecvMeta, payload: Bytes) {
+        let Some(data) = handshake::decode_handshake(&payload) else {
+            self.count_malformed(id);
+            return;
+        };
+        let Some(c) = self.connections.get(&id) else {
+            return;
+        };
+        let (role, state) = (c.role, c.state);
+        let kind = HandshakeKind::try_from(data.kind).unwrap_or(HandshakeKind::Unknown);
+        let hello = Hello {
+            node_name: data.node_name,
+            session_id: data.session_id,
+            protocol_version: data.protocol_version,
+            token: meta.token,
+            labels: meta.labels,
+            options: data.options,
+        };
+        match (role, state, kind) {
+            (Role::Acceptor, ConnectionState::Handshaking, HandshakeKind::Hello) => {
+                if hello.protocol_version != atbus_proto::PROTOCOL_VERSION as i32 {
+                    let reason = CloseReason::new(
+                        CloseCode::Unauthorized,
+                        format!(
+                            "protocol version {} not supported (this node speaks {})",
+                            hello.protocol_version,
+                            atbus_proto::PROTOCOL_VERSION
+                        ),
+                    );
+                    self.close(id, reason, false, true);
+                    return;
+                }
+                match self.authenticator.authenticate(id, &hello) {
+                    AuthDecision::Accept => self.complete_accept(id, hello),
+                    AuthDecision::Reject(message) => self.close(
+                        id,
+                        CloseReason::new(CloseCode::Unauthorized, message),
+                        false,
+                        true,
+                    ),
+                    AuthDecision::Defer => {
+                        if let Some(c) = self.connections.get_mut(&id) {
+                            c.deferred_hello = Some(hello.clone());
+                        }
+                        self.events.push_back(Event::HelloReceived {
+                            connection: id,
+                            hello,
+                        });
+                    }
+                }
+            }
+            (Role::Initiator, ConnectionState::Handshaking, HandshakeKind::Accept) => {
+                self.complete_connect(id, hello);
+            }
+            _ => self.count_malformed(id),
+        }
+    }
+
+    /// The acceptor takes the hello: binds (or creates, or restarts) the peer, answers
+    /// ACCEPT and replays the early data.
+    pub(super) fn complete_accept(&mut self, id: ConnectionId, hello: Hello) {
+        let mut restarted = false;
+        let peer = match self.peer_by_name.get(&hello.node_name).copied() {
+            Some(existing) => {
+                let same = self
+                    .peers
+                    .get(&existing)
+                    .and_then(|p| p.identity.as_ref())
+                    .is_some_and(|(_, session)| *session == hello.session_id);
+                if same {
+                    existing
+                } else {
+                    restarted = true;
+                    self.drop_peer(
+                        existing,
+                        CloseReason::new(CloseCode::PeerReset, "peer restarted"),
+                    );
+                    self.allocate_peer()
+                }
+            }
+            None => self.allocate_peer(),
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.identity = Some((hello.node_name.clone(), hello.session_id));
+            p.labels = hello.labels.clone();
+        }
+        self.peer_by_name.insert(hello.node_name.clone(), peer);
+        self.bind(id, peer);
+        let payload = handshake::encode_handshake(
+            HandshakeKind::Accept,
+            &self.config.node_name,
+            self.config.session_id,
+            &std::collections::BTreeMap::new(),
+        );
+        let meta = self.hello_meta.clone();
+        self.queue_control(id, payload, meta);
+        let early = match self.connections.get_mut(&id) {
+            Some(c) => {
+                c.state = ConnectionState::Established;
+                self.early_total -= c.early_bytes;
+                c.early_bytes = 0;
+                std::mem::take(&mut c.early)
+            }
+            None => Vec::new(),
+        };
+        self.timers.cancel(TimerKey::Handshake(id));
+        self.events.push_back(Event::PeerConnected {
+            peer,
+            connection: id,
+            node_name: hello.node_name,
+            session_id: hello.session_id,
+            labels: hello.labels,
+            restarted,
+        });
+        for frame in early {
+            let len = frame.encoded_len();
+            self.on_frame(id, frame, len);
+            if !self.is_open(id) {
+                break;
+            }
+        }
+        self.mark_peer_dirty(peer);
+    }
+
+    /// The initiator got ACCEPT: the peer's identity is known.
+    fn complete_connect(&mut self, id: ConnectionId, hello: Hello) {
+        let Some(mut peer) = self.connections.get(&id).and_then(|c| c.peer) else {
+            return;
+        };
+        let mut restarted = false;
+        let known = self.peers.get(&peer).and_then(|p| p.identity.clone());
+        if let Some((_, session)) = known {
+            if session != hello.session_id {
+                // The peer restarted while we held its streams: they start afresh
+                // with a new peer.
+                restarted = true;
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.connections.retain(|&c| c != id);
+                }
+                self.drop_peer(
+                    peer,
+                    CloseReason::new(CloseCode::PeerReset, "peer restarted"),
+                );
+                peer = self.allocate_peer();
+                self.bind(id, peer);
+            }
+        }
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.identity = Some((hello.node_name.clone(), hello.session_id));
+            p.labels = hello.labels.clone();
+        }
+        self.peer_by_name
+            .entry(hello.node_name.clone())
+            .or_insert(peer);
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.state = ConnectionState::Established;
+        }
+        self.timers.cancel(TimerKey::Handshake(id));
+        self.events.push_back(Event::PeerConnected {
+            peer,
+            connection: id,
+            node_name: hello.node_name,
+            session_id: hello.session_id,
+            labels: hello.labels,
+            restarted,
+        });
+        self.mark_peer_dirty(peer);
+    }
+
+    fn on_ack(&mut self, id: ConnectionId, ack: pb::AcknowledgeData) {
+        let Some(sa) = ack.acknowledge else {
+            return;
+        };
+        let now = self.now;
+        let stream = sa.stream_id;
+        let (Ok(acknowledged), Ok(received_max)) = (
+            u64::try_from(sa.acknowledge_offset),
+            u64::try_from(sa.received_max_offset),
+        ) else {
+            self.count_malformed(id);
+            return;
+        };
+        let _ = received_max;
+        // Selective ranges: sorted, disjoint, above the cumulative point; anything
+        // else ends the list.
+        let max_ranges = self.config.max_ack_ranges;
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        let mut floor = acknowledged;
+        for pair in sa.received_ranges.chunks_exact(2).take(max_ranges) {
+            let (Ok(lo), Ok(hi)) = (u64::try_from(pair[0]), u64::try_from(pair[1])) else {
+                break;
+            };
+            if lo < floor || hi <= lo {
+                break;
+            }
+            ranges.push((lo, hi));
+            floor = hi;
+        }
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let peer = c.peer;
+        // The echo is the send time of the newest frame the peer got; it can't be in
+        // the future.
+        let echo = u64::try_from(ack.timepoint_microseconds)
+            .ok()
+            .map(Timestamp::from_micros)
+            .filter(|&t| t > Timestamp::ZERO && t <= c.last_sent_timepoint);
+        if let Some(echo) = echo {
+            if echo > c.sampled_echo {
+                c.sampled_echo = echo;
+                c.rtt.on_sample(now.saturating_since(echo));
+            }
+            if echo > c.newest_delivered {
+                c.newest_delivered = echo;
+                c.rack_rtt = now.saturating_since(echo);
+            }
+        }
+        // Settle the stream's send buffer.
+        let progress;
+        {
+            let send = if stream == -1 {
+                Some(&mut c.control_send)
+            } else {
+                peer.and_then(|p| self.peers.get_mut(&p))
+                    .and_then(|p| p.streams.get_mut(&stream))
+                    .map(|s| &mut s.send)
+            };
+            let Some(send) = send else {
+                return;
+            };
+            let Some(outcome) = send.on_acknowledged(acknowledged) else {
+                c.stats.malformed += 1;
+                return;
+            };
+            let mut newly = outcome.newly_acknowledged;
+            for &(lo, hi) in &ranges {
+                newly += send.on_range_acknowledged(lo, hi);
+            }
+            progress = newly > 0;
+            let reset = send.pending_reset();
+            let settled = c
+                .in_flight
+                .on_stream_ack(stream, acknowledged, &ranges, echo, |o| reset != Some(o));
+            c.stats.spurious_retransmits += settled.spurious;
+            for range in &settled.ranges {
+                c.cc.on_acked(now, range.sent_at, range.bytes);
+            }
+            if progress || !settled.ranges.is_empty() {
+                c.rto_backoff = 0;
+            }
+        }
+        self.detect_losses(id);
+        if let Some(peer) = peer {
+            self.check_writable(peer, stream);
+            if let Some(done) = self
+                .peers
+                .get(&peer)
+                .and_then(|p| p.streams.get(&stream))
+                .map(Stream::is_done)
+            {
+                if done {
+                    self.retire_stream(peer, stream);
+                }
+            }
+        }
+        self.dirty.insert(id);
+    }
+
+    fn check_writable(&mut self, peer: PeerId, stream: i64) {
+        if stream < 0 {
+            return;
+        }
+        if let Some(s) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.streams.get_mut(&stream))
+        {
+            if let Some(len) = s.blocked {
+                if s.send.has_room(len) {
+                    s.blocked = None;
+                    self.events.push_back(Event::Writable { peer, stream });
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_loss_timer(&mut self, id: ConnectionId) {
+        let rto_fired = self.connections.get(&id).is_some_and(|c| {
+            c.in_flight
+                .loss_deadline(c.rto(), Timestamp::ZERO, Duration::ZERO, Duration::ZERO)
+                .is_some_and(|at| at <= self.now)
+        });
+        self.detect_losses(id);
+        if rto_fired {
+            if let Some(c) = self.connections.get_mut(&id) {
+                c.rto_backoff = c.rto_backoff.saturating_add(1).min(16);
+            }
+        }
+        self.update_timers(id);
+    }
+
+    /// Declares lost what the rules say is lost and gives it back to the streams.
+    pub(super) fn detect_losses(&mut self, id: ConnectionId) {
+        let now = self.now;
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        if !c.is_lossy() {
+            return;
+        }
+        let lost = c.in_flight.detect_lost(
+            now,
+            c.rto(),
+            c.newest_delivered,
+            c.rack_rtt,
+            c.reorder_window(),
+        );
+        if lost.is_empty() {
+            return;
+        }
+        let mut last_packet = None;
+        for range in &lost {
+            if last_packet != Some(range.packet) {
+                c.stats.lost_packets += 1;
+                last_packet = Some(range.packet);
+            }
+            c.cc.on_lost(now, range.sent_at, range.bytes);
+        }
+        let peer = c.peer;
+        for range in lost {
+            let send = if range.stream == -1 {
+                self.connections.get_mut(&id).map(|c| &mut c.control_send)
+            } else {
+                peer.and_then(|p| self.peers.get_mut(&p))
+                    .and_then(|p| p.streams.get_mut(&range.stream))
+                    .map(|s| &mut s.send)
+            };
+            if let Some(send) = send {
+                if range.end > range.start {
+                    send.on_lost(range.start, range.end);
+                }
+                if range.reset {
+                    send.on_reset_lost();
+                }
+            }
+        }
+        self.dirty.insert(id);
+    }
+}

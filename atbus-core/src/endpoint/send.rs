@@ -1,0 +1,450 @@
+//! The packetizer: builds each datagram (or stream chunk) of a connection from its
+//! pending pongs, ping, acknowledgements and stream data.
+//!
+//! A datagram holds, in order: pongs, a keepalive ping, data frames, then ACK frames
+//! (at most one per stream: merged over everything received since the last
+//! datagram). Data frames are cut from the streams' send buffers by this
+//! connection's MTU: the control stream first, then the peer's streams round robin,
+//! one frame per stream per pass, so small messages of many streams share a
+//! datagram and one busy stream cannot starve the others. A frame holds as many
+//! contiguous fragments as fit (small messages are coalesced), each a slice of the
+//! application's `Bytes`.
+
+use atbus_proto::{
+    CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, encode_frame,
+    encoded_frame_len, pb,
+};
+use bytes::{Bytes, BytesMut};
+
+use super::Endpoint;
+use crate::connection::recovery::SentRange;
+use crate::connection::{ConnectionState, Role};
+use crate::event::{CloseReason, ConnectionId, Transmit};
+use crate::stream::{SendBuffer, SendMeta};
+use crate::time::Timestamp;
+
+const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
+const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
+const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
+
+/// Fragments per data frame at most (well under the decoder's limit).
+const MAX_FRAGMENTS_PER_FRAME: usize = 512;
+
+/// A fragment shorter than this is not started at the end of a nearly full
+/// datagram when more of its message remains: it goes first in the next one.
+const MIN_FRAGMENT: usize = 32;
+
+fn timepoint(now: Timestamp) -> i64 {
+    i64::try_from(now.as_micros()).unwrap_or(i64::MAX)
+}
+
+struct OwnedFragment {
+    meta: Option<CachedMessageMeta>,
+    data: Bytes,
+    has_more: bool,
+}
+
+/// Appends at most one data frame of `stream_id` to `buf` without letting `buf`
+/// exceed `limit` bytes; marks what it carries as sent and returns the range and the
+/// number of fragments. `None` if nothing to send or no room.
+pub(crate) fn write_data_frame(
+    buf: &mut BytesMut,
+    limit: usize,
+    head: &CachedHead,
+    stream_id: i64,
+    send: &mut SendBuffer<SendMeta>,
+    now: Timestamp,
+    packet: u64,
+) -> Option<(SentRange, usize)> {
+    let space = limit.checked_sub(buf.len())?;
+    let tp = timepoint(now);
+    let (start, retransmit) = match send.next_pending() {
+        Some(p) => (p.offset, p.retransmit),
+        None => (u64::MAX, false),
+    };
+    // A reset that must travel alone (its offset has no data to carry it).
+    if let Some(reset) = send.reset_to_send().filter(|&o| o != start) {
+        let frame = DataFrame {
+            head,
+            stream_id,
+            stream_offset: i64::try_from(reset).ok()?,
+            flags: FLAG_RESET_OFFSET,
+            padding_size: 0,
+            timepoint_microseconds: tp,
+            content: Content::Encoded(&[]),
+        };
+        let len = frame.encoded_len();
+        if len > space {
+            return None;
+        }
+        frame.encode(buf);
+        send.mark_reset_sent();
+        let range = SentRange {
+            stream: stream_id,
+            start: reset,
+            end: reset,
+            reset: true,
+            sent_at: now,
+            bytes: len,
+            retransmit: false,
+            packet,
+        };
+        return Some((range, 0));
+    }
+    if start == u64::MAX {
+        return None;
+    }
+    let stream_offset = i64::try_from(start).ok()?;
+    let mut flags = if send.pending_reset() == Some(start) {
+        FLAG_RESET_OFFSET
+    } else {
+        0
+    };
+    // Overhead grows with the content length; measuring it at the whole space bounds
+    // it for any content that fits.
+    let probe = DataFrame {
+        head,
+        stream_id,
+        stream_offset,
+        flags: flags | FLAG_FINISH_STREAM,
+        padding_size: 0,
+        timepoint_microseconds: tp,
+        content: Content::Encoded(&[]),
+    };
+    let overhead = probe.encoded_len_with_content(space).saturating_sub(space);
+    let content_budget = space.checked_sub(overhead)?;
+    let mut fragments: Vec<OwnedFragment> = Vec::new();
+    let mut used = 0usize;
+    let mut cursor = start;
+    let mut any_retransmit = retransmit;
+    let mut fin = false;
+    while fragments.len() < MAX_FRAGMENTS_PER_FRAME {
+        let Some(p) = send.next_pending() else { break };
+        if p.offset != cursor {
+            break;
+        }
+        let message = p.message;
+        let data_from = (p.offset - message.start) as usize;
+        let data_rest = message.data.len().saturating_sub(data_from);
+        // Data bytes this range may carry (a lost range may end inside the data).
+        let range_units = (p.limit - p.offset) as usize;
+        let data_avail = data_rest.min(range_units);
+        let ends_message = p.limit == message.end();
+        let remaining = content_budget.saturating_sub(used);
+        let meta = p.starts_message().then_some(&message.meta.cached);
+        let probe_len = data_avail.min(remaining);
+        let probe = FragmentSpec {
+            meta,
+            data: &message.data[data_from..data_from + probe_len],
+            has_more: true,
+        };
+        let fragment_overhead = probe.overhead();
+        if fragment_overhead >= remaining {
+            break;
+        }
+        let take = data_avail.min(remaining - fragment_overhead);
+        if take < data_avail && take < MIN_FRAGMENT && !(fragments.is_empty() && buf.is_empty()) {
+            break;
+        }
+        let includes_end = take == data_avail && ends_message && data_avail == data_rest;
+        let end = p.offset + take as u64 + u64::from(includes_end);
+        if end == p.offset {
+            break;
+        }
+        let (data, is_final) = p.cut(end);
+        if is_final && message.meta.fin {
+            fin = true;
+        }
+        any_retransmit |= p.retransmit;
+        let owned = OwnedFragment {
+            meta: meta.cloned(),
+            data,
+            has_more: !is_final,
+        };
+        let spec = FragmentSpec {
+            meta: owned.meta.as_ref(),
+            data: &owned.data,
+            has_more: owned.has_more,
+        };
+        used += spec.encoded_len();
+        fragments.push(owned);
+        send.mark_sent(cursor, end);
+        cursor = end;
+    }
+    if fragments.is_empty() {
+        return None;
+    }
+    if fin {
+        flags |= FLAG_FINISH_STREAM;
+    }
+    let specs: Vec<FragmentSpec<'_>> = fragments
+        .iter()
+        .map(|f| FragmentSpec {
+            meta: f.meta.as_ref(),
+            data: &f.data,
+            has_more: f.has_more,
+        })
+        .collect();
+    let frame = DataFrame {
+        head,
+        stream_id,
+        stream_offset,
+        flags,
+        padding_size: 0,
+        timepoint_microseconds: tp,
+        content: Content::Fragments(&specs),
+    };
+    let len = frame.encoded_len();
+    debug_assert!(
+        len <= space,
+        "frame of {len} bytes in {space} bytes of space"
+    );
+    frame.encode(buf);
+    if flags & FLAG_RESET_OFFSET != 0 {
+        send.mark_reset_sent();
+    }
+    let range = SentRange {
+        stream: stream_id,
+        start,
+        end: cursor,
+        reset: flags & FLAG_RESET_OFFSET != 0,
+        sent_at: now,
+        bytes: len,
+        retransmit: any_retransmit,
+        packet,
+    };
+    Some((range, specs.len()))
+}
+
+/// A FINISH_CONNECTION frame carrying `reason`.
+pub(crate) fn finish_connection_frame(
+    head: &CachedHead,
+    reason: &CloseReason,
+    now: Timestamp,
+) -> Bytes {
+    let meta = CachedMessageMeta::new(&pb::packet_content::FragmentType {
+        close_reason: Some(reason.to_pb()),
+        ..Default::default()
+    });
+    let fragments = [FragmentSpec {
+        meta: Some(&meta),
+        data: &[],
+        has_more: false,
+    }];
+    let frame = DataFrame {
+        head,
+        stream_id: -1,
+        stream_offset: 0,
+        flags: FLAG_FINISH_CONNECTION,
+        padding_size: 0,
+        timepoint_microseconds: timepoint(now),
+        content: Content::Fragments(&fragments),
+    };
+    let mut buf = BytesMut::with_capacity(frame.encoded_len());
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
+impl Endpoint {
+    /// Builds the next transmit of a connection, if it has anything to send.
+    pub(super) fn build_transmit(&mut self, id: ConnectionId) -> Option<Transmit> {
+        let now = self.now;
+        let ack_delay = self.config.ack_delay;
+        let early_limit = self.config.early_data_limit;
+        let c = self.connections.get_mut(&id)?;
+        if c.state == ConnectionState::Closed {
+            let reason = c.close_frame.take();
+            let data = reason.map(|r| finish_connection_frame(&c.head, &r, now));
+            self.connections.remove(&id);
+            self.cancel_timers(id);
+            return data.map(|data| Transmit {
+                connection: id,
+                data,
+            });
+        }
+        let limit = c.mtu;
+        let packet = c.packets_sent;
+        let mut buf = BytesMut::with_capacity(limit);
+        let tp = timepoint(now);
+        let mut probes = false;
+        while let Some(&t) = c.pongs.front() {
+            let frame = pb::FrameMessage {
+                head: None,
+                body: Some(pb::frame_message::Body::Pong(pb::PingData {
+                    timepoint_microseconds: t,
+                    ..Default::default()
+                })),
+            };
+            if buf.len() + encoded_frame_len(&frame) > limit {
+                break;
+            }
+            encode_frame(&frame, &mut buf);
+            c.pongs.pop_front();
+        }
+        if c.ping_due {
+            let frame = pb::FrameMessage {
+                head: None,
+                body: Some(pb::frame_message::Body::Ping(pb::PingData {
+                    timepoint_microseconds: tp,
+                    ..Default::default()
+                })),
+            };
+            encode_frame(&frame, &mut buf);
+            c.ping_due = false;
+            c.ping_outstanding = Some(now);
+            c.stats.sent_pings += 1;
+            probes = true;
+        }
+
+        // Acknowledgements, merged: one per stream with the latest state.
+        let ack_due = ack_delay.is_zero() || c.ack_pending.values().any(|&t| now >= t + ack_delay);
+        let mut acks = BytesMut::new();
+        let mut acked_streams = Vec::new();
+        let mut stale = Vec::new();
+        let peer = c.peer;
+        for &stream in c.ack_pending.keys() {
+            let state = if stream == -1 {
+                Some((
+                    c.control_recv.acknowledge_offset(),
+                    c.control_recv.received_max_offset(),
+                    c.control_recv
+                        .received_ranges(self.config.max_ack_ranges)
+                        .collect::<Vec<_>>(),
+                ))
+            } else if let Some(&final_offset) = c.tombstone_acks.get(&stream) {
+                Some((final_offset, final_offset, Vec::new()))
+            } else {
+                peer.and_then(|p| self.peers.get(&p))
+                    .and_then(|p| p.streams.get(&stream))
+                    .map(|s| {
+                        (
+                            s.recv.acknowledge_offset(),
+                            s.recv.received_max_offset(),
+                            s.recv.received_ranges(self.config.max_ack_ranges).collect(),
+                        )
+                    })
+            };
+            let Some((ack, max, ranges)) = state else {
+                stale.push(stream);
+                continue;
+            };
+            let frame = pb::FrameMessage {
+                head: None,
+                body: Some(pb::frame_message::Body::Acknowledge(pb::AcknowledgeData {
+                    acknowledge: Some(pb::StreamAcknowledge {
+                        stream_id: stream,
+                        acknowledge_offset: i64::try_from(ack).unwrap_or(i64::MAX),
+                        received_max_offset: i64::try_from(max).unwrap_or(i64::MAX),
+                        received_ranges: ranges
+                            .iter()
+                            .flat_map(|&(lo, hi)| [lo, hi])
+                            .map(|o| i64::try_from(o).unwrap_or(i64::MAX))
+                            .collect(),
+                    }),
+                    timepoint_microseconds: c.echo,
+                    forward_for: None,
+                })),
+            };
+            let len = encoded_frame_len(&frame);
+            if buf.len() + acks.len() + len > limit {
+                break;
+            }
+            encode_frame(&frame, &mut acks);
+            acked_streams.push(stream);
+        }
+
+        // Data, within the congestion window.
+        let data_limit = limit - acks.len();
+        let window = c.cc.window();
+        let mut wrote_data = false;
+        let mut record = |c: &mut crate::connection::Connection,
+                          (range, fragments): (SentRange, usize)| {
+            c.stats.sent_frames += 1;
+            c.stats.sent_fragments += fragments as u64;
+            if range.retransmit {
+                c.stats.retransmits += 1;
+            }
+            c.in_flight.on_sent(range);
+            wrote_data = true;
+        };
+        while c.in_flight.bytes() < window {
+            match write_data_frame(
+                &mut buf,
+                data_limit,
+                &c.head,
+                -1,
+                &mut c.control_send,
+                now,
+                packet,
+            ) {
+                Some(sent) => record(c, sent),
+                None => break,
+            }
+        }
+        let may_send_data = c.state == ConnectionState::Established
+            || (c.role == Role::Initiator && c.in_flight.bytes() < early_limit);
+        if let (true, Some(p)) = (may_send_data, peer.and_then(|p| self.peers.get_mut(&p))) {
+            let cursor = p.cursor;
+            let order: Vec<i64> = p
+                .streams
+                .range(cursor..)
+                .chain(p.streams.range(..cursor))
+                .filter(|(_, s)| s.send.has_pending())
+                .map(|(&id, _)| id)
+                .collect();
+            let mut progress = true;
+            while progress && c.in_flight.bytes() < window && buf.len() < data_limit {
+                progress = false;
+                for &sid in &order {
+                    if c.in_flight.bytes() >= window {
+                        break;
+                    }
+                    let Some(s) = p.streams.get_mut(&sid) else {
+                        continue;
+                    };
+                    if let Some(sent) = write_data_frame(
+                        &mut buf,
+                        data_limit,
+                        &c.head,
+                        sid,
+                        &mut s.send,
+                        now,
+                        packet,
+                    ) {
+                        record(c, sent);
+                        progress = true;
+                        p.cursor = sid.saturating_add(1);
+                    }
+                }
+            }
+        }
+
+        for stream in &stale {
+            c.ack_pending.remove(stream);
+        }
+        let send_acks = !acks.is_empty() && (ack_due || wrote_data || probes || !buf.is_empty());
+        if send_acks {
+            for stream in &acked_streams {
+                c.ack_pending.remove(stream);
+                c.tombstone_acks.remove(stream);
+                c.stats.sent_acks += 1;
+            }
+            buf.extend_from_slice(&acks);
+        }
+        if buf.is_empty() {
+            return None;
+        }
+        if wrote_data || probes {
+            c.last_sent_timepoint = now;
+        }
+        c.packets_sent += 1;
+        c.last_sent = now;
+        c.stats.sent_packets += 1;
+        c.stats.sent_bytes += buf.len() as u64;
+        self.update_timers(id);
+        Some(Transmit {
+            connection: id,
+            data: buf.freeze(),
+        })
+    }
+}

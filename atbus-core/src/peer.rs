@@ -1,0 +1,41 @@
+//! A remote node as the endpoint sees it: identity, connections, streams.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::event::ConnectionId;
+use crate::stream::Stream;
+
+/// Finished streams remembered per peer, so that late retransmissions of a finished
+/// stream are acknowledged instead of opening it again.
+pub(crate) const MAX_TOMBSTONES: usize = 65_536;
+
+/// One peer.
+#[derive(Debug, Default)]
+pub(crate) struct Peer {
+    /// Node name and session id, once a handshake told them.
+    pub identity: Option<(String, u64)>,
+    pub labels: BTreeMap<String, String>,
+    /// Connections bound to this peer, in the order they were added.
+    pub connections: Vec<ConnectionId>,
+    pub streams: BTreeMap<i64, Stream>,
+    /// Finished and forgotten streams: id → final receive offset.
+    pub tombstones: BTreeMap<i64, u64>,
+    pub tombstone_order: VecDeque<i64>,
+    /// Payload bytes held undelivered over all streams.
+    pub recv_buffered: usize,
+    /// Next stream a connection serves first (round robin).
+    pub cursor: i64,
+}
+
+impl Peer {
+    pub fn bury(&mut self, stream: i64, final_offset: u64) {
+        if self.tombstones.insert(stream, final_offset).is_none() {
+            self.tombstone_order.push_back(stream);
+        }
+        while self.tombstone_order.len() > MAX_TOMBSTONES {
+            if let Some(old) = self.tombstone_order.pop_front() {
+                self.tombstones.remove(&old);
+            }
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! atbus itself as a simulated [`Transport`]: an [`atbus_core::Endpoint`] with one
+//! datagram connection per path.
+//!
+//! The client connects on path 0 and adds a connection on every further path (the
+//! server sees one hello per path from the same session and binds them all to one
+//! peer). Virtual time maps to [`Timestamp`]s offset by one second, because a
+//! timepoint of 0 means "absent" on the wire.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use atbus_core::{
+    ConnectionId, ConnectionKind, Endpoint, EndpointConfig, Event, Input, Output, PeerId,
+    SendError, SendOptions, Timestamp,
+};
+use bytes::Bytes;
+
+use crate::transport::{PathStats, Received, Transport, TransportStats, WouldBlock};
+
+/// Offset of virtual time zero in endpoint timestamps.
+const EPOCH: Duration = Duration::from_secs(1);
+
+fn stamp(now: Duration) -> Timestamp {
+    Timestamp::from_duration(now + EPOCH)
+}
+
+/// One atbus endpoint under simulation.
+#[derive(Debug)]
+pub struct AtbusTransport {
+    endpoint: Endpoint,
+    /// Connection of each path.
+    paths: Vec<ConnectionId>,
+    mtus: Vec<usize>,
+    peer: Option<PeerId>,
+    transmits: VecDeque<(usize, Bytes)>,
+    received: VecDeque<Received>,
+    /// Events other than messages, for tests and the CLI's verbose mode.
+    events: Vec<Event>,
+}
+
+/// A client and a server endpoint over paths of these MTUs, with default
+/// configurations (node names "client" and "server").
+pub fn pair(mtus: &[usize]) -> (AtbusTransport, AtbusTransport) {
+    pair_with(
+        mtus,
+        EndpointConfig::new("client", 1),
+        EndpointConfig::new("server", 2),
+    )
+}
+
+/// A client and a server endpoint over paths of these MTUs, with the given
+/// configurations.
+///
+/// # Panics
+/// If `mtus` is empty or an MTU is below [`atbus_core::config::MIN_MTU`].
+pub fn pair_with(
+    mtus: &[usize],
+    client: EndpointConfig,
+    server: EndpointConfig,
+) -> (AtbusTransport, AtbusTransport) {
+    assert!(!mtus.is_empty(), "at least one path");
+    let now = stamp(Duration::ZERO);
+    let mut c = Endpoint::new(client);
+    let mut s = Endpoint::new(server);
+    let mut client_paths = Vec::new();
+    let mut server_paths = Vec::new();
+    let mut peer = None;
+    for &mtu in mtus {
+        let kind = ConnectionKind::Datagram { mtu };
+        let connection = match peer {
+            None => {
+                let (p, connection) = c.connect(now, kind).expect("valid MTU");
+                peer = Some(p);
+                connection
+            }
+            Some(p) => c.add_connection(now, p, kind).expect("valid MTU"),
+        };
+        client_paths.push(connection);
+        server_paths.push(s.accept(now, kind).expect("valid MTU"));
+    }
+    let make = |endpoint, paths, peer| AtbusTransport {
+        endpoint,
+        paths,
+        mtus: mtus.to_vec(),
+        peer,
+        transmits: VecDeque::new(),
+        received: VecDeque::new(),
+        events: Vec::new(),
+    };
+    (make(c, client_paths, peer), make(s, server_paths, None))
+}
+
+impl AtbusTransport {
+    /// The endpoint, for inspection.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Events other than delivered messages seen so far.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    fn drain(&mut self) {
+        loop {
+            match self.endpoint.poll_output() {
+                Output::Transmit(t) => {
+                    if let Some(path) = self.paths.iter().position(|&c| c == t.connection) {
+                        self.transmits.push_back((path, t.data));
+                    }
+                }
+                Output::Event(Event::Message {
+                    stream, message, ..
+                }) => self.received.push_back(Received {
+                    stream: u32::try_from(stream).unwrap_or(u32::MAX),
+                    payload: message.payload,
+                }),
+                Output::Event(event) => {
+                    if let Event::PeerConnected { peer, .. } = &event {
+                        self.peer = Some(*peer);
+                    }
+                    self.events.push(event);
+                }
+                Output::Timeout(_) => break,
+            }
+        }
+    }
+}
+
+impl Transport for AtbusTransport {
+    fn send(&mut self, now: Duration, stream: u32, payload: Bytes) -> Result<(), WouldBlock> {
+        let Some(peer) = self.peer else {
+            return Err(WouldBlock);
+        };
+        match self.endpoint.send(
+            stamp(now),
+            peer,
+            i64::from(stream),
+            payload,
+            &SendOptions::default(),
+        ) {
+            Ok(()) => Ok(()),
+            Err(SendError::WouldBlock) => Err(WouldBlock),
+            // The simulator only sends what the endpoint accepts; anything else
+            // (a lost peer) leaves the message with the driver, which retries it.
+            Err(_) => Err(WouldBlock),
+        }
+    }
+
+    fn handle_datagram(&mut self, now: Duration, path: usize, datagram: Bytes) {
+        let Some(&connection) = self.paths.get(path) else {
+            return;
+        };
+        self.endpoint.handle_input(
+            stamp(now),
+            Input::Datagram {
+                connection,
+                data: datagram,
+            },
+        );
+    }
+
+    fn handle_timeout(&mut self, now: Duration) {
+        self.endpoint.handle_timeout(stamp(now));
+    }
+
+    fn poll_transmit(&mut self, _now: Duration) -> Option<(usize, Bytes)> {
+        if self.transmits.is_empty() {
+            self.drain();
+        }
+        self.transmits.pop_front()
+    }
+
+    fn poll_received(&mut self) -> Option<Received> {
+        if self.received.is_empty() {
+            self.drain();
+        }
+        self.received.pop_front()
+    }
+
+    fn next_timeout(&mut self) -> Option<Duration> {
+        let at = self.endpoint.next_timeout();
+        (at != Timestamp::NEVER).then(|| at.saturating_since(stamp(Duration::ZERO)))
+    }
+
+    fn stats(&self) -> TransportStats {
+        let paths = self
+            .paths
+            .iter()
+            .zip(&self.mtus)
+            .map(
+                |(&connection, &mtu)| match self.endpoint.connection_info(connection) {
+                    Some(info) => PathStats {
+                        mtu: info.mtu,
+                        srtt: info.srtt,
+                        sent_packets: info.stats.sent_packets,
+                        lost_packets: info.stats.lost_packets,
+                        retransmits: info.stats.retransmits,
+                        spurious_retransmits: info.stats.spurious_retransmits,
+                    },
+                    None => PathStats {
+                        mtu,
+                        ..PathStats::default()
+                    },
+                },
+            )
+            .collect();
+        TransportStats {
+            paths,
+            skipped: self.endpoint.stats().skipped_messages,
+        }
+    }
+}
