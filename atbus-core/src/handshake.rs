@@ -98,6 +98,7 @@ pub(crate) fn encode_handshake(
     kind: HandshakeKind,
     node_name: &str,
     session_id: u64,
+    connection_nonce: u64,
     options: &BTreeMap<String, String>,
 ) -> Bytes {
     pb::HandshakeData {
@@ -106,6 +107,7 @@ pub(crate) fn encode_handshake(
         session_id,
         protocol_version: atbus_proto::PROTOCOL_VERSION as i32,
         options: options.clone(),
+        connection_nonce,
     }
     .encode_to_vec()
     .into()

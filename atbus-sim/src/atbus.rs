@@ -3,7 +3,10 @@
 //!
 //! The client connects on path 0 and adds a connection on every further path (the
 //! server sees one hello per path from the same session and binds them all to one
-//! peer). Virtual time maps to [`Timestamp`]s offset by one second, because a
+//! peer). Like a runtime adapter, the transport reconnects a path whose connection
+//! closed (idle timeout after a long outage or loss burst): the client sends a new
+//! hello from the "same socket", the server accepts it on the same path, and the
+//! streams continue where they were. Virtual time maps to [`Timestamp`]s offset by one second, because a
 //! timepoint of 0 means "absent" on the wire.
 
 use std::collections::VecDeque;
@@ -32,6 +35,12 @@ pub struct AtbusTransport {
     paths: Vec<ConnectionId>,
     mtus: Vec<usize>,
     peer: Option<PeerId>,
+    /// Whether this side initiates (and so re-initiates) the connections.
+    client: bool,
+    /// The latest virtual time seen.
+    now: Duration,
+    /// Connections replaced after they closed.
+    reconnects: u64,
     transmits: VecDeque<(usize, Bytes)>,
     received: VecDeque<Received>,
     /// Events other than messages, for tests and the CLI's verbose mode.
@@ -78,22 +87,33 @@ pub fn pair_with(
         client_paths.push(connection);
         server_paths.push(s.accept(now, kind).expect("valid MTU"));
     }
-    let make = |endpoint, paths, peer| AtbusTransport {
+    let make = |endpoint, paths, peer, client| AtbusTransport {
         endpoint,
         paths,
         mtus: mtus.to_vec(),
         peer,
+        client,
+        now: Duration::ZERO,
+        reconnects: 0,
         transmits: VecDeque::new(),
         received: VecDeque::new(),
         events: Vec::new(),
     };
-    (make(c, client_paths, peer), make(s, server_paths, None))
+    (
+        make(c, client_paths, peer, true),
+        make(s, server_paths, None, false),
+    )
 }
 
 impl AtbusTransport {
     /// The endpoint, for inspection.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// How many times a closed connection was replaced by a new one.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects
     }
 
     /// Events other than delivered messages seen so far.
@@ -116,8 +136,15 @@ impl AtbusTransport {
                     payload: message.payload,
                 }),
                 Output::Event(event) => {
-                    if let Event::PeerConnected { peer, .. } = &event {
-                        self.peer = Some(*peer);
+                    match &event {
+                        Event::PeerConnected { peer, .. } => self.peer = Some(*peer),
+                        Event::PeerLost { peer, .. } if self.peer == Some(*peer) => {
+                            self.peer = None;
+                        }
+                        Event::ConnectionClosed { connection, .. } => {
+                            self.reconnect(*connection);
+                        }
+                        _ => {}
                     }
                     self.events.push(event);
                 }
@@ -127,8 +154,36 @@ impl AtbusTransport {
     }
 }
 
+impl AtbusTransport {
+    /// Replaces the closed connection of a path, as an adapter would.
+    fn reconnect(&mut self, closed: ConnectionId) {
+        let Some(path) = self.paths.iter().position(|&c| c == closed) else {
+            return;
+        };
+        let now = stamp(self.now);
+        let kind = ConnectionKind::Datagram {
+            mtu: self.mtus[path],
+        };
+        let replacement = if !self.client {
+            self.endpoint.accept(now, kind).ok()
+        } else if let Some(peer) = self.peer {
+            self.endpoint.add_connection(now, peer, kind).ok()
+        } else {
+            self.endpoint.connect(now, kind).ok().map(|(peer, c)| {
+                self.peer = Some(peer);
+                c
+            })
+        };
+        if let Some(connection) = replacement {
+            self.paths[path] = connection;
+            self.reconnects += 1;
+        }
+    }
+}
+
 impl Transport for AtbusTransport {
     fn send(&mut self, now: Duration, stream: u32, payload: Bytes) -> Result<(), WouldBlock> {
+        self.now = self.now.max(now);
         let Some(peer) = self.peer else {
             return Err(WouldBlock);
         };
@@ -148,6 +203,7 @@ impl Transport for AtbusTransport {
     }
 
     fn handle_datagram(&mut self, now: Duration, path: usize, datagram: Bytes) {
+        self.now = self.now.max(now);
         let Some(&connection) = self.paths.get(path) else {
             return;
         };
@@ -161,10 +217,12 @@ impl Transport for AtbusTransport {
     }
 
     fn handle_timeout(&mut self, now: Duration) {
+        self.now = self.now.max(now);
         self.endpoint.handle_timeout(stamp(now));
     }
 
-    fn poll_transmit(&mut self, _now: Duration) -> Option<(usize, Bytes)> {
+    fn poll_transmit(&mut self, now: Duration) -> Option<(usize, Bytes)> {
+        self.now = self.now.max(now);
         if self.transmits.is_empty() {
             self.drain();
         }

@@ -41,10 +41,14 @@ pub trait CongestionController: Debug + Send {
     fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
     /// The connection's MTU changed.
     fn on_mtu(&mut self, mtu: usize);
+    /// A loss that reduced the window turned out spurious (the original had
+    /// arrived): undo the reduction where possible.
+    fn on_spurious_loss(&mut self) {}
 }
 
 /// Slow start then additive increase, multiplicative decrease (RFC 5681 / 9002
-/// style): one window reduction per round of losses.
+/// style, with CUBIC's gentler 0.7 decrease): one window reduction per round of
+/// losses, undone when the loss proves spurious.
 #[derive(Debug, Clone)]
 pub struct NewReno {
     config: CongestionConfig,
@@ -55,6 +59,8 @@ pub struct NewReno {
     recovery_start: Option<Timestamp>,
     /// Bytes acknowledged in congestion avoidance since the window last grew.
     acked_in_avoidance: usize,
+    /// Window and threshold before the last reduction, for undoing it.
+    before_reduction: Option<(usize, usize)>,
 }
 
 impl NewReno {
@@ -67,6 +73,7 @@ impl NewReno {
             threshold: usize::MAX,
             recovery_start: None,
             acked_in_avoidance: 0,
+            before_reduction: None,
         };
         controller.window = controller.clamp(config.initial_window_packets.saturating_mul(mtu));
         controller
@@ -112,9 +119,18 @@ impl CongestionController for NewReno {
             return;
         }
         self.recovery_start = Some(now);
-        self.window = self.clamp(self.window / 2);
+        self.before_reduction = Some((self.window, self.threshold));
+        self.window = self.clamp(self.window * 7 / 10);
         self.threshold = self.window;
         self.acked_in_avoidance = 0;
+    }
+
+    fn on_spurious_loss(&mut self) {
+        if let Some((window, threshold)) = self.before_reduction.take() {
+            self.window = self.window.max(window);
+            self.threshold = threshold;
+            self.recovery_start = None;
+        }
     }
 
     fn on_mtu(&mut self, mtu: usize) {
@@ -153,16 +169,19 @@ mod tests {
         cc.on_acked(at(10), at(0), 32_000);
         assert_eq!(cc.window(), 64_000);
         cc.on_lost(at(20), at(5), 1000);
-        assert_eq!(cc.window(), 32_000);
+        assert_eq!(cc.window(), 44_800);
         // A second loss from the same round does not reduce again.
         cc.on_lost(at(21), at(6), 1000);
-        assert_eq!(cc.window(), 32_000);
+        assert_eq!(cc.window(), 44_800);
         // Congestion avoidance: one MTU per window acknowledged.
-        cc.on_acked(at(40), at(25), 32_000);
-        assert_eq!(cc.window(), 33_000);
+        cc.on_acked(at(40), at(25), 44_800);
+        assert_eq!(cc.window(), 45_800);
         // A loss of a packet sent after the reduction starts a new one.
         cc.on_lost(at(50), at(30), 1000);
-        assert_eq!(cc.window(), 16_500);
+        assert_eq!(cc.window(), 32_060);
+        // It was spurious: undone.
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), 45_800);
     }
 
     #[test]

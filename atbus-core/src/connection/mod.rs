@@ -119,6 +119,8 @@ pub(crate) struct Connection {
     pub newest_delivered: Timestamp,
     /// RTT of that frame.
     pub rack_rtt: Duration,
+    /// Multiplier of the reordering window, raised when losses prove spurious.
+    pub reorder_factor: u32,
     /// Consecutive retransmission timeouts without progress.
     pub rto_backoff: u32,
     /// The newest echoed timepoint an RTT sample was taken from.
@@ -144,6 +146,9 @@ pub(crate) struct Connection {
     /// Frames received before the handshake completed (acceptor side).
     pub early: Vec<pb::FrameMessage>,
     pub early_bytes: usize,
+    /// Session id and connection nonce of the hello this (acceptor) connection
+    /// accepted.
+    pub hello_identity: Option<(u64, u64)>,
     /// A hello waiting for the application's decision.
     pub deferred_hello: Option<crate::handshake::Hello>,
     /// FINISH_CONNECTION to send before forgetting the connection.
@@ -177,6 +182,7 @@ impl Connection {
             newest_delivered: Timestamp::ZERO,
             rack_rtt: Duration::ZERO,
             rto_backoff: 0,
+            reorder_factor: 1,
             sampled_echo: Timestamp::ZERO,
             last_sent_timepoint: Timestamp::ZERO,
             control_send: SendBuffer::new(CONTROL_WINDOW),
@@ -192,6 +198,7 @@ impl Connection {
             decoder,
             early: Vec::new(),
             early_bytes: 0,
+            hello_identity: None,
             deferred_hello: None,
             close_frame: None,
             packets_sent: 0,
@@ -210,11 +217,11 @@ impl Connection {
     }
 
     /// The reordering window of the time-ordered loss rule: a quarter of the minimum
-    /// RTT, or the RTT variation if larger (jittery links), at most the smoothed RTT.
+    /// RTT, or the RTT variation if larger (jittery links), times the reordering
+    /// factor (raised by spurious losses, RFC 8985 §6.2), at most the smoothed RTT.
     pub fn reorder_window(&self) -> Duration {
         let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
-        quarter
-            .max(self.rtt.variance())
+        (quarter.max(self.rtt.variance()) * self.reorder_factor)
             .max(Duration::from_millis(1))
             .min(self.rtt.smoothed())
     }

@@ -31,10 +31,10 @@ impl Default for RtoConfig {
         RtoConfig {
             initial_rtt: Duration::from_millis(200),
             factor: 1.2,
-            variance_weight: 2.0,
+            variance_weight: 4.0,
             floor: Duration::from_millis(5),
             ceiling: Duration::from_secs(10),
-            max_backoff_exponent: 6,
+            max_backoff_exponent: 3,
         }
     }
 }
@@ -167,7 +167,7 @@ mod tests {
         for i in 0..200 {
             rtt.on_sample(if i % 2 == 0 { ms(40) } else { ms(80) });
         }
-        // srtt ~60, rttvar ~20: srtt + 2 rttvar ~100 > 1.2 × 60 = 72 and > 80.
+        // srtt ~60, rttvar ~20: srtt + 4 rttvar ~140 > 1.2 × 60 = 72 and > 80.
         let rto = rtt.retransmit_timeout(0);
         assert!(rto > ms(80), "{rto:?}");
     }
@@ -176,6 +176,7 @@ mod tests {
     fn backoff_doubles_up_to_the_ceiling() {
         let config = RtoConfig {
             ceiling: ms(1000),
+            max_backoff_exponent: 6,
             ..RtoConfig::default()
         };
         let mut rtt = RttEstimator::new(config);

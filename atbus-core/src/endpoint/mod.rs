@@ -405,6 +405,7 @@ impl Endpoint {
             HandshakeKind::Hello,
             &self.config.node_name,
             self.config.session_id,
+            connection.0 + 1,
             &BTreeMap::new(),
         );
         self.queue_control(connection, payload, self.hello_meta.clone());
@@ -856,23 +857,7 @@ impl Endpoint {
             self.dirty.insert(id);
         }
         self.cancel_timers(id);
-        // What was in flight goes back to the streams, to travel on another
-        // connection (now or after a reconnection).
-        if let Some(peer) = peer {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                for range in lost {
-                    if let Some(s) = p.streams.get_mut(&range.stream) {
-                        if range.end > range.start {
-                            s.send.on_lost(range.start, range.end);
-                        }
-                        if range.reset {
-                            s.send.on_reset_lost();
-                        }
-                    }
-                }
-                p.connections.retain(|&c| c != id);
-            }
-        }
+        self.detach(id, peer, lost);
         if !notify {
             self.connections.remove(&id);
             self.dirty.remove(&id);
@@ -883,6 +868,57 @@ impl Endpoint {
             reason,
             by_peer,
         });
+        if let Some(peer) = peer {
+            self.mark_peer_dirty(peer);
+        }
+    }
+
+    /// Unbinds a connection from its peer; what it had in flight goes back to the
+    /// streams, to travel on another connection (now or after a reconnection).
+    fn detach(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        lost: Vec<crate::connection::recovery::SentRange>,
+    ) {
+        let Some(p) = peer.and_then(|peer| self.peers.get_mut(&peer)) else {
+            return;
+        };
+        for range in lost {
+            if let Some(s) = p.streams.get_mut(&range.stream) {
+                if range.end > range.start {
+                    s.send.on_lost(range.start, range.end);
+                }
+                if range.reset {
+                    s.send.on_reset_lost();
+                }
+            }
+        }
+        p.connections.retain(|&c| c != id);
+    }
+
+    /// The peer opened a new connection on the transport address of an accepted one
+    /// (a client reconnecting from the same socket): the old connection's state is
+    /// replaced, in place, by a fresh acceptor connection under the same id.
+    pub(super) fn renew_accepted(&mut self, id: ConnectionId) {
+        let now = self.now;
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let (kind, peer) = (c.kind, c.peer);
+        let lost = c.in_flight.drain();
+        self.early_total -= c.early_bytes;
+        *c = Connection::new(kind, Role::Acceptor, &self.config, now);
+        self.detach(id, peer, lost);
+        self.cancel_timers(id);
+        self.timers
+            .set(TimerKey::Handshake(id), now + self.config.handshake_timeout);
+        self.timers
+            .set(TimerKey::Idle(id), now + self.config.idle_timeout);
+        self.timers.set(
+            TimerKey::Keepalive(id),
+            now + self.config.keepalive_interval,
+        );
         if let Some(peer) = peer {
             self.mark_peer_dirty(peer);
         }

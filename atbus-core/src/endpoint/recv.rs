@@ -203,6 +203,9 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         }
+        if stream_id == -1 && offset == 0 && packet.flags & FLAG_RESET_OFFSET != 0 {
+            self.check_reconnect(id, &content);
+        }
         let peer = self.connections.get(&id).and_then(|c| c.peer);
         if stream_id >= 0 && peer.is_none() {
             // Data before any peer is bound: only an initiator can get here, from a
@@ -310,6 +313,34 @@ impl Endpoint {
             }
         }
         self.deliver(id, peer, stream_id);
+    }
+
+    /// A hello starting a control stream afresh on an accepted connection that
+    /// already accepted another hello (different session or nonce): the peer
+    /// reconnected from the same transport address.
+    fn check_reconnect(&mut self, id: ConnectionId, content: &pb::PacketContent) {
+        let Some(accepted) = self.connections.get(&id).and_then(|c| c.hello_identity) else {
+            return;
+        };
+        let Some(first) = content.fragment.first() else {
+            return;
+        };
+        if first.packet_type != pb::AtbusPacketType::Handshake as i32 {
+            return;
+        }
+        let Some(data) = handshake::decode_handshake(&first.data) else {
+            return;
+        };
+        // Within one session, nonces grow with every connection attempt, so a late
+        // duplicate of an older hello cannot replace a newer connection.
+        let newer = if data.session_id == accepted.0 {
+            data.connection_nonce > accepted.1
+        } else {
+            true
+        };
+        if data.kind == HandshakeKind::Hello as i32 && newer {
+            self.renew_accepted(id);
+        }
     }
 
     fn count_malformed(&mut self, id: ConnectionId) {
@@ -485,6 +516,13 @@ impl Endpoint {
         };
         let (role, state) = (c.role, c.state);
         let kind = HandshakeKind::try_from(data.kind).unwrap_or(HandshakeKind::Unknown);
+        if role == Role::Acceptor && kind == HandshakeKind::Hello {
+            if let Some(c) = self.connections.get_mut(&id) {
+                if c.hello_identity.is_none() {
+                    c.hello_identity = Some((data.session_id, data.connection_nonce));
+                }
+            }
+        }
         let hello = Hello {
             node_name: data.node_name,
             session_id: data.session_id,
@@ -567,6 +605,7 @@ impl Endpoint {
             HandshakeKind::Accept,
             &self.config.node_name,
             self.config.session_id,
+            0,
             &std::collections::BTreeMap::new(),
         );
         let meta = self.hello_meta.clone();
@@ -720,6 +759,10 @@ impl Endpoint {
                 .in_flight
                 .on_stream_ack(stream, acknowledged, &ranges, echo, |o| reset != Some(o));
             c.stats.spurious_retransmits += settled.spurious;
+            if settled.spurious > 0 {
+                c.cc.on_spurious_loss();
+                c.reorder_factor = (c.reorder_factor * 2).min(8);
+            }
             for range in &settled.ranges {
                 c.cc.on_acked(now, range.sent_at, range.bytes);
             }
