@@ -46,3 +46,89 @@ fn demo_says_plainly_that_it_is_not_available_yet() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
 }
+
+fn sim_json(args: &[&str]) -> serde_json::Value {
+    let out = atbus()
+        .arg("sim")
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("one JSON object")
+}
+
+#[test]
+fn sim_default_path_reports_exact_latency_and_every_field() {
+    let report = sim_json(&[]);
+    assert_eq!(report["sent"], 100);
+    assert_eq!(report["delivered"], 100);
+    for field in ["duplicates", "out_of_order", "corrupted", "skipped"] {
+        assert_eq!(report[field], 0, "{field}");
+    }
+    for field in ["avg", "p50", "p90", "p99", "p999", "max"] {
+        assert_eq!(report["latency_ms"][field], 25.0, "{field}");
+    }
+    assert_eq!(report["payload_bytes"], 100_000);
+    assert!(report["wire_bytes"].as_u64().unwrap() > 100_000);
+    assert_eq!(report["sim_duration_ms"], 1015.0);
+    let path = &report["paths"][0];
+    assert_eq!(path["mtu"], 1200);
+    assert_eq!(path["retransmits"], 0);
+    assert!(path["srtt_ms"].as_f64().unwrap() >= 50.0);
+    assert!(path["sent_packets"].as_u64().unwrap() >= 100);
+}
+
+#[test]
+fn sim_lossy_path_with_echo_and_streams_delivers_everything() {
+    let report = sim_json(&[
+        "--path",
+        "delay=10ms,jitter=2ms,loss=10%,burst=2,dup=1%,reorder=1%,corrupt=1%,mtu=800",
+        "--messages",
+        "300",
+        "--size",
+        "0-3000",
+        "--interval",
+        "1ms",
+        "--streams",
+        "3",
+        "--echo",
+        "--seed",
+        "42",
+    ]);
+    assert_eq!(report["sent"], 300);
+    assert_eq!(report["delivered"], 300);
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["out_of_order"], 0);
+    assert_eq!(report["corrupted"], 0);
+    assert!(report["paths"][0]["retransmits"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn sim_rejects_bad_arguments_with_a_clear_error() {
+    for args in [
+        &["--path", "delay=abc"][..],
+        &["--size", "10-5"],
+        &["--interval", "5 parsecs"],
+        &["--path", "mtu=50"],
+    ] {
+        let out = atbus().arg("sim").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("atbus sim:"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn sim_readable_summary() {
+    let out = atbus()
+        .arg("sim")
+        .arg("--messages")
+        .arg("10")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("10 sent, 10 delivered"), "{stdout}");
+    assert!(stdout.contains("p99"), "{stdout}");
+}

@@ -45,7 +45,174 @@ fn fault_free_path_latency_is_exactly_the_one_way_delay() {
 }
 
 #[test]
+fn echo_latency_is_exactly_the_round_trip() {
+    let mut s = scenario("delay=25ms", 50, (1, 3000), 2, 3);
+    s.echo = true;
+    let report = run_atbus(&s);
+    assert_perfect(&report);
+    assert_eq!(report.latency_ms.p50, 50.0, "{report}");
+    assert_eq!(report.latency_ms.max, 50.0, "{report}");
+}
+
+#[test]
+fn outage_longer_than_the_idle_timeout_recovers_by_reconnecting() {
+    // 40 s down: both sides' connections time out (30 s idle), the client
+    // reconnects, and the streams continue where they were.
+    let mut s = scenario("delay=25ms,down=200ms-40200ms", 100, (100, 2000), 2, 11);
+    s.interval = Duration::from_millis(10);
+    let mtus: Vec<usize> = s.paths.iter().map(|p| p.mtu).collect();
+    let (client, server) = pair(&mtus);
+    let report = run(&s, client, server);
+    assert_perfect(&report);
+    assert!(report.latency_ms.max > 40_000.0, "{report}");
+}
+
+#[test]
+fn burst_loss_and_every_fault_at_once() {
+    for seed in 1..=4 {
+        let spec = "delay=30ms,jitter=5ms,loss=15%,burst=4,dup=2%,reorder=3%,corrupt=1%,mtu=900";
+        let report = run_atbus(&scenario(spec, 150, (0, 6000), 3, seed));
+        assert_perfect(&report);
+        assert!(report.paths[0].retransmits > 0, "{report}");
+    }
+}
+
+#[test]
+fn same_seed_same_report() {
+    let s = scenario(
+        "delay=20ms,jitter=5ms,loss=10%,reorder=2%",
+        80,
+        (0, 3000),
+        2,
+        99,
+    );
+    assert_eq!(run_atbus(&s).to_json(), run_atbus(&s).to_json());
+}
+
+#[test]
 fn lossy_path_delivers_everything_in_order() {
     let report = run_atbus(&scenario("delay=25ms,loss=10%", 200, (0, 5000), 3, 7));
     assert_perfect(&report);
+}
+
+mod random {
+    use super::*;
+    use atbus_sim::atbus::AtbusTransport;
+    use atbus_sim::{Received, Transport, TransportStats, WouldBlock};
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    /// Wraps a side and checks after every call that what it holds of received data
+    /// stays within its configured limits.
+    struct Checked(AtbusTransport);
+
+    impl Checked {
+        fn check(&self) {
+            let endpoint = self.0.endpoint();
+            let config = endpoint.config();
+            let bound = config.peer_receive_limit + config.max_message_size;
+            for connection in endpoint.connections() {
+                let Some(peer) = endpoint.connection_info(connection).and_then(|c| c.peer) else {
+                    continue;
+                };
+                let info = endpoint.peer_info(peer).expect("bound peer exists");
+                assert!(
+                    info.receive_buffered <= bound,
+                    "{} bytes buffered, limit {bound}",
+                    info.receive_buffered
+                );
+            }
+        }
+    }
+
+    impl Transport for Checked {
+        fn send(&mut self, now: Duration, stream: u32, payload: Bytes) -> Result<(), WouldBlock> {
+            self.0.send(now, stream, payload)
+        }
+        fn handle_datagram(&mut self, now: Duration, path: usize, datagram: Bytes) {
+            self.0.handle_datagram(now, path, datagram);
+            self.check();
+        }
+        fn handle_timeout(&mut self, now: Duration) {
+            self.0.handle_timeout(now);
+            self.check();
+        }
+        fn poll_transmit(&mut self, now: Duration) -> Option<(usize, Bytes)> {
+            self.0.poll_transmit(now)
+        }
+        fn poll_received(&mut self) -> Option<Received> {
+            self.0.poll_received()
+        }
+        fn next_timeout(&mut self) -> Option<Duration> {
+            self.0.next_timeout()
+        }
+        fn stats(&self) -> TransportStats {
+            self.0.stats()
+        }
+    }
+
+    fn path_spec() -> impl Strategy<Value = String> {
+        (
+            1u64..100,
+            0u64..20,
+            0u32..=30,
+            prop_oneof![Just(0u32), 2u32..6],
+            0u32..=10,
+            0u32..=10,
+            0u32..=5,
+            prop_oneof![Just(1200usize), 200usize..1500],
+            proptest::option::of((0u64..5000, 100u64..3000)),
+        )
+            .prop_map(
+                |(delay, jitter, loss, burst, dup, reorder, corrupt, mtu, outage)| {
+                    let mut spec = format!(
+                        "delay={delay}ms,jitter={jitter}ms,loss={loss}%,dup={dup}%,reorder={reorder}%,corrupt={corrupt}%,mtu={mtu}"
+                    );
+                    if burst > 0 && loss > 0 {
+                        spec.push_str(&format!(",burst={burst}"));
+                    }
+                    if let Some((start, length)) = outage {
+                        spec.push_str(&format!(",down={start}ms-{}ms", start + length));
+                    }
+                    spec
+                },
+            )
+    }
+
+    fn workload() -> impl Strategy<Value = (u64, (usize, usize))> {
+        prop_oneof![
+            (1u64..200, Just((0usize, 64usize))),
+            (1u64..100, Just((0usize, 4000usize))),
+            (1u64..8, Just((0usize, 256 * 1024usize))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+        /// Whatever the link does, every message arrives exactly once, in order,
+        /// uncorrupted, and receive buffers stay within their limits.
+        #[test]
+        fn every_message_exactly_once_in_order(
+            spec in path_spec(),
+            (messages, size) in workload(),
+            streams in 1u32..5,
+            interval in 0u64..20,
+            echo in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let mut s = scenario(&spec, messages, size, streams, seed);
+            s.interval = Duration::from_millis(interval);
+            s.echo = echo;
+            s.time_limit = Duration::from_secs(3600);
+            let mtus: Vec<usize> = s.paths.iter().map(|p| p.mtu).collect();
+            let (client, server) = pair(&mtus);
+            let report = run(&s, Checked(client), Checked(server));
+            prop_assert!(!report.timed_out, "{spec}: {report}");
+            prop_assert_eq!(report.delivered, report.sent, "{}: {}", spec, report);
+            prop_assert_eq!(report.duplicates, 0);
+            prop_assert_eq!(report.out_of_order, 0);
+            prop_assert_eq!(report.corrupted, 0);
+        }
+    }
 }
