@@ -769,6 +769,26 @@ impl Endpoint {
             if progress || !settled.ranges.is_empty() {
                 c.rto_backoff = 0;
             }
+            // The stream's ranges carried by the peer's other connections are settled
+            // too (multi-path): none of them is resent or kept in a window.
+            if stream >= 0 && progress {
+                let others: Vec<ConnectionId> = peer
+                    .and_then(|p| self.peers.get(&p))
+                    .map(|p| p.connections.iter().copied().filter(|&o| o != id).collect())
+                    .unwrap_or_default();
+                for other in others {
+                    if let Some(o) = self.connections.get_mut(&other) {
+                        let settled =
+                            o.in_flight
+                                .on_stream_ack(stream, acknowledged, &ranges, None, |r| {
+                                    reset != Some(r)
+                                });
+                        for range in &settled.ranges {
+                            o.cc.on_acked(now, range.sent_at, range.bytes);
+                        }
+                    }
+                }
+            }
         }
         self.detect_losses(id);
         if let Some(peer) = peer {
