@@ -245,15 +245,21 @@ pub enum Event {
         /// The message.
         message: ReceivedMessage,
     },
-    /// The peer skipped messages with RESET_OFFSET (they expired at the sender);
-    /// partial messages discarded here are counted.
+    /// The peer skipped part of a stream with RESET_OFFSET (messages that expired
+    /// at the sender): raised whenever a reset jumps over anything.
     MessagesSkipped {
         /// From whom.
         peer: PeerId,
         /// On which stream.
         stream: i64,
-        /// How many messages were skipped.
+        /// Messages this side had partly received and discarded. Messages of which
+        /// nothing had arrived are not known here; the sender reports them in
+        /// [`Event::MessagesExpired`].
         messages: u64,
+        /// Length of the span the reset settled, from the first offset missing here
+        /// to the reset point (payload bytes plus one per message end). Complete
+        /// messages inside it that had arrived are still delivered.
+        offsets: u64,
     },
     /// Messages this endpoint queued passed their deadline unacknowledged and were
     /// dropped.

@@ -223,6 +223,7 @@ impl Endpoint {
         }
         // Apply the reset, then insert every fragment.
         let mut skipped = 0;
+        let mut skipped_offsets = 0;
         let max_message = self.config.max_message_size as u64;
         let peer_limit = self.config.peer_receive_limit;
         let mut dropped = 0u64;
@@ -233,8 +234,10 @@ impl Endpoint {
                 None => return,
             };
             if packet.flags & FLAG_RESET_OFFSET != 0 {
+                let before = asm.acknowledge_offset();
                 if let Ok(outcome) = asm.reset_to(offset) {
                     skipped += outcome.skipped_messages;
+                    skipped_offsets += offset.saturating_sub(before);
                 }
             }
             let mut cursor = offset;
@@ -302,13 +305,14 @@ impl Endpoint {
             c.ack_pending.entry(stream_id).or_insert(since);
             c.echo = c.echo.max(timepoint);
         }
-        if skipped > 0 {
+        if skipped > 0 || skipped_offsets > 0 {
             if let Some(peer) = peer {
                 self.stats.skipped_messages += skipped;
                 self.events.push_back(Event::MessagesSkipped {
                     peer,
                     stream: stream_id,
                     messages: skipped,
+                    offsets: skipped_offsets,
                 });
             }
         }

@@ -216,6 +216,33 @@ pub(crate) fn write_data_frame(
     Some((range, specs.len()))
 }
 
+/// An ACK frame for one stream.
+fn ack_frame(
+    stream: i64,
+    ack: u64,
+    max: u64,
+    ranges: &[(u64, u64)],
+    echo: i64,
+) -> pb::FrameMessage {
+    let wire = |o: u64| i64::try_from(o).unwrap_or(i64::MAX);
+    pb::FrameMessage {
+        head: None,
+        body: Some(pb::frame_message::Body::Acknowledge(pb::AcknowledgeData {
+            acknowledge: Some(pb::StreamAcknowledge {
+                stream_id: stream,
+                acknowledge_offset: wire(ack),
+                received_max_offset: wire(max),
+                received_ranges: ranges
+                    .iter()
+                    .flat_map(|&(lo, hi)| [wire(lo), wire(hi)])
+                    .collect(),
+            }),
+            timepoint_microseconds: echo,
+            forward_for: None,
+        })),
+    }
+}
+
 /// A FINISH_CONNECTION frame carrying `reason`.
 pub(crate) fn finish_connection_frame(
     head: &CachedHead,
@@ -328,24 +355,15 @@ impl Endpoint {
                 stale.push(stream);
                 continue;
             };
-            let frame = pb::FrameMessage {
-                head: None,
-                body: Some(pb::frame_message::Body::Acknowledge(pb::AcknowledgeData {
-                    acknowledge: Some(pb::StreamAcknowledge {
-                        stream_id: stream,
-                        acknowledge_offset: i64::try_from(ack).unwrap_or(i64::MAX),
-                        received_max_offset: i64::try_from(max).unwrap_or(i64::MAX),
-                        received_ranges: ranges
-                            .iter()
-                            .flat_map(|&(lo, hi)| [lo, hi])
-                            .map(|o| i64::try_from(o).unwrap_or(i64::MAX))
-                            .collect(),
-                    }),
-                    timepoint_microseconds: c.echo,
-                    forward_for: None,
-                })),
-            };
-            let len = encoded_frame_len(&frame);
+            let mut frame = ack_frame(stream, ack, max, &ranges, c.echo);
+            let mut len = encoded_frame_len(&frame);
+            // On a very small MTU, report fewer selective ranges rather than none.
+            let mut keep = ranges.len();
+            while len > limit && keep > 0 {
+                keep -= 1;
+                frame = ack_frame(stream, ack, max, &ranges[..keep], c.echo);
+                len = encoded_frame_len(&frame);
+            }
             if buf.len() + acks.len() + len > limit {
                 break;
             }
