@@ -64,6 +64,9 @@ pub struct EndpointConfig {
     pub idle_timeout: Duration,
     /// A connection whose handshake has not completed in this time is closed.
     pub handshake_timeout: Duration,
+    /// How long a peer with no connection keeps its streams and queued messages,
+    /// waiting for a reconnection, before it is dropped.
+    pub peer_linger: Duration,
     /// Limits applied to every frame decoded.
     pub decode_limits: DecodeLimits,
 }
@@ -91,6 +94,7 @@ impl EndpointConfig {
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
+            peer_linger: Duration::from_secs(300),
             decode_limits: DecodeLimits::default(),
         }
     }

@@ -229,7 +229,16 @@ pub enum Event {
         /// endpoint (idle timeout, local close, protocol error).
         by_peer: bool,
     },
-    /// A peer has no connection left (or restarted); its state is gone.
+    /// A peer's last connection closed. Its streams and queued messages stay for
+    /// [`EndpointConfig::peer_linger`](crate::EndpointConfig::peer_linger), waiting
+    /// for a new connection ([`Endpoint::add_connection`](crate::Endpoint::add_connection),
+    /// or the peer's new hello); then it is lost.
+    PeerUnreachable {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A peer's state is gone: it restarted, was forgotten, or stayed unreachable
+    /// for the linger time.
     PeerLost {
         /// The peer.
         peer: PeerId,

@@ -190,6 +190,7 @@ enum TimerKey {
     Idle(ConnectionId),
     Handshake(ConnectionId),
     Expire(PeerId, i64),
+    Linger(PeerId),
 }
 
 /// The local node's protocol state; see the [module documentation](self).
@@ -393,6 +394,7 @@ impl Endpoint {
         if let Some(c) = self.connections.get_mut(&connection) {
             c.peer = Some(peer);
         }
+        self.timers.cancel(TimerKey::Linger(peer));
         if let Some(p) = self.peers.get_mut(&peer) {
             if !p.connections.contains(&connection) {
                 p.connections.push(connection);
@@ -728,6 +730,21 @@ impl Endpoint {
                     }
                 }
                 TimerKey::Expire(peer, stream) => self.on_expire_timer(peer, stream),
+                TimerKey::Linger(peer) => {
+                    if self
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| p.connections.is_empty())
+                    {
+                        self.drop_peer(
+                            peer,
+                            CloseReason::new(
+                                CloseCode::PeerReset,
+                                "no connection within the linger time",
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
@@ -895,6 +912,13 @@ impl Endpoint {
             }
         }
         p.connections.retain(|&c| c != id);
+        if p.connections.is_empty() {
+            if let Some(peer) = peer {
+                self.events.push_back(Event::PeerUnreachable { peer });
+                self.timers
+                    .set(TimerKey::Linger(peer), self.now + self.config.peer_linger);
+            }
+        }
     }
 
     /// The peer opened a new connection on the transport address of an accepted one
@@ -927,17 +951,14 @@ impl Endpoint {
     /// Drops a peer entirely (restart, forget): closes its connections, reports what
     /// was lost.
     fn drop_peer(&mut self, peer: PeerId, reason: CloseReason) {
-        let connections = self
-            .peers
-            .get(&peer)
-            .map(|p| p.connections.clone())
-            .unwrap_or_default();
-        for c in connections {
-            self.close(c, reason.clone(), false, true);
-        }
+        // Out of the map first: closing its connections must not hand their ranges
+        // back to its streams or report it unreachable.
         let Some(p) = self.peers.remove(&peer) else {
             return;
         };
+        for &c in &p.connections {
+            self.close(c, reason.clone(), false, true);
+        }
         if let Some((name, _)) = &p.identity {
             if self.peer_by_name.get(name) == Some(&peer) {
                 self.peer_by_name.remove(name);
@@ -946,6 +967,7 @@ impl Endpoint {
         for (&stream, _) in p.streams.iter() {
             self.timers.cancel(TimerKey::Expire(peer, stream));
         }
+        self.timers.cancel(TimerKey::Linger(peer));
         let unacknowledged_messages = p
             .streams
             .values()
