@@ -261,9 +261,10 @@ pub enum Event {
         peer: PeerId,
         /// On which stream.
         stream: i64,
-        /// Messages this side had partly received and discarded. Messages of which
-        /// nothing had arrived are not known here; the sender reports them in
-        /// [`Event::MessagesExpired`].
+        /// Messages this side knows it lost: those partly received and discarded,
+        /// plus the message ending at the reset point when its end had not
+        /// arrived. Other messages of which nothing had arrived are not known here;
+        /// the sender reports every dropped message in [`Event::MessagesExpired`].
         messages: u64,
         /// Length of the span the reset settled, from the first offset missing here
         /// to the reset point (payload bytes plus one per message end). Complete

@@ -20,8 +20,10 @@ use congestion::{CongestionController, FixedWindow, NewReno};
 use recovery::InFlight;
 use rtt::RttEstimator;
 
-/// Window of the control stream, both ways: hellos and commands are small.
-pub(crate) const CONTROL_WINDOW: u64 = 256 * 1024;
+/// Window of the control stream, both ways, and the largest control message:
+/// hellos and commands are small, and this bounds what a connection that has not
+/// completed its handshake can make the endpoint hold.
+pub const CONTROL_WINDOW: u64 = 16 * 1024;
 
 /// Which side opened the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -147,6 +147,16 @@ pub enum SendError {
     /// A datagram connection needs an MTU of at least [`MIN_MTU`].
     #[error("MTU {0} is below the minimum of {MIN_MTU}")]
     MtuTooSmall(usize),
+    /// The message's metadata (labels, token) does not fit in one datagram of the
+    /// peer's smallest-MTU connection; the metadata must travel in the first
+    /// fragment.
+    #[error("metadata of {size} bytes does not fit a datagram of {mtu} bytes")]
+    MetadataTooLarge {
+        /// Encoded metadata size.
+        size: usize,
+        /// The smallest MTU among the peer's datagram connections.
+        mtu: usize,
+    },
     /// The connection's handshake is not waiting for a decision.
     #[error("no hello is waiting on this connection")]
     NoPendingHello,
@@ -165,6 +175,8 @@ pub struct EndpointStats {
     pub expired_messages: u64,
     /// Data received for streams beyond the per-peer stream limit.
     pub refused_streams: u64,
+    /// Messages from peers larger than `max_message_size`, dropped.
+    pub oversized_messages: u64,
 }
 
 /// A snapshot of a peer.
@@ -181,6 +193,10 @@ pub struct PeerInfo {
     /// Payload bytes queued towards it and not yet acknowledged.
     pub send_buffered: usize,
 }
+
+/// Bytes a data frame needs around a fragment's metadata and payload, at most:
+/// frame header and checksum, stream id, offset, flags, timepoint, fragment key.
+const FRAME_OVERHEAD_BOUND: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum TimerKey {
@@ -290,7 +306,8 @@ impl Endpoint {
     }
 
     /// Payload bytes the endpoint holds for all peers: received and undelivered, and
-    /// queued and unacknowledged, plus early data.
+    /// queued and unacknowledged, plus early data and control-stream buffers (at
+    /// most [`CONTROL_WINDOW`](crate::connection::CONTROL_WINDOW) per connection).
     pub fn buffered_bytes(&self) -> usize {
         let peers: usize = self
             .peers
@@ -303,7 +320,12 @@ impl Endpoint {
                         .sum::<usize>()
             })
             .sum();
-        peers + self.early_total
+        let control: usize = self
+            .connections
+            .values()
+            .map(|c| c.control_recv.buffered_bytes())
+            .sum();
+        peers + self.early_total + control
     }
 
     fn advance(&mut self, now: Timestamp) {
@@ -505,6 +527,7 @@ impl Endpoint {
                 ..Default::default()
             })
         };
+        self.check_metadata(peer, meta.encoded_len())?;
         let s = self.stream_for_send(peer, stream)?;
         let len = payload.len();
         match s.send.push(
@@ -527,6 +550,26 @@ impl Endpoint {
         }
         self.mark_peer_dirty(peer);
         Ok(())
+    }
+
+    /// Refuses metadata that cannot fit in one datagram of the peer's connections.
+    fn check_metadata(&self, peer: PeerId, size: usize) -> Result<(), SendError> {
+        let Some(p) = self.peers.get(&peer) else {
+            return Err(SendError::UnknownPeer);
+        };
+        let mtu = p
+            .connections
+            .iter()
+            .filter_map(|c| self.connections.get(c))
+            .filter(|c| c.is_lossy())
+            .map(|c| c.mtu)
+            .min();
+        match mtu {
+            Some(mtu) if size + FRAME_OVERHEAD_BOUND > mtu => {
+                Err(SendError::MetadataTooLarge { size, mtu })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Whether a message of `len` bytes would be accepted on `stream` now.
@@ -603,10 +646,11 @@ impl Endpoint {
         if CommandId::from_wire(wire) != Some(id) {
             return Err(SendError::ReservedCommand(wire));
         }
-        if payload.len() > self.config.max_message_size {
+        let limit = crate::connection::CONTROL_WINDOW as usize - FRAME_OVERHEAD_BOUND;
+        if payload.len() > limit {
             return Err(SendError::MessageTooLarge {
                 size: payload.len(),
-                limit: self.config.max_message_size,
+                limit,
             });
         }
         let p = self.peers.get(&peer).ok_or(SendError::UnknownPeer)?;
@@ -874,7 +918,7 @@ impl Endpoint {
             self.dirty.insert(id);
         }
         self.cancel_timers(id);
-        self.detach(id, peer, lost);
+        let unreachable = self.detach(id, peer, lost);
         if !notify {
             self.connections.remove(&id);
             self.dirty.remove(&id);
@@ -886,20 +930,24 @@ impl Endpoint {
             by_peer,
         });
         if let Some(peer) = peer {
+            if unreachable {
+                self.peer_unreachable(peer);
+            }
             self.mark_peer_dirty(peer);
         }
     }
 
     /// Unbinds a connection from its peer; what it had in flight goes back to the
     /// streams, to travel on another connection (now or after a reconnection).
+    /// Returns whether the peer has no connection left.
     fn detach(
         &mut self,
         id: ConnectionId,
         peer: Option<PeerId>,
         lost: Vec<crate::connection::recovery::SentRange>,
-    ) {
+    ) -> bool {
         let Some(p) = peer.and_then(|peer| self.peers.get_mut(&peer)) else {
-            return;
+            return false;
         };
         for range in lost {
             if let Some(s) = p.streams.get_mut(&range.stream) {
@@ -912,13 +960,15 @@ impl Endpoint {
             }
         }
         p.connections.retain(|&c| c != id);
-        if p.connections.is_empty() {
-            if let Some(peer) = peer {
-                self.events.push_back(Event::PeerUnreachable { peer });
-                self.timers
-                    .set(TimerKey::Linger(peer), self.now + self.config.peer_linger);
-            }
-        }
+        p.connections.is_empty()
+    }
+
+    /// The peer's last connection closed: it waits for a new one, at most
+    /// `peer_linger`.
+    fn peer_unreachable(&mut self, peer: PeerId) {
+        self.events.push_back(Event::PeerUnreachable { peer });
+        self.timers
+            .set(TimerKey::Linger(peer), self.now + self.config.peer_linger);
     }
 
     /// The peer opened a new connection on the transport address of an accepted one
@@ -933,7 +983,14 @@ impl Endpoint {
         let lost = c.in_flight.drain();
         self.early_total -= c.early_bytes;
         *c = Connection::new(kind, Role::Acceptor, &self.config, now);
-        self.detach(id, peer, lost);
+        // No event: the same transport address carries the peer's new connection,
+        // which normally rebinds it at once; the linger bound still applies.
+        if self.detach(id, peer, lost) {
+            if let Some(peer) = peer {
+                self.timers
+                    .set(TimerKey::Linger(peer), now + self.config.peer_linger);
+            }
+        }
         self.cancel_timers(id);
         self.timers
             .set(TimerKey::Handshake(id), now + self.config.handshake_timeout);

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use super::{Endpoint, TimerKey};
-use crate::connection::{ConnectionState, Role};
+use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
 };
@@ -224,7 +224,13 @@ impl Endpoint {
         // Apply the reset, then insert every fragment.
         let mut skipped = 0;
         let mut skipped_offsets = 0;
-        let max_message = self.config.max_message_size as u64;
+        // Control messages (hello, accept, commands) are small; their bound also caps
+        // what an unauthenticated connection can make the endpoint hold.
+        let max_message = if stream_id == -1 {
+            CONTROL_WINDOW
+        } else {
+            self.config.max_message_size as u64
+        };
         let peer_limit = self.config.peer_receive_limit;
         let mut dropped = 0u64;
         let mut accepted_any = false;
@@ -235,9 +241,16 @@ impl Endpoint {
             };
             if packet.flags & FLAG_RESET_OFFSET != 0 {
                 let before = asm.acknowledge_offset();
+                let held = asm.buffered_bytes();
                 if let Ok(outcome) = asm.reset_to(offset) {
                     skipped += outcome.skipped_messages;
                     skipped_offsets += offset.saturating_sub(before);
+                }
+                // What the reset discarded no longer counts against the peer.
+                if let Some((recv_buffered, counted)) = peer_state.as_mut() {
+                    let released = held.saturating_sub(asm.buffered_bytes()).min(**counted);
+                    **counted -= released;
+                    **recv_buffered -= released.min(**recv_buffered);
                 }
             }
             let mut cursor = offset;
@@ -423,6 +436,7 @@ impl Endpoint {
             return;
         }
         let Some(peer) = peer else { return };
+        let max_message = self.config.max_message_size;
         let mut done = false;
         while let Some(p) = self.peers.get_mut(&peer) {
             let Some(s) = p.streams.get_mut(&stream) else {
@@ -436,6 +450,12 @@ impl Endpoint {
             let release = len.min(s.counted);
             s.counted -= release;
             p.recv_buffered -= release.min(p.recv_buffered);
+            if len > max_message {
+                // Assembled out of order within a window larger than the limit: a
+                // peer breaking the limit; the message is dropped and counted.
+                self.stats.oversized_messages += 1;
+                continue;
+            }
             let meta = message.meta.unwrap_or_default();
             if meta.fin {
                 let end = message.offset + 1 + len as u64;

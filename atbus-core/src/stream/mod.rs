@@ -72,12 +72,14 @@ impl Stream {
         }
     }
 
-    /// Whether nothing is left either way and the stream can be forgotten.
+    /// Whether both directions are finished (the peer's finish marker delivered,
+    /// ours acknowledged) and nothing is held: the stream can be forgotten. A
+    /// direction that was never used is not finished: the other side may still
+    /// send on it.
     pub fn is_done(&self) -> bool {
-        let recv_done = self.recv_finished && self.recv.buffered_bytes() == 0
-            || self.recv.received_max_offset() == 0 && self.recv.read_offset() == 0;
-        let send_done = self.send.end() == 0 && self.blocked.is_none()
-            || self.send.is_finished() && self.send.is_settled();
-        recv_done && send_done && (self.recv_finished || self.send.is_finished())
+        self.recv_finished
+            && self.recv.buffered_bytes() == 0
+            && self.send.is_finished()
+            && self.send.is_settled()
     }
 }
