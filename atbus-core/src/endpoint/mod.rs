@@ -437,8 +437,8 @@ impl Endpoint {
 
     fn queue_control(&mut self, connection: ConnectionId, payload: Bytes, meta: CachedMessageMeta) {
         if let Some(c) = self.connections.get_mut(&connection) {
-            // The control window is far larger than any handshake or command; a
-            // peer that never acknowledges commands only loses the newest ones.
+            // Callers check the room first (commands answer WouldBlock); a hello or
+            // an accept always fits an empty control stream.
             let _ = c.control_send.push(
                 payload,
                 SendMeta {
@@ -665,6 +665,13 @@ impl Endpoint {
             })
             .ok_or(SendError::NotConnected)?;
         let payload = handshake::encode_command(wire, &payload);
+        if self
+            .connections
+            .get(&connection)
+            .is_some_and(|c| !c.control_send.has_room(payload.len()))
+        {
+            return Err(SendError::WouldBlock);
+        }
         self.queue_control(
             connection,
             payload,
@@ -845,6 +852,7 @@ impl Endpoint {
                 stream,
                 messages: expired.messages as u64,
             });
+            self.check_writable(peer, stream);
             self.mark_peer_dirty(peer);
         }
         if let Some(deadline) = self
@@ -979,6 +987,11 @@ impl Endpoint {
         let Some(c) = self.connections.get_mut(&id) else {
             return;
         };
+        if !c.is_lossy() {
+            // A stream connection carries one connection per byte stream; a second
+            // hello on it is a protocol error handled like any bad control message.
+            return;
+        }
         let (kind, peer) = (c.kind, c.peer);
         let lost = c.in_flight.drain();
         self.early_total -= c.early_bytes;

@@ -26,6 +26,9 @@ const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 /// within twice what the receive limits count.
 const PIN_RATIO: usize = 2;
 
+/// What one buffered early frame costs at least, decoded.
+const EARLY_FRAME_COST: usize = 256;
+
 impl Endpoint {
     pub(super) fn on_datagram(&mut self, id: ConnectionId, data: Bytes) {
         let limits = self.config.decode_limits;
@@ -138,7 +141,12 @@ impl Endpoint {
 
     fn on_frame(&mut self, id: ConnectionId, frame: pb::FrameMessage, wire_len: usize) {
         if self.is_early(id, &frame) {
-            let size = frame.encoded_len();
+            if matches!(frame.body, Some(pb::frame_message::Body::Acknowledge(_))) {
+                // This side has sent no data yet: nothing to acknowledge.
+                return;
+            }
+            // Charged at least what the decoded frame occupies.
+            let size = frame.encoded_len().max(EARLY_FRAME_COST);
             let limit = self.config.early_data_limit;
             let total = self.config.early_data_total;
             if let Some(c) = self.connections.get_mut(&id) {
@@ -292,7 +300,11 @@ impl Endpoint {
                 let meta = RecvMeta {
                     packet_type: fragment.packet_type,
                     labels: fragment.labels,
-                    token: fragment.options.map(|o| o.token).unwrap_or_default(),
+                    // Copied: a slice would pin the whole datagram.
+                    token: fragment
+                        .options
+                        .map(|o| Bytes::copy_from_slice(&o.token))
+                        .unwrap_or_default(),
                     close_reason: fragment.close_reason.as_ref().map(CloseReason::from_pb),
                     fin: fin && fragment.close_reason.is_some(),
                 };
@@ -459,7 +471,14 @@ impl Endpoint {
             let meta = message.meta.unwrap_or_default();
             if meta.fin {
                 let end = message.offset + 1 + len as u64;
-                let _ = s.recv.finish_at(end);
+                if s.recv_finished || s.recv.finish_at(end).is_err() {
+                    // A second finish marker, or one that is not at the end: a
+                    // broken peer; ignored.
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.stats.malformed += 1;
+                    }
+                    continue;
+                }
                 s.recv_finished = true;
                 self.events.push_back(Event::StreamFinished {
                     peer,
@@ -817,6 +836,15 @@ impl Endpoint {
         self.detect_losses(id);
         if let Some(peer) = peer {
             self.check_writable(peer, stream);
+            // The acknowledged head may have uncovered a message with a deadline.
+            if let Some(deadline) = self
+                .peers
+                .get(&peer)
+                .and_then(|p| p.streams.get(&stream))
+                .and_then(|s| s.send.next_deadline())
+            {
+                self.timers.set(TimerKey::Expire(peer, stream), deadline);
+            }
             if let Some(done) = self
                 .peers
                 .get(&peer)
@@ -831,7 +859,7 @@ impl Endpoint {
         self.dirty.insert(id);
     }
 
-    fn check_writable(&mut self, peer: PeerId, stream: i64) {
+    pub(super) fn check_writable(&mut self, peer: PeerId, stream: i64) {
         if stream < 0 {
             return;
         }

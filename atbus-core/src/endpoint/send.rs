@@ -341,15 +341,19 @@ impl Endpoint {
             } else if let Some(&final_offset) = c.tombstone_acks.get(&stream) {
                 Some((final_offset, final_offset, Vec::new()))
             } else {
-                peer.and_then(|p| self.peers.get(&p))
-                    .and_then(|p| p.streams.get(&stream))
-                    .map(|s| {
-                        (
-                            s.recv.acknowledge_offset(),
-                            s.recv.received_max_offset(),
-                            s.recv.received_ranges(self.config.max_ack_ranges).collect(),
-                        )
-                    })
+                let p = peer.and_then(|p| self.peers.get(&p));
+                match p.and_then(|p| p.streams.get(&stream)) {
+                    Some(s) => Some((
+                        s.recv.acknowledge_offset(),
+                        s.recv.received_max_offset(),
+                        s.recv.received_ranges(self.config.max_ack_ranges).collect(),
+                    )),
+                    // Retired after the data arrived (its finish marker among it):
+                    // the tombstone still answers.
+                    None => p
+                        .and_then(|p| p.tombstones.get(&stream))
+                        .map(|&final_offset| (final_offset, final_offset, Vec::new())),
+                }
             };
             let Some((ack, max, ranges)) = state else {
                 stale.push(stream);
