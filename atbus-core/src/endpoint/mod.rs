@@ -959,12 +959,7 @@ impl Endpoint {
         };
         for range in lost {
             if let Some(s) = p.streams.get_mut(&range.stream) {
-                if range.end > range.start {
-                    s.send.on_lost(range.start, range.end);
-                }
-                if range.reset {
-                    s.send.on_reset_lost();
-                }
+                s.send.on_frame_lost(range.start, range.end, range.reset);
             }
         }
         p.connections.retain(|&c| c != id);

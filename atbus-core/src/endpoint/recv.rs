@@ -662,6 +662,19 @@ impl Endpoint {
             }
             None => Vec::new(),
         };
+        self.announce(id, peer, hello, restarted);
+        for frame in early {
+            let len = frame.encoded_len();
+            self.on_frame(id, frame, len);
+            if !self.is_open(id) {
+                break;
+            }
+        }
+        self.mark_peer_dirty(peer);
+    }
+
+    /// The handshake of `id` completed: stop its timer, tell the application.
+    fn announce(&mut self, id: ConnectionId, peer: PeerId, hello: Hello, restarted: bool) {
         self.timers.cancel(TimerKey::Handshake(id));
         self.events.push_back(Event::PeerConnected {
             peer,
@@ -671,14 +684,6 @@ impl Endpoint {
             labels: hello.labels,
             restarted,
         });
-        for frame in early {
-            let len = frame.encoded_len();
-            self.on_frame(id, frame, len);
-            if !self.is_open(id) {
-                break;
-            }
-        }
-        self.mark_peer_dirty(peer);
     }
 
     /// The initiator got ACCEPT: the peer's identity is known.
@@ -714,15 +719,7 @@ impl Endpoint {
         if let Some(c) = self.connections.get_mut(&id) {
             c.state = ConnectionState::Established;
         }
-        self.timers.cancel(TimerKey::Handshake(id));
-        self.events.push_back(Event::PeerConnected {
-            peer,
-            connection: id,
-            node_name: hello.node_name,
-            session_id: hello.session_id,
-            labels: hello.labels,
-            restarted,
-        });
+        self.announce(id, peer, hello, restarted);
         self.mark_peer_dirty(peer);
     }
 
@@ -929,12 +926,7 @@ impl Endpoint {
                     .map(|s| &mut s.send)
             };
             if let Some(send) = send {
-                if range.end > range.start {
-                    send.on_lost(range.start, range.end);
-                }
-                if range.reset {
-                    send.on_reset_lost();
-                }
+                send.on_frame_lost(range.start, range.end, range.reset);
             }
         }
         self.dirty.insert(id);

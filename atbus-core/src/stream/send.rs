@@ -170,6 +170,10 @@ impl<M> SendBuffer<M> {
         if !self.has_room(data.len()) {
             return Err(PushError::WouldBlock);
         }
+        Ok(self.enqueue(data, meta, deadline))
+    }
+
+    fn enqueue(&mut self, data: Bytes, meta: M, deadline: Option<Timestamp>) -> u64 {
         let start = self.end;
         self.end += data.len() as u64 + 1;
         self.buffered += data.len();
@@ -179,7 +183,7 @@ impl<M> SendBuffer<M> {
             meta,
             deadline,
         });
-        Ok(start)
+        start
     }
 
     /// Queues a last message whatever the window (a finish marker must always fit)
@@ -189,15 +193,7 @@ impl<M> SendBuffer<M> {
         if self.finished {
             return Err(PushError::Finished);
         }
-        let start = self.end;
-        self.end += data.len() as u64 + 1;
-        self.buffered += data.len();
-        self.messages.push_back(QueuedMessage {
-            start,
-            data,
-            meta,
-            deadline: None,
-        });
+        let start = self.enqueue(data, meta, None);
         self.finished = true;
         Ok(start)
     }
@@ -268,6 +264,17 @@ impl<M> SendBuffer<M> {
     /// Records that a packet at the pending reset's offset carried RESET_OFFSET.
     pub fn mark_reset_sent(&mut self) {
         self.reset_unsent = false;
+    }
+
+    /// A frame carrying `[start, end)` (and the reset at `start`, if `reset`) was
+    /// declared lost, or its connection closed: send again what is unacknowledged.
+    pub fn on_frame_lost(&mut self, start: u64, end: u64, reset: bool) {
+        if end > start {
+            self.on_lost(start, end);
+        }
+        if reset {
+            self.on_reset_lost();
+        }
     }
 
     /// The packet that carried the reset was declared lost: send it again unless it
