@@ -21,13 +21,28 @@ pub(crate) struct Peer {
     /// Finished and forgotten streams: id → final receive offset.
     pub tombstones: BTreeMap<i64, u64>,
     pub tombstone_order: VecDeque<i64>,
-    /// Payload bytes held undelivered over all streams.
+    /// Bytes held undelivered over all streams: payload plus bookkeeping (the
+    /// assemblers' [`footprint`](crate::stream::Assembler::footprint)).
     pub recv_buffered: usize,
+    /// The stream allowed past the receive limit, by at most one message, to
+    /// complete the message it is assembling in order. One stream at a time, so
+    /// that several half-received large messages cannot share the headroom and
+    /// block each other forever.
+    pub headroom: Option<i64>,
     /// Next stream a connection serves first (round robin).
     pub cursor: i64,
 }
 
 impl Peer {
+    /// `released` bytes left the receive buffers; the headroom is given back once
+    /// the peer is within its limit again.
+    pub fn release(&mut self, released: usize, limit: usize) {
+        self.recv_buffered -= released.min(self.recv_buffered);
+        if self.recv_buffered <= limit {
+            self.headroom = None;
+        }
+    }
+
     pub fn bury(&mut self, stream: i64, final_offset: u64) {
         if self.tombstones.insert(stream, final_offset).is_none() {
             self.tombstone_order.push_back(stream);

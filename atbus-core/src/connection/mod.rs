@@ -7,7 +7,7 @@ pub mod congestion;
 pub mod recovery;
 pub mod rtt;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use atbus_proto::{CachedHead, StreamDecoder, pb};
@@ -72,6 +72,9 @@ pub struct ConnectionStats {
     pub dropped_over_limit: u64,
     /// Early-data frames dropped because the early-data budget was full.
     pub dropped_early: u64,
+    /// Ranges resent on a reliable connection because the peer's acknowledgement
+    /// showed it had dropped them (over a receive limit, or too early).
+    pub resent_after_drop: u64,
     /// ACK frames sent.
     pub sent_acks: u64,
     /// Pings sent.
@@ -135,6 +138,13 @@ pub(crate) struct Connection {
     pub ack_pending: BTreeMap<i64, Timestamp>,
     /// Finished streams to acknowledge again, with their final offsets.
     pub tombstone_acks: BTreeMap<i64, u64>,
+    /// Streams whose frames this endpoint dropped without creating them (refused:
+    /// too many streams; or early frames over the limit): acknowledged as holding
+    /// nothing, so that a reliable connection's sender learns of the drop.
+    pub refused_acks: BTreeSet<i64>,
+    /// The timepoint of the newest frame sent on a reliable connection: every
+    /// frame there gets a distinct, increasing one (see [`Connection::frame_time`]).
+    pub stamp: Timestamp,
     /// The newest timepoint received (echoed in ACKs).
     pub echo: i64,
     /// Timepoints of pings to answer.
@@ -191,6 +201,8 @@ impl Connection {
             control_recv: Assembler::new(CONTROL_WINDOW),
             ack_pending: BTreeMap::new(),
             tombstone_acks: BTreeMap::new(),
+            refused_acks: BTreeSet::new(),
+            stamp: Timestamp::ZERO,
             echo: 0,
             pongs: VecDeque::new(),
             ping_due: false,
@@ -211,6 +223,19 @@ impl Connection {
     /// Whether the connection retransmits (datagram kind).
     pub fn is_lossy(&self) -> bool {
         matches!(self.kind, ConnectionKind::Datagram { .. })
+    }
+
+    /// The send time (and timepoint) of the next frame. On a reliable connection
+    /// every frame gets a distinct, increasing timepoint (`now`, or one microsecond
+    /// past the previous frame's): the peer's echo then names exactly the last
+    /// frame it processed, so that anything of a stream sent up to it and not
+    /// acknowledged was dropped and must be resent (nothing else would resend it).
+    pub fn frame_time(&mut self, now: Timestamp) -> Timestamp {
+        if self.is_lossy() {
+            return now;
+        }
+        self.stamp = now.max(self.stamp + Duration::from_micros(1));
+        self.stamp
     }
 
     /// The retransmission timeout with the current backoff.

@@ -208,6 +208,28 @@ impl InFlight {
         }
     }
 
+    /// Removes and returns the ranges of `stream` sent at or before `through` that
+    /// are still in flight. On a reliable, ordered connection whose frames carry
+    /// distinct, increasing timepoints, an acknowledgement of `stream` echoing
+    /// `through` was built after every earlier frame was processed: what it does not
+    /// cover, the peer dropped (over a limit, or before its handshake completed).
+    pub fn take_unacknowledged(&mut self, stream: i64, through: Timestamp) -> Vec<SentRange> {
+        let mut seqs: Vec<u64> = self
+            .by_stream
+            .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))
+            .map(|&(_, _, seq)| seq)
+            .collect();
+        seqs.extend(
+            self.reset_only
+                .range((stream, 0)..=(stream, u64::MAX))
+                .map(|&(_, seq)| seq),
+        );
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.retain(|seq| self.ranges.get(seq).is_some_and(|r| r.sent_at <= through));
+        seqs.into_iter().filter_map(|seq| self.remove(seq)).collect()
+    }
+
     /// Removes and returns everything in flight (the connection closed).
     pub fn drain(&mut self) -> Vec<SentRange> {
         self.by_stream.clear();

@@ -323,7 +323,7 @@ impl Endpoint {
         let control: usize = self
             .connections
             .values()
-            .map(|c| c.control_recv.buffered_bytes())
+            .map(|c| c.control_recv.footprint())
             .sum();
         peers + self.early_total + control
     }

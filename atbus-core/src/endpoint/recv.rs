@@ -8,12 +8,13 @@ use bytes::Bytes;
 use prost::Message as _;
 
 use super::{Endpoint, TimerKey};
+use crate::config::ConnectionKind;
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
 };
 use crate::handshake::{self, AuthDecision, HandshakeKind, Hello};
-use crate::stream::{AssembledMessage, InsertOutcome, RecvMeta, Stream};
+use crate::stream::{AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, RecvMeta, Stream};
 use crate::time::Timestamp;
 
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
@@ -25,6 +26,9 @@ const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 /// use less than this share of it are copied out, so that retained memory stays
 /// within twice what the receive limits count.
 const PIN_RATIO: usize = 2;
+
+/// Unopened streams one connection remembers to acknowledge as empty.
+const MAX_REFUSED_ACKS: usize = 1024;
 
 /// What one buffered early frame costs at least, decoded.
 const EARLY_FRAME_COST: usize = 256;
@@ -154,8 +158,19 @@ impl Endpoint {
                     c.early_bytes += size;
                     self.early_total += size;
                     c.early.push(frame);
-                } else {
-                    c.stats.dropped_early += 1;
+                    return;
+                }
+                c.stats.dropped_early += 1;
+            }
+            // Acknowledged as missing once the hello is accepted (the
+            // acknowledgement waits with the rest of the early frames), so that a
+            // reliable connection's sender resends it.
+            if let Some(pb::frame_message::Body::Packet(p)) = &frame.body {
+                if let Some(c) = self.connections.get_mut(&id) {
+                    c.echo = c.echo.max(p.timepoint_microseconds);
+                }
+                if p.stream_id >= 0 {
+                    self.ack_refused(id, p.stream_id);
                 }
             }
             return;
@@ -223,6 +238,11 @@ impl Endpoint {
         }
         let fin = packet.flags & FLAG_FINISH_STREAM != 0;
         let timepoint = packet.timepoint_microseconds;
+        if let Some(c) = self.connections.get_mut(&id) {
+            // Echoed in acknowledgements: the newest frame processed, whatever
+            // became of it.
+            c.echo = c.echo.max(timepoint);
+        }
         if stream_id >= 0 {
             let Some(peer) = peer else { return };
             if !self.ensure_recv_stream(id, peer, stream_id) {
@@ -241,24 +261,21 @@ impl Endpoint {
         };
         let peer_limit = self.config.peer_receive_limit;
         let mut dropped = 0u64;
-        let mut accepted_any = false;
         {
-            let (asm, mut peer_state) = match self.recv_parts(id, peer, stream_id) {
+            let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
                 None => return,
             };
             if packet.flags & FLAG_RESET_OFFSET != 0 {
                 let before = asm.acknowledge_offset();
-                let held = asm.buffered_bytes();
+                let held = asm.footprint();
                 if let Ok(outcome) = asm.reset_to(offset) {
                     skipped += outcome.skipped_messages;
                     skipped_offsets += offset.saturating_sub(before);
                 }
                 // What the reset discarded no longer counts against the peer.
-                if let Some((recv_buffered, counted)) = peer_state.as_mut() {
-                    let released = held.saturating_sub(asm.buffered_bytes()).min(**counted);
-                    **counted -= released;
-                    **recv_buffered -= released.min(**recv_buffered);
+                if let Some(budget) = budget.as_mut() {
+                    budget.release(held.saturating_sub(asm.footprint()), peer_limit);
                 }
             }
             let mut cursor = offset;
@@ -279,24 +296,6 @@ impl Endpoint {
                     dropped += 1;
                     continue;
                 }
-                let before = asm.buffered_bytes();
-                let in_order = start <= asm.acknowledge_offset();
-                if let Some((recv_buffered, _)) = peer_state.as_ref() {
-                    let limit = if in_order {
-                        peer_limit.saturating_add(max_message as usize)
-                    } else {
-                        peer_limit
-                    };
-                    if **recv_buffered + fragment.data.len() > limit {
-                        dropped += 1;
-                        continue;
-                    }
-                }
-                let data = if fragment.data.len() * PIN_RATIO < wire_len {
-                    Bytes::copy_from_slice(&fragment.data)
-                } else {
-                    fragment.data
-                };
                 let meta = RecvMeta {
                     packet_type: fragment.packet_type,
                     labels: fragment.labels,
@@ -308,22 +307,33 @@ impl Endpoint {
                     close_reason: fragment.close_reason.as_ref().map(CloseReason::from_pb),
                     fin: fin && fragment.close_reason.is_some(),
                 };
-                let outcome = asm.insert(start, data, is_final, Some(meta));
-                if matches!(outcome, InsertOutcome::Accepted { .. }) {
-                    accepted_any = true;
+                let before = asm.footprint();
+                if let Some(budget) = budget.as_mut() {
+                    // What storing it may cost at most.
+                    let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
+                    let in_order = start <= asm.acknowledge_offset();
+                    if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
+                        dropped += 1;
+                        continue;
+                    }
                 }
+                let data = if fragment.data.len() * PIN_RATIO < wire_len {
+                    Bytes::copy_from_slice(&fragment.data)
+                } else {
+                    fragment.data
+                };
+                let outcome = asm.insert(start, data, is_final, Some(meta));
                 if matches!(outcome, InsertOutcome::BeyondWindow) {
                     dropped += 1;
                 }
-                let after = asm.buffered_bytes();
-                if let Some((recv_buffered, counted)) = peer_state.as_mut() {
+                let after = asm.footprint();
+                if let Some(budget) = budget.as_mut() {
                     let grown = after.saturating_sub(before);
-                    **recv_buffered += grown;
-                    **counted += grown;
+                    *budget.peer_buffered += grown;
+                    *budget.stream_counted += grown;
                 }
             }
         }
-        let _ = accepted_any;
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;
             let since = self.now;
@@ -372,6 +382,19 @@ impl Endpoint {
         }
     }
 
+    /// Acknowledges a stream whose frames were dropped without opening it, as
+    /// holding nothing: a reliable connection's sender resends only what an
+    /// acknowledgement shows missing.
+    fn ack_refused(&mut self, id: ConnectionId, stream: i64) {
+        let now = self.now;
+        if let Some(c) = self.connections.get_mut(&id) {
+            if c.refused_acks.len() < MAX_REFUSED_ACKS || c.refused_acks.contains(&stream) {
+                c.refused_acks.insert(stream);
+                c.ack_pending.entry(stream).or_insert(now);
+            }
+        }
+    }
+
     fn count_malformed(&mut self, id: ConnectionId) {
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.malformed += 1;
@@ -401,6 +424,7 @@ impl Endpoint {
         }
         if p.streams.len() >= max_streams {
             self.stats.refused_streams += 1;
+            self.ack_refused(id, stream);
             return false;
         }
         p.streams
@@ -409,24 +433,27 @@ impl Endpoint {
     }
 
     /// The assembler for `stream` on connection `id`, with the peer's receive
-    /// accounting (none for the control stream).
-    #[allow(clippy::type_complexity)]
+    /// budget (none for the control stream, bounded by its window).
     fn recv_parts(
         &mut self,
         id: ConnectionId,
         peer: Option<PeerId>,
         stream: i64,
-    ) -> Option<(
-        &mut crate::stream::Assembler<RecvMeta>,
-        Option<(&mut usize, &mut usize)>,
-    )> {
+    ) -> Option<(&mut crate::stream::Assembler<RecvMeta>, Option<RecvBudget<'_>>)> {
         if stream == -1 {
             let c = self.connections.get_mut(&id)?;
             return Some((&mut c.control_recv, None));
         }
         let p = self.peers.get_mut(&peer?)?;
         let s = p.streams.get_mut(&stream)?;
-        Some((&mut s.recv, Some((&mut p.recv_buffered, &mut s.counted))))
+        Some((
+            &mut s.recv,
+            Some(RecvBudget {
+                peer_buffered: &mut p.recv_buffered,
+                headroom: &mut p.headroom,
+                stream_counted: &mut s.counted,
+            }),
+        ))
     }
 
     /// Pops every complete message of a stream and turns it into events.
@@ -449,19 +476,25 @@ impl Endpoint {
         }
         let Some(peer) = peer else { return };
         let max_message = self.config.max_message_size;
+        let peer_limit = self.config.peer_receive_limit;
         let mut done = false;
         while let Some(p) = self.peers.get_mut(&peer) {
             let Some(s) = p.streams.get_mut(&stream) else {
                 break;
             };
+            let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
                 done = s.is_done();
                 break;
             };
             let len = message.payload.len();
-            let release = len.min(s.counted);
+            let release = held.saturating_sub(s.recv.footprint()).min(s.counted);
             s.counted -= release;
+            // Field by field: `s` borrows the peer's streams.
             p.recv_buffered -= release.min(p.recv_buffered);
+            if p.recv_buffered <= peer_limit {
+                p.headroom = None;
+            }
             if len > max_message {
                 // Assembled out of order within a window larger than the limit: a
                 // peer breaking the limit; the message is dropped and counted.
@@ -514,7 +547,10 @@ impl Endpoint {
         let Some(s) = p.streams.remove(&stream) else {
             return;
         };
-        p.recv_buffered -= s.counted.min(p.recv_buffered);
+        p.release(s.counted, self.config.peer_receive_limit);
+        if p.headroom == Some(stream) {
+            p.headroom = None;
+        }
         p.bury(stream, s.recv.acknowledge_offset());
         self.timers.cancel(TimerKey::Expire(peer, stream));
     }
@@ -799,6 +835,16 @@ impl Endpoint {
                 .in_flight
                 .on_stream_ack(stream, acknowledged, &ranges, echo, |o| reset != Some(o));
             c.stats.spurious_retransmits += settled.spurious;
+            if !matches!(c.kind, ConnectionKind::Datagram { .. }) {
+                // A reliable connection loses nothing: what the acknowledgement
+                // leaves out of the frames it had processed, the peer dropped.
+                if let Some(echo) = echo {
+                    for range in c.in_flight.take_unacknowledged(stream, echo) {
+                        c.stats.resent_after_drop += 1;
+                        send.on_frame_lost(range.start, range.end, range.reset);
+                    }
+                }
+            }
             if settled.spurious > 0 {
                 c.cc.on_spurious_loss();
                 c.reorder_factor = (c.reorder_factor * 2).min(8);
@@ -930,5 +976,50 @@ impl Endpoint {
             }
         }
         self.dirty.insert(id);
+    }
+}
+
+/// A peer's receive accounting, borrowed for one stream.
+struct RecvBudget<'a> {
+    peer_buffered: &'a mut usize,
+    headroom: &'a mut Option<i64>,
+    stream_counted: &'a mut usize,
+}
+
+impl RecvBudget<'_> {
+    /// Whether `cost` more bytes of `stream` may be held. Beyond `limit`, only data
+    /// that extends the stream's in-order prefix (completing the message being
+    /// assembled) is taken, up to one more maximum message, and only for one stream
+    /// at a time (which then holds the headroom until the peer is back within its
+    /// limit).
+    fn admit(
+        &mut self,
+        stream: i64,
+        cost: usize,
+        in_order: bool,
+        limit: usize,
+        max_message: u64,
+    ) -> bool {
+        let total = self.peer_buffered.saturating_add(cost);
+        if total <= limit {
+            return true;
+        }
+        let holder_ok = self.headroom.is_none_or(|s| s == stream);
+        let headroom = usize::try_from(max_message).unwrap_or(usize::MAX);
+        if in_order && holder_ok && total <= limit.saturating_add(headroom) {
+            *self.headroom = Some(stream);
+            return true;
+        }
+        false
+    }
+
+    /// `released` bytes left the buffers (a reset discarded them).
+    fn release(&mut self, released: usize, limit: usize) {
+        let released = released.min(*self.stream_counted);
+        *self.stream_counted -= released;
+        *self.peer_buffered -= released.min(*self.peer_buffered);
+        if *self.peer_buffered <= limit {
+            *self.headroom = None;
+        }
     }
 }

@@ -329,7 +329,12 @@ impl Endpoint {
         let mut acked_streams = Vec::new();
         let mut stale = Vec::new();
         let peer = c.peer;
+        let accepting = c.role == Role::Acceptor && c.state == ConnectionState::Handshaking;
         for &stream in c.ack_pending.keys() {
+            if accepting && stream != -1 {
+                // Early frames are acknowledged once the hello is accepted.
+                continue;
+            }
             let state = if stream == -1 {
                 Some((
                     c.control_recv.acknowledge_offset(),
@@ -352,7 +357,11 @@ impl Endpoint {
                     // the tombstone still answers.
                     None => p
                         .and_then(|p| p.tombstones.get(&stream))
-                        .map(|&final_offset| (final_offset, final_offset, Vec::new())),
+                        .map(|&final_offset| (final_offset, final_offset, Vec::new()))
+                        .or_else(|| {
+                            // Dropped unopened: nothing held.
+                            c.refused_acks.contains(&stream).then(|| (0, 0, Vec::new()))
+                        }),
                 }
             };
             let Some((ack, max, ranges)) = state else {
@@ -390,13 +399,14 @@ impl Endpoint {
             wrote_data = true;
         };
         while c.in_flight.bytes() < window {
+            let at = c.frame_time(now);
             match write_data_frame(
                 &mut buf,
                 data_limit,
                 &c.head,
                 -1,
                 &mut c.control_send,
-                now,
+                at,
                 packet,
             ) {
                 Some(sent) => record(c, sent),
@@ -424,13 +434,14 @@ impl Endpoint {
                     let Some(s) = p.streams.get_mut(&sid) else {
                         continue;
                     };
+                    let at = c.frame_time(now);
                     if let Some(sent) = write_data_frame(
                         &mut buf,
                         data_limit,
                         &c.head,
                         sid,
                         &mut s.send,
-                        now,
+                        at,
                         packet,
                     ) {
                         record(c, sent);
@@ -443,12 +454,14 @@ impl Endpoint {
 
         for stream in &stale {
             c.ack_pending.remove(stream);
+            c.refused_acks.remove(stream);
         }
         let send_acks = !acks.is_empty() && (ack_due || wrote_data || probes || !buf.is_empty());
         if send_acks {
             for stream in &acked_streams {
                 c.ack_pending.remove(stream);
                 c.tombstone_acks.remove(stream);
+                c.refused_acks.remove(stream);
                 c.stats.sent_acks += 1;
             }
             buf.extend_from_slice(&acks);
@@ -457,7 +470,7 @@ impl Endpoint {
             return None;
         }
         if wrote_data || probes {
-            c.last_sent_timepoint = now;
+            c.last_sent_timepoint = now.max(c.stamp);
         }
         c.packets_sent += 1;
         c.last_sent = now;

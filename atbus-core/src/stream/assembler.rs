@@ -88,6 +88,9 @@ pub struct Assembler<M> {
     received_max: u64,
     /// Payload bytes in `chunks` and `ready`.
     buffered: usize,
+    /// Bookkeeping charged on top of the payload: [`CHUNK_COST`] and the metadata's
+    /// [`Footprint`] per stored chunk and per ready message.
+    overhead: usize,
     final_offset: Option<u64>,
     stats: AssemblerStats,
 }
@@ -223,7 +226,7 @@ pub enum ResetError {
     },
 }
 
-impl<M> Assembler<M> {
+impl<M: Footprint> Assembler<M> {
     /// An assembler for a direction starting at offset 0, accepting data up to `window`
     /// offset units beyond the delivery point.
     pub fn new(window: u64) -> Self {
@@ -236,6 +239,7 @@ impl<M> Assembler<M> {
             complete_ends: VecDeque::new(),
             received_max: 0,
             buffered: 0,
+            overhead: 0,
             final_offset: None,
             stats: AssemblerStats::default(),
         }
@@ -290,6 +294,7 @@ impl<M> Assembler<M> {
             if let Some(chunk) = self.chunks.get_mut(&offset) {
                 if chunk.meta.is_none() {
                     chunk.meta = meta.take();
+                    self.overhead += chunk.meta.as_ref().map_or(0, Footprint::footprint);
                 }
             }
         }
@@ -367,6 +372,7 @@ impl<M> Assembler<M> {
                 break;
             }
             let chunk = entry.remove();
+            self.overhead -= charge(&chunk.meta);
             if start != cursor {
                 known_start = None;
                 self.discard(&mut pieces);
@@ -380,6 +386,7 @@ impl<M> Assembler<M> {
                     meta: None,
                 };
                 self.buffered -= keep_from;
+                self.overhead += charge(&tail.meta);
                 self.chunks.insert(offset, tail);
                 break;
             }
@@ -388,8 +395,9 @@ impl<M> Assembler<M> {
             match (is_final, known_start) {
                 (true, Some(message_start)) => {
                     pieces.push(chunk);
-                    self.ready
-                        .push_back(assemble(message_start, end, pieces.drain(..)));
+                    let message = assemble(message_start, end, pieces.drain(..));
+                    self.overhead += charge(&message.meta);
+                    self.ready.push_back(message);
                     delivered_units += end - message_start;
                 }
                 (true, None) => {
@@ -429,20 +437,24 @@ impl<M> Assembler<M> {
     pub fn pop_message(&mut self) -> Option<AssembledMessage<M>> {
         if let Some(message) = self.ready.pop_front() {
             self.buffered -= message.payload.len();
+            self.overhead -= charge(&message.meta);
             return Some(message);
         }
         let end = self.complete_ends.pop_front()?;
         let chunks = &mut self.chunks;
         let mut done = false;
+        let mut freed = 0;
         let pieces = iter::from_fn(|| {
             if done {
                 return None;
             }
             let (_, chunk) = chunks.pop_first()?;
             done = chunk.is_final;
+            freed += charge(&chunk.meta);
             Some(chunk)
         });
         let message = assemble(self.head, end, pieces);
+        self.overhead -= freed;
         self.buffered -= message.payload.len();
         self.head = end;
         Some(message)
@@ -483,6 +495,14 @@ impl<M> Assembler<M> {
     /// Payload bytes held and not yet popped, for memory accounting.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered
+    }
+
+    /// The memory this assembler is charged for: the payload bytes it holds plus
+    /// [`CHUNK_COST`] and the metadata's [`Footprint`] for each stored piece and
+    /// each complete message waiting to be popped. Empty fragments and metadata
+    /// are not free: a receiver bounds this, not the payload alone.
+    pub fn footprint(&self) -> usize {
+        self.buffered + self.overhead
     }
 
     /// The delivery point: the offset where the next message to pop starts.
@@ -558,6 +578,7 @@ impl<M> Assembler<M> {
     fn store(&mut self, chunk: (u64, Chunk<M>), end: u64) {
         let (start, chunk) = chunk;
         self.buffered += chunk.data.len();
+        self.overhead += charge(&chunk.meta);
         self.received_max = self.received_max.max(end);
         self.chunks.insert(start, chunk);
     }
@@ -577,6 +598,33 @@ impl<M> Assembler<M> {
             self.buffered -= piece.data.len();
         }
     }
+}
+
+/// Bookkeeping charged per stored piece or waiting message, beyond its payload
+/// and metadata: about what a B-tree entry, a `Bytes` handle and the chunk's fields
+/// occupy.
+pub const CHUNK_COST: usize = 64;
+
+/// Heap memory a piece of message metadata occupies, charged to the receive
+/// limits alongside the payload.
+pub trait Footprint {
+    /// Bytes charged for this metadata.
+    fn footprint(&self) -> usize;
+}
+
+macro_rules! no_footprint {
+    ($($t:ty),*) => {$(
+        impl Footprint for $t {
+            fn footprint(&self) -> usize {
+                0
+            }
+        }
+    )*};
+}
+no_footprint!((), u8, u16, u32, u64);
+
+fn charge<M: Footprint>(meta: &Option<M>) -> usize {
+    CHUNK_COST + meta.as_ref().map_or(0, Footprint::footprint)
 }
 
 /// A fragment being cut into the gaps between stored chunks.

@@ -8,8 +8,8 @@ pub mod assembler;
 pub mod send;
 
 pub use assembler::{
-    AssembledMessage, Assembler, AssemblerStats, FinishError, InsertOutcome, ResetError,
-    ResetOutcome,
+    AssembledMessage, Assembler, AssemblerStats, CHUNK_COST, FinishError, Footprint,
+    InsertOutcome, ResetError, ResetOutcome,
 };
 pub use send::{AckOutcome, Expired, Pending, PushError, QueuedMessage, SendBuffer};
 
@@ -45,6 +45,19 @@ pub struct RecvMeta {
     /// The fragment came in a packet flagged FINISH_STREAM and carries a close
     /// reason: the message is the stream's finish marker.
     pub fin: bool,
+}
+
+impl Footprint for RecvMeta {
+    /// Label and token bytes plus a B-tree entry's worth per label.
+    fn footprint(&self) -> usize {
+        let labels: usize = self
+            .labels
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
+            .sum();
+        let reason = self.close_reason.as_ref().map_or(0, |r| r.message.len());
+        labels + self.token.len() + reason
+    }
 }
 
 /// Both directions of one stream with a peer.
