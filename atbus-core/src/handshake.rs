@@ -99,6 +99,7 @@ pub(crate) fn encode_handshake(
     node_name: &str,
     session_id: u64,
     connection_nonce: u64,
+    association: (u64, u64),
     options: &BTreeMap<String, String>,
 ) -> Bytes {
     pb::HandshakeData {
@@ -108,6 +109,8 @@ pub(crate) fn encode_handshake(
         protocol_version: atbus_proto::PROTOCOL_VERSION as i32,
         options: options.clone(),
         connection_nonce,
+        association_session: association.0,
+        association_id: association.1,
     }
     .encode_to_vec()
     .into()

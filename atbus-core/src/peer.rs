@@ -14,6 +14,9 @@ pub(crate) const MAX_TOMBSTONES: usize = 65_536;
 pub(crate) struct Peer {
     /// Node name and session id, once a handshake told them.
     pub identity: Option<(String, u64)>,
+    /// The association this peer state is one side of: the session of the node
+    /// that numbered it and its number (`handshake_data.association_*`).
+    pub association: (u64, u64),
     pub labels: BTreeMap<String, String>,
     /// Connections bound to this peer, in the order they were added.
     pub connections: Vec<ConnectionId>,

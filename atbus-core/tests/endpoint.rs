@@ -342,7 +342,10 @@ fn early_data_beyond_the_limit_arrives_later(kind: ConnectionKind) {
     net.run_for(Duration::from_secs(2));
     assert_eq!(net.payloads(Side::B, 1), sent);
     let stats = net.a.connection_info(_a_conn).unwrap().stats;
-    assert!(stats.retransmits > 0, "what the acceptor dropped was resent");
+    assert!(
+        stats.retransmits > 0,
+        "what the acceptor dropped was resent"
+    );
     if kind == ConnectionKind::Stream {
         assert!(stats.resent_after_drop > 0, "{stats:?}");
     }
@@ -359,6 +362,7 @@ fn hello_datagram(node: &str, session: u64, version: i32) -> Bytes {
         protocol_version: version,
         options: BTreeMap::new(),
         connection_nonce: 1,
+        ..Default::default()
     };
     let content = pb::PacketContent {
         fragment: vec![pb::packet_content::FragmentType {
@@ -2444,4 +2448,217 @@ fn large_messages_on_many_streams_complete_under_a_small_receive_limit() {
             assert!(stats.resent_after_drop > 0, "{stats:?}");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Reconnection to a restarted node, simultaneous connections, stale hellos
+// ---------------------------------------------------------------------------------
+
+fn payload_list(net: &Net, side: Side, peer: atbus_core::PeerId, stream: i64) -> Vec<Bytes> {
+    net.messages_from(side, peer, stream)
+        .into_iter()
+        .map(|m| m.payload)
+        .collect()
+}
+
+/// The client reconnects (a new connection to the same peer) to a server that
+/// restarted: what it had sent to the old incarnation, and what it sends before
+/// the accept, must not leak into the new incarnation's fresh streams.
+#[test]
+fn reconnecting_to_a_restarted_server_starts_its_streams_afresh() {
+    for kind in [DATAGRAM, ConnectionKind::Stream] {
+        let (mut net, first) = Net::pair(config("client", 1), config("server", 2), kind);
+        for i in 0..3 {
+            send(&mut net, Side::A, first.a_peer, 1, payload(100, i));
+        }
+        assert!(net.run_until(|n| n.messages(Side::B, 1).len() == 3));
+        net.settle();
+        // The server restarts; the client notices and reconnects, and has more to
+        // say to the old incarnation before it learns of the restart.
+        net.replace(Side::B, Endpoint::new(config("server", 77)));
+        let now = net.now;
+        net.a
+            .close_connection(
+                now,
+                first.a_conn,
+                CloseReason::new(CloseCode::PeerReset, "gone"),
+            )
+            .unwrap();
+        net.drain(Side::A);
+        let now = net.now;
+        let a_conn = net.a.add_connection(now, first.a_peer, kind).unwrap();
+        let b_conn = net.b.accept(now, kind).unwrap();
+        net.links.push(common::Link {
+            a: a_conn,
+            b: b_conn,
+            kind,
+        });
+        for i in 0..2 {
+            send(&mut net, Side::A, first.a_peer, 1, payload(50, 50 + i));
+        }
+        assert!(net.run_until(|n| n.connected_peer(Side::A, a_conn).is_some()));
+        let new_peer = net.connected_peer(Side::A, a_conn).unwrap();
+        assert_ne!(
+            new_peer, first.a_peer,
+            "{kind:?}: a restarted node is a new peer"
+        );
+        assert!(
+            net.events(Side::A).any(|e| matches!(e,
+                Event::PeerLost { peer, unacknowledged_messages: 2 } if *peer == first.a_peer)),
+            "{kind:?}: the two messages to the old incarnation are reported lost"
+        );
+        // Fresh messages spanning the offsets the stale ones had.
+        let fresh: Vec<Bytes> = (0..10).map(|i| payload(100, 200 + i)).collect();
+        for m in &fresh {
+            send(&mut net, Side::A, new_peer, 1, m.clone());
+        }
+        assert!(net.run_until(|n| n.messages(Side::B, 1).len() >= fresh.len()));
+        net.settle();
+        assert!(
+            net.payloads(Side::B, 1) == fresh,
+            "{kind:?}: the new incarnation gets exactly the fresh messages"
+        );
+    }
+}
+
+/// Two nodes connect to each other at the same moment (the second a little
+/// later, so that one side sees the other's accept before its hello): each side
+/// ends up with two peers for the other node, one per association, and every
+/// message arrives once, intact, on the association it was sent on.
+#[test]
+fn simultaneous_connections_form_two_consistent_associations() {
+    for stagger in [0u64, 5, 15, 25] {
+        let mut net = Net::new(config("client", 1), config("server", 2));
+        let now = net.now;
+        let (a1, a_out) = net.a.connect(now, DATAGRAM).unwrap();
+        let b_in = net.b.accept(now, DATAGRAM).unwrap();
+        net.links.push(common::Link {
+            a: a_out,
+            b: b_in,
+            kind: DATAGRAM,
+        });
+        let a_sent: Vec<Bytes> = (0..5).map(|i| payload(300, i)).collect();
+        for m in &a_sent {
+            send(&mut net, Side::A, a1, 1, m.clone());
+        }
+        net.run_for(Duration::from_millis(stagger));
+        let now = net.now;
+        let (b1, b_out) = net.b.connect(now, DATAGRAM).unwrap();
+        let a_in = net.a.accept(now, DATAGRAM).unwrap();
+        net.links.push(common::Link {
+            a: a_in,
+            b: b_out,
+            kind: DATAGRAM,
+        });
+        let b_sent: Vec<Bytes> = (0..5).map(|i| payload(300, 100 + i)).collect();
+        for m in &b_sent {
+            send(&mut net, Side::B, b1, 1, m.clone());
+        }
+        assert!(net.run_until(|n| n.connected_peer(Side::A, a_in).is_some()
+            && n.connected_peer(Side::B, b_in).is_some()
+            && n.connected_peer(Side::A, a_out).is_some()
+            && n.connected_peer(Side::B, b_out).is_some()));
+        let a2 = net.connected_peer(Side::A, a_in).unwrap();
+        let b2 = net.connected_peer(Side::B, b_in).unwrap();
+        assert_ne!(a1, a2, "stagger {stagger}: two associations at A");
+        assert_ne!(b1, b2, "stagger {stagger}: two associations at B");
+        // Each side answers on the association it was reached on.
+        let a_back: Vec<Bytes> = (0..5).map(|i| payload(300, 200 + i)).collect();
+        for m in &a_back {
+            send(&mut net, Side::A, a2, 1, m.clone());
+        }
+        let b_back: Vec<Bytes> = (0..5).map(|i| payload(300, 300 + i)).collect();
+        for m in &b_back {
+            send(&mut net, Side::B, b2, 1, m.clone());
+        }
+        net.run_for(Duration::from_secs(2));
+        assert!(
+            payload_list(&net, Side::B, b2, 1) == a_sent,
+            "stagger {stagger}"
+        );
+        assert!(
+            payload_list(&net, Side::B, b1, 1) == a_back,
+            "stagger {stagger}"
+        );
+        assert!(
+            payload_list(&net, Side::A, a2, 1) == b_sent,
+            "stagger {stagger}"
+        );
+        assert!(
+            payload_list(&net, Side::A, a1, 1) == b_back,
+            "stagger {stagger}"
+        );
+    }
+}
+
+/// A late duplicate of a hello from a session that has since restarted arrives
+/// on the connection the new session now uses: it is ignored.
+#[test]
+fn a_stale_hello_of_an_ended_session_takes_over_nothing() {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    let first = net.establish(DATAGRAM);
+    let stale_hello = net
+        .sent_by(Side::A)
+        .next()
+        .expect("the first hello")
+        .transmit
+        .data
+        .clone();
+    send(&mut net, Side::A, first.a_peer, 1, payload(10, 1));
+    assert!(net.run_until(|n| n.messages(Side::B, 1).len() == 1));
+    net.settle();
+    // The client restarts on the same transport address.
+    net.replace(Side::A, Endpoint::new(config("client", 99)));
+    let (a_peer, a_conn) = net.a.connect(net.now, DATAGRAM).unwrap();
+    net.links.push(common::Link {
+        a: a_conn,
+        b: first.b_conn,
+        kind: DATAGRAM,
+    });
+    send(&mut net, Side::A, a_peer, 1, payload(10, 2));
+    assert!(net.run_until(|n| n.messages(Side::B, 1).len() == 2));
+    net.settle();
+    let mark = net.events[Side::B.index()].len();
+    let now = net.now;
+    net.b.handle_input(
+        now,
+        Input::Datagram {
+            connection: first.b_conn,
+            data: stale_hello,
+        },
+    );
+    net.drain(Side::B);
+    send(&mut net, Side::A, a_peer, 1, payload(10, 3));
+    assert!(net.run_until(|n| n.messages(Side::B, 1).len() == 3));
+    net.settle();
+    let since: Vec<Event> = net.events[Side::B.index()][mark..]
+        .iter()
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert!(
+        since.iter().all(|e| matches!(e, Event::Message { .. })),
+        "{since:?}"
+    );
+    assert_eq!(
+        net.b.connection_info(first.b_conn).unwrap().state,
+        ConnectionState::Established
+    );
+    // And a fresh connection presenting the ended session is refused.
+    let now = net.now;
+    let b_conn = net.b.accept(now, DATAGRAM).unwrap();
+    // The first hello ever sent (the ended session's).
+    let stale = net.sent.first().unwrap().transmit.data.clone();
+    net.b.handle_input(
+        now,
+        Input::Datagram {
+            connection: b_conn,
+            data: stale,
+        },
+    );
+    net.drain(Side::B);
+    assert!(
+        net.b.connection_info(b_conn).is_none()
+            || net.b.connection_info(b_conn).unwrap().state == ConnectionState::Closed,
+        "a hello of an ended session opens nothing"
+    );
 }

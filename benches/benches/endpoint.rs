@@ -252,6 +252,7 @@ fn hello_datagram(node_name: String, session_id: u64) -> Bytes {
         protocol_version: atbus_proto::PROTOCOL_VERSION as i32,
         options: Default::default(),
         connection_nonce: 1,
+        ..Default::default()
     };
     let content = pb::PacketContent {
         fragment: vec![FragmentType {

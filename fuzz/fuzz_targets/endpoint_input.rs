@@ -382,6 +382,9 @@ fn handshake_fragment(kind: u8, identity: u8, nonce: u8) -> FragmentType {
         protocol_version: if kind & 0x10 != 0 { 2 } else { 3 },
         options: BTreeMap::new(),
         connection_nonce: u64::from(nonce),
+        // Joins an association of either side, or opens one.
+        association_session: u64::from(nonce >> 2 & 3),
+        association_id: u64::from(nonce & 3),
     };
     let mut fragment = FragmentType {
         packet_type: pb::AtbusPacketType::Handshake as i32,

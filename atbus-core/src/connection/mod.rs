@@ -161,6 +161,8 @@ pub(crate) struct Connection {
     /// Session id and connection nonce of the hello this (acceptor) connection
     /// accepted.
     pub hello_identity: Option<(u64, u64)>,
+    /// The association its hello named (numbering session, number).
+    pub hello_association: (u64, u64),
     /// A hello waiting for the application's decision.
     pub deferred_hello: Option<crate::handshake::Hello>,
     /// FINISH_CONNECTION to send before forgetting the connection.
@@ -213,6 +215,7 @@ impl Connection {
             early: Vec::new(),
             early_bytes: 0,
             hello_identity: None,
+            hello_association: (0, 0),
             deferred_hello: None,
             close_frame: None,
             packets_sent: 0,

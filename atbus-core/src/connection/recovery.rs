@@ -227,7 +227,9 @@ impl InFlight {
         seqs.sort_unstable();
         seqs.dedup();
         seqs.retain(|seq| self.ranges.get(seq).is_some_and(|r| r.sent_at <= through));
-        seqs.into_iter().filter_map(|seq| self.remove(seq)).collect()
+        seqs.into_iter()
+            .filter_map(|seq| self.remove(seq))
+            .collect()
     }
 
     /// Removes and returns everything in flight (the connection closed).

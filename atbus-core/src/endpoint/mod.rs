@@ -64,7 +64,7 @@ use bytes::Bytes;
 use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU};
 use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
-use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind};
+use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
 use crate::peer::Peer;
 use crate::stream::{SendMeta, Stream};
 use crate::time::Timestamp;
@@ -90,6 +90,9 @@ pub enum Input {
     /// The deadline returned as [`Output::Timeout`] has come.
     Timeout,
 }
+
+/// Ended sessions remembered, to refuse their late hellos.
+const MAX_RETIRED_SESSIONS: usize = 4096;
 
 /// Options of one message.
 #[derive(Debug, Clone, Default)]
@@ -216,7 +219,15 @@ pub struct Endpoint {
     now: Timestamp,
     connections: BTreeMap<ConnectionId, Connection>,
     peers: BTreeMap<PeerId, Peer>,
-    peer_by_name: BTreeMap<String, PeerId>,
+    /// Peers by node name (several: simultaneous connections form separate
+    /// associations).
+    peers_by_name: BTreeMap<String, BTreeSet<PeerId>>,
+    /// Peers by association (numbering session, number).
+    associations: BTreeMap<(u64, u64), PeerId>,
+    /// Sessions of nodes that restarted (node name, old session), newest last: a
+    /// late hello of such a session is stale and must not take over anything.
+    retired_sessions: BTreeSet<(String, u64)>,
+    retired_order: VecDeque<(String, u64)>,
     next_connection: u64,
     next_peer: u64,
     timers: TimerQueue<TimerKey>,
@@ -256,7 +267,10 @@ impl Endpoint {
             now: Timestamp::ZERO,
             connections: BTreeMap::new(),
             peers: BTreeMap::new(),
-            peer_by_name: BTreeMap::new(),
+            peers_by_name: BTreeMap::new(),
+            associations: BTreeMap::new(),
+            retired_sessions: BTreeSet::new(),
+            retired_order: VecDeque::new(),
             next_connection: 0,
             next_peer: 0,
             timers: TimerQueue::new(),
@@ -360,11 +374,79 @@ impl Endpoint {
         Ok(id)
     }
 
-    fn allocate_peer(&mut self) -> PeerId {
+    /// A new peer state for `association`; `None`: an association this endpoint
+    /// opens, numbered by it.
+    fn allocate_peer(&mut self, association: Option<(u64, u64)>) -> PeerId {
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
-        self.peers.insert(id, Peer::default());
+        let association = association.unwrap_or((self.config.session_id, id.0 + 1));
+        self.peers.insert(
+            id,
+            Peer {
+                association,
+                ..Peer::default()
+            },
+        );
+        self.associations.insert(association, id);
         id
+    }
+
+    /// Records the identity a handshake told for `peer`.
+    fn set_identity(&mut self, peer: PeerId, hello: &Hello) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.identity = Some((hello.node_name.clone(), hello.session_id));
+            p.labels = hello.labels.clone();
+        }
+        self.peers_by_name
+            .entry(hello.node_name.clone())
+            .or_default()
+            .insert(peer);
+    }
+
+    /// Drops every peer state of `node` from a session other than `session`: the
+    /// node restarted. Returns whether there was any.
+    fn drop_restarted(&mut self, node: &str, session: u64) -> bool {
+        let stale: Vec<PeerId> = self
+            .peers_by_name
+            .get(node)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|p| {
+                self.peers
+                    .get(p)
+                    .and_then(|p| p.identity.as_ref())
+                    .is_some_and(|(_, s)| *s != session)
+            })
+            .collect();
+        for &peer in &stale {
+            if let Some((name, old)) = self.peers.get(&peer).and_then(|p| p.identity.clone()) {
+                self.retire_session(name, old);
+            }
+            self.drop_peer(
+                peer,
+                CloseReason::new(CloseCode::PeerReset, "peer restarted"),
+            );
+        }
+        !stale.is_empty()
+    }
+
+    /// Remembers that `node`'s `session` ended (at most [`MAX_RETIRED_SESSIONS`]).
+    fn retire_session(&mut self, node: String, session: u64) {
+        let key = (node, session);
+        if self.retired_sessions.insert(key.clone()) {
+            self.retired_order.push_back(key);
+        }
+        while self.retired_order.len() > MAX_RETIRED_SESSIONS {
+            if let Some(old) = self.retired_order.pop_front() {
+                self.retired_sessions.remove(&old);
+            }
+        }
+    }
+
+    /// Whether `node`'s `session` is known to have ended.
+    pub(super) fn is_retired(&self, node: &str, session: u64) -> bool {
+        self.retired_sessions.contains(&(node.to_owned(), session))
     }
 
     /// Opens a connection to a new peer: sends the hello. Messages may be sent to
@@ -377,7 +459,7 @@ impl Endpoint {
     ) -> Result<(PeerId, ConnectionId), SendError> {
         self.advance(now);
         let connection = self.allocate_connection(kind, Role::Initiator)?;
-        let peer = self.allocate_peer();
+        let peer = self.allocate_peer(None);
         self.bind(connection, peer);
         self.queue_hello(connection);
         Ok((peer, connection))
@@ -425,11 +507,18 @@ impl Endpoint {
     }
 
     fn queue_hello(&mut self, connection: ConnectionId) {
+        let association = self
+            .connections
+            .get(&connection)
+            .and_then(|c| c.peer)
+            .and_then(|p| self.peers.get(&p))
+            .map_or((0, 0), |p| p.association);
         let payload = handshake::encode_handshake(
             HandshakeKind::Hello,
             &self.config.node_name,
             self.config.session_id,
             connection.0 + 1,
+            association,
             &BTreeMap::new(),
         );
         self.queue_control(connection, payload, self.hello_meta.clone());
@@ -1025,9 +1114,15 @@ impl Endpoint {
             self.close(c, reason.clone(), false, true);
         }
         if let Some((name, _)) = &p.identity {
-            if self.peer_by_name.get(name) == Some(&peer) {
-                self.peer_by_name.remove(name);
+            if let Some(set) = self.peers_by_name.get_mut(name) {
+                set.remove(&peer);
+                if set.is_empty() {
+                    self.peers_by_name.remove(name);
+                }
             }
+        }
+        if self.associations.get(&p.association) == Some(&peer) {
+            self.associations.remove(&p.association);
         }
         for (&stream, _) in p.streams.iter() {
             self.timers.cancel(TimerKey::Expire(peer, stream));

@@ -370,6 +370,11 @@ impl Endpoint {
         let Some(data) = handshake::decode_handshake(&first.data) else {
             return;
         };
+        if self.is_retired(&data.node_name, data.session_id) {
+            // A late hello of a session that has ended.
+            self.count_malformed(id);
+            return;
+        }
         // Within one session, nonces grow with every connection attempt, so a late
         // duplicate of an older hello cannot replace a newer connection.
         let newer = if data.session_id == accepted.0 {
@@ -439,7 +444,10 @@ impl Endpoint {
         id: ConnectionId,
         peer: Option<PeerId>,
         stream: i64,
-    ) -> Option<(&mut crate::stream::Assembler<RecvMeta>, Option<RecvBudget<'_>>)> {
+    ) -> Option<(
+        &mut crate::stream::Assembler<RecvMeta>,
+        Option<RecvBudget<'_>>,
+    )> {
         if stream == -1 {
             let c = self.connections.get_mut(&id)?;
             return Some((&mut c.control_recv, None));
@@ -599,6 +607,7 @@ impl Endpoint {
             if let Some(c) = self.connections.get_mut(&id) {
                 if c.hello_identity.is_none() {
                     c.hello_identity = Some((data.session_id, data.connection_nonce));
+                    c.hello_association = (data.association_session, data.association_id);
                 }
             }
         }
@@ -612,6 +621,14 @@ impl Endpoint {
         };
         match (role, state, kind) {
             (Role::Acceptor, ConnectionState::Handshaking, HandshakeKind::Hello) => {
+                if self.is_retired(&hello.node_name, hello.session_id) {
+                    let reason = CloseReason::new(
+                        CloseCode::PeerReset,
+                        "this session of the node has ended (the node restarted)",
+                    );
+                    self.close(id, reason, false, true);
+                    return;
+                }
                 if hello.protocol_version != atbus_proto::PROTOCOL_VERSION as i32 {
                     let reason = CloseReason::new(
                         CloseCode::Unauthorized,
@@ -653,38 +670,37 @@ impl Endpoint {
     /// The acceptor takes the hello: binds (or creates, or restarts) the peer, answers
     /// ACCEPT and replays the early data.
     pub(super) fn complete_accept(&mut self, id: ConnectionId, hello: Hello) {
-        let mut restarted = false;
-        let peer = match self.peer_by_name.get(&hello.node_name).copied() {
-            Some(existing) => {
-                let same = self
-                    .peers
-                    .get(&existing)
-                    .and_then(|p| p.identity.as_ref())
-                    .is_some_and(|(_, session)| *session == hello.session_id);
-                if same {
-                    existing
-                } else {
-                    restarted = true;
-                    self.drop_peer(
-                        existing,
-                        CloseReason::new(CloseCode::PeerReset, "peer restarted"),
-                    );
-                    self.allocate_peer()
-                }
+        let restarted = self.drop_restarted(&hello.node_name, hello.session_id);
+        let association = self
+            .connections
+            .get(&id)
+            .map_or((0, 0), |c| c.hello_association);
+        // A connection of an association the peer (or this endpoint) opened
+        // earlier joins it; anything else is a new association.
+        let joined = self.associations.get(&association).copied().filter(|p| {
+            self.peers.get(p).is_some_and(|p| {
+                p.identity
+                    .as_ref()
+                    .is_none_or(|(n, s)| *n == hello.node_name && *s == hello.session_id)
+            })
+        });
+        let peer = match joined {
+            Some(peer) if association.1 != 0 => peer,
+            _ if association.0 == self.config.session_id || association.1 == 0 => {
+                // Numbered by this endpoint but unknown (forgotten), or absent:
+                // a fresh association numbered here.
+                self.allocate_peer(None)
             }
-            None => self.allocate_peer(),
+            _ => self.allocate_peer(Some(association)),
         };
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.identity = Some((hello.node_name.clone(), hello.session_id));
-            p.labels = hello.labels.clone();
-        }
-        self.peer_by_name.insert(hello.node_name.clone(), peer);
+        self.set_identity(peer, &hello);
         self.bind(id, peer);
         let payload = handshake::encode_handshake(
             HandshakeKind::Accept,
             &self.config.node_name,
             self.config.session_id,
             0,
+            (0, 0),
             &std::collections::BTreeMap::new(),
         );
         let meta = self.hello_meta.clone();
@@ -727,31 +743,35 @@ impl Endpoint {
         let Some(mut peer) = self.connections.get(&id).and_then(|c| c.peer) else {
             return;
         };
-        let mut restarted = false;
         let known = self.peers.get(&peer).and_then(|p| p.identity.clone());
-        if let Some((_, session)) = known {
-            if session != hello.session_id {
-                // The peer restarted while we held its streams: they start afresh
-                // with a new peer.
-                restarted = true;
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.connections.retain(|&c| c != id);
+        let association = self.peers.get(&peer).map_or((0, 0), |p| p.association);
+        let restarted = known.is_some_and(|(_, session)| session != hello.session_id);
+        if restarted {
+            // The peer restarted while we held its streams: they start afresh with
+            // a new peer state, in the same association (the peer accepted this
+            // connection under it). Nothing of the old streams may travel on.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.connections.retain(|&c| c != id);
+            }
+            if let Some(c) = self.connections.get_mut(&id) {
+                let control: Vec<_> = c
+                    .in_flight
+                    .drain()
+                    .into_iter()
+                    .filter(|r| r.stream == -1)
+                    .collect();
+                for range in control {
+                    c.in_flight.on_sent(range);
                 }
-                self.drop_peer(
-                    peer,
-                    CloseReason::new(CloseCode::PeerReset, "peer restarted"),
-                );
-                peer = self.allocate_peer();
-                self.bind(id, peer);
             }
         }
-        if let Some(p) = self.peers.get_mut(&peer) {
-            p.identity = Some((hello.node_name.clone(), hello.session_id));
-            p.labels = hello.labels.clone();
+        // Every other state of this node from an older session is stale too.
+        self.drop_restarted(&hello.node_name, hello.session_id);
+        if restarted {
+            peer = self.allocate_peer(Some(association));
+            self.bind(id, peer);
         }
-        self.peer_by_name
-            .entry(hello.node_name.clone())
-            .or_insert(peer);
+        self.set_identity(peer, &hello);
         if let Some(c) = self.connections.get_mut(&id) {
             c.state = ConnectionState::Established;
         }

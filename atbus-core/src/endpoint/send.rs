@@ -413,8 +413,15 @@ impl Endpoint {
                 None => break,
             }
         }
+        // Early data goes only to a peer never heard from: on another connection
+        // to a known peer (a new path, a reconnection) the accept must come
+        // first, since it tells whether the peer restarted and its streams start
+        // afresh.
+        let first_contact = peer
+            .and_then(|p| self.peers.get(&p))
+            .is_some_and(|p| p.identity.is_none());
         let may_send_data = c.state == ConnectionState::Established
-            || (c.role == Role::Initiator && c.in_flight.bytes() < early_limit);
+            || (c.role == Role::Initiator && first_contact && c.in_flight.bytes() < early_limit);
         if let (true, Some(p)) = (may_send_data, peer.and_then(|p| self.peers.get_mut(&p))) {
             let cursor = p.cursor;
             let order: Vec<i64> = p

@@ -621,7 +621,7 @@ macro_rules! no_footprint {
         }
     )*};
 }
-no_footprint!((), u8, u16, u32, u64);
+no_footprint!((), u8, u16, u32, u64, i32, i64);
 
 fn charge<M: Footprint>(meta: &Option<M>) -> usize {
     CHUNK_COST + meta.as_ref().map_or(0, Footprint::footprint)
@@ -717,6 +717,27 @@ mod tests {
 
     fn accepted(new_units: u64) -> InsertOutcome {
         InsertOutcome::Accepted { new_units }
+    }
+
+    #[test]
+    fn empty_pieces_are_charged_and_everything_is_released_once_popped() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        // Ten empty messages out of order (offsets 1, 3, ...): no payload, ten
+        // stored pieces.
+        for i in 0..10 {
+            rx.insert(1 + 2 * i, Bytes::new(), true, Some(7));
+        }
+        assert_eq!(rx.buffered_bytes(), 0);
+        assert_eq!(rx.footprint(), 10 * CHUNK_COST);
+        // A reset over the first half keeps the complete ones it can (none start
+        // at a known offset) and releases the rest.
+        rx.reset_to(10).unwrap();
+        assert_eq!(rx.footprint(), 5 * CHUNK_COST);
+        for i in 0..5 {
+            rx.insert(10 + 2 * i, Bytes::new(), true, None);
+        }
+        while rx.pop_message().is_some() {}
+        assert_eq!(rx.footprint(), 0);
     }
 
     #[test]

@@ -8,8 +8,8 @@ pub mod assembler;
 pub mod send;
 
 pub use assembler::{
-    AssembledMessage, Assembler, AssemblerStats, CHUNK_COST, FinishError, Footprint,
-    InsertOutcome, ResetError, ResetOutcome,
+    AssembledMessage, Assembler, AssemblerStats, CHUNK_COST, FinishError, Footprint, InsertOutcome,
+    ResetError, ResetOutcome,
 };
 pub use send::{AckOutcome, Expired, Pending, PushError, QueuedMessage, SendBuffer};
 
