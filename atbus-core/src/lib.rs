@@ -29,6 +29,7 @@ pub mod endpoint;
 pub mod event;
 pub mod handshake;
 mod peer;
+pub mod stats;
 pub mod stream;
 pub mod time;
 pub mod timer;
