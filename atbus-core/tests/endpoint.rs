@@ -2662,3 +2662,58 @@ fn a_stale_hello_of_an_ended_session_takes_over_nothing() {
         "a hello of an ended session opens nothing"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Windowed statistics
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn windowed_statistics_follow_the_traffic_and_its_losses() {
+    use atbus_core::stats::Window;
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    let mut rng = common::Rng::new(3);
+    net.fate = Box::new(move |d| {
+        if d.from == Side::A && rng.chance(10) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let start = net.now;
+    let sent: Vec<Bytes> = (0..400).map(|i| payload(1000, i)).collect();
+    for m in &sent {
+        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
+    }
+    assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == sent.len()));
+    net.run_for(Duration::from_secs(3));
+    let now = net.now;
+    let a = net.a.snapshot(now);
+    let conn = net.a.connection_snapshot(pair.a_conn, now).unwrap();
+    let info = net.a.connection_info(pair.a_conn).unwrap();
+    // Totals agree with the counters.
+    assert_eq!(conn.totals.packets_sent, info.stats.sent_packets);
+    assert_eq!(conn.totals.bytes_sent, info.stats.sent_bytes);
+    assert_eq!(conn.totals.lost_packets, info.stats.lost_packets);
+    assert!(a.totals.packets_sent >= conn.totals.packets_sent);
+    assert!(conn.totals.fragments_sent >= 400, "{:?}", conn.totals);
+    assert!(conn.totals.rtt_samples > 0);
+    let b = net.b.connection_snapshot(pair.b_conn, now).unwrap();
+    assert!(b.totals.fragments_received >= 400, "{:?}", b.totals);
+    assert!(b.totals.bytes_received > 400 * 1000);
+    // The 60-second window holds the whole transfer; its loss rate is near the
+    // link's 10 %.
+    let w60 = conn.window(Window::S60);
+    assert_eq!(w60.packets_sent, conn.totals.packets_sent);
+    let loss = w60.loss_rate.unwrap();
+    assert!((0.03..0.25).contains(&loss), "loss rate {loss}");
+    let rtt = w60.average_rtt.unwrap();
+    assert!(rtt >= 2 * common::DELAY, "{rtt:?}");
+    assert!(w60.histogram.total() > 0);
+    assert!(net.now.saturating_since(start) < Duration::from_secs(60));
+    // A minute of silence later, the windows are empty (keepalives aside) but the
+    // totals remain.
+    net.run_for(Duration::from_secs(61));
+    let later = net.a.connection_snapshot(pair.a_conn, net.now).unwrap();
+    assert!(later.window(Window::S60).packets_sent < 20);
+    assert!(later.totals.packets_sent >= conn.totals.packets_sent);
+}

@@ -14,6 +14,7 @@ use atbus_proto::{CachedHead, StreamDecoder, pb};
 
 use crate::config::{ConnectionKind, EndpointConfig, STREAM_TRANSMIT_SIZE};
 use crate::event::{CloseReason, PeerId};
+use crate::stats::StatsRecorder;
 use crate::stream::{Assembler, RecvMeta, SendBuffer, SendMeta};
 use crate::time::Timestamp;
 use congestion::{CongestionController, FixedWindow, NewReno};
@@ -169,6 +170,10 @@ pub(crate) struct Connection {
     pub close_frame: Option<CloseReason>,
     pub packets_sent: u64,
     pub stats: ConnectionStats,
+    /// Windowed statistics (1 / 5 / 15 / 60 s).
+    pub recorder: StatsRecorder,
+    /// Fragments received in the input being handled.
+    pub rx_fragments: u64,
 }
 
 impl Connection {
@@ -220,6 +225,8 @@ impl Connection {
             close_frame: None,
             packets_sent: 0,
             stats: ConnectionStats::default(),
+            recorder: StatsRecorder::new(now),
+            rx_fragments: 0,
         }
     }
 

@@ -66,6 +66,7 @@ use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
 use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
 use crate::peer::Peer;
+use crate::stats::{StatsRecorder, StatsSnapshot};
 use crate::stream::{SendMeta, Stream};
 use crate::time::Timestamp;
 use crate::timer::TimerQueue;
@@ -89,6 +90,15 @@ pub enum Input {
     },
     /// The deadline returned as [`Output::Timeout`] has come.
     Timeout,
+}
+
+/// One thing the windowed statistics count.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Sample {
+    Sent { bytes: u64, fragments: u64 },
+    Received { bytes: u64, fragments: u64 },
+    Lost { packets: u64 },
+    Rtt(Duration),
 }
 
 /// Ended sessions remembered, to refuse their late hellos.
@@ -228,6 +238,8 @@ pub struct Endpoint {
     /// late hello of such a session is stale and must not take over anything.
     retired_sessions: BTreeSet<(String, u64)>,
     retired_order: VecDeque<(String, u64)>,
+    /// Windowed statistics over every connection, from the first input on.
+    recorder: Option<StatsRecorder>,
     next_connection: u64,
     next_peer: u64,
     timers: TimerQueue<TimerKey>,
@@ -271,6 +283,7 @@ impl Endpoint {
             associations: BTreeMap::new(),
             retired_sessions: BTreeSet::new(),
             retired_order: VecDeque::new(),
+            recorder: None,
             next_connection: 0,
             next_peer: 0,
             timers: TimerQueue::new(),
@@ -345,6 +358,50 @@ impl Endpoint {
     fn advance(&mut self, now: Timestamp) {
         // Time never goes backwards, whatever the caller passes.
         self.now = self.now.max(now);
+        if self.recorder.is_none() {
+            self.recorder = Some(StatsRecorder::new(self.now));
+        }
+    }
+
+    /// Records traffic and RTT samples of connection `id` in its windowed
+    /// statistics and the endpoint's.
+    pub(super) fn record(&mut self, id: ConnectionId, sample: Sample) {
+        let now = self.now;
+        let recorder = self.recorder.get_or_insert_with(|| StatsRecorder::new(now));
+        let connection = self.connections.get_mut(&id).map(|c| &mut c.recorder);
+        for r in std::iter::once(recorder).chain(connection) {
+            match sample {
+                Sample::Sent { bytes, fragments } => r.record_sent(now, bytes, fragments),
+                Sample::Received { bytes, fragments } => r.record_received(now, bytes, fragments),
+                Sample::Lost { packets } => r.record_lost(now, packets),
+                Sample::Rtt(rtt) => {
+                    r.record_rtt(now, rtt);
+                    r.record_latency(now, rtt);
+                }
+            }
+        }
+    }
+
+    /// Windowed statistics of the whole endpoint (every connection it has had),
+    /// read at `now`: the last 1, 5, 15 and 60 seconds, and totals. The latency
+    /// histogram holds RTT samples.
+    pub fn snapshot(&self, now: Timestamp) -> StatsSnapshot {
+        match &self.recorder {
+            Some(r) => r.snapshot(now),
+            None => StatsRecorder::new(now).snapshot(now),
+        }
+    }
+
+    /// Windowed statistics of one connection, read at `now` (see
+    /// [`snapshot`](Self::snapshot)).
+    pub fn connection_snapshot(
+        &self,
+        connection: ConnectionId,
+        now: Timestamp,
+    ) -> Option<StatsSnapshot> {
+        self.connections
+            .get(&connection)
+            .map(|c| c.recorder.snapshot(now))
     }
 
     fn allocate_connection(

@@ -7,7 +7,7 @@ use atbus_proto::{Frames, decode_content, pb};
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{Endpoint, TimerKey};
+use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
@@ -47,6 +47,7 @@ impl Endpoint {
         c.stats.received_packets += 1;
         c.stats.received_bytes += data.len() as u64;
         c.last_received = self.now;
+        c.rx_fragments = 0;
         let datagram_len = data.len();
         for frame in Frames::new(data, limits) {
             match frame {
@@ -62,7 +63,22 @@ impl Endpoint {
                 break;
             }
         }
+        self.record_received(id, datagram_len);
         self.after_input(id);
+    }
+
+    fn record_received(&mut self, id: ConnectionId, bytes: usize) {
+        let fragments = self
+            .connections
+            .get_mut(&id)
+            .map_or(0, |c| std::mem::take(&mut c.rx_fragments));
+        self.record(
+            id,
+            Sample::Received {
+                bytes: bytes as u64,
+                fragments,
+            },
+        );
     }
 
     pub(super) fn on_stream_data(&mut self, id: ConnectionId, data: Bytes) {
@@ -81,6 +97,8 @@ impl Endpoint {
         c.stats.received_packets += 1;
         c.stats.received_bytes += data.len() as u64;
         c.last_received = self.now;
+        c.rx_fragments = 0;
+        let read_len = data.len();
         decoder.extend(&data);
         while let Some(c) = self.connections.get_mut(&id) {
             let Some(decoder) = c.decoder.as_mut() else {
@@ -107,6 +125,7 @@ impl Endpoint {
                 break;
             }
         }
+        self.record_received(id, read_len);
         self.after_input(id);
     }
 
@@ -193,7 +212,9 @@ impl Endpoint {
                         .is_some_and(|t| t.as_micros() as i64 == pong.timepoint_microseconds)
                     {
                         let sent = c.ping_outstanding.take().unwrap_or(now);
-                        c.rtt.on_sample(now.saturating_since(sent));
+                        let rtt = now.saturating_since(sent);
+                        c.rtt.on_sample(rtt);
+                        self.record(id, Sample::Rtt(rtt));
                     }
                 }
             }
@@ -212,6 +233,9 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         };
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.rx_fragments += content.fragment.len() as u64;
+        }
         if packet.flags & FLAG_FINISH_CONNECTION != 0 {
             let reason = content
                 .fragment
@@ -818,10 +842,13 @@ impl Endpoint {
             .ok()
             .map(Timestamp::from_micros)
             .filter(|&t| t > Timestamp::ZERO && t <= c.last_sent_timepoint);
+        let mut rtt_sample = None;
         if let Some(echo) = echo {
             if echo > c.sampled_echo {
                 c.sampled_echo = echo;
-                c.rtt.on_sample(now.saturating_since(echo));
+                let rtt = now.saturating_since(echo);
+                c.rtt.on_sample(rtt);
+                rtt_sample = Some(rtt);
             }
             if echo > c.newest_delivered {
                 c.newest_delivered = echo;
@@ -895,6 +922,9 @@ impl Endpoint {
                     }
                 }
             }
+        }
+        if let Some(rtt) = rtt_sample {
+            self.record(id, Sample::Rtt(rtt));
         }
         self.detect_losses(id);
         if let Some(peer) = peer {
@@ -975,14 +1005,17 @@ impl Endpoint {
             return;
         }
         let mut last_packet = None;
+        let mut packets = 0;
         for range in &lost {
             if last_packet != Some(range.packet) {
-                c.stats.lost_packets += 1;
+                packets += 1;
                 last_packet = Some(range.packet);
             }
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
+        c.stats.lost_packets += packets;
         let peer = c.peer;
+        self.record(id, Sample::Lost { packets });
         for range in lost {
             let send = if range.stream == -1 {
                 self.connections.get_mut(&id).map(|c| &mut c.control_send)

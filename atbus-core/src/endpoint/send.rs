@@ -16,7 +16,7 @@ use atbus_proto::{
 };
 use bytes::{Bytes, BytesMut};
 
-use super::Endpoint;
+use super::{Endpoint, Sample};
 use crate::connection::recovery::SentRange;
 use crate::connection::{ConnectionState, Role};
 use crate::event::{CloseReason, ConnectionId, Transmit};
@@ -291,6 +291,7 @@ impl Endpoint {
         }
         let limit = c.mtu;
         let packet = c.packets_sent;
+        let fragments_before = c.stats.sent_fragments;
         let mut buf = BytesMut::with_capacity(limit);
         let tp = timepoint(now);
         let mut probes = false;
@@ -483,6 +484,11 @@ impl Endpoint {
         c.last_sent = now;
         c.stats.sent_packets += 1;
         c.stats.sent_bytes += buf.len() as u64;
+        let sample = Sample::Sent {
+            bytes: buf.len() as u64,
+            fragments: c.stats.sent_fragments - fragments_before,
+        };
+        self.record(id, sample);
         self.update_timers(id);
         Some(Transmit {
             connection: id,
