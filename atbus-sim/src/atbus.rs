@@ -241,6 +241,10 @@ impl Transport for AtbusTransport {
         (at != Timestamp::NEVER).then(|| at.saturating_since(stamp(Duration::ZERO)))
     }
 
+    fn snapshot(&self, now: Duration) -> Option<atbus_core::stats::StatsSnapshot> {
+        Some(self.endpoint.snapshot(stamp(now)))
+    }
+
     fn stats(&self) -> TransportStats {
         let paths = self
             .paths

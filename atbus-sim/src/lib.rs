@@ -42,7 +42,10 @@ mod workload;
 pub use config::{ConfigError, DEFAULT_DELAY, DEFAULT_MTU, DEFAULT_QUEUE_BYTES, LinkConfig};
 pub use harness::run;
 pub use link::{DropReason, Fate, Link, LinkStats};
-pub use report::{LatencySummary, LinkFaults, PathReport, Report};
+pub use report::{
+    HistogramReport, LatencySummary, LinkFaults, PathReport, Report, StatsReport, TotalsReport,
+    WindowReport,
+};
 pub use spec::SpecError;
 pub use transport::{PathStats, Received, Transport, TransportStats, WouldBlock};
 pub use workload::{

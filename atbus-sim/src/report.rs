@@ -43,6 +43,119 @@ pub struct Report {
     pub stalls: u64,
     /// Whether the run hit the scenario's time limit with messages outstanding.
     pub timed_out: bool,
+    /// The client transport's windowed statistics at the end of the run, if it
+    /// keeps any (atbus does: its endpoint's, all paths together).
+    pub stats: Option<StatsReport>,
+}
+
+/// Windowed statistics in a form for JSON: the totals, the 1 / 5 / 15 / 60-second
+/// windows keyed `"1s"`, `"5s"`, `"15s"`, `"60s"`, and the latency histogram of
+/// the 60-second window with its bucket edges.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatsReport {
+    /// Counts since the transport started.
+    pub totals: TotalsReport,
+    /// Each window's figures.
+    pub windows: std::collections::BTreeMap<String, WindowReport>,
+    /// The 60-second window's histogram.
+    pub histogram: HistogramReport,
+}
+
+/// [`atbus_core::stats::Totals`] for JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TotalsReport {
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets received.
+    pub packets_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Fragments sent.
+    pub fragments_sent: u64,
+    /// Fragments received.
+    pub fragments_received: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+}
+
+/// [`atbus_core::stats::WindowStats`] for JSON.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WindowReport {
+    /// Seconds the window covers (less at the start).
+    pub seconds: f64,
+    /// Bytes sent per second.
+    pub bytes_sent_per_sec: f64,
+    /// Bytes received per second.
+    pub bytes_received_per_sec: f64,
+    /// Packets sent.
+    pub packets_sent: u64,
+    /// Packets received.
+    pub packets_received: u64,
+    /// Fragments sent.
+    pub fragments_sent: u64,
+    /// Fragments received.
+    pub fragments_received: u64,
+    /// Packets declared lost.
+    pub lost_packets: u64,
+    /// Lost / sent packets; null when nothing was sent.
+    pub loss_rate: Option<f64>,
+    /// Mean RTT in milliseconds; null without samples.
+    pub avg_rtt_ms: Option<f64>,
+}
+
+/// A latency histogram for JSON: `counts[i]` samples below `edges_ms[i]` (and at or
+/// above the previous edge); the last count has no upper edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistogramReport {
+    /// Upper bucket edges in milliseconds.
+    pub edges_ms: Vec<u64>,
+    /// Samples per bucket (one more than the edges).
+    pub counts: Vec<u64>,
+}
+
+impl StatsReport {
+    /// The JSON form of `snapshot`.
+    pub fn from_snapshot(snapshot: &atbus_core::stats::StatsSnapshot) -> Self {
+        use atbus_core::stats::{HISTOGRAM_EDGES_MS, Window};
+        let t = snapshot.totals;
+        let windows = Window::ALL
+            .iter()
+            .map(|&w| {
+                let s = snapshot.window(w);
+                let report = WindowReport {
+                    seconds: s.covered.as_secs_f64(),
+                    bytes_sent_per_sec: s.bytes_sent_per_sec,
+                    bytes_received_per_sec: s.bytes_received_per_sec,
+                    packets_sent: s.packets_sent,
+                    packets_received: s.packets_received,
+                    fragments_sent: s.fragments_sent,
+                    fragments_received: s.fragments_received,
+                    lost_packets: s.lost_packets,
+                    loss_rate: s.loss_rate,
+                    avg_rtt_ms: s.average_rtt.map(millis),
+                };
+                (w.label().to_owned(), report)
+            })
+            .collect();
+        StatsReport {
+            totals: TotalsReport {
+                packets_sent: t.packets_sent,
+                packets_received: t.packets_received,
+                bytes_sent: t.bytes_sent,
+                bytes_received: t.bytes_received,
+                fragments_sent: t.fragments_sent,
+                fragments_received: t.fragments_received,
+                lost_packets: t.lost_packets,
+            },
+            windows,
+            histogram: HistogramReport {
+                edges_ms: HISTOGRAM_EDGES_MS.to_vec(),
+                counts: snapshot.window(Window::S60).histogram.counts().to_vec(),
+            },
+        }
+    }
 }
 
 /// Latency percentiles in milliseconds, nearest-rank; all zero without samples.
@@ -249,10 +362,11 @@ mod tests {
             paths: vec![PathReport::default()],
             stalls: 0,
             timed_out: false,
+            stats: None,
         };
         assert_eq!(
             report.to_json(),
-            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false}"#
+            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false,"stats":null}"#
         );
         assert!(
             report

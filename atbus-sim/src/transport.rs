@@ -91,4 +91,10 @@ pub trait Transport {
 
     /// Counters for the report.
     fn stats(&self) -> TransportStats;
+
+    /// Windowed statistics read at `now`, if the transport keeps any.
+    fn snapshot(&self, now: Duration) -> Option<atbus_core::stats::StatsSnapshot> {
+        let _ = now;
+        None
+    }
 }

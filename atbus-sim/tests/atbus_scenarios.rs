@@ -216,3 +216,43 @@ mod random {
         }
     }
 }
+
+#[test]
+fn the_report_carries_the_client_endpoints_windowed_statistics() {
+    let scenario = Scenario {
+        paths: vec!["delay=20ms,loss=5%".parse().unwrap()],
+        messages: 2000,
+        interval: Duration::from_millis(5),
+        ..Scenario::default()
+    };
+    let report = run_scenario(&scenario);
+    assert_eq!(report.delivered, 2000);
+    let stats = report.stats.expect("atbus keeps statistics");
+    assert_eq!(
+        stats.windows.keys().cloned().collect::<Vec<_>>(),
+        ["15s", "1s", "5s", "60s"]
+    );
+    let w60 = &stats.windows["60s"];
+    assert!(w60.packets_sent > 1000, "{w60:?}");
+    let loss = w60.loss_rate.unwrap();
+    assert!((0.01..0.15).contains(&loss), "{loss}");
+    assert!(w60.avg_rtt_ms.unwrap() >= 40.0);
+    assert_eq!(stats.histogram.edges_ms.len() + 1, stats.histogram.counts.len());
+    // RTT samples of a 40 ms round trip fall in the 30–45 and 45–60 buckets.
+    let total: u64 = stats.histogram.counts.iter().sum();
+    assert!(total > 0);
+    assert_eq!(stats.histogram.counts[0] + stats.histogram.counts[1], 0);
+    let json = report_json(&scenario);
+    assert!(json.contains(r#""windows":{"15s""#), "{json}");
+    assert!(json.contains(r#""edges_ms":[15,30,45"#), "{json}");
+}
+
+fn report_json(scenario: &Scenario) -> String {
+    run_scenario(scenario).to_json()
+}
+
+fn run_scenario(scenario: &Scenario) -> Report {
+    let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
+    let (client, server) = pair(&mtus);
+    run(scenario, client, server)
+}

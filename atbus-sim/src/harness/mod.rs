@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::link::Link;
-use crate::report::{LatencySummary, LinkFaults, PathReport, Report, millis};
+use crate::report::{LatencySummary, LinkFaults, PathReport, Report, StatsReport, millis};
 use crate::transport::{Transport, TransportStats};
 use crate::workload::{Scenario, ScenarioError, SeedPurpose, Workload, derived_rng};
 use endpoint::Endpoint;
@@ -149,6 +149,8 @@ struct Simulation<T> {
     /// The next workload message to offer; all before it are offered.
     next_message: u64,
     stalls: u64,
+    /// The latest instant handled.
+    now: Duration,
 }
 
 impl<T: Transport> Simulation<T> {
@@ -177,6 +179,7 @@ impl<T: Transport> Simulation<T> {
             sides: [Endpoint::new(client), Endpoint::new(server)],
             next_message: 0,
             stalls: 0,
+            now: Duration::ZERO,
         })
     }
 
@@ -189,6 +192,7 @@ impl<T: Transport> Simulation<T> {
                 timed_out = !self.all_delivered();
                 break;
             }
+            self.now = now;
             if self.run_instant(now) {
                 self.stalls += 1;
                 if self.stalls >= MAX_STALLS {
@@ -345,6 +349,11 @@ impl<T: Transport> Simulation<T> {
             paths: self.path_reports(&client),
             stalls: self.stalls,
             timed_out,
+            stats: self.sides[CLIENT]
+                .transport
+                .snapshot(self.now)
+                .as_ref()
+                .map(StatsReport::from_snapshot),
         }
     }
 
