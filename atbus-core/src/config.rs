@@ -54,6 +54,8 @@ pub struct EndpointConfig {
     pub congestion: CongestionConfig,
     /// Bytes a stream (reliable) connection keeps unacknowledged in flight.
     pub reliable_window: usize,
+    /// How a peer's data is spread over its connections.
+    pub scheduler: Scheduler,
     /// How long an acknowledgement may wait for data to ride along with.
     pub ack_delay: Duration,
     /// Received ranges reported in one acknowledgement (selective ACK).
@@ -89,6 +91,7 @@ impl EndpointConfig {
             rto: RtoConfig::default(),
             congestion: CongestionConfig::default(),
             reliable_window: 4 * 1024 * 1024,
+            scheduler: Scheduler::MinRtt,
             ack_delay: Duration::ZERO,
             max_ack_ranges: 8,
             keepalive_interval: Duration::from_secs(5),
@@ -98,6 +101,21 @@ impl EndpointConfig {
             decode_limits: DecodeLimits::default(),
         }
     }
+}
+
+/// How the data of a peer's streams is spread over the peer's connections
+/// (multi-path). Whatever the scheduler, a range acknowledged through any path is
+/// settled on all of them, and a range lost on one may be resent on any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Fill the connection with the lowest smoothed RTT that has congestion window
+    /// left, then the next: the others carry data only when the faster ones are
+    /// full. A connection whose retransmission timer fired without progress since
+    /// (an outage) is passed over until it answers again.
+    #[default]
+    MinRtt,
+    /// No preference: every connection with window left takes its turn.
+    RoundRobin,
 }
 
 /// What kind of transport a connection runs over.

@@ -34,6 +34,9 @@ pub(crate) struct Peer {
     pub headroom: Option<i64>,
     /// Next stream a connection serves first (round robin).
     pub cursor: i64,
+    /// Index into `connections` of the one whose turn it is to carry data (the
+    /// round-robin scheduler).
+    pub turn: usize,
 }
 
 impl Peer {

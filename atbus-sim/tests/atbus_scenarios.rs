@@ -237,7 +237,10 @@ fn the_report_carries_the_client_endpoints_windowed_statistics() {
     let loss = w60.loss_rate.unwrap();
     assert!((0.01..0.15).contains(&loss), "{loss}");
     assert!(w60.avg_rtt_ms.unwrap() >= 40.0);
-    assert_eq!(stats.histogram.edges_ms.len() + 1, stats.histogram.counts.len());
+    assert_eq!(
+        stats.histogram.edges_ms.len() + 1,
+        stats.histogram.counts.len()
+    );
     // RTT samples of a 40 ms round trip fall in the 30–45 and 45–60 buckets.
     let total: u64 = stats.histogram.counts.iter().sum();
     assert!(total > 0);
@@ -255,4 +258,82 @@ fn run_scenario(scenario: &Scenario) -> Report {
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
     let (client, server) = pair(&mtus);
     run(scenario, client, server)
+}
+
+fn two_paths(fast: &str, slow: &str, scheduler: atbus_core::Scheduler) -> Report {
+    let scenario = Scenario {
+        paths: vec![fast.parse().unwrap(), slow.parse().unwrap()],
+        messages: 3000,
+        size: SizeRange {
+            min: 200,
+            max: 1200,
+        },
+        interval: Duration::from_millis(2),
+        streams: 3,
+        seed: 11,
+        ..Scenario::default()
+    };
+    let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
+    let mut client = atbus_core::EndpointConfig::new("client", 1);
+    client.scheduler = scheduler;
+    let mut server = atbus_core::EndpointConfig::new("server", 2);
+    server.scheduler = scheduler;
+    let (c, s) = atbus_sim::atbus::pair_with(&mtus, client, server);
+    run(&scenario, c, s)
+}
+
+#[test]
+fn min_rtt_keeps_a_light_flow_on_the_faster_path() {
+    let report = two_paths(
+        "delay=10ms,loss=1%",
+        "delay=60ms,mtu=548",
+        atbus_core::Scheduler::MinRtt,
+    );
+    assert_eq!(report.delivered, 3000, "{report}");
+    assert_eq!(
+        (report.duplicates, report.out_of_order, report.corrupted),
+        (0, 0, 0)
+    );
+    let (fast, slow) = (&report.paths[0], &report.paths[1]);
+    assert!(
+        fast.sent_packets > 10 * slow.sent_packets,
+        "fast {} vs slow {}",
+        fast.sent_packets,
+        slow.sent_packets
+    );
+    // Round robin spreads the same flow over both.
+    let rr = two_paths(
+        "delay=10ms,loss=1%",
+        "delay=60ms,mtu=548",
+        atbus_core::Scheduler::RoundRobin,
+    );
+    assert_eq!(rr.delivered, 3000, "{rr}");
+    assert!(
+        rr.paths[1].sent_packets * 5 > rr.paths[0].sent_packets,
+        "{rr}"
+    );
+    assert!(
+        report.latency_ms.p99 < rr.latency_ms.p99,
+        "{report} vs {rr}"
+    );
+}
+
+#[test]
+fn min_rtt_fails_over_during_an_outage_of_the_faster_path_and_comes_back() {
+    let report = two_paths(
+        "delay=10ms,down=1s-3s",
+        "delay=40ms",
+        atbus_core::Scheduler::MinRtt,
+    );
+    assert_eq!(report.delivered, 3000, "{report}");
+    assert_eq!(
+        (report.duplicates, report.out_of_order, report.corrupted),
+        (0, 0, 0)
+    );
+    // The slow path carried the outage's traffic: about a third of the run.
+    let (fast, slow) = (&report.paths[0], &report.paths[1]);
+    assert!(slow.sent_packets > 200, "{report}");
+    assert!(fast.sent_packets > slow.sent_packets, "{report}");
+    // Nobody waited for the outage to end: a message waits at most a few RTOs.
+    assert!(report.latency_ms.max < 1000.0, "{report}");
 }

@@ -246,6 +246,11 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Connections that may have something to send.
     dirty: BTreeSet<ConnectionId>,
+    /// Connections that held back their data for a faster path of their peer
+    /// (min-RTT); they get another turn once the dirty ones are done.
+    deferred: BTreeSet<ConnectionId>,
+    /// Set for that second turn: nothing defers then.
+    no_defer: bool,
     early_total: usize,
     hello_meta: CachedMessageMeta,
     stats: EndpointStats,
@@ -289,6 +294,8 @@ impl Endpoint {
             timers: TimerQueue::new(),
             events: VecDeque::new(),
             dirty: BTreeSet::new(),
+            deferred: BTreeSet::new(),
+            no_defer: false,
             early_total: 0,
             hello_meta,
             stats: EndpointStats::default(),
@@ -877,12 +884,23 @@ impl Endpoint {
         if let Some(event) = self.events.pop_front() {
             return Output::Event(event);
         }
-        while let Some(&connection) = self.dirty.first() {
-            if let Some(transmit) = self.build_transmit(connection) {
-                return Output::Transmit(transmit);
+        loop {
+            while let Some(&connection) = self.dirty.first() {
+                if let Some(transmit) = self.build_transmit(connection) {
+                    return Output::Transmit(transmit);
+                }
+                self.dirty.remove(&connection);
             }
-            self.dirty.remove(&connection);
+            if self.deferred.is_empty() || self.no_defer {
+                break;
+            }
+            // The preferred paths have sent what they could: the others may carry
+            // what is left.
+            self.no_defer = true;
+            self.dirty.append(&mut self.deferred);
         }
+        self.no_defer = false;
+        self.deferred.clear();
         if let Some(event) = self.events.pop_front() {
             return Output::Event(event);
         }
@@ -892,6 +910,44 @@ impl Endpoint {
     /// The next deadline, without draining anything.
     pub fn next_timeout(&mut self) -> Timestamp {
         self.timers.next_deadline().unwrap_or(Timestamp::NEVER)
+    }
+
+    /// Under the min-RTT scheduler, whether connection `id` should leave its
+    /// peer's data to a faster connection of the same peer that has window left
+    /// and is not suspected dead.
+    pub(super) fn defers_data(&self, id: ConnectionId) -> bool {
+        if self.no_defer {
+            return false;
+        }
+        let Some(c) = self.connections.get(&id) else {
+            return false;
+        };
+        let Some(p) = c.peer.and_then(|p| self.peers.get(&p)) else {
+            return false;
+        };
+        if self.config.scheduler == crate::config::Scheduler::RoundRobin {
+            // The connection whose turn it is goes first, if it can.
+            let Some(&turn) = p.connections.get(p.turn % p.connections.len().max(1)) else {
+                return false;
+            };
+            return turn != id
+                && self.connections.get(&turn).is_some_and(|other| {
+                    other.state == ConnectionState::Established
+                        && other.rto_backoff == 0
+                        && other.in_flight.bytes() < other.cc.window()
+                });
+        }
+        // A connection whose timer fired without progress since comes last.
+        let mine = (c.rto_backoff > 0, c.rtt.smoothed(), id);
+        p.connections.iter().any(|&o| {
+            o != id
+                && self.connections.get(&o).is_some_and(|other| {
+                    other.state == ConnectionState::Established
+                        && other.rto_backoff == 0
+                        && other.in_flight.bytes() < other.cc.window()
+                        && (false, other.rtt.smoothed(), o) < mine
+                })
+        })
     }
 
     fn mark_peer_dirty(&mut self, peer: PeerId) {
@@ -947,10 +1003,16 @@ impl Endpoint {
     }
 
     fn on_keepalive_timer(&mut self, id: ConnectionId) {
-        let interval = self.config.keepalive_interval;
         let now = self.now;
         let Some(c) = self.connections.get_mut(&id) else {
             return;
+        };
+        // A path whose retransmission timer fired without progress since is probed
+        // every timeout (backed off), so that it rejoins soon after an outage.
+        let interval = if c.rto_backoff > 0 {
+            c.rto().min(self.config.keepalive_interval)
+        } else {
+            self.config.keepalive_interval
         };
         let due = c.last_sent + interval;
         if now >= due {

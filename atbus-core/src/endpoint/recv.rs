@@ -214,6 +214,8 @@ impl Endpoint {
                         let sent = c.ping_outstanding.take().unwrap_or(now);
                         let rtt = now.saturating_since(sent);
                         c.rtt.on_sample(rtt);
+                        // The path answers again (after an outage, say).
+                        c.rto_backoff = 0;
                         self.record(id, Sample::Rtt(rtt));
                     }
                 }
@@ -980,6 +982,12 @@ impl Endpoint {
         if rto_fired {
             if let Some(c) = self.connections.get_mut(&id) {
                 c.rto_backoff = c.rto_backoff.saturating_add(1).min(16);
+                let probe = self.now + c.rto();
+                self.timers.set(TimerKey::Keepalive(id), probe);
+            }
+            // Its peer's other paths take over what it held back (min-RTT).
+            if let Some(peer) = self.connections.get(&id).and_then(|c| c.peer) {
+                self.mark_peer_dirty(peer);
             }
         }
         self.update_timers(id);

@@ -278,6 +278,7 @@ impl Endpoint {
         let now = self.now;
         let ack_delay = self.config.ack_delay;
         let early_limit = self.config.early_data_limit;
+        let defer = self.defers_data(id);
         let c = self.connections.get_mut(&id)?;
         if c.state == ConnectionState::Closed {
             let reason = c.close_frame.take();
@@ -421,8 +422,14 @@ impl Endpoint {
         let first_contact = peer
             .and_then(|p| self.peers.get(&p))
             .is_some_and(|p| p.identity.is_none());
-        let may_send_data = c.state == ConnectionState::Established
-            || (c.role == Role::Initiator && first_contact && c.in_flight.bytes() < early_limit);
+        let may_send_data = !defer
+            && (c.state == ConnectionState::Established
+                || (c.role == Role::Initiator
+                    && first_contact
+                    && c.in_flight.bytes() < early_limit));
+        if defer {
+            self.deferred.insert(id);
+        }
         if let (true, Some(p)) = (may_send_data, peer.and_then(|p| self.peers.get_mut(&p))) {
             let cursor = p.cursor;
             let order: Vec<i64> = p
@@ -479,6 +486,14 @@ impl Endpoint {
         }
         if wrote_data || probes {
             c.last_sent_timepoint = now.max(c.stamp);
+        }
+        if wrote_data {
+            // The next connection's turn (round robin).
+            if let Some(p) = peer.and_then(|p| self.peers.get_mut(&p)) {
+                if let Some(i) = p.connections.iter().position(|&x| x == id) {
+                    p.turn = i + 1;
+                }
+            }
         }
         c.packets_sent += 1;
         c.last_sent = now;
