@@ -157,6 +157,8 @@ pub fn capped(rate: Option<u64>, cap: Option<u64>) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn us(n: u64) -> Timestamp {
@@ -312,5 +314,39 @@ mod tests {
         let total = sent[0] + sent[1];
         assert!((1_000_000..=1_003_000).contains(&total), "{total}");
         assert!(sent.iter().all(|&s| s <= 602_000), "{sent:?}");
+    }
+
+    proptest! {
+        #[test]
+        fn a_pacer_never_releases_more_than_its_bucket_plus_the_rate(
+            rate in 1u64..100_000_000,
+            burst in 0u64..100_000,
+            steps in proptest::collection::vec((0u64..5_000, 1usize..9_000), 1..200),
+        ) {
+            // Whatever the send pattern, the bytes released by time t are at most
+            // capacity + rate × t, plus one datagram (the one that may go into debt).
+            let mut pacer = Pacer::new(burst);
+            let mut now = 0u64;
+            let mut sent = 0u128;
+            let largest = steps.iter().map(|s| s.1).max().unwrap_or(0) as u128;
+            for (advance, bytes) in steps {
+                now += advance;
+                if pacer.can_send(us(now), bytes, rate) {
+                    pacer.on_sent(us(now), bytes, rate);
+                    sent += bytes as u128;
+                }
+                let bound = u128::from(pacer.capacity(rate))
+                    + u128::from(rate) * u128::from(now) / 1_000_000
+                    + largest;
+                prop_assert!(sent <= bound, "{} > {}", sent, bound);
+                // next_send_time agrees with can_send.
+                let next = pacer.next_send_time(us(now), bytes, rate);
+                prop_assert_eq!(next.is_none(), pacer.can_send(us(now), bytes, rate));
+                if let Some(at) = next {
+                    prop_assert!(pacer.can_send(at, bytes, rate));
+                    prop_assert!(!pacer.can_send(Timestamp::from_micros(at.as_micros() - 1), bytes, rate));
+                }
+            }
+        }
     }
 }

@@ -228,11 +228,7 @@ impl CongestionController for Cubic {
         if self.in_recovery(sent_at) {
             return;
         }
-        let slow_start = self.in_slow_start();
-        if !self
-            .utilization
-            .window_limited(self.window(), slow_start, self.mtu)
-        {
+        if !self.utilization.window_limited(self.window()) {
             // RFC 9438 §5.8: no growth while application-limited, and the curve
             // does not advance either.
             if let Some(start) = self.epoch_start.as_mut() {
@@ -241,7 +237,7 @@ impl CongestionController for Cubic {
             return;
         }
         let bytes = bytes.min(self.max_window() as usize) as f64;
-        if slow_start {
+        if self.in_slow_start() {
             let growth = if self.hystart.phase() == Phase::Conservative {
                 bytes / CSS_GROWTH_DIVISOR as f64
             } else {
@@ -538,6 +534,14 @@ mod tests {
         cc.on_acked(at(10_500), at(10_400), reduced);
         assert!(cc.window() > reduced);
         assert!(cc.window() < reduced + reduced / 2, "{}", cc.window());
+        // A sender held to 60 % of its window (by its pacer, say) still grows it.
+        let window = cc.window();
+        for i in 0..10u64 {
+            let now = 10_600 + i * 100;
+            cc.on_sent(at(now), MTU, window * 6 / 10);
+            cc.on_acked(at(now + 50), at(now), window / 10);
+        }
+        assert!(cc.window() > window);
     }
 
     #[test]

@@ -198,7 +198,12 @@ impl Rounds {
 }
 
 /// Tells a window-limited sender from an application-limited one by the largest
-/// flight of this round and the last (RFC 9438 §5.8; Linux `tcp_is_cwnd_limited`).
+/// flight of this round and the last: the window is *validated* (may grow) while
+/// that flight is at least half of it (RFC 7661 §4.3, the `pipeACK ≥ ½ cwnd` rule;
+/// Linux `tcp_is_cwnd_limited` uses the same in slow start). Half, not all: a
+/// sender held back by the pacer, or whose RTT just fell below the smoothed one,
+/// is not application-limited, and an application using part of its window keeps
+/// a window at most twice its use.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Utilization {
     /// Whether sends are reported at all; if not, the sender counts as limited.
@@ -218,18 +223,14 @@ impl Utilization {
         self.peak_this_round = 0;
     }
 
-    /// Whether the sender used its window: in slow start, half of it (the window
-    /// doubles each round); in congestion avoidance, all but three datagrams.
-    pub(crate) fn window_limited(&self, window: usize, slow_start: bool, mtu: usize) -> bool {
-        if !self.reported {
-            return true;
-        }
-        let peak = self.peak_this_round.max(self.peak_last_round);
-        if slow_start {
-            peak.saturating_mul(2) >= window
-        } else {
-            peak.saturating_add(mtu.saturating_mul(3)) >= window
-        }
+    /// Whether the sender used enough of `window` for it to grow.
+    pub(crate) fn window_limited(&self, window: usize) -> bool {
+        !self.reported
+            || self
+                .peak_this_round
+                .max(self.peak_last_round)
+                .saturating_mul(2)
+                >= window
     }
 }
 
