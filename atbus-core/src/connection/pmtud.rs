@@ -24,12 +24,16 @@
 //!
 //! **Black holes** (RFC 8899 §4.3): the path stops carrying datagrams of the current
 //! size (a route change). The connection reports its data datagrams' fates
-//! ([`Pmtud::on_packet_acked`], [`Pmtud::on_packet_lost`]); when
-//! [`PmtudConfig::black_hole_threshold`] datagrams larger than the base are lost in a
-//! row, none of them sent before a larger datagram that got through (congestion
-//! drops some datagrams of a flight; a black hole drops all of them), the MTU falls
-//! back to the base at once, the base is confirmed with a probe, and a new search
-//! runs below the size that failed.
+//! ([`Pmtud::on_packet_acked`], [`Pmtud::on_packet_lost`]). A loss is *suspicious*
+//! when the datagram is larger than the base and was sent after the newest larger
+//! datagram that got through: congestion drops some datagrams of a flight, and they
+//! are declared lost only once a later one is acknowledged; a black hole drops all
+//! of them, and they time out. The first suspicious loss is confirmed at once with
+//! two probes sent back to back, one of the current MTU and one of the base: if the
+//! base one alone comes back, the MTU falls to the base and a new search runs below
+//! the size that failed; if the MTU-sized one comes back, or a large datagram is
+//! acknowledged, the suspicion ends. [`PmtudConfig::black_hole_threshold`]
+//! suspicious losses in a row fall back without waiting for the probes.
 //!
 //! Timers are deadlines handed to the caller ([`Pmtud::next_timeout`]); nothing
 //! here reads a clock. Probe losses are PMTUD's business only: they must not be
@@ -141,6 +145,21 @@ struct Outstanding {
     deadline: Timestamp,
 }
 
+/// A suspected black hole being confirmed (RFC 8899 §4.3): a probe of the current
+/// MTU, then one of the base, back to back. On a FIFO path the first answer to come
+/// back tells: the MTU-sized one means the path still carries the MTU; the base
+/// one alone means a black hole.
+#[derive(Debug, Clone, Copy)]
+struct Suspicion {
+    /// The MTU when the suspicion began: the size of the first probe.
+    size: usize,
+    /// Probes still to send: 2 (both), 1 (the base one), 0.
+    to_send: u8,
+    started: Timestamp,
+    /// Neither answered by then: inconclusive (the path may be down altogether).
+    deadline: Timestamp,
+}
+
 /// The DPLPMTUD state machine of one datagram path. See the
 /// [module documentation](self).
 ///
@@ -172,6 +191,7 @@ pub struct Pmtud {
     /// Consecutive losses of probes of the current size.
     probe_count: u32,
     outstanding: Option<Outstanding>,
+    suspicion: Option<Suspicion>,
     /// When the next probe may go (`NEVER`: none planned).
     next_probe_at: Timestamp,
     next_id: u64,
@@ -199,6 +219,7 @@ impl Pmtud {
             next_search_ceiling: config.max + 1,
             probe_count: 0,
             outstanding: None,
+            suspicion: None,
             next_probe_at: now,
             next_id: 0,
             large_losses: 0,
@@ -234,6 +255,15 @@ impl Pmtud {
     /// [`on_probe_acked`](Self::on_probe_acked) or lets
     /// [`poll_timeout`](Self::poll_timeout) declare it lost.
     pub fn next_probe(&mut self, now: Timestamp) -> Option<ProbeRequest> {
+        if let Some(suspicion) = self.suspicion.as_mut() {
+            let size = match suspicion.to_send {
+                2 => suspicion.size,
+                1 => self.config.base,
+                _ => return None,
+            };
+            suspicion.to_send -= 1;
+            return Some(self.new_probe(size));
+        }
         if self.outstanding.is_some() || now < self.next_probe_at {
             return None;
         }
@@ -267,9 +297,21 @@ impl Pmtud {
             deadline: now + self.config.probe_timeout,
         });
         self.next_probe_at = Timestamp::NEVER;
+        Some(self.new_probe(size))
+    }
+
+    fn new_probe(&mut self, size: usize) -> ProbeRequest {
         let id = self.next_id;
         self.next_id += 1;
-        Some(ProbeRequest { size, id })
+        ProbeRequest { size, id }
+    }
+
+    /// A suspicion ended without a black hole: the search, if one was running,
+    /// goes on.
+    fn end_suspicion(&mut self) {
+        if self.suspicion.take().is_some() && self.state == PmtudState::Searching {
+            self.next_probe_at = Timestamp::ZERO;
+        }
     }
 
     /// The next size to probe in a search, `None` when the search is over.
@@ -295,6 +337,26 @@ impl Pmtud {
     /// searching, any probe (a late answer still proves the size). Never raises the
     /// MTU above the configured maximum.
     pub fn on_probe_acked(&mut self, now: Timestamp, size: usize) {
+        if let Some(suspicion) = self.suspicion {
+            if size >= suspicion.size {
+                // The path still carries the MTU: the losses were congestion.
+                self.large_losses = 0;
+                self.end_suspicion();
+                return;
+            }
+            if size == self.config.base && suspicion.to_send == 0 {
+                // Only the base got through: a black hole. The base is confirmed
+                // already, so the new search starts at once.
+                self.on_black_hole_signal(now);
+                self.state = PmtudState::Searching;
+                self.failed = self.next_search_ceiling;
+                self.next_search_ceiling = self.config.max + 1;
+                if self.candidate().is_none() {
+                    self.complete(now);
+                }
+                return;
+            }
+        }
         let answers_outstanding = self.outstanding.is_some_and(|o| size >= o.size);
         if !answers_outstanding && self.state != PmtudState::Searching {
             return;
@@ -364,6 +426,9 @@ impl Pmtud {
     /// Handles the deadline of [`next_timeout`](Self::next_timeout): an unanswered
     /// probe is lost. Afterwards [`next_probe`](Self::next_probe) may have a probe.
     pub fn poll_timeout(&mut self, now: Timestamp) {
+        if self.suspicion.is_some_and(|s| now >= s.deadline) {
+            self.end_suspicion();
+        }
         if let Some(o) = self.outstanding {
             if now >= o.deadline {
                 self.on_probe_lost(now, o.size);
@@ -376,6 +441,13 @@ impl Pmtud {
     /// [`next_probe`](Self::next_probe)); may be in the past. `None`: nothing
     /// planned.
     pub fn next_timeout(&self) -> Option<Timestamp> {
+        if let Some(suspicion) = self.suspicion {
+            return Some(if suspicion.to_send > 0 {
+                suspicion.started
+            } else {
+                suspicion.deadline
+            });
+        }
         let at = match self.outstanding {
             Some(o) => o.deadline,
             None => self.next_probe_at,
@@ -388,11 +460,19 @@ impl Pmtud {
         if size > self.config.base && sent_at >= self.fallback_at {
             self.newest_large_delivered = self.newest_large_delivered.max(sent_at);
             self.large_losses = 0;
+            self.end_suspicion();
         }
     }
 
     /// A data datagram of `size` bytes sent at `sent_at` was declared lost at `now`.
     /// Returns whether this revealed a black hole (the MTU is now the base).
+    ///
+    /// The first suspicious loss (see the [module documentation](self)) starts a
+    /// confirmation: the next two [`next_probe`](Self::next_probe) calls return a
+    /// probe of the current MTU and one of the base, to send back to back; if only
+    /// the base one is answered, the MTU falls to the base in
+    /// [`on_probe_acked`](Self::on_probe_acked). `black_hole_threshold` suspicious
+    /// losses in a row fall back without waiting.
     pub fn on_packet_lost(&mut self, now: Timestamp, sent_at: Timestamp, size: usize) -> bool {
         if size <= self.config.base
             || sent_at < self.fallback_at
@@ -401,11 +481,22 @@ impl Pmtud {
             return false;
         }
         self.large_losses += 1;
-        if self.large_losses < self.config.black_hole_threshold {
-            return false;
+        if self.large_losses >= self.config.black_hole_threshold {
+            self.on_black_hole_signal(now);
+            return true;
         }
-        self.on_black_hole_signal(now);
-        true
+        if self.suspicion.is_none() && self.mtu > self.config.base {
+            // Confirm at once rather than wait for more timeouts; the search
+            // pauses meanwhile.
+            self.outstanding = None;
+            self.suspicion = Some(Suspicion {
+                size: self.mtu,
+                to_send: 2,
+                started: now,
+                deadline: now + self.config.probe_timeout,
+            });
+        }
+        false
     }
 
     /// The path stopped carrying datagrams of the current MTU (found by
@@ -425,6 +516,7 @@ impl Pmtud {
         self.state = PmtudState::Base;
         self.probe_count = 0;
         self.outstanding = None;
+        self.suspicion = None;
         self.next_probe_at = now;
         self.fallback_at = now;
     }
@@ -630,6 +722,65 @@ mod tests {
         assert_eq!(pmtud.state(), PmtudState::SearchComplete);
         let mtu = pmtud.current_mtu();
         assert!((1184..=1200).contains(&mtu), "{mtu}");
+    }
+
+    /// A state machine done at 1452, and the time it finished.
+    fn complete_at_max() -> (Pmtud, Timestamp) {
+        let mut pmtud = Pmtud::new(config(), Timestamp::ZERO);
+        let mut link = Link::new();
+        link.run(&mut pmtud, 1452, secs(1));
+        assert_eq!(pmtud.current_mtu(), 1452);
+        (pmtud, link.now)
+    }
+
+    #[test]
+    fn a_suspicious_loss_is_confirmed_by_two_probes_and_only_the_base_answering_is_a_black_hole() {
+        let (mut pmtud, t) = complete_at_max();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        pmtud.on_packet_acked(at(10), 1452);
+        assert!(!pmtud.on_packet_lost(at(100), at(20), 1452));
+        assert_eq!(pmtud.next_timeout(), Some(at(100)));
+        let first = pmtud.next_probe(at(100)).unwrap();
+        let second = pmtud.next_probe(at(100)).unwrap();
+        assert_eq!((first.size, second.size), (1452, IPV4_BASE));
+        assert!(pmtud.next_probe(at(100)).is_none());
+        // The base answer comes back alone: black hole, and the base is confirmed,
+        // so the search below 1452 starts at once.
+        pmtud.on_probe_acked(at(140), IPV4_BASE);
+        assert_eq!(pmtud.current_mtu(), IPV4_BASE);
+        assert_eq!(pmtud.state(), PmtudState::Searching);
+        let probe = pmtud.next_probe(at(140)).unwrap();
+        assert_eq!(probe.size, IPV4_BASE + (1452 - IPV4_BASE) / 2);
+    }
+
+    #[test]
+    fn a_suspicion_ends_when_the_mtu_sized_probe_or_a_large_datagram_gets_through() {
+        let (mut pmtud, t) = complete_at_max();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        // The MTU-sized probe answers first: congestion, not a black hole.
+        pmtud.on_packet_lost(at(100), at(20), 1452);
+        pmtud.next_probe(at(100)).unwrap();
+        pmtud.next_probe(at(100)).unwrap();
+        pmtud.on_probe_acked(at(140), 1452);
+        pmtud.on_probe_acked(at(140), IPV4_BASE);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.state(), PmtudState::SearchComplete);
+        // A large datagram acknowledged ends the next suspicion too.
+        pmtud.on_packet_lost(at(200), at(150), 1452);
+        pmtud.next_probe(at(200)).unwrap();
+        pmtud.on_packet_acked(at(160), 1452);
+        assert!(pmtud.next_probe(at(200)).is_none());
+        pmtud.on_probe_acked(at(240), IPV4_BASE);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        // Neither probe answered: inconclusive, the raise timer is kept.
+        pmtud.on_packet_lost(at(300), at(250), 1452);
+        pmtud.next_probe(at(300)).unwrap();
+        pmtud.next_probe(at(300)).unwrap();
+        let deadline = pmtud.next_timeout().unwrap();
+        assert_eq!(deadline, at(300) + config().probe_timeout);
+        pmtud.poll_timeout(deadline);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.next_timeout(), Some(t + config().raise_interval));
     }
 
     #[test]

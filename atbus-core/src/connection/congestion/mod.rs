@@ -236,8 +236,9 @@ impl Utilization {
 
 #[cfg(test)]
 mod tests {
-    use super::model::{Bottleneck, run};
+    use super::model::{Bottleneck, FlowSpec, run};
     use super::*;
+    use crate::connection::pmtud::{Pmtud, PmtudConfig};
 
     const MBIT: u64 = 1_000_000 / 8;
 
@@ -251,6 +252,15 @@ mod tests {
             queue: 64 * 1024,
             rtt: Duration::from_millis(rtt_ms),
             mtu: 1452,
+            link_mtu: Vec::new(),
+        }
+    }
+
+    fn flow(algorithm: CongestionAlgorithm, start: Timestamp) -> FlowSpec {
+        FlowSpec {
+            cc: algorithm.build(CongestionConfig::default(), 1452),
+            start,
+            pmtud: None,
         }
     }
 
@@ -258,14 +268,8 @@ mod tests {
     fn cubic_fills_a_20_mbit_link_with_a_64_kb_queue_without_overflowing_it() {
         for rtt in [20, 40, 80] {
             let path = link(rtt);
-            let cc = CongestionAlgorithm::Cubic.build(CongestionConfig::default(), path.mtu);
-            let stats = run(
-                &path,
-                vec![cc],
-                &[Timestamp::ZERO],
-                Timestamp::ZERO,
-                secs(10),
-            )[0];
+            let flows = vec![flow(CongestionAlgorithm::Cubic, Timestamp::ZERO)];
+            let stats = run(&path, flows, Timestamp::ZERO, secs(10))[0];
             let goodput = stats.delivered_bytes as f64 / (path.rate * 10) as f64;
             let loss = stats.dropped as f64 / stats.sent as f64;
             assert!(goodput >= 0.85, "rtt {rtt}: goodput {goodput:.3} {stats:?}");
@@ -277,10 +281,11 @@ mod tests {
     #[test]
     fn two_cubic_flows_share_a_link_within_20_percent() {
         let path = link(20);
-        let flows = (0..2)
-            .map(|_| CongestionAlgorithm::Cubic.build(CongestionConfig::default(), path.mtu))
-            .collect();
-        let stats = run(&path, flows, &[secs(0), secs(1)], secs(10), secs(40));
+        let flows = vec![
+            flow(CongestionAlgorithm::Cubic, secs(0)),
+            flow(CongestionAlgorithm::Cubic, secs(1)),
+        ];
+        let stats = run(&path, flows, secs(10), secs(40));
         let (a, b) = (
             stats[0].measured_bytes as f64,
             stats[1].measured_bytes as f64,
@@ -293,17 +298,55 @@ mod tests {
     #[test]
     fn fixed_rate_holds_5_mbit_on_a_20_mbit_link() {
         let path = link(20);
-        let cc = CongestionAlgorithm::FixedRate {
+        let algorithm = CongestionAlgorithm::FixedRate {
             bytes_per_second: 5 * MBIT,
-        }
-        .build(CongestionConfig::default(), path.mtu);
-        let stats = run(&path, vec![cc], &[Timestamp::ZERO], secs(1), secs(11))[0];
+        };
+        let stats = run(
+            &path,
+            vec![flow(algorithm, Timestamp::ZERO)],
+            secs(1),
+            secs(11),
+        )[0];
         let rate = stats.measured_bytes as f64 / 10.0;
         assert!(
             (rate / (5 * MBIT) as f64 - 1.0).abs() < 0.05,
             "{rate} {stats:?}"
         );
         assert_eq!(stats.dropped, 0);
+    }
+
+    fn pmtud_flow() -> FlowSpec {
+        FlowSpec {
+            pmtud: Some(Pmtud::new(PmtudConfig::ipv4(), Timestamp::ZERO)),
+            ..flow(CongestionAlgorithm::Cubic, Timestamp::ZERO)
+        }
+    }
+
+    #[test]
+    fn pmtud_discovers_a_1400_byte_link_within_5_seconds_under_load() {
+        let mut path = link(20);
+        path.link_mtu = vec![(Timestamp::ZERO, 1400)];
+        let stats = run(&path, vec![pmtud_flow()], secs(5), secs(10))[0];
+        assert!((1380..=1400).contains(&stats.final_mtu), "{stats:?}");
+        assert!(stats.mtu_changed_at <= secs(5), "{stats:?}");
+        assert_eq!(stats.too_big, 0, "{stats:?}");
+    }
+
+    #[test]
+    fn a_link_mtu_drop_mid_run_costs_at_most_about_two_timeouts() {
+        let mut path = link(20);
+        path.link_mtu = vec![(Timestamp::ZERO, 1452), (secs(5), 1300)];
+        let stats = run(&path, vec![pmtud_flow()], secs(4), secs(15))[0];
+        assert!((1280..=1300).contains(&stats.final_mtu), "{stats:?}");
+        // The first timeout (1.2 × an RTT of 20 ms plus queueing), a round trip to
+        // confirm the black hole with two probes, and one to deliver at the base:
+        // about two timeouts.
+        assert!(
+            stats.longest_stall < Duration::from_millis(100),
+            "{stats:?}"
+        );
+        let goodput = stats.measured_bytes as f64 / (path.rate * 11) as f64;
+        assert!(goodput >= 0.8, "{goodput:.3} {stats:?}");
     }
 
     #[test]
