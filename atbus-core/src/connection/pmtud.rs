@@ -139,6 +139,17 @@ pub struct ProbeRequest {
     pub id: u64,
 }
 
+/// Counters of one PMTUD state machine, for connection statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PmtudStats {
+    /// Probes handed out by [`Pmtud::next_probe`].
+    pub probes_sent: u64,
+    /// Probes declared lost (timed out).
+    pub probes_lost: u64,
+    /// Fallbacks to the base.
+    pub black_holes: u64,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Outstanding {
     size: usize,
@@ -201,6 +212,7 @@ pub struct Pmtud {
     newest_large_delivered: Timestamp,
     /// Losses of datagrams sent before this instant (the last fallback) are old news.
     fallback_at: Timestamp,
+    stats: PmtudStats,
 }
 
 impl Pmtud {
@@ -225,6 +237,7 @@ impl Pmtud {
             large_losses: 0,
             newest_large_delivered: Timestamp::ZERO,
             fallback_at: Timestamp::ZERO,
+            stats: PmtudStats::default(),
         }
     }
 
@@ -241,6 +254,11 @@ impl Pmtud {
     /// The configuration in use.
     pub fn config(&self) -> &PmtudConfig {
         &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> PmtudStats {
+        self.stats
     }
 
     /// Changes the probe timeout (keep it a few RTTs; see
@@ -303,6 +321,7 @@ impl Pmtud {
     fn new_probe(&mut self, size: usize) -> ProbeRequest {
         let id = self.next_id;
         self.next_id += 1;
+        self.stats.probes_sent += 1;
         ProbeRequest { size, id }
     }
 
@@ -401,6 +420,7 @@ impl Pmtud {
             return;
         }
         self.outstanding = None;
+        self.stats.probes_lost += 1;
         self.probe_count += 1;
         self.next_probe_at = now;
         if self.probe_count < self.config.max_probes {
@@ -519,6 +539,7 @@ impl Pmtud {
         self.suspicion = None;
         self.next_probe_at = now;
         self.fallback_at = now;
+        self.stats.black_holes += 1;
     }
 }
 
@@ -628,6 +649,8 @@ mod tests {
         let mtu = pmtud.current_mtu();
         assert!((1380..=1400).contains(&mtu), "{mtu}");
         assert!(link.probes <= 20, "{} probes", link.probes);
+        assert_eq!(pmtud.stats().probes_sent, u64::from(link.probes));
+        assert_eq!(pmtud.stats().probes_lost, 9);
         assert!(link.now <= secs(5), "{:?}", link.now);
     }
 
@@ -749,6 +772,7 @@ mod tests {
         pmtud.on_probe_acked(at(140), IPV4_BASE);
         assert_eq!(pmtud.current_mtu(), IPV4_BASE);
         assert_eq!(pmtud.state(), PmtudState::Searching);
+        assert_eq!(pmtud.stats().black_holes, 1);
         let probe = pmtud.next_probe(at(140)).unwrap();
         assert_eq!(probe.size, IPV4_BASE + (1452 - IPV4_BASE) / 2);
     }
