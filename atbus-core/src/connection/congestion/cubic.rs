@@ -325,6 +325,8 @@ impl CongestionController for Cubic {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::connection::rtt::RtoConfig;
 
@@ -599,5 +601,65 @@ mod tests {
             cc.on_lost(at(10 + i), at(10 + i), 1);
         }
         assert_eq!(cc.window(), 2);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Sent(usize),
+        Acked { sent_ago: u64, bytes: usize },
+        Lost { sent_ago: u64 },
+        Spurious,
+        Persistent,
+        Rtt(u64),
+        Mtu(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..1 << 24).prop_map(Op::Sent),
+            (0u64..1_000_000, 0usize..1 << 20)
+                .prop_map(|(sent_ago, bytes)| Op::Acked { sent_ago, bytes }),
+            (0u64..1_000_000).prop_map(|sent_ago| Op::Lost { sent_ago }),
+            Just(Op::Spurious),
+            Just(Op::Persistent),
+            (0u64..10_000_000).prop_map(Op::Rtt),
+            (1usize..10_000).prop_map(Op::Mtu),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_sequence_keeps_the_window_within_its_bounds(
+            ops in proptest::collection::vec((0u64..200_000, op()), 1..300),
+        ) {
+            let config = config(32);
+            let mut mtu = MTU;
+            let mut cc = Cubic::new(config, mtu);
+            let mut now = 0u64;
+            for (advance, op) in ops {
+                now += advance;
+                let t = Timestamp::from_micros(now);
+                match op {
+                    Op::Sent(in_flight) => cc.on_sent(t, mtu, in_flight),
+                    Op::Acked { sent_ago, bytes } => {
+                        cc.on_acked(t, Timestamp::from_micros(now.saturating_sub(sent_ago)), bytes)
+                    }
+                    Op::Lost { sent_ago } => {
+                        cc.on_lost(t, Timestamp::from_micros(now.saturating_sub(sent_ago)), mtu)
+                    }
+                    Op::Spurious => cc.on_spurious_loss(),
+                    Op::Persistent => cc.on_persistent_congestion(t),
+                    Op::Rtt(micros) => sample(&mut cc, t, Duration::from_micros(micros)),
+                    Op::Mtu(new) => {
+                        mtu = new;
+                        cc.on_mtu(new);
+                    }
+                }
+                let window = cc.window();
+                prop_assert!(window >= config.min_window(mtu), "{} < min", window);
+                prop_assert!(window <= config.max_window_bytes.max(config.min_window(mtu)));
+                prop_assert!(cc.pacing_rate(Duration::from_millis(10)).is_some());
+            }
+        }
     }
 }
