@@ -4,6 +4,8 @@
 //! handshake.
 
 pub mod congestion;
+pub mod pacing;
+pub mod pmtud;
 pub mod recovery;
 pub mod rtt;
 

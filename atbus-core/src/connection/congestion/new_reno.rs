@@ -1,50 +1,7 @@
-//! Congestion control: how many bytes a connection may keep in flight.
-//!
-//! The sender owns bandwidth control (`DESIGN.md`, "Reliability, timing and
-//! control"). A connection asks its [`CongestionController`] for a window and reports
-//! sends, acknowledgements and losses. This module has the trait and a NewReno-style
-//! AIMD controller; CUBIC, pacing and the fixed-rate controller come with the
-//! congestion-control issue, behind the same trait.
+//! The NewReno-style AIMD controller of the first release.
 
-use std::fmt::Debug;
-
+use super::{CongestionConfig, CongestionController};
 use crate::time::Timestamp;
-
-/// Window parameters of the default controller, in datagrams of the connection's MTU.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CongestionConfig {
-    /// Initial window.
-    pub initial_window_packets: usize,
-    /// The window never shrinks below this.
-    pub min_window_packets: usize,
-    /// The window never grows beyond this many bytes.
-    pub max_window_bytes: usize,
-}
-
-impl Default for CongestionConfig {
-    fn default() -> Self {
-        CongestionConfig {
-            initial_window_packets: 32,
-            min_window_packets: 4,
-            max_window_bytes: 16 * 1024 * 1024,
-        }
-    }
-}
-
-/// Decides how many bytes may be in flight on one connection.
-pub trait CongestionController: Debug + Send {
-    /// Bytes that may be unacknowledged in flight now.
-    fn window(&self) -> usize;
-    /// `bytes` sent at `now` were acknowledged; they had been sent at `sent_at`.
-    fn on_acked(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
-    /// `bytes` sent at `sent_at` were declared lost.
-    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
-    /// The connection's MTU changed.
-    fn on_mtu(&mut self, mtu: usize);
-    /// A loss that reduced the window turned out spurious (the original had
-    /// arrived): undo the reduction where possible.
-    fn on_spurious_loss(&mut self) {}
-}
 
 /// Slow start then additive increase, multiplicative decrease (RFC 5681 / 9002
 /// style, with CUBIC's gentler 0.7 decrease): one window reduction per round of
@@ -137,20 +94,16 @@ impl CongestionController for NewReno {
         self.mtu = mtu.max(1);
         self.window = self.clamp(self.window);
     }
-}
 
-/// A fixed window: for reliable connections, where it only bounds the unacknowledged
-/// bytes kept for multi-path bookkeeping.
-#[derive(Debug, Clone)]
-pub struct FixedWindow(pub usize);
-
-impl CongestionController for FixedWindow {
-    fn window(&self) -> usize {
-        self.0
+    fn on_persistent_congestion(&mut self, now: Timestamp) {
+        if self.before_reduction.is_none() {
+            self.before_reduction = Some((self.window, self.threshold));
+        }
+        self.threshold = self.threshold.min(self.clamp(self.window * 7 / 10));
+        self.recovery_start = Some(now);
+        self.acked_in_avoidance = 0;
+        self.window = self.min_window();
     }
-    fn on_acked(&mut self, _: Timestamp, _: Timestamp, _: usize) {}
-    fn on_lost(&mut self, _: Timestamp, _: Timestamp, _: usize) {}
-    fn on_mtu(&mut self, _: usize) {}
 }
 
 #[cfg(test)]

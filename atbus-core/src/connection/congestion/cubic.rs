@@ -1,0 +1,665 @@
+//! CUBIC (RFC 9438) with HyStart++ slow start (RFC 9406).
+//!
+//! The window is in bytes; CUBIC's formulas are in segments, so `C` is scaled by the
+//! MTU: `W_cubic(t) = C × mtu × (t − K)³ + W_max` bytes, with `t` in seconds.
+//! Floats are used for the curve only, on values clamped to the window bounds.
+
+use std::time::Duration;
+
+use super::hystart::{CSS_GROWTH_DIVISOR, HyStart, Phase};
+use super::{CongestionConfig, CongestionController, Rounds, Utilization, rate_from_window};
+use crate::connection::rtt::RttEstimator;
+use crate::time::Timestamp;
+
+/// RFC 9438 §5.1: `C`, in segments per second cubed.
+const C: f64 = 0.4;
+/// RFC 9438 §4.6: multiplicative decrease factor `β_cubic`.
+const BETA: f64 = 0.7;
+/// RFC 9438 §4.3: `α_cubic = 3 (1 − β) / (1 + β)`, the Reno-friendly increase.
+const ALPHA: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
+/// Pacing gain in slow start, as a fraction (Linux `tcp_pacing_ss_ratio`: 200 %).
+const PACING_SLOW_START: (u64, u64) = (2, 1);
+/// Pacing gain otherwise (RFC 9002 §7.7 suggests 5/4).
+const PACING_AVOIDANCE: (u64, u64) = (5, 4);
+
+/// The state a reduction changes, saved so that a spurious loss can undo it
+/// (RFC 9438 §4.9).
+#[derive(Debug, Clone, Copy)]
+struct Saved {
+    window: f64,
+    ssthresh: usize,
+    w_max: f64,
+    k: f64,
+    epoch_start: Option<Timestamp>,
+    w_est: f64,
+}
+
+/// CUBIC congestion control with HyStart++ slow start.
+///
+/// - slow start doubles the window per round until HyStart++ sees the RTT rise
+///   (then a quarter of that rate for five rounds) or a loss;
+/// - congestion avoidance follows the cubic curve around the window of the last
+///   reduction (`W_max`), or the Reno-friendly estimate when that is larger;
+/// - a loss multiplies the window by β = 0.7 once per recovery epoch (losses of
+///   packets sent before the epoch began do not reduce again), with fast
+///   convergence lowering `W_max` when the window was already shrinking;
+/// - a spurious loss restores the state before the reduction;
+/// - persistent congestion collapses the window to its minimum;
+/// - a sender that does not use its window (application-limited) does not grow it.
+///
+/// ```
+/// use atbus_core::connection::congestion::{CongestionConfig, CongestionController, Cubic};
+/// use atbus_core::time::Timestamp;
+///
+/// let mut cc = Cubic::new(CongestionConfig::default(), 1000);
+/// assert_eq!(cc.window(), 32_000);
+/// cc.on_acked(Timestamp::from_micros(50_000), Timestamp::ZERO, 32_000);
+/// assert_eq!(cc.window(), 64_000); // slow start
+/// cc.on_lost(Timestamp::from_micros(60_000), Timestamp::from_micros(1), 1000);
+/// assert_eq!(cc.window(), 44_800); // × 0.7
+/// ```
+#[derive(Debug, Clone)]
+pub struct Cubic {
+    config: CongestionConfig,
+    mtu: usize,
+    /// Congestion window in bytes, kept within the configured bounds.
+    window: f64,
+    ssthresh: usize,
+    /// Window before the last reduction (after fast convergence), bytes.
+    w_max: f64,
+    /// Seconds from the epoch start until the curve reaches `w_max` again.
+    k: f64,
+    /// Start of the current congestion-avoidance epoch, shifted forward by time
+    /// spent application-limited; `None` until the first growth after a reduction.
+    epoch_start: Option<Timestamp>,
+    /// Reno-friendly window estimate, bytes.
+    w_est: f64,
+    /// Losses of packets sent before this instant belong to the current reduction.
+    recovery_start: Option<Timestamp>,
+    saved: Option<Saved>,
+    hystart: HyStart,
+    rounds: Rounds,
+    utilization: Utilization,
+    srtt: Duration,
+    last_ack: Option<Timestamp>,
+    /// Whether anything was acknowledged or lost yet (the initial window follows
+    /// the MTU until then).
+    started: bool,
+}
+
+impl Cubic {
+    /// A controller for a connection of this MTU, with the configured initial window.
+    pub fn new(config: CongestionConfig, mtu: usize) -> Self {
+        let mtu = mtu.max(1);
+        let window = config.clamp(config.initial_window_packets.saturating_mul(mtu), mtu);
+        Cubic {
+            config,
+            mtu,
+            window: window as f64,
+            ssthresh: usize::MAX,
+            w_max: 0.0,
+            k: 0.0,
+            epoch_start: None,
+            w_est: 0.0,
+            recovery_start: None,
+            saved: None,
+            hystart: HyStart::new(),
+            rounds: Rounds::default(),
+            utilization: Utilization::default(),
+            srtt: Duration::from_millis(100),
+            last_ack: None,
+            started: false,
+        }
+    }
+
+    /// The slow-start threshold in bytes (`usize::MAX` before the first exit).
+    pub fn ssthresh(&self) -> usize {
+        self.ssthresh
+    }
+
+    /// `W_max`, the window the cubic curve plateaus at, in bytes.
+    pub fn w_max(&self) -> usize {
+        self.w_max as usize
+    }
+
+    fn min_window(&self) -> f64 {
+        self.config.min_window(self.mtu) as f64
+    }
+
+    fn max_window(&self) -> f64 {
+        self.config.clamp(usize::MAX, self.mtu) as f64
+    }
+
+    fn clamp(&self, window: f64) -> f64 {
+        window.clamp(self.min_window(), self.max_window())
+    }
+
+    fn in_recovery(&self, sent_at: Timestamp) -> bool {
+        self.recovery_start.is_some_and(|start| sent_at < start)
+    }
+
+    fn save(&mut self) {
+        self.saved = Some(Saved {
+            window: self.window,
+            ssthresh: self.ssthresh,
+            w_max: self.w_max,
+            k: self.k,
+            epoch_start: self.epoch_start,
+            w_est: self.w_est,
+        });
+    }
+
+    /// RFC 9438 §4.6 and §4.7: multiplicative decrease with fast convergence.
+    fn reduce(&mut self, now: Timestamp) {
+        self.save();
+        self.recovery_start = Some(now);
+        self.w_max = if self.window < self.w_max {
+            self.window * (1.0 + BETA) / 2.0
+        } else {
+            self.window
+        };
+        self.window = self.clamp(self.window * BETA);
+        self.ssthresh = self.window as usize;
+        self.epoch_start = None;
+    }
+
+    /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
+    fn start_epoch(&mut self, now: Timestamp) {
+        self.epoch_start = Some(now);
+        if self.w_max < self.window {
+            // No reduction yet (HyStart++ exit) or an undone one: the plateau is here.
+            self.w_max = self.window;
+        }
+        let segments = (self.w_max - self.window) / (C * self.mtu as f64);
+        self.k = segments.max(0.0).cbrt();
+        self.w_est = self.window;
+    }
+
+    /// RFC 9438 §4.2: `W_cubic(t)`, bytes.
+    fn w_cubic(&self, t: f64) -> f64 {
+        let d = t - self.k;
+        C * self.mtu as f64 * d * d * d + self.w_max
+    }
+
+    fn grow_avoidance(&mut self, now: Timestamp, bytes: f64) {
+        let epoch_start = match self.epoch_start {
+            Some(start) => start,
+            None => {
+                self.start_epoch(now);
+                now
+            }
+        };
+        let t = now.saturating_since(epoch_start).as_secs_f64();
+        // RFC 9438 §4.3: the Reno-friendly estimate, α until W_max, then 1.
+        let alpha = if self.w_est < self.w_max { ALPHA } else { 1.0 };
+        self.w_est += alpha * bytes * self.mtu as f64 / self.window;
+        let cubic = self.w_cubic(t);
+        if cubic < self.w_est {
+            self.window = self.clamp(self.w_est.max(self.window));
+            return;
+        }
+        // RFC 9438 §4.4 and §4.5: approach W_cubic(t + RTT), at most 1.5 × window.
+        let target = self
+            .w_cubic(t + self.srtt.as_secs_f64())
+            .clamp(self.window, 1.5 * self.window);
+        self.window = self.clamp(self.window + (target - self.window) * bytes / self.window);
+    }
+}
+
+impl CongestionController for Cubic {
+    fn window(&self) -> usize {
+        self.window as usize
+    }
+
+    fn on_acked(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize) {
+        self.started = true;
+        let idle = self.last_ack.map_or(Duration::ZERO, |last| now - last);
+        self.last_ack = Some(now);
+        if self.rounds.on_acked(now, sent_at) {
+            self.utilization.on_round();
+            if self.ssthresh == usize::MAX {
+                self.hystart.on_round();
+                if self.hystart.phase() == Phase::Done {
+                    // RFC 9406 §4.2: CSS is over; congestion avoidance from here.
+                    self.ssthresh = self.window as usize;
+                }
+            }
+        }
+        if self.in_recovery(sent_at) {
+            return;
+        }
+        if !self.utilization.window_limited(self.window()) {
+            // RFC 9438 §5.8: no growth while application-limited, and the curve
+            // does not advance either.
+            if let Some(start) = self.epoch_start.as_mut() {
+                *start += idle;
+            }
+            return;
+        }
+        let bytes = bytes.min(self.max_window() as usize) as f64;
+        if self.in_slow_start() {
+            let growth = if self.hystart.phase() == Phase::Conservative {
+                bytes / CSS_GROWTH_DIVISOR as f64
+            } else {
+                bytes
+            };
+            self.window = self.clamp(self.window + growth);
+        } else {
+            self.grow_avoidance(now, bytes);
+        }
+    }
+
+    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
+        self.started = true;
+        if self.in_recovery(sent_at) {
+            return;
+        }
+        self.reduce(now);
+    }
+
+    fn on_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu.max(1);
+        if !self.started {
+            let initial = self.config.initial_window_packets.saturating_mul(self.mtu);
+            self.window = self.config.clamp(initial, self.mtu) as f64;
+        }
+        self.window = self.clamp(self.window);
+        // The curve is in segments of the old MTU: restart it from here.
+        self.epoch_start = None;
+    }
+
+    fn on_spurious_loss(&mut self) {
+        if let Some(saved) = self.saved.take() {
+            self.window = self.clamp(self.window.max(saved.window));
+            self.ssthresh = saved.ssthresh;
+            self.w_max = saved.w_max;
+            self.k = saved.k;
+            self.epoch_start = saved.epoch_start;
+            self.w_est = saved.w_est;
+            self.recovery_start = None;
+        }
+    }
+
+    fn on_sent(&mut self, _now: Timestamp, _bytes: usize, bytes_in_flight: usize) {
+        self.utilization.on_sent(bytes_in_flight);
+    }
+
+    fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
+        self.srtt = rtt.smoothed();
+        if self.ssthresh == usize::MAX {
+            self.hystart.on_rtt_sample(rtt.latest());
+        }
+    }
+
+    fn on_persistent_congestion(&mut self, now: Timestamp) {
+        self.started = true;
+        // RFC 9438 §4.8: the threshold follows the usual decrease, unless the losses
+        // that revealed the congestion already reduced it at this instant...
+        if self.recovery_start != Some(now) {
+            self.reduce(now);
+        }
+        // ...and the window restarts from its minimum (RFC 9002 §7.6.2).
+        self.window = self.min_window();
+        self.w_est = self.window;
+        self.epoch_start = None;
+    }
+
+    fn pacing_rate(&self, srtt: Duration) -> Option<u64> {
+        let (numerator, denominator) = if self.in_slow_start() {
+            PACING_SLOW_START
+        } else {
+            PACING_AVOIDANCE
+        };
+        Some(rate_from_window(
+            self.window(),
+            srtt,
+            numerator,
+            denominator,
+        ))
+    }
+
+    fn in_slow_start(&self) -> bool {
+        (self.window as usize) < self.ssthresh
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::connection::rtt::RtoConfig;
+
+    const MTU: usize = 1000;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_micros(ms * 1000)
+    }
+
+    fn config(initial_packets: usize) -> CongestionConfig {
+        CongestionConfig {
+            initial_window_packets: initial_packets,
+            min_window_packets: 2,
+            max_window_bytes: 1 << 30,
+        }
+    }
+
+    fn sample(cc: &mut Cubic, now: Timestamp, rtt: Duration) {
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(rtt);
+        cc.on_rtt_sample(now, &estimator);
+    }
+
+    /// Acknowledges a full window every `rtt` from `from` to `to` (in 10 acks per
+    /// round trip, each for data sent one RTT earlier); returns the window at each
+    /// whole second after `from`.
+    fn run_avoidance(cc: &mut Cubic, from: u64, to: u64, rtt: u64) -> Vec<usize> {
+        let mut per_second = Vec::new();
+        let step = rtt / 10;
+        let mut now = from;
+        while now < to {
+            now += step;
+            let bytes = cc.window() / 10;
+            cc.on_acked(at(now), at(now.saturating_sub(rtt)), bytes);
+            if (now - from) % 1000 == 0 {
+                per_second.push(cc.window());
+            }
+        }
+        per_second
+    }
+
+    /// A controller in congestion avoidance after one loss at 100 KB: W_max =
+    /// 100 KB, window 70 KB, K = ∛(30 000 / (0.4 × 1000)) ≈ 4.2 s.
+    fn after_one_loss(rtt: u64) -> Cubic {
+        let mut cc = Cubic::new(config(100), MTU);
+        sample(&mut cc, at(0), ms(rtt));
+        cc.on_lost(at(0), at(0), MTU);
+        assert_eq!(cc.window(), 70_000);
+        assert_eq!(cc.w_max(), 100_000);
+        assert!(!cc.in_slow_start());
+        cc
+    }
+
+    #[test]
+    fn window_returns_to_w_max_after_k_seconds_concave_then_convex() {
+        // A long RTT keeps the Reno-friendly estimate out of the way.
+        let mut cc = after_one_loss(500);
+        let k = (30_000.0f64 / (C * MTU as f64)).cbrt();
+        assert!((k - 4.217).abs() < 0.01);
+        let windows = run_avoidance(&mut cc, 0, 8_000, 500);
+        // windows[i] is the window at i + 1 seconds. At t ≈ K the window is
+        // close to W_max (the curve is followed one RTT ahead).
+        let at_k = windows[3] as f64 + (windows[4] - windows[3]) as f64 * (k - 4.0);
+        assert!((at_k - 100_000.0).abs() < 1_000.0, "{windows:?}");
+        // Concave below W_max: each second adds less than the one before...
+        let growth: Vec<i64> = windows
+            .windows(2)
+            .map(|w| w[1] as i64 - w[0] as i64)
+            .collect();
+        assert!(growth[0] > growth[1] && growth[1] > growth[2], "{growth:?}");
+        // ...and convex beyond it: each second adds more.
+        assert!(growth[3] < growth[4] && growth[4] < growth[5], "{growth:?}");
+        assert!(windows.windows(2).all(|w| w[1] >= w[0]));
+        // It tracks W_cubic(t + RTT) closely.
+        let expected = C * MTU as f64 * (7.5 - k).powi(3) + 100_000.0;
+        let last = windows[6] as f64;
+        assert!(
+            (last - expected).abs() / expected < 0.05,
+            "{last} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn reno_friendly_region_dominates_on_short_rtts() {
+        // With a 10 ms RTT the Reno estimate grows α MTU per RTT up to W_max, then
+        // one MTU per RTT: far faster than the cubic curve, which is flat near
+        // W_max. The window follows the estimate.
+        let mut cc = after_one_loss(10);
+        let windows = run_avoidance(&mut cc, 0, 3_000, 10);
+        let rtts_to_w_max = 30_000.0 / (ALPHA * MTU as f64);
+        let reno_estimate = 100_000.0 + (300.0 - rtts_to_w_max) * MTU as f64;
+        let cubic_at_3s = C * MTU as f64 * (3.0f64 - 4.217).powi(3) + 100_000.0;
+        assert!(cubic_at_3s < 100_000.0);
+        let last = *windows.last().unwrap() as f64;
+        assert!(
+            (last - reno_estimate).abs() / reno_estimate < 0.02,
+            "{last} vs {reno_estimate}"
+        );
+    }
+
+    #[test]
+    fn losses_of_one_flight_reduce_the_window_once() {
+        let mut cc = Cubic::new(config(100), MTU);
+        cc.on_lost(at(100), at(50), MTU);
+        assert_eq!(cc.window(), 70_000);
+        // Everything sent before the reduction belongs to the same epoch.
+        for sent in 50..100 {
+            cc.on_lost(at(110), at(sent), MTU);
+        }
+        assert_eq!(cc.window(), 70_000);
+        // Acknowledgements of that flight do not grow the window either.
+        cc.on_acked(at(120), at(99), 50_000);
+        assert_eq!(cc.window(), 70_000);
+        // A loss of data sent after the reduction is a new congestion event, and
+        // fast convergence lowers W_max below the window it had.
+        cc.on_lost(at(300), at(150), MTU);
+        assert_eq!(cc.window(), 49_000);
+        assert_eq!(cc.w_max(), 59_500);
+    }
+
+    #[test]
+    fn a_spurious_loss_restores_the_state_before_the_reduction() {
+        let mut cc = after_one_loss(100);
+        run_avoidance(&mut cc, 0, 2_000, 100);
+        let (window, w_max, ssthresh) = (cc.window(), cc.w_max(), cc.ssthresh());
+        cc.on_lost(at(2_050), at(2_000), MTU);
+        assert!(cc.window() < window);
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), window);
+        assert_eq!(cc.w_max(), w_max);
+        assert_eq!(cc.ssthresh(), ssthresh);
+        // Once only.
+        cc.on_lost(at(2_150), at(2_100), MTU);
+        cc.on_spurious_loss();
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), window);
+        // The curve continues where it was.
+        let before = cc.window();
+        run_avoidance(&mut cc, 2_200, 3_200, 100);
+        assert!(cc.window() > before);
+    }
+
+    #[test]
+    fn hystart_leaves_slow_start_when_the_rtt_rises() {
+        let mut cc = Cubic::new(config(10), MTU);
+        let mut now = 0;
+        let mut round = |cc: &mut Cubic, rtt: u64| {
+            // One round: the whole window, sent when the round began, acknowledged
+            // in 10 ACKs, each with an RTT sample.
+            let start = now;
+            let window = cc.window();
+            for _ in 0..10 {
+                now += 1;
+                sample(cc, at(now), ms(rtt));
+                cc.on_acked(at(now), at(start), window / 10);
+            }
+            window
+        };
+        assert_eq!(round(&mut cc, 20), 10_000);
+        assert_eq!(cc.window(), 20_000);
+        round(&mut cc, 20);
+        assert_eq!(cc.window(), 40_000);
+        assert!(cc.in_slow_start());
+        // 20 ms + 4 ms: conservative slow start, a quarter of the growth.
+        round(&mut cc, 25);
+        let css_start = cc.window();
+        assert!(css_start < 80_000 && cc.in_slow_start(), "{css_start}");
+        let mut window = css_start;
+        for _ in 0..4 {
+            round(&mut cc, 25);
+            assert!(cc.window() <= window + window / 4 + MTU, "{}", cc.window());
+            window = cc.window();
+        }
+        round(&mut cc, 25);
+        assert!(!cc.in_slow_start(), "CSS ends after five rounds");
+        assert_eq!(cc.ssthresh(), window);
+    }
+
+    #[test]
+    fn an_application_limited_sender_does_not_grow_the_window() {
+        let mut cc = Cubic::new(config(10), MTU);
+        // Slow start: 3 KB in flight out of 10 KB.
+        cc.on_sent(at(0), 3_000, 3_000);
+        cc.on_acked(at(100), at(0), 3_000);
+        assert_eq!(cc.window(), 10_000);
+        // Using the window: growth.
+        cc.on_sent(at(100), 10_000, 10_000);
+        cc.on_acked(at(200), at(100), 10_000);
+        assert_eq!(cc.window(), 20_000);
+        // Congestion avoidance, then an idle application for ten seconds: no growth,
+        // and the curve does not jump ahead when sending resumes.
+        cc.on_lost(at(210), at(150), MTU);
+        let reduced = cc.window();
+        for i in 0..100u64 {
+            let now = 300 + i * 100;
+            cc.on_sent(at(now), MTU, MTU);
+            cc.on_acked(at(now + 50), at(now), MTU);
+        }
+        assert_eq!(cc.window(), reduced);
+        // Filling the window again makes it grow, gently.
+        cc.on_sent(at(10_400), reduced, reduced);
+        cc.on_acked(at(10_450), at(10_400), MTU);
+        cc.on_acked(at(10_500), at(10_400), reduced);
+        assert!(cc.window() > reduced);
+        assert!(cc.window() < reduced + reduced / 2, "{}", cc.window());
+        // A sender held to 60 % of its window (by its pacer, say) still grows it.
+        let window = cc.window();
+        for i in 0..10u64 {
+            let now = 10_600 + i * 100;
+            cc.on_sent(at(now), MTU, window * 6 / 10);
+            cc.on_acked(at(now + 50), at(now), window / 10);
+        }
+        assert!(cc.window() > window);
+    }
+
+    #[test]
+    fn persistent_congestion_collapses_the_window_once() {
+        let mut cc = Cubic::new(config(50), MTU);
+        cc.on_lost(at(100), at(10), MTU);
+        cc.on_persistent_congestion(at(100));
+        assert_eq!(cc.window(), 2 * MTU);
+        // The threshold was reduced once (by the loss), not twice.
+        assert_eq!(cc.ssthresh(), 35_000);
+        assert!(cc.in_slow_start());
+        // A spurious timeout is undone.
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), 50_000);
+    }
+
+    #[test]
+    fn pacing_rate_is_twice_the_window_in_slow_start_and_five_quarters_after() {
+        let mut cc = Cubic::new(config(10), MTU);
+        assert_eq!(cc.pacing_rate(ms(100)), Some(200_000));
+        cc.on_lost(at(1), at(0), MTU);
+        assert_eq!(cc.pacing_rate(ms(100)), Some(87_500));
+        assert_eq!(cc.pacing_rate(Duration::ZERO).map(|r| r > 0), Some(true));
+    }
+
+    #[test]
+    fn the_mtu_scales_the_initial_window_then_only_its_bounds() {
+        let mut cc = Cubic::new(config(10), 548);
+        assert_eq!(cc.window(), 5_480);
+        cc.on_mtu(1452);
+        assert_eq!(cc.window(), 14_520);
+        cc.on_acked(at(10), at(0), 1000);
+        cc.on_mtu(548);
+        assert_eq!(cc.window(), 15_520);
+        cc.on_persistent_congestion(at(20));
+        assert_eq!(cc.window(), 2 * 548);
+        cc.on_mtu(9000);
+        assert_eq!(cc.window(), 18_000);
+    }
+
+    #[test]
+    fn extreme_inputs_keep_the_window_within_bounds() {
+        let mut cc = Cubic::new(config(10), MTU);
+        cc.on_acked(at(1), at(0), usize::MAX);
+        assert_eq!(cc.window(), 1 << 30);
+        cc.on_lost(at(2), at(1), usize::MAX);
+        for i in 0..1000 {
+            cc.on_acked(Timestamp::NEVER, at(3 + i), usize::MAX);
+        }
+        assert!(cc.window() <= 1 << 30);
+        sample(&mut cc, at(5), Duration::ZERO);
+        cc.on_mtu(0);
+        assert!(cc.window() >= 2);
+        for i in 0..100 {
+            cc.on_lost(at(10 + i), at(10 + i), 1);
+        }
+        assert_eq!(cc.window(), 2);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Sent(usize),
+        Acked { sent_ago: u64, bytes: usize },
+        Lost { sent_ago: u64 },
+        Spurious,
+        Persistent,
+        Rtt(u64),
+        Mtu(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..1 << 24).prop_map(Op::Sent),
+            (0u64..1_000_000, 0usize..1 << 20)
+                .prop_map(|(sent_ago, bytes)| Op::Acked { sent_ago, bytes }),
+            (0u64..1_000_000).prop_map(|sent_ago| Op::Lost { sent_ago }),
+            Just(Op::Spurious),
+            Just(Op::Persistent),
+            (0u64..10_000_000).prop_map(Op::Rtt),
+            (1usize..10_000).prop_map(Op::Mtu),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_sequence_keeps_the_window_within_its_bounds(
+            ops in proptest::collection::vec((0u64..200_000, op()), 1..300),
+        ) {
+            let config = config(32);
+            let mut mtu = MTU;
+            let mut cc = Cubic::new(config, mtu);
+            let mut now = 0u64;
+            for (advance, op) in ops {
+                now += advance;
+                let t = Timestamp::from_micros(now);
+                match op {
+                    Op::Sent(in_flight) => cc.on_sent(t, mtu, in_flight),
+                    Op::Acked { sent_ago, bytes } => {
+                        cc.on_acked(t, Timestamp::from_micros(now.saturating_sub(sent_ago)), bytes)
+                    }
+                    Op::Lost { sent_ago } => {
+                        cc.on_lost(t, Timestamp::from_micros(now.saturating_sub(sent_ago)), mtu)
+                    }
+                    Op::Spurious => cc.on_spurious_loss(),
+                    Op::Persistent => cc.on_persistent_congestion(t),
+                    Op::Rtt(micros) => sample(&mut cc, t, Duration::from_micros(micros)),
+                    Op::Mtu(new) => {
+                        mtu = new;
+                        cc.on_mtu(new);
+                    }
+                }
+                let window = cc.window();
+                prop_assert!(window >= config.min_window(mtu), "{} < min", window);
+                prop_assert!(window <= config.max_window_bytes.max(config.min_window(mtu)));
+                prop_assert!(cc.pacing_rate(Duration::from_millis(10)).is_some());
+            }
+        }
+    }
+}
