@@ -6,7 +6,7 @@ use std::time::Duration;
 use atbus_proto::DecodeLimits;
 use bytes::Bytes;
 
-use crate::connection::congestion::CongestionConfig;
+use crate::connection::congestion::{CongestionAlgorithm, CongestionConfig};
 use crate::connection::rtt::RtoConfig;
 
 /// The smallest MTU a datagram connection accepts: room for the frame headers and a
@@ -56,6 +56,9 @@ pub struct EndpointConfig {
     pub reliable_window: usize,
     /// How a peer's data is spread over its connections.
     pub scheduler: Scheduler,
+    /// The congestion controller of datagram connections (stream connections
+    /// use a fixed window, `reliable_window`).
+    pub congestion_algorithm: CongestionAlgorithm,
     /// How long an acknowledgement may wait for data to ride along with.
     pub ack_delay: Duration,
     /// Received ranges reported in one acknowledgement (selective ACK).
@@ -92,6 +95,7 @@ impl EndpointConfig {
             congestion: CongestionConfig::default(),
             reliable_window: 4 * 1024 * 1024,
             scheduler: Scheduler::MinRtt,
+            congestion_algorithm: CongestionAlgorithm::Cubic,
             ack_delay: Duration::ZERO,
             max_ack_ranges: 8,
             keepalive_interval: Duration::from_secs(5),

@@ -35,6 +35,7 @@ pub mod time;
 pub mod timer;
 
 pub use config::{ConnectionKind, EndpointConfig, Scheduler};
+pub use connection::congestion::CongestionAlgorithm;
 pub use connection::{ConnectionInfo, ConnectionState, ConnectionStats, Role};
 pub use endpoint::{Endpoint, EndpointStats, Input, PeerInfo, SendError, SendOptions};
 pub use event::{

@@ -19,7 +19,7 @@ use crate::event::{CloseReason, PeerId};
 use crate::stats::StatsRecorder;
 use crate::stream::{Assembler, RecvMeta, SendBuffer, SendMeta};
 use crate::time::Timestamp;
-use congestion::{CongestionController, FixedWindow, NewReno};
+use congestion::{CongestionController, FixedWindow};
 use recovery::InFlight;
 use rtt::RttEstimator;
 
@@ -181,9 +181,11 @@ pub(crate) struct Connection {
 impl Connection {
     pub fn new(kind: ConnectionKind, role: Role, config: &EndpointConfig, now: Timestamp) -> Self {
         let (mtu, cc, decoder): (usize, Box<dyn CongestionController>, _) = match kind {
-            ConnectionKind::Datagram { mtu } => {
-                (mtu, Box::new(NewReno::new(config.congestion, mtu)), None)
-            }
+            ConnectionKind::Datagram { mtu } => (
+                mtu,
+                config.congestion_algorithm.build(config.congestion, mtu),
+                None,
+            ),
             ConnectionKind::Stream => (
                 STREAM_TRANSMIT_SIZE.min(config.decode_limits.max_frame_size),
                 Box::new(FixedWindow(config.reliable_window)),

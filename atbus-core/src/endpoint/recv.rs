@@ -214,6 +214,7 @@ impl Endpoint {
                         let sent = c.ping_outstanding.take().unwrap_or(now);
                         let rtt = now.saturating_since(sent);
                         c.rtt.on_sample(rtt);
+                        c.cc.on_rtt_sample(now, &c.rtt);
                         // The path answers again (after an outage, say).
                         c.rto_backoff = 0;
                         self.record(id, Sample::Rtt(rtt));
@@ -850,6 +851,7 @@ impl Endpoint {
                 c.sampled_echo = echo;
                 let rtt = now.saturating_since(echo);
                 c.rtt.on_sample(rtt);
+                c.cc.on_rtt_sample(now, &c.rtt);
                 rtt_sample = Some(rtt);
             }
             if echo > c.newest_delivered {
@@ -980,7 +982,12 @@ impl Endpoint {
         });
         self.detect_losses(id);
         if rto_fired {
+            let now = self.now;
             if let Some(c) = self.connections.get_mut(&id) {
+                if c.rto_backoff >= 1 {
+                    // Nothing acknowledged since the last timeout either.
+                    c.cc.on_persistent_congestion(now);
+                }
                 c.rto_backoff = c.rto_backoff.saturating_add(1).min(16);
                 let probe = self.now + c.rto();
                 self.timers.set(TimerKey::Keepalive(id), probe);

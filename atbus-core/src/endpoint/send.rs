@@ -390,6 +390,7 @@ impl Endpoint {
         let data_limit = limit - acks.len();
         let window = c.cc.window();
         let mut wrote_data = false;
+        let range_now = now;
         let mut record = |c: &mut crate::connection::Connection,
                           (range, fragments): (SentRange, usize)| {
             c.stats.sent_frames += 1;
@@ -397,7 +398,10 @@ impl Endpoint {
             if range.retransmit {
                 c.stats.retransmits += 1;
             }
+            let bytes = range.bytes;
             c.in_flight.on_sent(range);
+            let in_flight = c.in_flight.bytes();
+            c.cc.on_sent(range_now, bytes, in_flight);
             wrote_data = true;
         };
         while c.in_flight.bytes() < window {
