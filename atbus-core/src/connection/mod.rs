@@ -20,6 +20,7 @@ use crate::stats::StatsRecorder;
 use crate::stream::{Assembler, RecvMeta, SendBuffer, SendMeta};
 use crate::time::Timestamp;
 use congestion::{CongestionController, FixedWindow};
+use pacing::Pacer;
 use recovery::InFlight;
 use rtt::RttEstimator;
 
@@ -174,6 +175,8 @@ pub(crate) struct Connection {
     pub stats: ConnectionStats,
     /// Windowed statistics (1 / 5 / 15 / 60 s).
     pub recorder: StatsRecorder,
+    /// Spaces datagrams carrying data at the controller's pacing rate.
+    pub pacer: Pacer,
     /// Fragments received in the input being handled.
     pub rx_fragments: u64,
 }
@@ -230,6 +233,7 @@ impl Connection {
             packets_sent: 0,
             stats: ConnectionStats::default(),
             recorder: StatsRecorder::new(now),
+            pacer: Pacer::for_mtu(mtu),
             rx_fragments: 0,
         }
     }
@@ -250,6 +254,11 @@ impl Connection {
         }
         self.stamp = now.max(self.stamp + Duration::from_micros(1));
         self.stamp
+    }
+
+    /// The rate data may leave at, bytes per second (`None`: unpaced).
+    pub fn pacing_rate(&self) -> Option<u64> {
+        self.cc.pacing_rate(self.rtt.smoothed())
     }
 
     /// The retransmission timeout with the current backoff.

@@ -220,6 +220,8 @@ enum TimerKey {
     Handshake(ConnectionId),
     Expire(PeerId, i64),
     Linger(PeerId),
+    /// The pacer lets the connection send again.
+    Pace(ConnectionId),
 }
 
 /// The local node's protocol state; see the [module documentation](self).
@@ -983,6 +985,9 @@ impl Endpoint {
                     }
                 }
                 TimerKey::Expire(peer, stream) => self.on_expire_timer(peer, stream),
+                TimerKey::Pace(c) => {
+                    self.dirty.insert(c);
+                }
                 TimerKey::Linger(peer) => {
                     if self
                         .peers
@@ -1106,6 +1111,7 @@ impl Endpoint {
             TimerKey::Keepalive(id),
             TimerKey::Idle(id),
             TimerKey::Handshake(id),
+            TimerKey::Pace(id),
         ] {
             self.timers.cancel(key);
         }

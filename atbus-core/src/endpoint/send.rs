@@ -16,7 +16,7 @@ use atbus_proto::{
 };
 use bytes::{Bytes, BytesMut};
 
-use super::{Endpoint, Sample};
+use super::{Endpoint, Sample, TimerKey};
 use crate::connection::recovery::SentRange;
 use crate::connection::{ConnectionState, Role};
 use crate::event::{CloseReason, ConnectionId, Transmit};
@@ -426,13 +426,25 @@ impl Endpoint {
         let first_contact = peer
             .and_then(|p| self.peers.get(&p))
             .is_some_and(|p| p.identity.is_none());
+        // Pacing: data waits for the pacer (acknowledgements and pongs do not).
+        let pace = c.pacing_rate();
+        let paced_out = match pace {
+            Some(rate) if !c.pacer.can_send(now, c.mtu, rate) => {
+                c.pacer.next_send_time(now, c.mtu, rate)
+            }
+            _ => None,
+        };
         let may_send_data = !defer
+            && paced_out.is_none()
             && (c.state == ConnectionState::Established
                 || (c.role == Role::Initiator
                     && first_contact
                     && c.in_flight.bytes() < early_limit));
         if defer {
             self.deferred.insert(id);
+        }
+        if let Some(at) = paced_out {
+            self.timers.set(TimerKey::Pace(id), at);
         }
         if let (true, Some(p)) = (may_send_data, peer.and_then(|p| self.peers.get_mut(&p))) {
             let cursor = p.cursor;
@@ -492,6 +504,9 @@ impl Endpoint {
             c.last_sent_timepoint = now.max(c.stamp);
         }
         if wrote_data {
+            if let Some(rate) = pace {
+                c.pacer.on_sent(now, buf.len(), rate);
+            }
             // The next connection's turn (round robin).
             if let Some(p) = peer.and_then(|p| self.peers.get_mut(&p)) {
                 if let Some(i) = p.connections.iter().position(|&x| x == id) {
