@@ -120,6 +120,12 @@ pub enum Scheduler {
     MinRtt,
     /// No preference: every connection with window left takes its turn.
     RoundRobin,
+    /// Every range goes on every connection: each sends what it pulls and a copy
+    /// of what the others pulled. The first copy to arrive is delivered (the rest
+    /// are duplicates the receiver drops), the first acknowledgement settles the
+    /// range everywhere. Latency of the fastest path at the cost of the bandwidth
+    /// of all.
+    Redundant,
 }
 
 /// What kind of transport a connection runs over.

@@ -259,6 +259,8 @@ impl Transport for AtbusTransport {
                         lost_packets: info.stats.lost_packets,
                         retransmits: info.stats.retransmits,
                         spurious_retransmits: info.stats.spurious_retransmits,
+                        congestion_window: info.congestion_window,
+                        sent_bytes: info.stats.sent_bytes,
                     },
                     None => PathStats {
                         mtu,

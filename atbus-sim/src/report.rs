@@ -190,6 +190,10 @@ pub struct PathReport {
     pub retransmits: u64,
     /// Retransmissions the client found unnecessary.
     pub spurious_retransmits: u64,
+    /// The client's congestion window at the end, in bytes.
+    pub cwnd_bytes: usize,
+    /// Bytes the client sent on the path.
+    pub sent_bytes: u64,
     /// Faults of the client→server link.
     pub link: LinkFaults,
 }
@@ -290,11 +294,13 @@ impl fmt::Display for Report {
             let link = &path.link;
             write!(
                 f,
-                "\npath {index}    mtu {}, srtt {:.3} ms, {} packets sent, {} lost, {} retransmits ({} spurious); \
+                "\npath {index}    mtu {}, srtt {:.3} ms, cwnd {} B, {} packets ({} B) sent, {} lost, {} retransmits ({} spurious); \
                  link: {} dropped, {} duplicated, {} reordered, {} corrupted",
                 path.mtu,
                 path.srtt_ms,
+                path.cwnd_bytes,
                 path.sent_packets,
+                path.sent_bytes,
                 path.lost_packets,
                 path.retransmits,
                 path.spurious_retransmits,
@@ -366,7 +372,7 @@ mod tests {
         };
         assert_eq!(
             report.to_json(),
-            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false,"stats":null}"#
+            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"cwnd_bytes":0,"sent_bytes":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false,"stats":null}"#
         );
         assert!(
             report

@@ -52,6 +52,10 @@ pub struct PathStats {
     pub retransmits: u64,
     /// Retransmissions later found unnecessary (the original had arrived).
     pub spurious_retransmits: u64,
+    /// Congestion window at the end, in bytes (0 if the transport has none).
+    pub congestion_window: usize,
+    /// Bytes sent.
+    pub sent_bytes: u64,
 }
 
 /// What a transport reports at the end of a run.

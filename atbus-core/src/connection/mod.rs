@@ -177,6 +177,9 @@ pub(crate) struct Connection {
     pub recorder: StatsRecorder,
     /// Spaces datagrams carrying data at the controller's pacing rate.
     pub pacer: Pacer,
+    /// Ranges other connections of the peer sent, to send here too (the
+    /// redundant scheduler): `(stream, start, end)`, oldest first.
+    pub copies: VecDeque<(i64, u64, u64)>,
     /// Fragments received in the input being handled.
     pub rx_fragments: u64,
 }
@@ -234,6 +237,7 @@ impl Connection {
             stats: ConnectionStats::default(),
             recorder: StatsRecorder::new(now),
             pacer: Pacer::for_mtu(mtu),
+            copies: VecDeque::new(),
             rx_fragments: 0,
         }
     }

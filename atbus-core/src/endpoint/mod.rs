@@ -927,6 +927,9 @@ impl Endpoint {
         let Some(p) = c.peer.and_then(|p| self.peers.get(&p)) else {
             return false;
         };
+        if self.config.scheduler == crate::config::Scheduler::Redundant {
+            return false;
+        }
         if self.config.scheduler == crate::config::Scheduler::RoundRobin {
             // The connection whose turn it is goes first, if it can.
             let Some(&turn) = p.connections.get(p.turn % p.connections.len().max(1)) else {

@@ -17,9 +17,10 @@ use atbus_proto::{
 use bytes::{Bytes, BytesMut};
 
 use super::{Endpoint, Sample, TimerKey};
+use crate::config::Scheduler;
 use crate::connection::recovery::SentRange;
 use crate::connection::{ConnectionState, Role};
-use crate::event::{CloseReason, ConnectionId, Transmit};
+use crate::event::{CloseReason, ConnectionId, PeerId, Transmit};
 use crate::stream::{SendBuffer, SendMeta};
 use crate::time::Timestamp;
 
@@ -44,9 +45,25 @@ struct OwnedFragment {
     has_more: bool,
 }
 
+/// The next piece to send: the next pending range, or the next piece of a copy.
+fn next_piece(
+    send: &SendBuffer<SendMeta>,
+    cursor: Option<u64>,
+    copy: Option<(u64, u64)>,
+) -> Option<crate::stream::Pending<'_, SendMeta>> {
+    match copy {
+        Some((from, to)) => send.piece_at(cursor.unwrap_or(from), to),
+        None => send.next_pending(),
+    }
+}
+
 /// Appends at most one data frame of `stream_id` to `buf` without letting `buf`
 /// exceed `limit` bytes; marks what it carries as sent and returns the range and the
 /// number of fragments. `None` if nothing to send or no room.
+///
+/// With `copy`, the frame is a redundant copy of `[copy.0, copy.1)`, data already
+/// sent on another connection: it is cut from that range, changes nothing in the
+/// send buffer, and `copy.0` advances past what it carries.
 pub(crate) fn write_data_frame(
     buf: &mut BytesMut,
     limit: usize,
@@ -55,15 +72,20 @@ pub(crate) fn write_data_frame(
     send: &mut SendBuffer<SendMeta>,
     now: Timestamp,
     packet: u64,
+    mut copy: Option<&mut (u64, u64)>,
 ) -> Option<(SentRange, usize)> {
     let space = limit.checked_sub(buf.len())?;
     let tp = timepoint(now);
-    let (start, retransmit) = match send.next_pending() {
+    let copy_range = copy.as_deref().copied();
+    let (start, retransmit) = match next_piece(send, None, copy_range) {
         Some(p) => (p.offset, p.retransmit),
         None => (u64::MAX, false),
     };
     // A reset that must travel alone (its offset has no data to carry it).
-    if let Some(reset) = send.reset_to_send().filter(|&o| o != start) {
+    if let Some(reset) = send
+        .reset_to_send()
+        .filter(|&o| o != start && copy_range.is_none())
+    {
         let frame = DataFrame {
             head,
             stream_id,
@@ -95,7 +117,7 @@ pub(crate) fn write_data_frame(
         return None;
     }
     let stream_offset = i64::try_from(start).ok()?;
-    let mut flags = if send.pending_reset() == Some(start) {
+    let mut flags = if copy_range.is_none() && send.pending_reset() == Some(start) {
         FLAG_RESET_OFFSET
     } else {
         0
@@ -119,7 +141,9 @@ pub(crate) fn write_data_frame(
     let mut any_retransmit = retransmit;
     let mut fin = false;
     while fragments.len() < MAX_FRAGMENTS_PER_FRAME {
-        let Some(p) = send.next_pending() else { break };
+        let Some(p) = next_piece(send, Some(cursor), copy_range) else {
+            break;
+        };
         if p.offset != cursor {
             break;
         }
@@ -168,7 +192,9 @@ pub(crate) fn write_data_frame(
         };
         used += spec.encoded_len();
         fragments.push(owned);
-        send.mark_sent(cursor, end);
+        if copy_range.is_none() {
+            send.mark_sent(cursor, end);
+        }
         cursor = end;
     }
     if fragments.is_empty() {
@@ -202,6 +228,9 @@ pub(crate) fn write_data_frame(
     frame.encode(buf);
     if flags & FLAG_RESET_OFFSET != 0 {
         send.mark_reset_sent();
+    }
+    if let Some(copy) = copy.as_deref_mut() {
+        copy.0 = cursor;
     }
     let range = SentRange {
         stream: stream_id,
@@ -272,7 +301,39 @@ pub(crate) fn finish_connection_frame(
     buf.freeze()
 }
 
+/// Copies of ranges a connection may hold for the redundant scheduler.
+const MAX_COPIES: usize = 16 * 1024;
+
 impl Endpoint {
+    /// The redundant scheduler: what `from` just sent goes on the peer's other
+    /// established connections too.
+    fn share_copies(
+        &mut self,
+        from: ConnectionId,
+        peer: Option<PeerId>,
+        ranges: &[(i64, u64, u64)],
+    ) {
+        let Some(p) = peer.and_then(|p| self.peers.get(&p)) else {
+            return;
+        };
+        for &o in &p.connections {
+            if o == from {
+                continue;
+            }
+            let Some(c) = self.connections.get_mut(&o) else {
+                continue;
+            };
+            if c.state != ConnectionState::Established {
+                continue;
+            }
+            c.copies.extend(ranges.iter().copied());
+            while c.copies.len() > MAX_COPIES {
+                c.copies.pop_front();
+            }
+            self.dirty.insert(o);
+        }
+    }
+
     /// Builds the next transmit of a connection, if it has anything to send.
     pub(super) fn build_transmit(&mut self, id: ConnectionId) -> Option<Transmit> {
         let now = self.now;
@@ -414,6 +475,7 @@ impl Endpoint {
                 &mut c.control_send,
                 at,
                 packet,
+                None,
             ) {
                 Some(sent) => record(c, sent),
                 None => break,
@@ -434,6 +496,7 @@ impl Endpoint {
             }
             _ => None,
         };
+        let mut fresh: Vec<(i64, u64, u64)> = Vec::new();
         let may_send_data = !defer
             && paced_out.is_none()
             && (c.state == ConnectionState::Established
@@ -455,6 +518,42 @@ impl Endpoint {
                 .filter(|(_, s)| s.send.has_pending())
                 .map(|(&id, _)| id)
                 .collect();
+            // Copies of what the peer's other connections sent (redundant).
+            while c.in_flight.bytes() < window && buf.len() < data_limit {
+                let Some((sid, mut range)) = c.copies.pop_front().map(|(s, a, b)| (s, (a, b)))
+                else {
+                    break;
+                };
+                let Some(s) = p.streams.get_mut(&sid) else {
+                    continue;
+                };
+                if s.send.piece_at(range.0, range.1).is_none() {
+                    // Acknowledged meanwhile (or gone).
+                    continue;
+                }
+                let at = c.frame_time(now);
+                match write_data_frame(
+                    &mut buf,
+                    data_limit,
+                    &c.head,
+                    sid,
+                    &mut s.send,
+                    at,
+                    packet,
+                    Some(&mut range),
+                ) {
+                    Some(sent) => {
+                        record(c, sent);
+                        if range.0 < range.1 {
+                            c.copies.push_front((sid, range.0, range.1));
+                        }
+                    }
+                    None => {
+                        c.copies.push_front((sid, range.0, range.1));
+                        break;
+                    }
+                }
+            }
             let mut progress = true;
             while progress && c.in_flight.bytes() < window && buf.len() < data_limit {
                 progress = false;
@@ -474,7 +573,11 @@ impl Endpoint {
                         &mut s.send,
                         at,
                         packet,
+                        None,
                     ) {
+                        if sent.0.end > sent.0.start {
+                            fresh.push((sid, sent.0.start, sent.0.end));
+                        }
                         record(c, sent);
                         progress = true;
                         p.cursor = sid.saturating_add(1);
@@ -503,6 +606,12 @@ impl Endpoint {
         if wrote_data || probes {
             c.last_sent_timepoint = now.max(c.stamp);
         }
+        if !fresh.is_empty() && self.config.scheduler == Scheduler::Redundant {
+            self.share_copies(id, peer, &fresh);
+        }
+        let Some(c) = self.connections.get_mut(&id) else {
+            return None;
+        };
         if wrote_data {
             if let Some(rate) = pace {
                 c.pacer.on_sent(now, buf.len(), rate);

@@ -308,6 +308,23 @@ impl<M> SendBuffer<M> {
         })
     }
 
+    /// The queued piece at `offset`, up to `limit` and the end of its message, for
+    /// sending a redundant copy of data already sent (no bookkeeping changes).
+    /// `None` if `offset` is acknowledged or was never sent.
+    pub fn piece_at(&self, offset: u64, limit: u64) -> Option<Pending<'_, M>> {
+        if offset < self.base || offset >= self.next_new || offset >= limit {
+            return None;
+        }
+        let message = self.message_at(offset)?;
+        Some(Pending {
+            offset,
+            limit: limit.min(message.end()).min(self.next_new),
+            message,
+            // A copy, not a retransmission: it is not counted as one.
+            retransmit: false,
+        })
+    }
+
     /// Records that `[start, end)` was sent: it is no longer lost, and new data
     /// advances.
     ///

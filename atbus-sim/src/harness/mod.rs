@@ -371,6 +371,8 @@ impl<T: Transport> Simulation<T> {
                     lost_packets: stats.lost_packets,
                     retransmits: stats.retransmits,
                     spurious_retransmits: stats.spurious_retransmits,
+                    cwnd_bytes: stats.congestion_window,
+                    sent_bytes: stats.sent_bytes,
                     link: LinkFaults {
                         dropped: link.dropped_total(),
                         duplicated: link.duplicated,
