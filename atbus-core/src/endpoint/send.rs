@@ -64,6 +64,7 @@ fn next_piece(
 /// With `copy`, the frame is a redundant copy of `[copy.0, copy.1)`, data already
 /// sent on another connection: it is cut from that range, changes nothing in the
 /// send buffer, and `copy.0` advances past what it carries.
+#[allow(clippy::too_many_arguments)] // one frame's every input; a struct would only rename them
 pub(crate) fn write_data_frame(
     buf: &mut BytesMut,
     limit: usize,
@@ -72,7 +73,7 @@ pub(crate) fn write_data_frame(
     send: &mut SendBuffer<SendMeta>,
     now: Timestamp,
     packet: u64,
-    mut copy: Option<&mut (u64, u64)>,
+    copy: Option<&mut (u64, u64)>,
 ) -> Option<(SentRange, usize)> {
     let space = limit.checked_sub(buf.len())?;
     let tp = timepoint(now);
@@ -229,7 +230,7 @@ pub(crate) fn write_data_frame(
     if flags & FLAG_RESET_OFFSET != 0 {
         send.mark_reset_sent();
     }
-    if let Some(copy) = copy.as_deref_mut() {
+    if let Some(copy) = copy {
         copy.0 = cursor;
     }
     let range = SentRange {
@@ -609,9 +610,7 @@ impl Endpoint {
         if !fresh.is_empty() && self.config.scheduler == Scheduler::Redundant {
             self.share_copies(id, peer, &fresh);
         }
-        let Some(c) = self.connections.get_mut(&id) else {
-            return None;
-        };
+        let c = self.connections.get_mut(&id)?;
         if wrote_data {
             if let Some(rate) = pace {
                 c.pacer.on_sent(now, buf.len(), rate);
