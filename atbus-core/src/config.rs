@@ -22,9 +22,12 @@ pub const STREAM_TRANSMIT_SIZE: usize = 64 * 1024;
 pub struct EndpointConfig {
     /// This node's name, sent in the hello (k8s name rules).
     pub node_name: String,
-    /// Identifies this endpoint incarnation: a peer that sees a new value knows the
-    /// node restarted and starts every stream with it afresh. Adapters draw it at
-    /// random at start-up; the core itself never draws randomness.
+    /// Identifies this endpoint incarnation and **must grow** with each one: a peer
+    /// that sees a larger value knows the node restarted and starts every stream
+    /// with it afresh, and refuses a smaller one as a late connection of an ended
+    /// incarnation. Adapters use the start time (microseconds since the UNIX
+    /// epoch) with random low bits; the core itself never reads a clock or draws
+    /// randomness.
     pub session_id: u64,
     /// Labels sent in the hello.
     pub labels: BTreeMap<String, String>,

@@ -9,14 +9,18 @@ use crate::stream::Stream;
 /// stream are acknowledged instead of opening it again.
 pub(crate) const MAX_TOMBSTONES: usize = 65_536;
 
+/// An association: the name and session of the node that numbered it, and the
+/// number.
+pub(crate) type Association = (String, u64, u64);
+
 /// One peer.
 #[derive(Debug, Default)]
 pub(crate) struct Peer {
     /// Node name and session id, once a handshake told them.
     pub identity: Option<(String, u64)>,
-    /// The association this peer state is one side of: the session of the node
-    /// that numbered it and its number (`handshake_data.association_*`).
-    pub association: (u64, u64),
+    /// The association this peer state is one side of: the node that numbered it
+    /// (name, session) and its number (`handshake_data.association_*`).
+    pub association: Association,
     pub labels: BTreeMap<String, String>,
     /// Connections bound to this peer, in the order they were added.
     pub connections: Vec<ConnectionId>,

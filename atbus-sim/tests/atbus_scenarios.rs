@@ -110,7 +110,7 @@ mod random {
         fn check(&self) {
             let endpoint = self.0.endpoint();
             let config = endpoint.config();
-            let bound = config.peer_receive_limit + config.max_message_size;
+            let bound = config.peer_receive_limit + 3 * config.max_message_size;
             for connection in endpoint.connections() {
                 let Some(peer) = endpoint.connection_info(connection).and_then(|c| c.peer) else {
                     continue;

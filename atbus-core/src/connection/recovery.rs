@@ -213,7 +213,15 @@ impl InFlight {
     /// distinct, increasing timepoints, an acknowledgement of `stream` echoing
     /// `through` was built after every earlier frame was processed: what it does not
     /// cover, the peer dropped (over a limit, or before its handshake completed).
-    pub fn take_unacknowledged(&mut self, stream: i64, through: Timestamp) -> Vec<SentRange> {
+    ///
+    /// Ranges ending above `horizon` (where the acknowledgement's information ends)
+    /// are left in flight.
+    pub fn take_unacknowledged(
+        &mut self,
+        stream: i64,
+        through: Timestamp,
+        horizon: u64,
+    ) -> Vec<SentRange> {
         let mut seqs: Vec<u64> = self
             .by_stream
             .range((stream, 0, 0)..=(stream, u64::MAX, u64::MAX))
@@ -226,7 +234,11 @@ impl InFlight {
         );
         seqs.sort_unstable();
         seqs.dedup();
-        seqs.retain(|seq| self.ranges.get(seq).is_some_and(|r| r.sent_at <= through));
+        seqs.retain(|seq| {
+            self.ranges
+                .get(seq)
+                .is_some_and(|r| r.sent_at <= through && r.end <= horizon)
+        });
         seqs.into_iter()
             .filter_map(|seq| self.remove(seq))
             .collect()

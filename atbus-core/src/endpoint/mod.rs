@@ -65,7 +65,7 @@ use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU};
 use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
 use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
-use crate::peer::Peer;
+use crate::peer::{Association, Peer};
 use crate::stats::{StatsRecorder, StatsSnapshot};
 use crate::stream::{SendMeta, Stream};
 use crate::time::Timestamp;
@@ -234,8 +234,8 @@ pub struct Endpoint {
     /// Peers by node name (several: simultaneous connections form separate
     /// associations).
     peers_by_name: BTreeMap<String, BTreeSet<PeerId>>,
-    /// Peers by association (numbering session, number).
-    associations: BTreeMap<(u64, u64), PeerId>,
+    /// Peers by association (numbering node and session, number).
+    associations: BTreeMap<Association, PeerId>,
     /// Sessions of nodes that restarted (node name, old session), newest last: a
     /// late hello of such a session is stale and must not take over anything.
     retired_sessions: BTreeSet<(String, u64)>,
@@ -367,6 +367,8 @@ impl Endpoint {
     fn advance(&mut self, now: Timestamp) {
         // Time never goes backwards, whatever the caller passes.
         self.now = self.now.max(now);
+        // New input: the schedulers' deferrals start over.
+        self.no_defer = false;
         if self.recorder.is_none() {
             self.recorder = Some(StatsRecorder::new(self.now));
         }
@@ -442,10 +444,17 @@ impl Endpoint {
 
     /// A new peer state for `association`; `None`: an association this endpoint
     /// opens, numbered by it.
-    fn allocate_peer(&mut self, association: Option<(u64, u64)>) -> PeerId {
+    fn allocate_peer(&mut self, association: Option<Association>) -> PeerId {
         let id = PeerId(self.next_peer);
         self.next_peer += 1;
-        let association = association.unwrap_or((self.config.session_id, id.0 + 1));
+        let association = association.unwrap_or_else(|| {
+            (
+                self.config.node_name.clone(),
+                self.config.session_id,
+                id.0 + 1,
+            )
+        });
+        self.associations.insert(association.clone(), id);
         self.peers.insert(
             id,
             Peer {
@@ -453,7 +462,6 @@ impl Endpoint {
                 ..Peer::default()
             },
         );
-        self.associations.insert(association, id);
         id
     }
 
@@ -469,7 +477,19 @@ impl Endpoint {
             .insert(peer);
     }
 
-    /// Drops every peer state of `node` from a session other than `session`: the
+    /// Whether `node` is known by a session newer (larger) than `session`.
+    /// Sessions grow with each incarnation of a node (see
+    /// [`EndpointConfig::session_id`]).
+    pub(super) fn has_newer_session(&self, node: &str, session: u64) -> bool {
+        self.peers_by_name.get(node).into_iter().flatten().any(|p| {
+            self.peers
+                .get(p)
+                .and_then(|p| p.identity.as_ref())
+                .is_some_and(|(_, s)| *s > session)
+        })
+    }
+
+    /// Drops every peer state of `node` from a session older than `session`: the
     /// node restarted. Returns whether there was any.
     fn drop_restarted(&mut self, node: &str, session: u64) -> bool {
         let stale: Vec<PeerId> = self
@@ -482,7 +502,7 @@ impl Endpoint {
                 self.peers
                     .get(p)
                     .and_then(|p| p.identity.as_ref())
-                    .is_some_and(|(_, s)| *s != session)
+                    .is_some_and(|(_, s)| *s < session)
             })
             .collect();
         for &peer in &stale {
@@ -498,7 +518,7 @@ impl Endpoint {
     }
 
     /// Remembers that `node`'s `session` ended (at most [`MAX_RETIRED_SESSIONS`]).
-    fn retire_session(&mut self, node: String, session: u64) {
+    pub(super) fn retire_session(&mut self, node: String, session: u64) {
         let key = (node, session);
         if self.retired_sessions.insert(key.clone()) {
             self.retired_order.push_back(key);
@@ -573,12 +593,20 @@ impl Endpoint {
     }
 
     fn queue_hello(&mut self, connection: ConnectionId) {
+        // Numbered here: (0, number); numbered by the peer: (its session, number).
         let association = self
             .connections
             .get(&connection)
             .and_then(|c| c.peer)
             .and_then(|p| self.peers.get(&p))
-            .map_or((0, 0), |p| p.association);
+            .map_or((0, 0), |p| {
+                let (node, session, number) = &p.association;
+                if *node == self.config.node_name && *session == self.config.session_id {
+                    (0, *number)
+                } else {
+                    (*session, *number)
+                }
+            });
         let payload = handshake::encode_handshake(
             HandshakeKind::Hello,
             &self.config.node_name,
@@ -918,9 +946,15 @@ impl Endpoint {
     /// peer's data to a faster connection of the same peer that has window left
     /// and is not suspected dead.
     pub(super) fn defers_data(&self, id: ConnectionId) -> bool {
-        if self.no_defer {
-            return false;
-        }
+        let now = self.now;
+        // In the second turn, only a preferred path held by its pacer (not by its
+        // window) still takes precedence: its pace timer will let it send soon.
+        let held = |other: &Connection| {
+            !self.no_defer
+                || other
+                    .pacing_rate()
+                    .is_some_and(|rate| !other.pacer.can_send(now, other.mtu, rate))
+        };
         let Some(c) = self.connections.get(&id) else {
             return false;
         };
@@ -940,6 +974,7 @@ impl Endpoint {
                     other.state == ConnectionState::Established
                         && other.rto_backoff == 0
                         && other.in_flight.bytes() < other.cc.window()
+                        && held(other)
                 });
         }
         // A connection whose timer fired without progress since comes last.
@@ -951,6 +986,7 @@ impl Endpoint {
                         && other.rto_backoff == 0
                         && other.in_flight.bytes() < other.cc.window()
                         && (false, other.rtt.smoothed(), o) < mine
+                        && held(other)
                 })
         })
     }

@@ -27,6 +27,12 @@ const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 /// within twice what the receive limits count.
 const PIN_RATIO: usize = 2;
 
+/// The over-limit headroom is this many maximum messages: one message's payload
+/// plus its bookkeeping, which is at most twice its payload when its fragments
+/// hold at least 32 bytes (what senders cut; a peer cutting finer cannot
+/// complete a maximum message while the peer is at its limit).
+const HEADROOM_FACTOR: usize = 3;
+
 /// Unopened streams one connection remembers to acknowledge as empty.
 const MAX_REFUSED_ACKS: usize = 1024;
 
@@ -697,28 +703,61 @@ impl Endpoint {
     /// The acceptor takes the hello: binds (or creates, or restarts) the peer, answers
     /// ACCEPT and replays the early data.
     pub(super) fn complete_accept(&mut self, id: ConnectionId, hello: Hello) {
+        if self.has_newer_session(&hello.node_name, hello.session_id) {
+            // A hello of an older incarnation than one already connected (a
+            // connection accepted late): stale.
+            self.retire_session(hello.node_name.clone(), hello.session_id);
+            let reason = CloseReason::new(
+                CloseCode::PeerReset,
+                "this session of the node has ended (a newer one is connected)",
+            );
+            self.close(id, reason, false, true);
+            return;
+        }
         let restarted = self.drop_restarted(&hello.node_name, hello.session_id);
-        let association = self
+        let (numbered_by, number) = self
             .connections
             .get(&id)
             .map_or((0, 0), |c| c.hello_association);
-        // A connection of an association the peer (or this endpoint) opened
-        // earlier joins it; anything else is a new association.
-        let joined = self.associations.get(&association).copied().filter(|p| {
-            self.peers.get(p).is_some_and(|p| {
-                p.identity
-                    .as_ref()
-                    .is_none_or(|(n, s)| *n == hello.node_name && *s == hello.session_id)
-            })
-        });
-        let peer = match joined {
-            Some(peer) if association.1 != 0 => peer,
-            _ if association.0 == self.config.session_id || association.1 == 0 => {
-                // Numbered by this endpoint but unknown (forgotten), or absent:
-                // a fresh association numbered here.
-                self.allocate_peer(None)
+        // The hello names an association numbered by its sender (session 0), by
+        // this endpoint (this endpoint's session), or none (number 0).
+        let refuse = |this: &mut Self, why: &str| {
+            let reason = CloseReason::new(CloseCode::PeerReset, why);
+            this.close(id, reason, false, true);
+        };
+        let peer = if number == 0 {
+            self.allocate_peer(None)
+        } else if numbered_by == 0 {
+            let key = (hello.node_name.clone(), hello.session_id, number);
+            match self.associations.get(&key).copied() {
+                // Another path of an association the node opened: it joins.
+                Some(peer) => peer,
+                None => self.allocate_peer(Some(key)),
             }
-            _ => self.allocate_peer(Some(association)),
+        } else {
+            let key = (
+                self.config.node_name.clone(),
+                self.config.session_id,
+                number,
+            );
+            let existing = self.associations.get(&key).copied().filter(|p| {
+                self.peers
+                    .get(p)
+                    .and_then(|p| p.identity.as_ref())
+                    .is_some_and(|(n, s)| *n == hello.node_name && *s == hello.session_id)
+            });
+            match existing {
+                Some(peer) if numbered_by == self.config.session_id => peer,
+                _ => {
+                    // Not one this endpoint opened and established with this node
+                    // (unknown, forgotten, still in its handshake, or another's).
+                    refuse(
+                        self,
+                        "the association named in the hello is not established here with this node",
+                    );
+                    return;
+                }
+            }
         };
         self.set_identity(peer, &hello);
         self.bind(id, peer);
@@ -770,8 +809,18 @@ impl Endpoint {
         let Some(mut peer) = self.connections.get(&id).and_then(|c| c.peer) else {
             return;
         };
+        if self.is_retired(&hello.node_name, hello.session_id)
+            || self.has_newer_session(&hello.node_name, hello.session_id)
+        {
+            let reason = CloseReason::new(
+                CloseCode::PeerReset,
+                "the node answered with a session older than one already connected",
+            );
+            self.close(id, reason, false, true);
+            return;
+        }
         let known = self.peers.get(&peer).and_then(|p| p.identity.clone());
-        let association = self.peers.get(&peer).map_or((0, 0), |p| p.association);
+        let association = self.peers.get(&peer).map(|p| p.association.clone());
         let restarted = known.is_some_and(|(_, session)| session != hello.session_id);
         if restarted {
             // The peer restarted while we held its streams: they start afresh with
@@ -795,7 +844,7 @@ impl Endpoint {
         // Every other state of this node from an older session is stale too.
         self.drop_restarted(&hello.node_name, hello.session_id);
         if restarted {
-            peer = self.allocate_peer(Some(association));
+            peer = self.allocate_peer(association);
             self.bind(id, peer);
         }
         self.set_identity(peer, &hello);
@@ -819,7 +868,6 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         };
-        let _ = received_max;
         // Selective ranges: sorted, disjoint, above the cumulative point; anything
         // else ends the list.
         let max_ranges = self.config.max_ack_ranges;
@@ -888,9 +936,20 @@ impl Endpoint {
             c.stats.spurious_retransmits += settled.spurious;
             if !matches!(c.kind, ConnectionKind::Datagram { .. }) {
                 // A reliable connection loses nothing: what the acknowledgement
-                // leaves out of the frames it had processed, the peer dropped.
+                // leaves out of the frames it had processed, the peer dropped. Only
+                // below the horizon of what it reports: a list of selective ranges
+                // cut short (the highest offset received lies past its last range)
+                // says nothing of what lies above it.
+                let listed_end = ranges
+                    .last()
+                    .map_or(acknowledged, |r| r.1.max(acknowledged));
+                let horizon = if received_max > listed_end {
+                    listed_end
+                } else {
+                    u64::MAX
+                };
                 if let Some(echo) = echo {
-                    for range in c.in_flight.take_unacknowledged(stream, echo) {
+                    for range in c.in_flight.take_unacknowledged(stream, echo, horizon) {
                         c.stats.resent_after_drop += 1;
                         send.on_frame_lost(range.start, range.end, range.reset);
                     }
@@ -1074,7 +1133,9 @@ impl RecvBudget<'_> {
             return true;
         }
         let holder_ok = self.headroom.is_none_or(|s| s == stream);
-        let headroom = usize::try_from(max_message).unwrap_or(usize::MAX);
+        let headroom = usize::try_from(max_message)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(HEADROOM_FACTOR);
         if in_order && holder_ok && total <= limit.saturating_add(headroom) {
             *self.headroom = Some(stream);
             return true;
