@@ -1,0 +1,699 @@
+//! The claim / commit / skip protocol, independent of where the memory lives.
+//!
+//! Writers (any number, any process):
+//! 1. check for room (`tail + size <= head + ring_size`) and claim `size` bytes by a
+//!    compare-and-swap on the tail; a record that would cross the end of the data
+//!    area first claims a padding record up to the end, then starts over;
+//! 2. stamp the record header `0 -> Claimed{len, now}` with a compare-and-swap;
+//! 3. copy the payload;
+//! 4. commit `Claimed -> Committed` with a compare-and-swap.
+//!
+//! If step 2 or 4 fails, the reader gave up on the record (the writer was slower
+//! than the skip timeout) and the send reports [`SendError::Expired`].
+//!
+//! The reader (one) looks at the header word at its head:
+//! - `Committed`: deliver; on consumption zero the payload, then the header, then
+//!   publish the head (so every byte below the head is zero again);
+//! - `Padding` / `Skipped`: clear and step over;
+//! - `Claimed` with a stamp older than the skip timeout: `Claimed -> Skipped` by
+//!   compare-and-swap, clear, step over, count an expired claim;
+//! - zero while `tail > head` (a writer claimed space but did not stamp it yet):
+//!   wait; after the skip timeout the length is unknown, so the reader *poisons*
+//!   every zero word from the head up to the next stamped header (or the tail, or
+//!   the end of the data area) with a compare-and-swap `0 -> Poison`. A writer whose
+//!   stamp lands on poison fails; after a second timeout (for writers stalled in
+//!   between claiming and stamping) the gap is zeroed, skipped and counted;
+//! - `Poison` found at the head without a recovery in progress (the reader was
+//!   restarted mid-recovery): scan and wait again.
+//!
+//! Everything here takes the time (`now_ms`, milliseconds of a clock shared by all
+//! processes) from the caller, so the loom models and unit tests drive it.
+
+use crate::error::{RecvError, SendError};
+use crate::layout::field;
+use crate::layout::{Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, record_size};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Where the ring's words live: the shared mapping, or a model under loom.
+pub(crate) trait Region {
+    /// A header field (one of [`crate::layout::field`]).
+    fn field(&self, index: usize) -> &AtomicU64;
+    /// The data-area word at byte offset `offset` (a multiple of 8, in bounds).
+    fn data_word(&self, offset: u64) -> &AtomicU64;
+    /// Copies `src` to data-area byte offset `offset`.
+    ///
+    /// The caller owns those bytes (a successfully stamped claim).
+    fn write_payload(&self, offset: u64, src: &[u8]);
+    /// Copies `len` bytes from data-area offset `offset` into `dst`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn read_payload(&self, offset: u64, len: u64, dst: &mut Vec<u8>);
+    /// Zeroes `len` bytes (a multiple of 8) from data-area offset `offset`.
+    ///
+    /// The caller is the reader and the bytes are below no writer's claim.
+    fn zero(&self, offset: u64, len: u64);
+}
+
+/// The ring's geometry as the protocol needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) ring_size: u64,
+    pub(crate) max_message: u64,
+}
+
+impl From<Layout> for Geometry {
+    fn from(layout: Layout) -> Self {
+        Self {
+            ring_size: layout.ring_size,
+            max_message: u64::from(layout.max_message),
+        }
+    }
+}
+
+impl Geometry {
+    #[inline]
+    fn offset(&self, position: u64) -> u64 {
+        position & (self.ring_size - 1)
+    }
+}
+
+/// One writer's view: its cached copy of the reader's head saves reading the
+/// reader's cache line on every send.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterState {
+    cached_head: u64,
+}
+
+impl WriterState {
+    pub(crate) fn new() -> Self {
+        Self { cached_head: 0 }
+    }
+
+    fn has_room<R: Region>(&mut self, region: &R, geo: Geometry, tail: u64, size: u64) -> bool {
+        if tail + size <= self.cached_head + geo.ring_size {
+            return true;
+        }
+        // Acquire: the reader zeroed everything below the head before publishing it.
+        self.cached_head = region.field(field::HEAD).load(Ordering::Acquire);
+        tail + size <= self.cached_head + geo.ring_size
+    }
+
+    /// Sends one message without waiting. Returns the record's position.
+    pub(crate) fn try_send<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<u64, SendError> {
+        self.reserve(region, geo, payload.len())?
+            .stamp(region, now_ms)?
+            .commit(region, payload)
+    }
+
+    /// Step 1: claims room for a record of `len` payload bytes (claiming padding
+    /// first if the record would cross the end of the data area).
+    pub(crate) fn reserve<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        len: usize,
+    ) -> Result<Reservation, SendError> {
+        if len as u64 > geo.max_message {
+            return Err(SendError::TooLarge {
+                len,
+                max: geo.max_message as usize,
+            });
+        }
+        let len = len as u64;
+        let size = record_size(len);
+        let tail_word = region.field(field::TAIL);
+        let mut tail = tail_word.load(Ordering::Acquire);
+        loop {
+            let offset = geo.offset(tail);
+            let to_end = geo.ring_size - offset;
+            let claim = if size <= to_end { size } else { to_end };
+            if !self.has_room(region, geo, tail, claim) {
+                return Err(SendError::Full);
+            }
+            if let Err(current) = tail_word.compare_exchange_weak(
+                tail,
+                tail + claim,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                tail = current;
+                continue;
+            }
+            if claim == size {
+                return Ok(Reservation {
+                    position: tail,
+                    offset,
+                    len,
+                });
+            }
+            // Padding up to the end; if the stamp fails the reader is already
+            // recovering this space as a torn gap, which is just as good.
+            let padding = Record::Padding {
+                len: to_end - RECORD_HEADER,
+            };
+            let _ = region.data_word(offset).compare_exchange(
+                0,
+                padding.word(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+            tail += claim;
+        }
+    }
+}
+
+/// Room claimed on the tail whose header is not stamped yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    position: u64,
+    offset: u64,
+    len: u64,
+}
+
+impl Reservation {
+    /// Step 2: stamps the header `0 -> Claimed{len, now}`; fails if the reader
+    /// poisoned it (this writer was slower than the skip timeout).
+    pub(crate) fn stamp<R: Region>(self, region: &R, now_ms: u64) -> Result<Stamped, SendError> {
+        let claimed = Record::Claimed {
+            len: self.len,
+            stamp: now_ms & STAMP_MASK,
+        }
+        .word();
+        region
+            .data_word(self.offset)
+            .compare_exchange(0, claimed, Ordering::AcqRel, Ordering::Relaxed)
+            .map_err(|_| SendError::Expired {
+                position: self.position,
+            })?;
+        Ok(Stamped { at: self, claimed })
+    }
+}
+
+/// A stamped claim: the writer owns the payload bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamped {
+    at: Reservation,
+    claimed: u64,
+}
+
+impl Stamped {
+    /// Step 3 and 4: copies the payload and commits `Claimed -> Committed`.
+    /// `payload` must be the length reserved.
+    pub(crate) fn commit<R: Region>(self, region: &R, payload: &[u8]) -> Result<u64, SendError> {
+        debug_assert_eq!(payload.len() as u64, self.at.len);
+        let header = region.data_word(self.at.offset);
+        // A writer that finds its claim skipped does not write: this narrows the
+        // late-writer hazard (crate docs) to a writer paused in the middle of the copy.
+        if header.load(Ordering::Relaxed) != self.claimed {
+            return Err(SendError::Expired {
+                position: self.at.position,
+            });
+        }
+        region.write_payload(self.at.offset + RECORD_HEADER, payload);
+        // SeqCst: pairs with the reader's SeqCst store of READER_SLEEPING and its
+        // re-check of this word before it sleeps (see `ReaderState::may_sleep`).
+        header
+            .compare_exchange(
+                self.claimed,
+                Record::Committed { len: self.at.len }.word(),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .map_err(|_| SendError::Expired {
+                position: self.at.position,
+            })?;
+        Ok(self.at.position)
+    }
+
+    /// Writes only the first `n` payload bytes and stops (a writer dying mid-copy).
+    #[cfg(test)]
+    pub(crate) fn write_prefix<R: Region>(self, region: &R, payload: &[u8], n: usize) {
+        region.write_payload(self.at.offset + RECORD_HEADER, &payload[..n]);
+    }
+}
+
+/// Whether a writer that just committed must wake the reader.
+#[inline]
+pub(crate) fn reader_sleeping<R: Region>(region: &R) -> bool {
+    region.field(field::READER_SLEEPING).load(Ordering::SeqCst) != 0
+}
+
+/// A committed record ready for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// The record's position.
+    pub(crate) position: u64,
+    /// Data-area offset of the payload.
+    pub(crate) payload_offset: u64,
+    /// Payload bytes.
+    pub(crate) len: u64,
+}
+
+/// What the reader found at its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// A committed record.
+    Ready(Ready),
+    /// Nothing claimed beyond the head.
+    Empty,
+    /// A writer holds the record at the head; look again within `retry_ms`
+    /// milliseconds at the latest (that is when its claim may be skipped).
+    Pending {
+        /// The header word seen, for the pre-sleep re-check.
+        seen: u64,
+        retry_ms: u64,
+    },
+}
+
+/// A torn gap being recovered.
+#[derive(Debug, Clone, Copy)]
+enum Stall {
+    /// A zero header below the tail, first seen at `since`.
+    Unstamped { at: u64, since: u64 },
+    /// `[at, end)` is poisoned since `since`.
+    Poisoned { at: u64, end: u64, since: u64 },
+}
+
+/// The reader's protocol state.
+#[derive(Debug)]
+pub(crate) struct ReaderState {
+    head: u64,
+    stall: Option<Stall>,
+    skip_timeout_ms: u64,
+}
+
+impl ReaderState {
+    /// Resumes at the published head.
+    pub(crate) fn resume<R: Region>(region: &R, skip_timeout_ms: u64) -> Self {
+        Self {
+            head: region.field(field::HEAD).load(Ordering::Acquire),
+            stall: None,
+            skip_timeout_ms: skip_timeout_ms.max(1),
+        }
+    }
+
+    /// The position of the next record.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Steps over padding, skipped and torn records and reports what is at the head.
+    pub(crate) fn poll<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        now_ms: u64,
+    ) -> Result<Poll, RecvError> {
+        let now = now_ms & STAMP_MASK;
+        loop {
+            let head = self.head;
+            let offset = geo.offset(head);
+            let header = region.data_word(offset);
+            let word = header.load(Ordering::Acquire);
+            let corrupt = RecvError::Corrupt {
+                position: head,
+                word,
+            };
+            let record = Record::decode(word).ok_or(corrupt.clone())?;
+            let span = |len: u64| -> Result<u64, RecvError> {
+                let size = record_size(len);
+                if offset + size > geo.ring_size {
+                    return Err(corrupt.clone());
+                }
+                Ok(size)
+            };
+            match record {
+                Record::Committed { len } => {
+                    if len > geo.max_message {
+                        return Err(corrupt);
+                    }
+                    span(len)?;
+                    self.stall = None;
+                    return Ok(Poll::Ready(Ready {
+                        position: head,
+                        payload_offset: offset + RECORD_HEADER,
+                        len,
+                    }));
+                }
+                Record::Padding { len } => {
+                    let size = span(len)?;
+                    // Nothing was written after a padding header.
+                    self.advance(region, offset, RECORD_HEADER, size);
+                }
+                Record::Skipped { len } => {
+                    let size = span(len)?;
+                    self.advance(region, offset, size, size);
+                }
+                Record::Claimed { len, stamp } => {
+                    if len > geo.max_message {
+                        return Err(corrupt);
+                    }
+                    let size = span(len)?;
+                    let age = age_ms(now, stamp);
+                    if age < self.skip_timeout_ms {
+                        return Ok(Poll::Pending {
+                            seen: word,
+                            retry_ms: self.skip_timeout_ms - age,
+                        });
+                    }
+                    if header
+                        .compare_exchange(
+                            word,
+                            Record::Skipped { len }.word(),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        region
+                            .field(field::EXPIRED_CLAIMS)
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.advance(region, offset, size, size);
+                    }
+                    // On failure the writer committed just in time: look again.
+                }
+                Record::Empty => {
+                    let tail = region.field(field::TAIL).load(Ordering::Acquire);
+                    if tail <= head {
+                        self.stall = None;
+                        return Ok(Poll::Empty);
+                    }
+                    match self.stall {
+                        Some(Stall::Unstamped { at, since }) if at == head => {
+                            let age = age_ms(now, since);
+                            if age < self.skip_timeout_ms {
+                                return Ok(Poll::Pending {
+                                    seen: word,
+                                    retry_ms: self.skip_timeout_ms - age,
+                                });
+                            }
+                            self.poison(region, geo, now);
+                        }
+                        _ => {
+                            self.stall = Some(Stall::Unstamped {
+                                at: head,
+                                since: now,
+                            });
+                            return Ok(Poll::Pending {
+                                seen: word,
+                                retry_ms: self.skip_timeout_ms,
+                            });
+                        }
+                    }
+                }
+                Record::Poison => match self.stall {
+                    Some(Stall::Poisoned { at, end, since }) if at == head => {
+                        let age = age_ms(now, since);
+                        if age < self.skip_timeout_ms {
+                            return Ok(Poll::Pending {
+                                seen: word,
+                                retry_ms: self.skip_timeout_ms - age,
+                            });
+                        }
+                        let gap = end - head;
+                        region
+                            .field(field::TORN_GAPS)
+                            .fetch_add(1, Ordering::Relaxed);
+                        region
+                            .field(field::TORN_BYTES)
+                            .fetch_add(gap, Ordering::Relaxed);
+                        self.advance(region, offset, gap, gap);
+                    }
+                    // A restarted reader found a recovery in progress: redo it.
+                    _ => self.poison(region, geo, now),
+                },
+            }
+        }
+    }
+
+    /// Poisons the torn gap at the head (see the module docs).
+    fn poison<R: Region>(&mut self, region: &R, geo: Geometry, now: u64) {
+        let head = self.head;
+        let tail = region.field(field::TAIL).load(Ordering::Acquire);
+        let lap_end = (head / geo.ring_size + 1) * geo.ring_size;
+        let bound = tail.min(lap_end);
+        let mut at = head;
+        while at < bound {
+            let word = region.data_word(geo.offset(at));
+            let current = word.load(Ordering::Acquire);
+            if current == POISON
+                || (current == 0
+                    && word
+                        .compare_exchange(0, POISON, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok())
+            {
+                at += RECORD_HEADER;
+            } else if current != 0 {
+                break;
+            }
+            // A failed 0 -> Poison means a writer just stamped here: re-read.
+        }
+        self.stall = (at > head).then_some(Stall::Poisoned {
+            at: head,
+            end: at,
+            since: now,
+        });
+    }
+
+    /// Clears `[offset, offset + dirty)` of the data area (payload words first,
+    /// the header word last) and publishes `head + size`.
+    fn advance<R: Region>(&mut self, region: &R, offset: u64, dirty: u64, size: u64) {
+        if dirty > RECORD_HEADER {
+            region.zero(offset + RECORD_HEADER, dirty - RECORD_HEADER);
+        }
+        region.data_word(offset).store(0, Ordering::Relaxed);
+        self.head += size;
+        self.stall = None;
+        // Release: writers that see this head see the zeroes.
+        region
+            .field(field::HEAD)
+            .store(self.head, Ordering::Release);
+    }
+
+    /// Consumes the record `poll` returned.
+    pub(crate) fn consume<R: Region>(&mut self, region: &R, geo: Geometry, ready: Ready) {
+        debug_assert_eq!(ready.position, self.head);
+        let size = record_size(ready.len);
+        self.advance(region, geo.offset(ready.position), size, size);
+    }
+
+    /// Whether the reader may go to sleep after `poll` answered `seen`: called
+    /// after the SeqCst store of READER_SLEEPING, it re-reads the head's header
+    /// word and the tail with SeqCst, so a writer that committed before the flag
+    /// was visible is seen here.
+    pub(crate) fn may_sleep<R: Region>(
+        &self,
+        region: &R,
+        geo: Geometry,
+        seen: Option<u64>,
+    ) -> bool {
+        let word = region
+            .data_word(geo.offset(self.head))
+            .load(Ordering::SeqCst);
+        match seen {
+            Some(seen) => word == seen,
+            None => word == 0 && region.field(field::TAIL).load(Ordering::SeqCst) <= self.head,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    const TIMEOUT: u64 = 1000;
+
+    fn recv(reader: &mut ReaderState, m: &Model, now: u64) -> Result<Option<Vec<u8>>, RecvError> {
+        match reader.poll(m, m.geo, now)? {
+            Poll::Ready(ready) => {
+                let mut out = Vec::new();
+                m.read_payload(ready.payload_offset, ready.len, &mut out);
+                reader.consume(m, m.geo, ready);
+                Ok(Some(out))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn setup(ring: u64, max: u64) -> (Model, WriterState, ReaderState) {
+        let m = Model::new(ring, max);
+        let r = ReaderState::resume(&m, TIMEOUT);
+        (m, WriterState::new(), r)
+    }
+
+    #[test]
+    fn messages_arrive_in_order_across_many_laps() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let mut next = 0u32;
+        for round in 0..200u32 {
+            let burst = round % 7 + 1;
+            let mut sent = Vec::new();
+            for i in 0..burst {
+                let msg = vec![(next + i) as u8; ((next + i) % 40) as usize];
+                match w.try_send(&m, m.geo, &msg, 0) {
+                    Ok(_) => sent.push(msg),
+                    Err(SendError::Full) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for msg in &sent {
+                assert_eq!(recv(&mut r, &m, 0).unwrap().as_ref(), Some(msg));
+            }
+            next += sent.len() as u32;
+            assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+            assert!(m.all_zero(), "consumed records are cleared");
+        }
+        assert!(next > 500);
+    }
+
+    #[test]
+    fn full_ring_refuses_and_recovers() {
+        let (m, mut w, mut r) = setup(128, 32);
+        let msg = [7u8; 24]; // 32-byte records
+        for _ in 0..4 {
+            w.try_send(&m, m.geo, &msg, 0).unwrap();
+        }
+        assert_eq!(w.try_send(&m, m.geo, &msg, 0), Err(SendError::Full));
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), msg);
+        w.try_send(&m, m.geo, &msg, 0).unwrap();
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let (m, mut w, _) = setup(128, 32);
+        assert_eq!(
+            w.try_send(&m, m.geo, &[0; 33], 0),
+            Err(SendError::TooLarge { len: 33, max: 32 })
+        );
+        w.try_send(&m, m.geo, &[0; 32], 0).unwrap();
+    }
+
+    #[test]
+    fn record_that_would_cross_the_end_is_preceded_by_padding() {
+        let (m, mut w, mut r) = setup(128, 64);
+        w.try_send(&m, m.geo, &[1; 80 - 8], 0).unwrap_err(); // > max
+        w.try_send(&m, m.geo, &[1; 64], 0).unwrap(); // 72 bytes
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [1; 64]);
+        // 56 bytes to the end; a 72-byte record pads them and starts at 128.
+        let at = w.try_send(&m, m.geo, &[2; 64], 0).unwrap();
+        assert_eq!(at, 128);
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [2; 64]);
+        assert_eq!(r.head(), 200);
+    }
+
+    #[test]
+    fn stamped_but_uncommitted_record_is_skipped_after_the_timeout() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let dead = w.reserve(&m, m.geo, 20).unwrap().stamp(&m, 100).unwrap();
+        dead.write_prefix(&m, &[9; 20], 11);
+        w.try_send(&m, m.geo, b"after", 150).unwrap();
+        assert_eq!(
+            recv(&mut r, &m, 500).unwrap(),
+            None,
+            "still within the timeout"
+        );
+        assert_eq!(recv(&mut r, &m, 100 + TIMEOUT).unwrap().unwrap(), b"after");
+        assert_eq!(m.counter(field::EXPIRED_CLAIMS), 1);
+        assert!(m.all_zero());
+    }
+
+    #[test]
+    fn late_commit_after_a_skip_reports_expired() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let slow = w.reserve(&m, m.geo, 8).unwrap().stamp(&m, 0).unwrap();
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(
+            slow.commit(&m, &[1; 8]),
+            Err(SendError::Expired { position: 0 })
+        );
+        // The late writer saw its claim skipped before copying, so it wrote nothing.
+        assert!(m.all_zero());
+        w.try_send(&m, m.geo, b"next", TIMEOUT).unwrap();
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap().unwrap(), b"next");
+    }
+
+    #[test]
+    fn claim_that_was_never_stamped_is_poisoned_then_skipped() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap(); // writer dies here
+        let late = w.reserve(&m, m.geo, 8).unwrap(); // writer stalls here
+        w.try_send(&m, m.geo, b"live", 0).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT - 1).unwrap(), None);
+        // Timeout: both unstamped claims are poisoned up to the live record.
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(
+            late.stamp(&m, TIMEOUT).unwrap_err(),
+            SendError::Expired { position: 40 }
+        );
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT - 1).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap().unwrap(), b"live");
+        assert_eq!(m.counter(field::TORN_GAPS), 1);
+        assert_eq!(m.counter(field::TORN_BYTES), 40 + 16);
+        assert!(m.all_zero());
+    }
+
+    #[test]
+    fn unstamped_claim_at_the_tail_is_skipped_too() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap(), None);
+        assert_eq!(r.head(), 40);
+        w.try_send(&m, m.geo, b"x", 2 * TIMEOUT).unwrap();
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap().unwrap(), b"x");
+    }
+
+    #[test]
+    fn restarted_reader_finishes_a_recovery_in_progress() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap();
+        w.try_send(&m, m.geo, b"live", 0).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None); // poisoned
+        drop(r);
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 5000).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 5000 + TIMEOUT).unwrap().unwrap(), b"live");
+        assert_eq!(m.counter(field::TORN_GAPS), 1);
+    }
+
+    #[test]
+    fn restarted_reader_resumes_at_the_first_unconsumed_record() {
+        let (m, mut w, mut r) = setup(256, 64);
+        for i in 0..4u8 {
+            w.try_send(&m, m.geo, &[i; 10], 0).unwrap();
+        }
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [0; 10]);
+        // Polled but not consumed: delivered again after the restart.
+        assert!(matches!(r.poll(&m, m.geo, 0).unwrap(), Poll::Ready(_)));
+        drop(r);
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        for i in 1..4u8 {
+            assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [i; 10]);
+        }
+    }
+
+    #[test]
+    fn garbage_header_is_reported_not_followed() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.try_send(&m, m.geo, b"ok", 0).unwrap();
+        m.data_word(0)
+            .store(0xdead_beef_0000_0007, Ordering::Relaxed);
+        assert!(matches!(
+            r.poll(&m, m.geo, 0),
+            Err(RecvError::Corrupt { position: 0, .. })
+        ));
+        // A committed length past the end of the data area is refused too.
+        m.data_word(0)
+            .store(Record::Committed { len: 250 }.word(), Ordering::Relaxed);
+        assert!(r.poll(&m, m.geo, 0).is_err());
+    }
+}
