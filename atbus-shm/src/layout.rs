@@ -9,12 +9,18 @@
 //! The record header word packs three fields:
 //!
 //! ```text
-//! bits  0..3   kind      (empty = the whole word is 0, claimed, committed, padding,
-//!                         skipped, poison)
+//! bits  0..3   kind      free, claimed, committed, padding, skipped, poison
 //! bits  3..30  length    payload bytes (padding: bytes after the header word)
 //! bits 30..64  timestamp claimed records only: CLOCK_BOOTTIME milliseconds,
 //!                         modulo 2^34 (about 198 days)
 //! ```
+//!
+//! A *free* word (kind 0) carries instead, in bits 3..64, the lap in which its
+//! place will next be used (`position / ring_size`). The reader clears every word
+//! it consumes to "free for the next lap", and a writer stamps its header with a
+//! compare-and-swap from "free for this lap": so a writer that stalled for a whole
+//! lap cannot stamp a place the ring has since reused. A fresh (all-zero) file is
+//! free for lap 0.
 
 use std::time::Duration;
 
@@ -118,8 +124,8 @@ pub(crate) mod field {
 /// What a record header word says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Record {
-    /// Zero: nothing written yet (or already consumed).
-    Empty,
+    /// Nothing written in this place since it was cleared for lap `lap`.
+    Free { lap: u64 },
     /// A writer owns the record and is writing the payload.
     Claimed { len: u64, stamp: u64 },
     /// The payload is complete.
@@ -153,7 +159,7 @@ impl Record {
     /// Encodes the header word.
     pub(crate) fn word(self) -> u64 {
         let (kind, len, stamp) = match self {
-            Record::Empty => return 0,
+            Record::Free { lap } => return free_word(lap),
             Record::Poison => return POISON,
             Record::Claimed { len, stamp } => (KIND_CLAIMED, len, stamp),
             Record::Committed { len } => (KIND_COMMITTED, len, 0),
@@ -165,12 +171,10 @@ impl Record {
 
     /// Decodes a header word; `None` for a word no writer of this layout writes.
     pub(crate) fn decode(word: u64) -> Option<Record> {
-        if word == 0 {
-            return Some(Record::Empty);
-        }
         let len = (word >> LEN_SHIFT) & MAX_LEN;
         let stamp = word >> STAMP_SHIFT;
         match word & KIND_MASK {
+            0 => Some(Record::Free { lap: word >> 3 }),
             KIND_CLAIMED => Some(Record::Claimed { len, stamp }),
             KIND_COMMITTED if stamp == 0 => Some(Record::Committed { len }),
             KIND_PADDING if stamp == 0 => Some(Record::Padding { len }),
@@ -179,6 +183,12 @@ impl Record {
             _ => None,
         }
     }
+}
+
+/// The free word of lap `lap`.
+#[inline]
+pub(crate) fn free_word(lap: u64) -> u64 {
+    lap << 3
 }
 
 /// Milliseconds between `stamp` and `now` (both modulo 2^34); a stamp that looks
@@ -196,7 +206,8 @@ mod tests {
     #[test]
     fn header_words_round_trip() {
         for r in [
-            Record::Empty,
+            Record::Free { lap: 0 },
+            Record::Free { lap: 1 << 60 },
             Record::Poison,
             Record::Claimed {
                 len: MAX_LEN,
@@ -213,6 +224,7 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_rejected() {
+        assert_eq!(Record::decode(0), Some(Record::Free { lap: 0 }));
         assert_eq!(Record::decode(6), None);
         assert_eq!(Record::decode(7), None);
         assert_eq!(Record::decode(POISON | (1 << 3)), None);

@@ -57,14 +57,14 @@ fn loom_two_writers_deliver_each_message_once_in_claim_order() {
         }
         got.sort();
         assert_eq!(got, vec![vec![1; 8], vec![2; 8]]);
-        assert!(m.all_zero());
+        assert!(m.is_clear(reader.head()));
     });
 }
 
 #[test]
 fn loom_wrap_with_padding_while_reading() {
     loom::model(|| {
-        // 48-byte ring, 24-byte records: the second record pads 16 bytes and wraps.
+        // 64-byte ring, 24-byte records: the third record pads 16 bytes and wraps.
         let m = Arc::new(Model::new(64, 32));
         let writer = {
             let m = m.clone();
@@ -72,7 +72,7 @@ fn loom_wrap_with_padding_while_reading() {
                 let mut w = WriterState::new();
                 let mut sent = 0;
                 for i in 0..3u8 {
-                    match w.try_send(&*m, m.geo, &[i; 24], 0) {
+                    match w.try_send(&*m, m.geo, &[i; 16], 0) {
                         Ok(_) => sent += 1,
                         Err(SendError::Full) => {}
                         Err(e) => panic!("{e}"),
@@ -115,14 +115,22 @@ fn loom_commit_races_with_skip_of_an_expired_claim() {
         let later = take(&mut reader, &m, TIMEOUT);
         let delivered: Vec<_> = first.into_iter().chain(later).collect();
         match sent {
-            Ok(_) => assert_eq!(delivered, vec![vec![7; 8]]),
+            Ok(_) => {
+                assert_eq!(delivered, vec![vec![7; 8]]);
+                assert!(m.is_clear(reader.head()));
+            }
+            // The header is clear; payload bytes the late writer copied after the
+            // skip may remain (the hazard documented in the crate docs).
             Err(SendError::Expired { .. }) => {
                 assert!(delivered.is_empty());
                 assert_eq!(m.counter(field::EXPIRED_CLAIMS), 1);
+                assert_eq!(
+                    m.data_word(0).load(crate::sync::Ordering::Relaxed),
+                    crate::layout::free_word(1)
+                );
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(m.all_zero());
     });
 }
 
@@ -157,6 +165,6 @@ fn loom_stamp_races_with_poisoning_of_an_unstamped_claim() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(m.all_zero());
+        assert!(m.is_clear(reader.head()));
     });
 }

@@ -333,16 +333,17 @@ impl Region for Mapping {
     }
 
     #[inline]
-    fn zero(&self, offset: u64, len: u64) {
-        assert!(offset + len <= self.layout.ring_size);
-        // SAFETY: in bounds (asserted); the reader owns consumed records until it
-        // publishes the head past them.
-        unsafe {
-            std::ptr::write_bytes(
-                self.base.as_ptr().add(HEADER_BYTES + offset as usize),
-                0,
-                len as usize,
-            );
+    fn fill(&self, offset: u64, len: u64, word: u64) {
+        assert!(offset % 8 == 0 && len % 8 == 0 && offset + len <= self.layout.ring_size);
+        let start = self
+            .base
+            .as_ptr()
+            .wrapping_add(HEADER_BYTES + offset as usize);
+        for i in 0..(len / 8) as usize {
+            // SAFETY: in bounds and 8-aligned (asserted; the data area is page
+            // aligned); the reader owns consumed records until it publishes the head
+            // past them, so no one else accesses these words meanwhile.
+            unsafe { start.cast::<u64>().add(i).write(word) };
         }
     }
 }

@@ -1,7 +1,7 @@
 //! An in-memory [`Region`] for unit tests and loom models: every word, payload
 //! included, is an atomic (so loom sees every access).
 
-use crate::layout::field;
+use crate::layout::{field, free_word};
 use crate::ring::{Geometry, Region};
 use crate::sync::{AtomicU64, Ordering};
 
@@ -31,10 +31,15 @@ impl Model {
         self.fields[index].load(Ordering::Relaxed)
     }
 
-    /// Whether every data word is zero.
-    #[cfg_attr(loom, allow(dead_code))]
-    pub(crate) fn all_zero(&self) -> bool {
-        self.data.iter().all(|w| w.load(Ordering::Relaxed) == 0)
+    /// Whether every data word is free for its next use, given the reader's head
+    /// (and nothing claimed beyond it).
+    pub(crate) fn is_clear(&self, head: u64) -> bool {
+        let lap = self.geo.lap(head);
+        let split = head % self.geo.ring_size;
+        self.data.iter().enumerate().all(|(i, w)| {
+            let next_lap = if (i as u64) * 8 < split { lap + 1 } else { lap };
+            w.load(Ordering::Relaxed) == free_word(next_lap)
+        })
     }
 }
 
@@ -68,9 +73,10 @@ impl Region for Model {
         }
     }
 
-    fn zero(&self, offset: u64, len: u64) {
+    fn fill(&self, offset: u64, len: u64, word: u64) {
         for i in 0..len / 8 {
-            self.data_word(offset + 8 * i).store(0, Ordering::Relaxed);
+            self.data_word(offset + 8 * i)
+                .store(word, Ordering::Relaxed);
         }
     }
 }

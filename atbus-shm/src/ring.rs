@@ -4,7 +4,8 @@
 //! 1. check for room (`tail + size <= head + ring_size`) and claim `size` bytes by a
 //!    compare-and-swap on the tail; a record that would cross the end of the data
 //!    area first claims a padding record up to the end, then starts over;
-//! 2. stamp the record header `0 -> Claimed{len, now}` with a compare-and-swap;
+//! 2. stamp the record header `Free{lap} -> Claimed{len, now}` with a
+//!    compare-and-swap (free words carry their lap, see `layout.rs`);
 //! 3. copy the payload;
 //! 4. commit `Claimed -> Committed` with a compare-and-swap.
 //!
@@ -12,26 +13,34 @@
 //! than the skip timeout) and the send reports [`SendError::Expired`].
 //!
 //! The reader (one) looks at the header word at its head:
-//! - `Committed`: deliver; on consumption zero the payload, then the header, then
-//!   publish the head (so every byte below the head is zero again);
-//! - `Padding` / `Skipped`: clear and step over;
+//! - `Committed`: deliver; on consumption clear the payload words, then the
+//!   header, to "free for the next lap", then publish the head (so every word below
+//!   the head is free for its next use);
+//! - `Padding` / `Skipped` (also how a consumed record is marked before it is
+//!   cleared, so a reader that dies mid-clear never re-delivers a torn payload):
+//!   clear and step over;
 //! - `Claimed` with a stamp older than the skip timeout: `Claimed -> Skipped` by
 //!   compare-and-swap, clear, step over, count an expired claim;
-//! - zero while `tail > head` (a writer claimed space but did not stamp it yet):
-//!   wait; after the skip timeout the length is unknown, so the reader *poisons*
-//!   every zero word from the head up to the next stamped header (or the tail, or
-//!   the end of the data area) with a compare-and-swap `0 -> Poison`. A writer whose
-//!   stamp lands on poison fails; after a second timeout (for writers stalled in
-//!   between claiming and stamping) the gap is zeroed, skipped and counted;
+//! - free for this lap while `tail > head` (a writer claimed space but did not
+//!   stamp it yet): wait; after the skip timeout the length is unknown, so the
+//!   reader *poisons* every free word from the head up to the next stamped header
+//!   (or the tail, or the end of the data area) with a compare-and-swap
+//!   `Free -> Poison`. A writer whose stamp lands on poison fails; after a second
+//!   timeout the gap is cleared, skipped and counted;
 //! - `Poison` found at the head without a recovery in progress (the reader was
-//!   restarted mid-recovery): scan and wait again.
+//!   restarted mid-recovery): scan and wait again;
+//! - free for the *next* lap: a reader died after clearing records but before
+//!   publishing the head; step over those words (all cleared) to the first word
+//!   that is not.
 //!
 //! Everything here takes the time (`now_ms`, milliseconds of a clock shared by all
 //! processes) from the caller, so the loom models and unit tests drive it.
 
 use crate::error::{RecvError, SendError};
 use crate::layout::field;
-use crate::layout::{Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, record_size};
+use crate::layout::{
+    Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, free_word, record_size,
+};
 use crate::sync::{AtomicU64, Ordering};
 
 /// Where the ring's words live: the shared mapping, or a model under loom.
@@ -47,10 +56,10 @@ pub(crate) trait Region {
     /// Copies `len` bytes from data-area offset `offset` into `dst`.
     #[cfg_attr(not(test), allow(dead_code))]
     fn read_payload(&self, offset: u64, len: u64, dst: &mut Vec<u8>);
-    /// Zeroes `len` bytes (a multiple of 8) from data-area offset `offset`.
+    /// Sets the `len / 8` words from data-area offset `offset` to `word`.
     ///
     /// The caller is the reader and the bytes are below no writer's claim.
-    fn zero(&self, offset: u64, len: u64);
+    fn fill(&self, offset: u64, len: u64, word: u64);
 }
 
 /// The ring's geometry as the protocol needs it.
@@ -73,6 +82,12 @@ impl Geometry {
     #[inline]
     fn offset(&self, position: u64) -> u64 {
         position & (self.ring_size - 1)
+    }
+
+    /// The lap of `position`.
+    #[inline]
+    pub(crate) fn lap(&self, position: u64) -> u64 {
+        position / self.ring_size
     }
 }
 
@@ -149,6 +164,7 @@ impl WriterState {
                     position: tail,
                     offset,
                     len,
+                    free: free_word(geo.lap(tail)),
                 });
             }
             // Padding up to the end; if the stamp fails the reader is already
@@ -157,7 +173,7 @@ impl WriterState {
                 len: to_end - RECORD_HEADER,
             };
             let _ = region.data_word(offset).compare_exchange(
-                0,
+                free_word(geo.lap(tail)),
                 padding.word(),
                 Ordering::Release,
                 Ordering::Relaxed,
@@ -173,11 +189,14 @@ pub(crate) struct Reservation {
     position: u64,
     offset: u64,
     len: u64,
+    /// The free word of this position's lap.
+    free: u64,
 }
 
 impl Reservation {
-    /// Step 2: stamps the header `0 -> Claimed{len, now}`; fails if the reader
-    /// poisoned it (this writer was slower than the skip timeout).
+    /// Step 2: stamps the header `Free{lap} -> Claimed{len, now}`; fails if the
+    /// reader poisoned it or the ring has moved past it (this writer was slower
+    /// than the skip timeout).
     pub(crate) fn stamp<R: Region>(self, region: &R, now_ms: u64) -> Result<Stamped, SendError> {
         let claimed = Record::Claimed {
             len: self.len,
@@ -186,7 +205,7 @@ impl Reservation {
         .word();
         region
             .data_word(self.offset)
-            .compare_exchange(0, claimed, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(self.free, claimed, Ordering::AcqRel, Ordering::Relaxed)
             .map_err(|_| SendError::Expired {
                 position: self.position,
             })?;
@@ -342,12 +361,11 @@ impl ReaderState {
                 }
                 Record::Padding { len } => {
                     let size = span(len)?;
-                    // Nothing was written after a padding header.
-                    self.advance(region, offset, RECORD_HEADER, size);
+                    self.advance(region, geo, size);
                 }
                 Record::Skipped { len } => {
                     let size = span(len)?;
-                    self.advance(region, offset, size, size);
+                    self.advance(region, geo, size);
                 }
                 Record::Claimed { len, stamp } => {
                     if len > geo.max_message {
@@ -373,11 +391,15 @@ impl ReaderState {
                         region
                             .field(field::EXPIRED_CLAIMS)
                             .fetch_add(1, Ordering::Relaxed);
-                        self.advance(region, offset, size, size);
+                        self.advance(region, geo, size);
                     }
                     // On failure the writer committed just in time: look again.
                 }
-                Record::Empty => {
+                Record::Free { lap } if lap == geo.lap(head) + 1 => {
+                    self.finish_clearing(region, geo);
+                }
+                Record::Free { lap } if lap != geo.lap(head) => return Err(corrupt),
+                Record::Free { .. } => {
                     let tail = region.field(field::TAIL).load(Ordering::Acquire);
                     if tail <= head {
                         self.stall = None;
@@ -422,7 +444,7 @@ impl ReaderState {
                         region
                             .field(field::TORN_BYTES)
                             .fetch_add(gap, Ordering::Relaxed);
-                        self.advance(region, offset, gap, gap);
+                        self.advance(region, geo, gap);
                     }
                     // A restarted reader found a recovery in progress: redo it.
                     _ => self.poison(region, geo, now),
@@ -434,24 +456,25 @@ impl ReaderState {
     /// Poisons the torn gap at the head (see the module docs).
     fn poison<R: Region>(&mut self, region: &R, geo: Geometry, now: u64) {
         let head = self.head;
+        let free = free_word(geo.lap(head));
         let tail = region.field(field::TAIL).load(Ordering::Acquire);
-        let lap_end = (head / geo.ring_size + 1) * geo.ring_size;
+        let lap_end = (geo.lap(head) + 1) * geo.ring_size;
         let bound = tail.min(lap_end);
         let mut at = head;
         while at < bound {
             let word = region.data_word(geo.offset(at));
             let current = word.load(Ordering::Acquire);
             if current == POISON
-                || (current == 0
+                || (current == free
                     && word
-                        .compare_exchange(0, POISON, Ordering::AcqRel, Ordering::Acquire)
+                        .compare_exchange(free, POISON, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok())
             {
                 at += RECORD_HEADER;
-            } else if current != 0 {
+            } else if current != free {
                 break;
             }
-            // A failed 0 -> Poison means a writer just stamped here: re-read.
+            // A failed Free -> Poison means a writer just stamped here: re-read.
         }
         self.stall = (at > head).then_some(Stall::Poisoned {
             at: head,
@@ -460,16 +483,35 @@ impl ReaderState {
         });
     }
 
-    /// Clears `[offset, offset + dirty)` of the data area (payload words first,
-    /// the header word last) and publishes `head + size`.
-    fn advance<R: Region>(&mut self, region: &R, offset: u64, dirty: u64, size: u64) {
-        if dirty > RECORD_HEADER {
-            region.zero(offset + RECORD_HEADER, dirty - RECORD_HEADER);
+    /// Steps over words a previous reader cleared without publishing the head.
+    fn finish_clearing<R: Region>(&mut self, region: &R, geo: Geometry) {
+        let head = self.head;
+        let cleared = free_word(geo.lap(head) + 1);
+        let tail = region.field(field::TAIL).load(Ordering::Acquire);
+        let bound = tail.min((geo.lap(head) + 1) * geo.ring_size);
+        let mut at = head;
+        while at < bound && region.data_word(geo.offset(at)).load(Ordering::Acquire) == cleared {
+            at += RECORD_HEADER;
         }
-        region.data_word(offset).store(0, Ordering::Relaxed);
+        self.head = at.max(head + RECORD_HEADER);
+        self.stall = None;
+        region
+            .field(field::HEAD)
+            .store(self.head, Ordering::Release);
+    }
+
+    /// Clears the `size` bytes at the head (payload words first, the header word
+    /// last) to "free for the next lap" and publishes the new head.
+    fn advance<R: Region>(&mut self, region: &R, geo: Geometry, size: u64) {
+        let offset = geo.offset(self.head);
+        let cleared = free_word(geo.lap(self.head) + 1);
+        if size > RECORD_HEADER {
+            region.fill(offset + RECORD_HEADER, size - RECORD_HEADER, cleared);
+        }
+        region.data_word(offset).store(cleared, Ordering::Relaxed);
         self.head += size;
         self.stall = None;
-        // Release: writers that see this head see the zeroes.
+        // Release: writers that see this head see the cleared words.
         region
             .field(field::HEAD)
             .store(self.head, Ordering::Release);
@@ -478,8 +520,13 @@ impl ReaderState {
     /// Consumes the record `poll` returned.
     pub(crate) fn consume<R: Region>(&mut self, region: &R, geo: Geometry, ready: Ready) {
         debug_assert_eq!(ready.position, self.head);
-        let size = record_size(ready.len);
-        self.advance(region, geo.offset(ready.position), size, size);
+        // Mark the record first: a reader that dies while clearing it must not
+        // re-deliver a half-cleared payload; its successor finds `Skipped` (with
+        // the length) and finishes the job.
+        region
+            .data_word(geo.offset(self.head))
+            .store(Record::Skipped { len: ready.len }.word(), Ordering::Relaxed);
+        self.advance(region, geo, record_size(ready.len));
     }
 
     /// Whether the reader may go to sleep after `poll` answered `seen`: called
@@ -547,7 +594,7 @@ mod tests {
             }
             next += sent.len() as u32;
             assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
-            assert!(m.all_zero(), "consumed records are cleared");
+            assert!(m.is_clear(r.head()), "consumed records are cleared");
         }
         assert!(next > 500);
     }
@@ -600,7 +647,7 @@ mod tests {
         );
         assert_eq!(recv(&mut r, &m, 100 + TIMEOUT).unwrap().unwrap(), b"after");
         assert_eq!(m.counter(field::EXPIRED_CLAIMS), 1);
-        assert!(m.all_zero());
+        assert!(m.is_clear(r.head()));
     }
 
     #[test]
@@ -613,7 +660,7 @@ mod tests {
             Err(SendError::Expired { position: 0 })
         );
         // The late writer saw its claim skipped before copying, so it wrote nothing.
-        assert!(m.all_zero());
+        assert!(m.is_clear(r.head()));
         w.try_send(&m, m.geo, b"next", TIMEOUT).unwrap();
         assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap().unwrap(), b"next");
     }
@@ -636,7 +683,7 @@ mod tests {
         assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap().unwrap(), b"live");
         assert_eq!(m.counter(field::TORN_GAPS), 1);
         assert_eq!(m.counter(field::TORN_BYTES), 40 + 16);
-        assert!(m.all_zero());
+        assert!(m.is_clear(r.head()));
     }
 
     #[test]
@@ -679,6 +726,49 @@ mod tests {
         for i in 1..4u8 {
             assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [i; 10]);
         }
+    }
+
+    #[test]
+    fn writer_stalled_past_a_skipped_gap_cannot_stamp_the_reused_place() {
+        let (m, mut w, mut r) = setup(64, 16);
+        let stalled = w.reserve(&m, m.geo, 8).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap(), None);
+        assert_eq!(r.head(), 16);
+        // The place at offset 0 is now free for lap 1, not for the stalled claim.
+        assert!(stalled.stamp(&m, 2 * TIMEOUT).is_err());
+        assert!(m.is_clear(r.head()));
+    }
+
+    #[test]
+    fn reader_killed_while_clearing_neither_redelivers_nor_stalls() {
+        let (m, mut w, mut r) = setup(256, 64);
+        for i in 0..3u8 {
+            w.try_send(&m, m.geo, &[i + 1; 20], 0).unwrap();
+        }
+        // Killed after marking the first record, with half its payload cleared.
+        let Poll::Ready(first) = r.poll(&m, m.geo, 0).unwrap() else {
+            panic!("committed")
+        };
+        m.data_word(0)
+            .store(Record::Skipped { len: first.len }.word(), Ordering::Relaxed);
+        m.fill(8, 8, free_word(1));
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [2; 20]);
+        // Killed after clearing the third record entirely, before publishing.
+        let Poll::Ready(third) = r.poll(&m, m.geo, 0).unwrap() else {
+            panic!("committed")
+        };
+        m.fill(
+            third.payload_offset - 8,
+            record_size(third.len),
+            free_word(1),
+        );
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(r.head(), 3 * 32);
+        assert!(m.is_clear(r.head()));
     }
 
     #[test]
