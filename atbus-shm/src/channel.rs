@@ -391,10 +391,31 @@ impl Writer {
         }
     }
 
+    /// Testing hook: claims a record of `len` bytes and abandons it at `at`, as a
+    /// writer killed at that point would. The reader skips it after its timeout.
+    #[doc(hidden)]
+    pub fn abandon_record(&mut self, len: usize, at: AbandonAt) -> Result<(), SendError> {
+        let reserved = self.state.reserve(&*self.map, self.geo, len)?;
+        if at == AbandonAt::AfterStamp {
+            reserved.stamp(&*self.map, clock_ms())?;
+        }
+        Ok(())
+    }
+
     /// Sends `message`, waiting for room as long as it takes.
     pub fn send(&mut self, message: &[u8]) -> Result<u64, SendError> {
         self.send_timeout(message, Duration::MAX)
     }
+}
+
+/// Where [`Writer::abandon_record`] stops (testing hook).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbandonAt {
+    /// After claiming room on the tail, before stamping the header.
+    AfterClaim,
+    /// After stamping the header, before writing the payload.
+    AfterStamp,
 }
 
 /// Removes channel `name`, refusing if a reader is attached

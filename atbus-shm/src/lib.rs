@@ -51,8 +51,8 @@ mod sync;
 
 #[cfg(not(loom))]
 pub use channel::{
-    ChannelStats, Reader, ReaderConfig, Received, WaitStrategy, Writer, clock_ms, remove,
-    remove_force,
+    AbandonAt, ChannelStats, Reader, ReaderConfig, Received, WaitStrategy, Writer, clock_ms,
+    remove, remove_force,
 };
 pub use error::{OpenError, RecvError, SendError};
 pub use layout::Layout;

@@ -705,7 +705,7 @@ mod tests {
         w.try_send(&m, m.geo, b"live", 0).unwrap();
         assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
         assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None); // poisoned
-        drop(r);
+        // The reader is gone; a new one resumes from the shared state.
         let mut r = ReaderState::resume(&m, TIMEOUT);
         assert_eq!(recv(&mut r, &m, 5000).unwrap(), None);
         assert_eq!(recv(&mut r, &m, 5000 + TIMEOUT).unwrap().unwrap(), b"live");
@@ -721,7 +721,7 @@ mod tests {
         assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [0; 10]);
         // Polled but not consumed: delivered again after the restart.
         assert!(matches!(r.poll(&m, m.geo, 0).unwrap(), Poll::Ready(_)));
-        drop(r);
+        // The reader is gone; a new one resumes from the shared state.
         let mut r = ReaderState::resume(&m, TIMEOUT);
         for i in 1..4u8 {
             assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [i; 10]);
