@@ -13,13 +13,20 @@ use crate::layout::{DEFAULT_SKIP_TIMEOUT, Layout, field};
 use crate::mapping::{Mapping, channel_path};
 use crate::ring::{Geometry, Poll, ReaderState, Ready, Region, WriterState, reader_sleeping};
 
-/// Milliseconds of `CLOCK_BOOTTIME`: shared by all processes, never set back, and
-/// (like `/dev/shm`) reset only by a reboot, so a claim stamped by a process that
-/// has since died is still comparable with the reader's clock.
+/// Milliseconds of `CLOCK_MONOTONIC_COARSE`, the clock of claim stamps and skip
+/// timeouts. It is one clock for all processes, never set back, and (like
+/// `/dev/shm`) reset only by a reboot, so a claim stamped by a process that has
+/// since died is still comparable with the reader's clock. It stops while the
+/// machine is suspended, as the writers do, so a suspend does not make live claims
+/// look late (`CLOCK_BOOTTIME` would). The coarse variant is read from the vDSO in
+/// a few nanoseconds, with a resolution of a few milliseconds.
 pub fn clock_ms() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
+
+/// Pause instructions between two polls of an idle ring.
+const BACKOFF_SPINS: u32 = 8;
 
 /// How a reader waits for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,7 +161,7 @@ impl Reader {
         })?;
         let geo = Geometry::from(map.layout());
         let timeout_ms = u64::try_from(config.skip_timeout.as_millis()).unwrap_or(u64::MAX / 4);
-        let state = ReaderState::resume(&map, timeout_ms);
+        let state = ReaderState::resume(&map, timeout_ms).with_tail_check_every(64);
         Ok(Self {
             map,
             geo,
@@ -183,7 +190,7 @@ impl Reader {
     /// This is also what moves the reader past torn records: call it (or a
     /// waiting variant) regularly.
     pub fn try_recv(&mut self) -> Result<Option<Received<'_>>, RecvError> {
-        match self.state.poll(&self.map, self.geo, clock_ms())? {
+        match self.state.poll(&self.map, self.geo, clock_ms)? {
             Poll::Ready(ready) => Ok(Some(Received {
                 reader: self,
                 ready,
@@ -233,7 +240,7 @@ impl Reader {
     fn wait_ready(&mut self, deadline: Option<Instant>) -> Result<Option<Ready>, RecvError> {
         let mut spins: u32 = 0;
         loop {
-            let seen = match self.state.poll(&self.map, self.geo, clock_ms())? {
+            let seen = match self.state.poll(&self.map, self.geo, clock_ms)? {
                 Poll::Ready(ready) => return Ok(Some(ready)),
                 Poll::Empty => None,
                 Poll::Pending { seen, retry_ms } => Some((seen, retry_ms)),
@@ -257,7 +264,9 @@ impl Reader {
                     self.sleep(seen.map(|(word, _)| word), nap);
                     spins = 0;
                 }
-                _ => std::hint::spin_loop(),
+                // A short pause between polls: the line polled is the one the
+                // writer is writing, and every poll takes it away from the writer.
+                _ => (0..BACKOFF_SPINS).for_each(|_| std::hint::spin_loop()),
             }
         }
     }

@@ -11,7 +11,7 @@
 //! ```text
 //! bits  0..3   kind      free, claimed, committed, padding, skipped, poison
 //! bits  3..30  length    payload bytes (padding: bytes after the header word)
-//! bits 30..64  timestamp claimed records only: CLOCK_BOOTTIME milliseconds,
+//! bits 30..64  timestamp claimed records only: CLOCK_MONOTONIC milliseconds,
 //!                         modulo 2^34 (about 198 days)
 //! ```
 //!

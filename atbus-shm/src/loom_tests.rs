@@ -17,7 +17,7 @@ const TIMEOUT: u64 = 10;
 
 /// Polls once at `now`; returns a delivered payload.
 fn take(reader: &mut ReaderState, m: &Model, now: u64) -> Option<Vec<u8>> {
-    match reader.poll(m, m.geo, now).expect("no corruption") {
+    match reader.poll(m, m.geo, || now).expect("no corruption") {
         Poll::Ready(ready) => {
             let mut out = Vec::new();
             m.read_payload(ready.payload_offset, ready.len, &mut out);

@@ -33,8 +33,9 @@
 //!   publishing the head; step over those words (all cleared) to the first word
 //!   that is not.
 //!
-//! Everything here takes the time (`now_ms`, milliseconds of a clock shared by all
-//! processes) from the caller, so the loom models and unit tests drive it.
+//! Everything here takes the time (milliseconds of a clock shared by all
+//! processes) from the caller, so the loom models and unit tests drive it; the
+//! reader asks for it only when a record is late.
 
 use crate::error::{RecvError, SendError};
 use crate::layout::field;
@@ -304,6 +305,11 @@ pub(crate) struct ReaderState {
     head: u64,
     stall: Option<Stall>,
     skip_timeout_ms: u64,
+    /// Free headers seen in a row at the head, and how often the tail is read
+    /// among them: reading the tail (the writers' hottest line) on every idle poll
+    /// slows the writers down; it only matters to start the stall timer.
+    idle_polls: u32,
+    tail_check_every: u32,
 }
 
 impl ReaderState {
@@ -313,7 +319,16 @@ impl ReaderState {
             head: region.field(field::HEAD).load(Ordering::Acquire),
             stall: None,
             skip_timeout_ms: skip_timeout_ms.max(1),
+            idle_polls: 0,
+            tail_check_every: 1,
         }
+    }
+
+    /// Reads the tail on only every `n`th idle poll (the stall timer starts up to
+    /// `n` polls late).
+    pub(crate) fn with_tail_check_every(mut self, n: u32) -> Self {
+        self.tail_check_every = n.max(1);
+        self
     }
 
     /// The position of the next record.
@@ -326,9 +341,11 @@ impl ReaderState {
         &mut self,
         region: &R,
         geo: Geometry,
-        now_ms: u64,
+        mut clock: impl FnMut() -> u64,
     ) -> Result<Poll, RecvError> {
-        let now = now_ms & STAMP_MASK;
+        // The clock is read only when a record is late, never on the hot path.
+        let mut cached = None;
+        let mut now = move || *cached.get_or_insert_with(|| clock() & STAMP_MASK);
         loop {
             let head = self.head;
             let offset = geo.offset(head);
@@ -372,7 +389,7 @@ impl ReaderState {
                         return Err(corrupt);
                     }
                     let size = span(len)?;
-                    let age = age_ms(now, stamp);
+                    let age = age_ms(now(), stamp);
                     if age < self.skip_timeout_ms {
                         return Ok(Poll::Pending {
                             seen: word,
@@ -400,6 +417,10 @@ impl ReaderState {
                 }
                 Record::Free { lap } if lap != geo.lap(head) => return Err(corrupt),
                 Record::Free { .. } => {
+                    self.idle_polls = self.idle_polls.wrapping_add(1);
+                    if self.stall.is_none() && self.idle_polls % self.tail_check_every != 0 {
+                        return Ok(Poll::Empty);
+                    }
                     let tail = region.field(field::TAIL).load(Ordering::Acquire);
                     if tail <= head {
                         self.stall = None;
@@ -407,19 +428,19 @@ impl ReaderState {
                     }
                     match self.stall {
                         Some(Stall::Unstamped { at, since }) if at == head => {
-                            let age = age_ms(now, since);
+                            let age = age_ms(now(), since);
                             if age < self.skip_timeout_ms {
                                 return Ok(Poll::Pending {
                                     seen: word,
                                     retry_ms: self.skip_timeout_ms - age,
                                 });
                             }
-                            self.poison(region, geo, now);
+                            self.poison(region, geo, now());
                         }
                         _ => {
                             self.stall = Some(Stall::Unstamped {
                                 at: head,
-                                since: now,
+                                since: now(),
                             });
                             return Ok(Poll::Pending {
                                 seen: word,
@@ -430,7 +451,7 @@ impl ReaderState {
                 }
                 Record::Poison => match self.stall {
                     Some(Stall::Poisoned { at, end, since }) if at == head => {
-                        let age = age_ms(now, since);
+                        let age = age_ms(now(), since);
                         if age < self.skip_timeout_ms {
                             return Ok(Poll::Pending {
                                 seen: word,
@@ -447,7 +468,7 @@ impl ReaderState {
                         self.advance(region, geo, gap);
                     }
                     // A restarted reader found a recovery in progress: redo it.
-                    _ => self.poison(region, geo, now),
+                    _ => self.poison(region, geo, now()),
                 },
             }
         }
@@ -557,7 +578,7 @@ mod tests {
     const TIMEOUT: u64 = 1000;
 
     fn recv(reader: &mut ReaderState, m: &Model, now: u64) -> Result<Option<Vec<u8>>, RecvError> {
-        match reader.poll(m, m.geo, now)? {
+        match reader.poll(m, m.geo, || now)? {
             Poll::Ready(ready) => {
                 let mut out = Vec::new();
                 m.read_payload(ready.payload_offset, ready.len, &mut out);
@@ -720,7 +741,7 @@ mod tests {
         }
         assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [0; 10]);
         // Polled but not consumed: delivered again after the restart.
-        assert!(matches!(r.poll(&m, m.geo, 0).unwrap(), Poll::Ready(_)));
+        assert!(matches!(r.poll(&m, m.geo, || 0).unwrap(), Poll::Ready(_)));
         // The reader is gone; a new one resumes from the shared state.
         let mut r = ReaderState::resume(&m, TIMEOUT);
         for i in 1..4u8 {
@@ -748,7 +769,7 @@ mod tests {
             w.try_send(&m, m.geo, &[i + 1; 20], 0).unwrap();
         }
         // Killed after marking the first record, with half its payload cleared.
-        let Poll::Ready(first) = r.poll(&m, m.geo, 0).unwrap() else {
+        let Poll::Ready(first) = r.poll(&m, m.geo, || 0).unwrap() else {
             panic!("committed")
         };
         m.data_word(0)
@@ -757,7 +778,7 @@ mod tests {
         let mut r = ReaderState::resume(&m, TIMEOUT);
         assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [2; 20]);
         // Killed after clearing the third record entirely, before publishing.
-        let Poll::Ready(third) = r.poll(&m, m.geo, 0).unwrap() else {
+        let Poll::Ready(third) = r.poll(&m, m.geo, || 0).unwrap() else {
             panic!("committed")
         };
         m.fill(
@@ -778,12 +799,12 @@ mod tests {
         m.data_word(0)
             .store(0xdead_beef_0000_0007, Ordering::Relaxed);
         assert!(matches!(
-            r.poll(&m, m.geo, 0),
+            r.poll(&m, m.geo, || 0),
             Err(RecvError::Corrupt { position: 0, .. })
         ));
         // A committed length past the end of the data area is refused too.
         m.data_word(0)
             .store(Record::Committed { len: 250 }.word(), Ordering::Relaxed);
-        assert!(r.poll(&m, m.geo, 0).is_err());
+        assert!(r.poll(&m, m.geo, || 0).is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! The shared-memory ring against a Unix stream socket, side by side: the rate of
 //! 64-byte messages and the throughput of 16 KiB messages, one writer (the bench
-//! thread) and a busy-polling reader thread.
+//! thread) and a busy-polling reader thread. The socket runs twice: with one
+//! `write` per message (`unix_stream`, what a per-message send costs) and with
+//! writes batched up to 64 KiB (`unix_stream_batched`).
 //!
 //! `cargo bench -p atbus-benches --bench shm`
 
@@ -63,12 +65,11 @@ impl ShmPair {
             std::thread::spawn(move || {
                 let mut count = 0u64;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(message) = reader.try_recv().expect("recv") {
+                    let wait = Duration::from_millis(10);
+                    if let Some(message) = reader.recv_timeout(wait).expect("recv") {
                         black_box(message[0]);
                         count += 1;
                         received.store(count, Ordering::Release);
-                    } else {
-                        std::hint::spin_loop();
                     }
                 }
             })
@@ -112,15 +113,17 @@ impl Drop for ShmPair {
 }
 
 /// A Unix stream socket pair carrying `u32`-length-prefixed messages; the writer
-/// batches up to 64 KiB per `write`, the reader reads 256 KiB at a time.
+/// batches up to `batch_limit` bytes per `write` (0: one `write` per message), the
+/// reader reads 256 KiB at a time.
 struct UnixPair {
     stream: UnixStream,
     batch: Vec<u8>,
+    batch_limit: usize,
     sink: Sink,
 }
 
 impl UnixPair {
-    fn new() -> Self {
+    fn new(batch_limit: usize) -> Self {
         let (stream, mut peer) = UnixStream::pair().expect("socketpair");
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -157,6 +160,7 @@ impl UnixPair {
         Self {
             stream,
             batch: Vec::with_capacity(128 << 10),
+            batch_limit,
             sink: Sink {
                 received,
                 stop,
@@ -172,16 +176,45 @@ impl UnixPair {
             self.batch
                 .extend_from_slice(&(message.len() as u32).to_le_bytes());
             self.batch.extend_from_slice(black_box(message));
-            if self.batch.len() >= 64 << 10 {
+            if self.batch.len() >= self.batch_limit {
                 self.stream.write_all(&self.batch).expect("write");
                 self.batch.clear();
             }
         }
-        self.stream.write_all(&self.batch).expect("write");
-        self.batch.clear();
+        if !self.batch.is_empty() {
+            self.stream.write_all(&self.batch).expect("write");
+            self.batch.clear();
+        }
         self.sink.wait_for(target);
         start.elapsed()
     }
+}
+
+/// Send then receive on one thread, in bursts of 64: the protocol's own cost,
+/// without cross-core cache traffic or scheduling.
+fn shm_same_thread(c: &mut Criterion) {
+    let name = format!("atbus-bench-{}-same-thread", std::process::id());
+    let _ = atbus_shm::remove_force(&name);
+    let mut reader =
+        Reader::create(&name, Layout::default(), ReaderConfig::default()).expect("create");
+    let mut writer = Writer::open(&name).expect("open");
+    let message = [0x5au8; 64];
+    let mut group = c.benchmark_group("message_64B");
+    group.throughput(Throughput::Elements(64));
+    group.bench_function("shm_same_thread_burst64", |b| {
+        b.iter(|| {
+            for _ in 0..64 {
+                writer.try_send(black_box(&message)).expect("room");
+            }
+            for _ in 0..64 {
+                let m = reader.try_recv().expect("recv").expect("committed");
+                black_box(m[0]);
+            }
+        })
+    });
+    group.finish();
+    drop(reader);
+    let _ = atbus_shm::remove_force(&name);
 }
 
 fn shm_vs_unix(c: &mut Criterion) {
@@ -198,11 +231,10 @@ fn shm_vs_unix(c: &mut Criterion) {
             b.iter_custom(|iters| shm.run(&message, iters))
         });
         drop(shm);
-        let mut unix = UnixPair::new();
-        group.bench_function("unix_stream", |b| {
-            b.iter_custom(|iters| unix.run(&message, iters))
-        });
-        drop(unix);
+        for (label, batch_limit) in [("unix_stream_batched", 64 << 10), ("unix_stream", 0)] {
+            let mut unix = UnixPair::new(batch_limit);
+            group.bench_function(label, |b| b.iter_custom(|iters| unix.run(&message, iters)));
+        }
         group.finish();
     }
 }
@@ -213,6 +245,6 @@ criterion_group! {
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = shm_vs_unix
+    targets = shm_same_thread, shm_vs_unix
 }
 criterion_main!(benches);
