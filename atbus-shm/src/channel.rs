@@ -27,11 +27,15 @@ pub fn clock_ms() -> u64 {
 
 /// Pause instructions between two polls of an idle ring.
 const BACKOFF_SPINS: u32 = 8;
+/// Idle polls between two `sched_yield`s while busy-polling.
+const YIELD_EVERY: u32 = 256;
 
 /// How a reader waits for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
     /// Never sleep: poll the ring continuously (one core busy; lowest latency).
+    /// The reader yields the CPU (`sched_yield`) every 256 idle polls, so a
+    /// writer that shares its core is not starved for a whole time slice.
     BusyPoll,
     /// Poll `spins` times, then sleep on the channel's futex until a writer
     /// commits (writers only make the wake-up system call while the reader
@@ -264,8 +268,11 @@ impl Reader {
                     self.sleep(seen.map(|(word, _)| word), nap);
                     spins = 0;
                 }
-                // A short pause between polls: the line polled is the one the
-                // writer is writing, and every poll takes it away from the writer.
+                // Every so often give the core away, in case a writer waits for it
+                // (an oversubscribed machine); otherwise pause briefly: the line
+                // polled is the one the writer is writing, and every poll takes it
+                // away from the writer.
+                _ if spins % YIELD_EVERY == 0 => std::thread::yield_now(),
                 _ => (0..BACKOFF_SPINS).for_each(|_| std::hint::spin_loop()),
             }
         }

@@ -89,12 +89,16 @@ impl ShmPair {
         let target = self.sink.received.load(Ordering::Acquire) + iters;
         let start = Instant::now();
         for _ in 0..iters {
+            let mut spins = 0u32;
             loop {
                 match self.writer.try_send(black_box(message)) {
                     Ok(_) => break,
+                    // Full: let the reader have the core if it shares ours.
+                    Err(SendError::Full) if spins % 64 == 63 => std::thread::yield_now(),
                     Err(SendError::Full) => std::hint::spin_loop(),
                     Err(e) => panic!("{e}"),
                 }
+                spins += 1;
             }
         }
         self.sink.wait_for(target);
