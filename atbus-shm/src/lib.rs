@@ -22,6 +22,9 @@
 //! into space the ring has reused. Choose the timeout well above any pause a
 //! healthy writer can take.
 //!
+//! `docs/shm.md` in the repository describes the layout, the protocol, the exact
+//! guarantees and the measured cost.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use atbus_shm::{Layout, Reader, ReaderConfig, Writer};
@@ -35,6 +38,9 @@
 //! atbus_shm::remove("atbus-example")?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
 
 #[cfg(not(loom))]
 mod channel;

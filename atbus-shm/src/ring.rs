@@ -80,9 +80,11 @@ impl From<Layout> for Geometry {
 }
 
 impl Geometry {
+    /// The data-area offset of `position`: always in bounds and 8-aligned, even
+    /// for a position read from a corrupted header.
     #[inline]
     fn offset(&self, position: u64) -> u64 {
-        position & (self.ring_size - 1)
+        position & (self.ring_size - 1) & !(RECORD_HEADER - 1)
     }
 
     /// The lap of `position`.
