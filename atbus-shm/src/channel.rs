@@ -87,6 +87,8 @@ pub struct ChannelStats {
     pub torn_gaps: u64,
     /// Bytes of those gaps.
     pub torn_bytes: u64,
+    /// Whether the reader is asleep on the futex right now.
+    pub reader_sleeping: bool,
 }
 
 fn stats_of(map: &Mapping) -> ChannelStats {
@@ -97,6 +99,7 @@ fn stats_of(map: &Mapping) -> ChannelStats {
         expired_claims: read(field::EXPIRED_CLAIMS),
         torn_gaps: read(field::TORN_GAPS),
         torn_bytes: read(field::TORN_BYTES),
+        reader_sleeping: read(field::READER_SLEEPING) != 0,
     }
 }
 

@@ -301,3 +301,33 @@ fn concurrent_writers_keep_per_writer_order_and_wake_a_sleeping_reader() {
     let stats = reader.stats();
     assert_eq!((stats.torn_gaps, stats.expired_claims), (0, 0));
 }
+
+#[test]
+fn sleeping_reader_is_woken_by_a_commit() {
+    let name = Name::new();
+    let config = ReaderConfig {
+        wait: WaitStrategy::SpinThenSleep { spins: 10 },
+        ..config()
+    };
+    let mut reader = Reader::create(&name.0, SMALL, config).unwrap();
+    let mut writer = Writer::open(&name.0).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let started = Instant::now();
+        let got = reader
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .map(|m| m.to_vec());
+        (got, started.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !writer.stats().reader_sleeping {
+        assert!(Instant::now() < deadline, "the reader never went to sleep");
+        std::thread::yield_now();
+    }
+    writer.try_send(b"wake up").unwrap();
+    let (got, waited) = receiver.join().unwrap();
+    assert_eq!(got.as_deref(), Some(&b"wake up"[..]));
+    // Without the wake-up the reader would sleep until its 60 s deadline (or
+    // at most the 1 s re-check of a pending record).
+    assert!(waited < Duration::from_secs(30), "{waited:?}");
+}
