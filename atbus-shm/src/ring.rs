@@ -794,6 +794,125 @@ mod tests {
         assert!(m.is_clear(r.head()));
     }
 
+    /// A seeded xorshift generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Random sends, writers dying or stalling at every step of the protocol, and
+    /// reader polls with a moving clock, checked against a reference: every
+    /// committed message is delivered once, in position order, with its bytes.
+    #[test]
+    fn random_operations_match_the_reference() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let (m, mut w, mut r) = setup(512, 100);
+            let mut now = 0u64;
+            let mut next_id = 0u32;
+            let mut expected = std::collections::BTreeMap::<u64, Vec<u8>>::new();
+            let mut stalled: Vec<(Stamped, Vec<u8>)> = Vec::new();
+            let mut delivered = 0u32;
+            let message = |id: u32, len: usize| {
+                let mut v = id.to_le_bytes().to_vec();
+                v.resize(len, id as u8);
+                v
+            };
+            for _ in 0..5000 {
+                let len = 4 + rng.below(97) as usize;
+                next_id += 1;
+                let msg = message(next_id, len);
+                match rng.below(100) {
+                    0..=44 => match w.try_send(&m, m.geo, &msg, now) {
+                        Ok(position) => assert!(expected.insert(position, msg).is_none()),
+                        Err(SendError::Full) => {}
+                        Err(e) => panic!("seed {seed}: {e}"),
+                    },
+                    // Writers that die after claiming, after stamping, mid-copy.
+                    45 => drop(w.reserve(&m, m.geo, len).ok()),
+                    46 => {
+                        if let Ok(res) = w.reserve(&m, m.geo, len) {
+                            let _ = res.stamp(&m, now);
+                        }
+                    }
+                    47 => {
+                        if let Ok(Ok(stamped)) =
+                            w.reserve(&m, m.geo, len).map(|res| res.stamp(&m, now))
+                        {
+                            stamped.write_prefix(&m, &msg, len / 2);
+                        }
+                    }
+                    // A writer that stalls between stamping and committing.
+                    48..=49 => {
+                        if let Ok(Ok(stamped)) =
+                            w.reserve(&m, m.geo, len).map(|res| res.stamp(&m, now))
+                        {
+                            stalled.push((stamped, msg));
+                        }
+                    }
+                    50..=54 if !stalled.is_empty() => {
+                        let (stamped, msg) = stalled.remove(0);
+                        match stamped.commit(&m, &msg) {
+                            Ok(position) => {
+                                assert!(position >= r.head(), "seed {seed}: committed behind");
+                                expected.insert(position, msg);
+                            }
+                            Err(SendError::Expired { .. }) => {}
+                            Err(e) => panic!("seed {seed}: {e}"),
+                        }
+                    }
+                    55..=69 => now += rng.below(400),
+                    _ => {
+                        let polled = r.poll(&m, m.geo, || now);
+                        match polled.unwrap_or_else(|e| panic!("seed {seed}: {e}")) {
+                            Poll::Ready(ready) => {
+                                let (&first, _) = expected.iter().next().unwrap_or_else(|| {
+                                    panic!("seed {seed}: delivered {ready:?} unexpectedly")
+                                });
+                                assert_eq!(first, ready.position, "seed {seed}: skipped a message");
+                                let mut got = Vec::new();
+                                m.read_payload(ready.payload_offset, ready.len, &mut got);
+                                assert_eq!(expected.remove(&first).unwrap(), got, "seed {seed}");
+                                r.consume(&m, m.geo, ready);
+                                delivered += 1;
+                            }
+                            Poll::Empty | Poll::Pending { .. } => {}
+                        }
+                    }
+                }
+            }
+            // Abandon the stalled writers; drain with the clock moving on.
+            stalled.clear();
+            for _ in 0..10_000 {
+                now += 100;
+                if let Poll::Ready(ready) = r.poll(&m, m.geo, || now).unwrap() {
+                    let first = *expected.keys().next().expect("a delivery is expected");
+                    assert_eq!(first, ready.position, "seed {seed}: skipped a message");
+                    expected.remove(&first);
+                    r.consume(&m, m.geo, ready);
+                }
+            }
+            assert!(
+                expected.is_empty(),
+                "seed {seed}: {} never delivered",
+                expected.len()
+            );
+            let skipped = m.counter(field::TORN_GAPS) + m.counter(field::EXPIRED_CLAIMS);
+            assert!(
+                delivered > 500 && skipped > 10 && r.head() > 100 * 512,
+                "seed {seed}: too little exercised: {delivered} delivered, {skipped} skipped"
+            );
+            assert_eq!(r.head(), m.field(field::TAIL).load(Ordering::Relaxed));
+            assert!(m.is_clear(r.head()), "seed {seed}");
+        }
+    }
+
     #[test]
     fn garbage_header_is_reported_not_followed() {
         let (m, mut w, mut r) = setup(256, 64);
