@@ -74,7 +74,12 @@ fn run_writer(args: &[&str]) -> i32 {
         let m = message(id, seq);
         if seq == crash_at {
             if let Some(stage) = stage {
-                writer.abandon_record(m.len(), stage).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                // Wait (bounded) for room, as `send_timeout` would.
+                while let Err(e) = writer.abandon_record(m.len(), stage) {
+                    assert!(e == SendError::Full && Instant::now() < deadline, "{e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
                 let me = rustix::process::getpid();
                 let _ = rustix::process::kill_process(me, rustix::process::Signal::KILL);
             }
