@@ -168,3 +168,46 @@ fn loom_stamp_races_with_poisoning_of_an_unstamped_claim() {
         assert!(m.is_clear(reader.head()));
     });
 }
+
+#[test]
+fn loom_two_writers_race_for_the_end_of_the_ring() {
+    loom::model(|| {
+        let m = Arc::new(Model::new(64, 32));
+        let mut reader = ReaderState::resume(&*m, TIMEOUT);
+        // Move the ring to position 24 so that the second record needs padding.
+        WriterState::new()
+            .try_send(&*m, m.geo, &[9; 16], 0)
+            .unwrap();
+        assert_eq!(take(&mut reader, &m, 0), Some(vec![9; 16]));
+        let writers: Vec<_> = (0..2u8)
+            .map(|id| {
+                let m = m.clone();
+                thread::spawn(move || {
+                    let mut w = WriterState::new();
+                    match w.try_send(&*m, m.geo, &[id + 1; 24], 0) {
+                        Ok(position) => Some(position),
+                        Err(SendError::Full) => None,
+                        Err(e) => panic!("{e}"),
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        if let Some(msg) = take(&mut reader, &m, 0) {
+            got.push(msg[0]);
+        }
+        let sent: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+        while let Some(msg) = take(&mut reader, &m, 0) {
+            got.push(msg[0]);
+        }
+        let mut expected: Vec<(u64, u8)> = sent
+            .iter()
+            .enumerate()
+            .filter_map(|(id, p)| p.map(|p| (p, id as u8 + 1)))
+            .collect();
+        expected.sort();
+        let expected: Vec<u8> = expected.into_iter().map(|(_, id)| id).collect();
+        assert_eq!(got, expected, "delivered in position order, each once");
+        assert!(m.is_clear(reader.head()));
+    });
+}
