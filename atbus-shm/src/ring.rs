@@ -1,0 +1,931 @@
+//! The claim / commit / skip protocol, independent of where the memory lives.
+//!
+//! Writers (any number, any process):
+//! 1. check for room (`tail + size <= head + ring_size`) and claim `size` bytes by a
+//!    compare-and-swap on the tail; a record that would cross the end of the data
+//!    area first claims a padding record up to the end, then starts over;
+//! 2. stamp the record header `Free{lap} -> Claimed{len, now}` with a
+//!    compare-and-swap (free words carry their lap, see `layout.rs`);
+//! 3. copy the payload;
+//! 4. commit `Claimed -> Committed` with a compare-and-swap.
+//!
+//! If step 2 or 4 fails, the reader gave up on the record (the writer was slower
+//! than the skip timeout) and the send reports [`SendError::Expired`].
+//!
+//! The reader (one) looks at the header word at its head:
+//! - `Committed`: deliver; on consumption clear the payload words, then the
+//!   header, to "free for the next lap", then publish the head (so every word below
+//!   the head is free for its next use);
+//! - `Padding` / `Skipped` (also how a consumed record is marked before it is
+//!   cleared, so a reader that dies mid-clear never re-delivers a torn payload):
+//!   clear and step over;
+//! - `Claimed` with a stamp older than the skip timeout: `Claimed -> Skipped` by
+//!   compare-and-swap, clear, step over, count an expired claim;
+//! - free for this lap while `tail > head` (a writer claimed space but did not
+//!   stamp it yet): wait; after the skip timeout the length is unknown, so the
+//!   reader *poisons* every free word from the head up to the next stamped header
+//!   (or the tail, or the end of the data area) with a compare-and-swap
+//!   `Free -> Poison`. A writer whose stamp lands on poison fails; after a second
+//!   timeout the gap is cleared, skipped and counted;
+//! - `Poison` found at the head without a recovery in progress (the reader was
+//!   restarted mid-recovery): scan and wait again;
+//! - free for the *next* lap: a reader died after clearing records but before
+//!   publishing the head; step over those words (all cleared) to the first word
+//!   that is not.
+//!
+//! Everything here takes the time (milliseconds of a clock shared by all
+//! processes) from the caller, so the loom models and unit tests drive it; the
+//! reader asks for it only when a record is late.
+
+use crate::error::{RecvError, SendError};
+use crate::layout::field;
+use crate::layout::{
+    Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, free_word, record_size,
+};
+use crate::sync::{AtomicU64, Ordering};
+
+/// Where the ring's words live: the shared mapping, or a model under loom.
+pub(crate) trait Region {
+    /// A header field (one of [`crate::layout::field`]).
+    fn field(&self, index: usize) -> &AtomicU64;
+    /// The data-area word at byte offset `offset` (a multiple of 8, in bounds).
+    fn data_word(&self, offset: u64) -> &AtomicU64;
+    /// Copies `src` to data-area byte offset `offset`.
+    ///
+    /// The caller owns those bytes (a successfully stamped claim).
+    fn write_payload(&self, offset: u64, src: &[u8]);
+    /// Copies `len` bytes from data-area offset `offset` into `dst`.
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn read_payload(&self, offset: u64, len: u64, dst: &mut Vec<u8>);
+    /// Sets the `len / 8` words from data-area offset `offset` to `word`.
+    ///
+    /// The caller is the reader and the bytes are below no writer's claim.
+    fn fill(&self, offset: u64, len: u64, word: u64);
+}
+
+/// The ring's geometry as the protocol needs it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Geometry {
+    pub(crate) ring_size: u64,
+    pub(crate) max_message: u64,
+}
+
+impl From<Layout> for Geometry {
+    fn from(layout: Layout) -> Self {
+        Self {
+            ring_size: layout.ring_size,
+            max_message: u64::from(layout.max_message),
+        }
+    }
+}
+
+impl Geometry {
+    /// The data-area offset of `position`: always in bounds and 8-aligned, even
+    /// for a position read from a corrupted header.
+    #[inline]
+    fn offset(&self, position: u64) -> u64 {
+        position & (self.ring_size - 1) & !(RECORD_HEADER - 1)
+    }
+
+    /// The lap of `position`.
+    #[inline]
+    pub(crate) fn lap(&self, position: u64) -> u64 {
+        position / self.ring_size
+    }
+}
+
+/// One writer's view: its cached copy of the reader's head saves reading the
+/// reader's cache line on every send.
+#[derive(Debug, Clone)]
+pub(crate) struct WriterState {
+    cached_head: u64,
+}
+
+impl WriterState {
+    pub(crate) fn new() -> Self {
+        Self { cached_head: 0 }
+    }
+
+    fn has_room<R: Region>(&mut self, region: &R, geo: Geometry, tail: u64, size: u64) -> bool {
+        if tail + size <= self.cached_head + geo.ring_size {
+            return true;
+        }
+        // Acquire: the reader zeroed everything below the head before publishing it.
+        self.cached_head = region.field(field::HEAD).load(Ordering::Acquire);
+        tail + size <= self.cached_head + geo.ring_size
+    }
+
+    /// Sends one message without waiting. Returns the record's position.
+    pub(crate) fn try_send<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        payload: &[u8],
+        now_ms: u64,
+    ) -> Result<u64, SendError> {
+        self.reserve(region, geo, payload.len())?
+            .stamp(region, now_ms)?
+            .commit(region, payload)
+    }
+
+    /// Step 1: claims room for a record of `len` payload bytes (claiming padding
+    /// first if the record would cross the end of the data area).
+    pub(crate) fn reserve<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        len: usize,
+    ) -> Result<Reservation, SendError> {
+        if len as u64 > geo.max_message {
+            return Err(SendError::TooLarge {
+                len,
+                max: geo.max_message as usize,
+            });
+        }
+        let len = len as u64;
+        let size = record_size(len);
+        let tail_word = region.field(field::TAIL);
+        let mut tail = tail_word.load(Ordering::Acquire);
+        loop {
+            let offset = geo.offset(tail);
+            let to_end = geo.ring_size - offset;
+            let claim = if size <= to_end { size } else { to_end };
+            if !self.has_room(region, geo, tail, claim) {
+                return Err(SendError::Full);
+            }
+            if let Err(current) = tail_word.compare_exchange_weak(
+                tail,
+                tail + claim,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                tail = current;
+                continue;
+            }
+            if claim == size {
+                return Ok(Reservation {
+                    position: tail,
+                    offset,
+                    len,
+                    free: free_word(geo.lap(tail)),
+                });
+            }
+            // Padding up to the end; if the stamp fails the reader is already
+            // recovering this space as a torn gap, which is just as good.
+            let padding = Record::Padding {
+                len: to_end - RECORD_HEADER,
+            };
+            let _ = region.data_word(offset).compare_exchange(
+                free_word(geo.lap(tail)),
+                padding.word(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+            tail += claim;
+        }
+    }
+}
+
+/// Room claimed on the tail whose header is not stamped yet.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reservation {
+    position: u64,
+    offset: u64,
+    len: u64,
+    /// The free word of this position's lap.
+    free: u64,
+}
+
+impl Reservation {
+    /// Step 2: stamps the header `Free{lap} -> Claimed{len, now}`; fails if the
+    /// reader poisoned it or the ring has moved past it (this writer was slower
+    /// than the skip timeout).
+    pub(crate) fn stamp<R: Region>(self, region: &R, now_ms: u64) -> Result<Stamped, SendError> {
+        let claimed = Record::Claimed {
+            len: self.len,
+            stamp: now_ms & STAMP_MASK,
+        }
+        .word();
+        region
+            .data_word(self.offset)
+            .compare_exchange(self.free, claimed, Ordering::AcqRel, Ordering::Relaxed)
+            .map_err(|_| SendError::Expired {
+                position: self.position,
+            })?;
+        Ok(Stamped { at: self, claimed })
+    }
+}
+
+/// A stamped claim: the writer owns the payload bytes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stamped {
+    at: Reservation,
+    claimed: u64,
+}
+
+impl Stamped {
+    /// Step 3 and 4: copies the payload and commits `Claimed -> Committed`.
+    /// `payload` must be the length reserved.
+    pub(crate) fn commit<R: Region>(self, region: &R, payload: &[u8]) -> Result<u64, SendError> {
+        debug_assert_eq!(payload.len() as u64, self.at.len);
+        let header = region.data_word(self.at.offset);
+        // A writer that finds its claim skipped does not write: this narrows the
+        // late-writer hazard (crate docs) to a writer paused in the middle of the copy.
+        if header.load(Ordering::Relaxed) != self.claimed {
+            return Err(SendError::Expired {
+                position: self.at.position,
+            });
+        }
+        region.write_payload(self.at.offset + RECORD_HEADER, payload);
+        // SeqCst: pairs with the reader's SeqCst store of READER_SLEEPING and its
+        // re-check of this word before it sleeps (see `ReaderState::may_sleep`).
+        header
+            .compare_exchange(
+                self.claimed,
+                Record::Committed { len: self.at.len }.word(),
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            )
+            .map_err(|_| SendError::Expired {
+                position: self.at.position,
+            })?;
+        Ok(self.at.position)
+    }
+
+    /// Writes only the first `n` payload bytes and stops (a writer dying mid-copy).
+    #[cfg(test)]
+    pub(crate) fn write_prefix<R: Region>(self, region: &R, payload: &[u8], n: usize) {
+        region.write_payload(self.at.offset + RECORD_HEADER, &payload[..n]);
+    }
+}
+
+/// Whether a writer that just committed must wake the reader.
+#[inline]
+pub(crate) fn reader_sleeping<R: Region>(region: &R) -> bool {
+    region.field(field::READER_SLEEPING).load(Ordering::SeqCst) != 0
+}
+
+/// A committed record ready for delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Ready {
+    /// The record's position.
+    pub(crate) position: u64,
+    /// Data-area offset of the payload.
+    pub(crate) payload_offset: u64,
+    /// Payload bytes.
+    pub(crate) len: u64,
+}
+
+/// What the reader found at its head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// A committed record.
+    Ready(Ready),
+    /// Nothing claimed beyond the head.
+    Empty,
+    /// A writer holds the record at the head; look again within `retry_ms`
+    /// milliseconds at the latest (that is when its claim may be skipped).
+    Pending {
+        /// The header word seen, for the pre-sleep re-check.
+        seen: u64,
+        retry_ms: u64,
+    },
+}
+
+/// A torn gap being recovered.
+#[derive(Debug, Clone, Copy)]
+enum Stall {
+    /// A zero header below the tail, first seen at `since`.
+    Unstamped { at: u64, since: u64 },
+    /// `[at, end)` is poisoned since `since`.
+    Poisoned { at: u64, end: u64, since: u64 },
+}
+
+/// The reader's protocol state.
+#[derive(Debug)]
+pub(crate) struct ReaderState {
+    head: u64,
+    stall: Option<Stall>,
+    skip_timeout_ms: u64,
+    /// Free headers seen in a row at the head, and how often the tail is read
+    /// among them: reading the tail (the writers' hottest line) on every idle poll
+    /// slows the writers down; it only matters to start the stall timer.
+    idle_polls: u32,
+    tail_check_every: u32,
+}
+
+impl ReaderState {
+    /// Resumes at the published head.
+    pub(crate) fn resume<R: Region>(region: &R, skip_timeout_ms: u64) -> Self {
+        Self {
+            head: region.field(field::HEAD).load(Ordering::Acquire),
+            stall: None,
+            skip_timeout_ms: skip_timeout_ms.max(1),
+            idle_polls: 0,
+            tail_check_every: 1,
+        }
+    }
+
+    /// Reads the tail on only every `n`th idle poll (the stall timer starts up to
+    /// `n` polls late).
+    pub(crate) fn with_tail_check_every(mut self, n: u32) -> Self {
+        self.tail_check_every = n.max(1);
+        self
+    }
+
+    /// The position of the next record.
+    pub(crate) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Steps over padding, skipped and torn records and reports what is at the head.
+    pub(crate) fn poll<R: Region>(
+        &mut self,
+        region: &R,
+        geo: Geometry,
+        mut clock: impl FnMut() -> u64,
+    ) -> Result<Poll, RecvError> {
+        // The clock is read only when a record is late, never on the hot path.
+        let mut cached = None;
+        let mut now = move || *cached.get_or_insert_with(|| clock() & STAMP_MASK);
+        loop {
+            let head = self.head;
+            let offset = geo.offset(head);
+            let header = region.data_word(offset);
+            let word = header.load(Ordering::Acquire);
+            let corrupt = RecvError::Corrupt {
+                position: head,
+                word,
+            };
+            let record = Record::decode(word).ok_or(corrupt.clone())?;
+            let span = |len: u64| -> Result<u64, RecvError> {
+                let size = record_size(len);
+                if offset + size > geo.ring_size {
+                    return Err(corrupt.clone());
+                }
+                Ok(size)
+            };
+            match record {
+                Record::Committed { len } => {
+                    if len > geo.max_message {
+                        return Err(corrupt);
+                    }
+                    span(len)?;
+                    self.stall = None;
+                    return Ok(Poll::Ready(Ready {
+                        position: head,
+                        payload_offset: offset + RECORD_HEADER,
+                        len,
+                    }));
+                }
+                Record::Padding { len } => {
+                    let size = span(len)?;
+                    self.advance(region, geo, size);
+                }
+                Record::Skipped { len } => {
+                    let size = span(len)?;
+                    self.advance(region, geo, size);
+                }
+                Record::Claimed { len, stamp } => {
+                    if len > geo.max_message {
+                        return Err(corrupt);
+                    }
+                    let size = span(len)?;
+                    let age = age_ms(now(), stamp);
+                    if age < self.skip_timeout_ms {
+                        return Ok(Poll::Pending {
+                            seen: word,
+                            retry_ms: self.skip_timeout_ms - age,
+                        });
+                    }
+                    if header
+                        .compare_exchange(
+                            word,
+                            Record::Skipped { len }.word(),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        region
+                            .field(field::EXPIRED_CLAIMS)
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.advance(region, geo, size);
+                    }
+                    // On failure the writer committed just in time: look again.
+                }
+                Record::Free { lap } if lap == geo.lap(head) + 1 => {
+                    self.finish_clearing(region, geo);
+                }
+                Record::Free { lap } if lap != geo.lap(head) => return Err(corrupt),
+                Record::Free { .. } => {
+                    self.idle_polls = self.idle_polls.wrapping_add(1);
+                    if self.stall.is_none() && self.idle_polls % self.tail_check_every != 0 {
+                        return Ok(Poll::Empty);
+                    }
+                    let tail = region.field(field::TAIL).load(Ordering::Acquire);
+                    if tail <= head {
+                        self.stall = None;
+                        return Ok(Poll::Empty);
+                    }
+                    match self.stall {
+                        Some(Stall::Unstamped { at, since }) if at == head => {
+                            let age = age_ms(now(), since);
+                            if age < self.skip_timeout_ms {
+                                return Ok(Poll::Pending {
+                                    seen: word,
+                                    retry_ms: self.skip_timeout_ms - age,
+                                });
+                            }
+                            self.poison(region, geo, now());
+                        }
+                        _ => {
+                            self.stall = Some(Stall::Unstamped {
+                                at: head,
+                                since: now(),
+                            });
+                            return Ok(Poll::Pending {
+                                seen: word,
+                                retry_ms: self.skip_timeout_ms,
+                            });
+                        }
+                    }
+                }
+                Record::Poison => match self.stall {
+                    Some(Stall::Poisoned { at, end, since }) if at == head => {
+                        let age = age_ms(now(), since);
+                        if age < self.skip_timeout_ms {
+                            return Ok(Poll::Pending {
+                                seen: word,
+                                retry_ms: self.skip_timeout_ms - age,
+                            });
+                        }
+                        let gap = end - head;
+                        region
+                            .field(field::TORN_GAPS)
+                            .fetch_add(1, Ordering::Relaxed);
+                        region
+                            .field(field::TORN_BYTES)
+                            .fetch_add(gap, Ordering::Relaxed);
+                        self.advance(region, geo, gap);
+                    }
+                    // A restarted reader found a recovery in progress: redo it.
+                    _ => self.poison(region, geo, now()),
+                },
+            }
+        }
+    }
+
+    /// Poisons the torn gap at the head (see the module docs).
+    fn poison<R: Region>(&mut self, region: &R, geo: Geometry, now: u64) {
+        let head = self.head;
+        let free = free_word(geo.lap(head));
+        let tail = region.field(field::TAIL).load(Ordering::Acquire);
+        let lap_end = (geo.lap(head) + 1) * geo.ring_size;
+        let bound = tail.min(lap_end);
+        let mut at = head;
+        while at < bound {
+            let word = region.data_word(geo.offset(at));
+            let current = word.load(Ordering::Acquire);
+            if current == POISON
+                || (current == free
+                    && word
+                        .compare_exchange(free, POISON, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok())
+            {
+                at += RECORD_HEADER;
+            } else if current != free {
+                break;
+            }
+            // A failed Free -> Poison means a writer just stamped here: re-read.
+        }
+        self.stall = (at > head).then_some(Stall::Poisoned {
+            at: head,
+            end: at,
+            since: now,
+        });
+    }
+
+    /// Steps over words a previous reader cleared without publishing the head.
+    fn finish_clearing<R: Region>(&mut self, region: &R, geo: Geometry) {
+        let head = self.head;
+        let cleared = free_word(geo.lap(head) + 1);
+        let tail = region.field(field::TAIL).load(Ordering::Acquire);
+        let bound = tail.min((geo.lap(head) + 1) * geo.ring_size);
+        let mut at = head;
+        while at < bound && region.data_word(geo.offset(at)).load(Ordering::Acquire) == cleared {
+            at += RECORD_HEADER;
+        }
+        self.head = at.max(head + RECORD_HEADER);
+        self.stall = None;
+        region
+            .field(field::HEAD)
+            .store(self.head, Ordering::Release);
+    }
+
+    /// Clears the `size` bytes at the head (payload words first, the header word
+    /// last) to "free for the next lap" and publishes the new head.
+    fn advance<R: Region>(&mut self, region: &R, geo: Geometry, size: u64) {
+        let offset = geo.offset(self.head);
+        let cleared = free_word(geo.lap(self.head) + 1);
+        if size > RECORD_HEADER {
+            region.fill(offset + RECORD_HEADER, size - RECORD_HEADER, cleared);
+        }
+        region.data_word(offset).store(cleared, Ordering::Relaxed);
+        self.head += size;
+        self.stall = None;
+        // Release: writers that see this head see the cleared words.
+        region
+            .field(field::HEAD)
+            .store(self.head, Ordering::Release);
+    }
+
+    /// Consumes the record `poll` returned.
+    pub(crate) fn consume<R: Region>(&mut self, region: &R, geo: Geometry, ready: Ready) {
+        debug_assert_eq!(ready.position, self.head);
+        // Mark the record first: a reader that dies while clearing it must not
+        // re-deliver a half-cleared payload; its successor finds `Skipped` (with
+        // the length) and finishes the job.
+        region
+            .data_word(geo.offset(self.head))
+            .store(Record::Skipped { len: ready.len }.word(), Ordering::Relaxed);
+        self.advance(region, geo, record_size(ready.len));
+    }
+
+    /// Whether the reader may go to sleep after `poll` answered `seen`: called
+    /// after the SeqCst store of READER_SLEEPING, it re-reads the head's header
+    /// word and the tail with SeqCst, so a writer that committed before the flag
+    /// was visible is seen here.
+    pub(crate) fn may_sleep<R: Region>(
+        &self,
+        region: &R,
+        geo: Geometry,
+        seen: Option<u64>,
+    ) -> bool {
+        let word = region
+            .data_word(geo.offset(self.head))
+            .load(Ordering::SeqCst);
+        match seen {
+            Some(seen) => word == seen,
+            None => word == 0 && region.field(field::TAIL).load(Ordering::SeqCst) <= self.head,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::model::Model;
+
+    const TIMEOUT: u64 = 1000;
+
+    fn recv(reader: &mut ReaderState, m: &Model, now: u64) -> Result<Option<Vec<u8>>, RecvError> {
+        match reader.poll(m, m.geo, || now)? {
+            Poll::Ready(ready) => {
+                let mut out = Vec::new();
+                m.read_payload(ready.payload_offset, ready.len, &mut out);
+                reader.consume(m, m.geo, ready);
+                Ok(Some(out))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    fn setup(ring: u64, max: u64) -> (Model, WriterState, ReaderState) {
+        let m = Model::new(ring, max);
+        let r = ReaderState::resume(&m, TIMEOUT);
+        (m, WriterState::new(), r)
+    }
+
+    #[test]
+    fn messages_arrive_in_order_across_many_laps() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let mut next = 0u32;
+        for round in 0..200u32 {
+            let burst = round % 7 + 1;
+            let mut sent = Vec::new();
+            for i in 0..burst {
+                let msg = vec![(next + i) as u8; ((next + i) % 40) as usize];
+                match w.try_send(&m, m.geo, &msg, 0) {
+                    Ok(_) => sent.push(msg),
+                    Err(SendError::Full) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            for msg in &sent {
+                assert_eq!(recv(&mut r, &m, 0).unwrap().as_ref(), Some(msg));
+            }
+            next += sent.len() as u32;
+            assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+            assert!(m.is_clear(r.head()), "consumed records are cleared");
+        }
+        assert!(next > 500);
+    }
+
+    #[test]
+    fn full_ring_refuses_and_recovers() {
+        let (m, mut w, mut r) = setup(128, 32);
+        let msg = [7u8; 24]; // 32-byte records
+        for _ in 0..4 {
+            w.try_send(&m, m.geo, &msg, 0).unwrap();
+        }
+        assert_eq!(w.try_send(&m, m.geo, &msg, 0), Err(SendError::Full));
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), msg);
+        w.try_send(&m, m.geo, &msg, 0).unwrap();
+    }
+
+    #[test]
+    fn oversized_messages_are_refused() {
+        let (m, mut w, _) = setup(128, 32);
+        assert_eq!(
+            w.try_send(&m, m.geo, &[0; 33], 0),
+            Err(SendError::TooLarge { len: 33, max: 32 })
+        );
+        w.try_send(&m, m.geo, &[0; 32], 0).unwrap();
+    }
+
+    #[test]
+    fn record_that_would_cross_the_end_is_preceded_by_padding() {
+        let (m, mut w, mut r) = setup(128, 64);
+        w.try_send(&m, m.geo, &[1; 80 - 8], 0).unwrap_err(); // > max
+        w.try_send(&m, m.geo, &[1; 64], 0).unwrap(); // 72 bytes
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [1; 64]);
+        // 56 bytes to the end; a 72-byte record pads them and starts at 128.
+        let at = w.try_send(&m, m.geo, &[2; 64], 0).unwrap();
+        assert_eq!(at, 128);
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [2; 64]);
+        assert_eq!(r.head(), 200);
+    }
+
+    #[test]
+    fn stamped_but_uncommitted_record_is_skipped_after_the_timeout() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let dead = w.reserve(&m, m.geo, 20).unwrap().stamp(&m, 100).unwrap();
+        dead.write_prefix(&m, &[9; 20], 11);
+        w.try_send(&m, m.geo, b"after", 150).unwrap();
+        assert_eq!(
+            recv(&mut r, &m, 500).unwrap(),
+            None,
+            "still within the timeout"
+        );
+        assert_eq!(recv(&mut r, &m, 100 + TIMEOUT).unwrap().unwrap(), b"after");
+        assert_eq!(m.counter(field::EXPIRED_CLAIMS), 1);
+        assert!(m.is_clear(r.head()));
+    }
+
+    #[test]
+    fn late_commit_after_a_skip_reports_expired() {
+        let (m, mut w, mut r) = setup(256, 64);
+        let slow = w.reserve(&m, m.geo, 8).unwrap().stamp(&m, 0).unwrap();
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(
+            slow.commit(&m, &[1; 8]),
+            Err(SendError::Expired { position: 0 })
+        );
+        // The late writer saw its claim skipped before copying, so it wrote nothing.
+        assert!(m.is_clear(r.head()));
+        w.try_send(&m, m.geo, b"next", TIMEOUT).unwrap();
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap().unwrap(), b"next");
+    }
+
+    #[test]
+    fn claim_that_was_never_stamped_is_poisoned_then_skipped() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap(); // writer dies here
+        let late = w.reserve(&m, m.geo, 8).unwrap(); // writer stalls here
+        w.try_send(&m, m.geo, b"live", 0).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT - 1).unwrap(), None);
+        // Timeout: both unstamped claims are poisoned up to the live record.
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(
+            late.stamp(&m, TIMEOUT).unwrap_err(),
+            SendError::Expired { position: 40 }
+        );
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT - 1).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap().unwrap(), b"live");
+        assert_eq!(m.counter(field::TORN_GAPS), 1);
+        assert_eq!(m.counter(field::TORN_BYTES), 40 + 16);
+        assert!(m.is_clear(r.head()));
+    }
+
+    #[test]
+    fn unstamped_claim_at_the_tail_is_skipped_too() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap(), None);
+        assert_eq!(r.head(), 40);
+        w.try_send(&m, m.geo, b"x", 2 * TIMEOUT).unwrap();
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap().unwrap(), b"x");
+    }
+
+    #[test]
+    fn restarted_reader_finishes_a_recovery_in_progress() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.reserve(&m, m.geo, 30).unwrap();
+        w.try_send(&m, m.geo, b"live", 0).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None); // poisoned
+        // The reader is gone; a new one resumes from the shared state.
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 5000).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 5000 + TIMEOUT).unwrap().unwrap(), b"live");
+        assert_eq!(m.counter(field::TORN_GAPS), 1);
+    }
+
+    #[test]
+    fn restarted_reader_resumes_at_the_first_unconsumed_record() {
+        let (m, mut w, mut r) = setup(256, 64);
+        for i in 0..4u8 {
+            w.try_send(&m, m.geo, &[i; 10], 0).unwrap();
+        }
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [0; 10]);
+        // Polled but not consumed: delivered again after the restart.
+        assert!(matches!(r.poll(&m, m.geo, || 0).unwrap(), Poll::Ready(_)));
+        // The reader is gone; a new one resumes from the shared state.
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        for i in 1..4u8 {
+            assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [i; 10]);
+        }
+    }
+
+    #[test]
+    fn writer_stalled_past_a_skipped_gap_cannot_stamp_the_reused_place() {
+        let (m, mut w, mut r) = setup(64, 16);
+        let stalled = w.reserve(&m, m.geo, 8).unwrap();
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, TIMEOUT).unwrap(), None);
+        assert_eq!(recv(&mut r, &m, 2 * TIMEOUT).unwrap(), None);
+        assert_eq!(r.head(), 16);
+        // The place at offset 0 is now free for lap 1, not for the stalled claim.
+        assert!(stalled.stamp(&m, 2 * TIMEOUT).is_err());
+        assert!(m.is_clear(r.head()));
+    }
+
+    #[test]
+    fn reader_killed_while_clearing_neither_redelivers_nor_stalls() {
+        let (m, mut w, mut r) = setup(256, 64);
+        for i in 0..3u8 {
+            w.try_send(&m, m.geo, &[i + 1; 20], 0).unwrap();
+        }
+        // Killed after marking the first record, with half its payload cleared.
+        let Poll::Ready(first) = r.poll(&m, m.geo, || 0).unwrap() else {
+            panic!("committed")
+        };
+        m.data_word(0)
+            .store(Record::Skipped { len: first.len }.word(), Ordering::Relaxed);
+        m.fill(8, 8, free_word(1));
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [2; 20]);
+        // Killed after clearing the third record entirely, before publishing.
+        let Poll::Ready(third) = r.poll(&m, m.geo, || 0).unwrap() else {
+            panic!("committed")
+        };
+        m.fill(
+            third.payload_offset - 8,
+            record_size(third.len),
+            free_word(1),
+        );
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
+        assert_eq!(r.head(), 3 * 32);
+        assert!(m.is_clear(r.head()));
+    }
+
+    /// A seeded xorshift generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Random sends, writers dying or stalling at every step of the protocol, and
+    /// reader polls with a moving clock, checked against a reference: every
+    /// committed message is delivered once, in position order, with its bytes.
+    #[test]
+    fn random_operations_match_the_reference() {
+        for seed in 1..=20u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let (m, mut w, mut r) = setup(512, 100);
+            let mut now = 0u64;
+            let mut next_id = 0u32;
+            let mut expected = std::collections::BTreeMap::<u64, Vec<u8>>::new();
+            let mut stalled: Vec<(Stamped, Vec<u8>)> = Vec::new();
+            let mut delivered = 0u32;
+            let message = |id: u32, len: usize| {
+                let mut v = id.to_le_bytes().to_vec();
+                v.resize(len, id as u8);
+                v
+            };
+            for _ in 0..5000 {
+                let len = 4 + rng.below(97) as usize;
+                next_id += 1;
+                let msg = message(next_id, len);
+                match rng.below(100) {
+                    0..=44 => match w.try_send(&m, m.geo, &msg, now) {
+                        Ok(position) => assert!(expected.insert(position, msg).is_none()),
+                        Err(SendError::Full) => {}
+                        Err(e) => panic!("seed {seed}: {e}"),
+                    },
+                    // Writers that die after claiming, after stamping, mid-copy.
+                    45 => drop(w.reserve(&m, m.geo, len).ok()),
+                    46 => {
+                        if let Ok(res) = w.reserve(&m, m.geo, len) {
+                            let _ = res.stamp(&m, now);
+                        }
+                    }
+                    47 => {
+                        if let Ok(Ok(stamped)) =
+                            w.reserve(&m, m.geo, len).map(|res| res.stamp(&m, now))
+                        {
+                            stamped.write_prefix(&m, &msg, len / 2);
+                        }
+                    }
+                    // A writer that stalls between stamping and committing.
+                    48..=49 => {
+                        if let Ok(Ok(stamped)) =
+                            w.reserve(&m, m.geo, len).map(|res| res.stamp(&m, now))
+                        {
+                            stalled.push((stamped, msg));
+                        }
+                    }
+                    50..=54 if !stalled.is_empty() => {
+                        let (stamped, msg) = stalled.remove(0);
+                        match stamped.commit(&m, &msg) {
+                            Ok(position) => {
+                                assert!(position >= r.head(), "seed {seed}: committed behind");
+                                expected.insert(position, msg);
+                            }
+                            Err(SendError::Expired { .. }) => {}
+                            Err(e) => panic!("seed {seed}: {e}"),
+                        }
+                    }
+                    55..=69 => now += rng.below(400),
+                    _ => {
+                        let polled = r.poll(&m, m.geo, || now);
+                        match polled.unwrap_or_else(|e| panic!("seed {seed}: {e}")) {
+                            Poll::Ready(ready) => {
+                                let (&first, _) = expected.iter().next().unwrap_or_else(|| {
+                                    panic!("seed {seed}: delivered {ready:?} unexpectedly")
+                                });
+                                assert_eq!(first, ready.position, "seed {seed}: skipped a message");
+                                let mut got = Vec::new();
+                                m.read_payload(ready.payload_offset, ready.len, &mut got);
+                                assert_eq!(expected.remove(&first).unwrap(), got, "seed {seed}");
+                                r.consume(&m, m.geo, ready);
+                                delivered += 1;
+                            }
+                            Poll::Empty | Poll::Pending { .. } => {}
+                        }
+                    }
+                }
+            }
+            // Abandon the stalled writers; drain with the clock moving on.
+            stalled.clear();
+            for _ in 0..10_000 {
+                now += 100;
+                if let Poll::Ready(ready) = r.poll(&m, m.geo, || now).unwrap() {
+                    let first = *expected.keys().next().expect("a delivery is expected");
+                    assert_eq!(first, ready.position, "seed {seed}: skipped a message");
+                    expected.remove(&first);
+                    r.consume(&m, m.geo, ready);
+                }
+            }
+            assert!(
+                expected.is_empty(),
+                "seed {seed}: {} never delivered",
+                expected.len()
+            );
+            let skipped = m.counter(field::TORN_GAPS) + m.counter(field::EXPIRED_CLAIMS);
+            assert!(
+                delivered > 500 && skipped > 10 && r.head() > 100 * 512,
+                "seed {seed}: too little exercised: {delivered} delivered, {skipped} skipped"
+            );
+            assert_eq!(r.head(), m.field(field::TAIL).load(Ordering::Relaxed));
+            assert!(m.is_clear(r.head()), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn garbage_header_is_reported_not_followed() {
+        let (m, mut w, mut r) = setup(256, 64);
+        w.try_send(&m, m.geo, b"ok", 0).unwrap();
+        m.data_word(0)
+            .store(0xdead_beef_0000_0007, Ordering::Relaxed);
+        assert!(matches!(
+            r.poll(&m, m.geo, || 0),
+            Err(RecvError::Corrupt { position: 0, .. })
+        ));
+        // A committed length past the end of the data area is refused too.
+        m.data_word(0)
+            .store(Record::Committed { len: 250 }.word(), Ordering::Relaxed);
+        assert!(r.poll(&m, m.geo, || 0).is_err());
+    }
+}
