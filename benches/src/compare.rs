@@ -65,7 +65,15 @@ pub struct Outcome {
 #[error("{0}")]
 pub struct Unsupported(pub String);
 
-/// Runs `scenario` with `peer` on both sides.
+/// How the peers are configured for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// KCP's configuration ([`KcpConfig::TURBO`](crate::kcp::KcpConfig::TURBO) by
+    /// default).
+    pub kcp: crate::kcp::KcpConfig,
+}
+
+/// Runs `scenario` with `peer` on both sides, each peer configured by `settings`.
 ///
 /// KCP and quinn use only the first path (they are single-path); the other paths of
 /// the scenario stay idle. Quinn needs an MTU of 1200 to 65527 bytes, KCP 50 or more,
@@ -73,7 +81,7 @@ pub struct Unsupported(pub String);
 ///
 /// # Panics
 /// If the scenario is invalid ([`Scenario::validate`]).
-pub fn run(peer: Peer, scenario: &Scenario) -> Result<Outcome, Unsupported> {
+pub fn run(peer: Peer, scenario: &Scenario, settings: &Settings) -> Result<Outcome, Unsupported> {
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
     let first_mtu = mtus.first().copied().unwrap_or(atbus_sim::DEFAULT_MTU);
     let log = Rc::new(RefCell::new(Vec::new()));
@@ -96,7 +104,7 @@ pub fn run(peer: Peer, scenario: &Scenario) -> Result<Outcome, Unsupported> {
                     "mtu={first_mtu} is below the smallest KCP accepts (50)"
                 )));
             }
-            let (client, server) = crate::kcp::pair(first_mtu);
+            let (client, server) = crate::kcp::pair_with(first_mtu, settings.kcp);
             let counters = [client.oversized_counter(), server.oversized_counter()];
             let (client, server) = observe_pair(scenario, &log, client, server);
             let report = atbus_sim::run(scenario, client, server);
