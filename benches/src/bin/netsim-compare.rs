@@ -212,63 +212,150 @@ fn pooled(outcomes: &[Outcome]) -> Vec<std::time::Duration> {
     all
 }
 
+/// One transport's figures over all seeds.
+struct Row {
+    peer: Peer,
+    delivered: u64,
+    sent: u64,
+    /// Pooled latencies; `None` when some deliveries could not be timed (payloads
+    /// under 8 bytes carry no index).
+    latency: Option<LatencySummary>,
+    wire_per_payload: f64,
+    retransmits: u64,
+    stalls: u64,
+    timed_out: u64,
+    oversized: u64,
+}
+
+impl Row {
+    fn new(peer: Peer, outcomes: &[Outcome]) -> Self {
+        let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
+        let delivered = sum(|o| o.report.delivered);
+        let timed = sum(|o| o.latencies.len() as u64);
+        Self {
+            peer,
+            delivered,
+            sent: sum(|o| o.report.sent),
+            latency: (timed == delivered)
+                .then(|| LatencySummary::from_latencies(&pooled(outcomes))),
+            wire_per_payload: sum(|o| o.report.wire_bytes) as f64
+                / sum(|o| o.report.payload_bytes).max(1) as f64,
+            retransmits: sum(|o| o.report.paths.iter().map(|p| p.retransmits).sum()),
+            stalls: sum(|o| o.report.stalls),
+            timed_out: sum(|o| u64::from(o.report.timed_out)),
+            oversized: sum(|o| o.oversized),
+        }
+    }
+}
+
 fn print_table(runs: &Runs, seeds: u64) {
+    let rows: Vec<Row> = runs
+        .iter()
+        .map(|(peer, outcomes)| Row::new(*peer, outcomes))
+        .collect();
     println!(
         "| transport | delivered | p50 ms | p99 ms | max ms | wire B / payload B | retransmits | stalls / timed out |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (peer, outcomes) in runs {
-        let sum = |f: fn(&Outcome) -> u64| outcomes.iter().map(f).sum::<u64>();
-        let delivered = sum(|o| o.report.delivered);
-        let sent = sum(|o| o.report.sent);
-        let timed = sum(|o| o.latencies.len() as u64);
-        let latency = if timed == delivered {
-            let l = LatencySummary::from_latencies(&pooled(outcomes));
-            format!("{:.1} | {:.1} | {:.1}", l.p50, l.p99, l.max)
-        } else {
-            // Payloads under 8 bytes carry no index to time them by.
-            "n/a | n/a | n/a".to_owned()
+    for row in &rows {
+        let latency = match &row.latency {
+            Some(l) => format!("{:.1} | {:.1} | {:.1}", l.p50, l.p99, l.max),
+            None => "n/a | n/a | n/a".to_owned(),
         };
-        let wire =
-            sum(|o| o.report.wire_bytes) as f64 / sum(|o| o.report.payload_bytes).max(1) as f64;
-        let retransmits = sum(|o| o.report.paths.iter().map(|p| p.retransmits).sum());
-        let stalls = sum(|o| o.report.stalls);
-        let timed_out = sum(|o| u64::from(o.report.timed_out));
-        let oversized = sum(|o| o.oversized);
-        let note = if oversized > 0 {
-            format!(" ({oversized} too large, dropped)")
+        let note = if row.oversized > 0 {
+            format!(" ({} too large, dropped)", row.oversized)
         } else {
             String::new()
         };
         println!(
-            "| {} | {delivered}/{sent}{note} | {latency} | {wire:.3} | {retransmits} | {stalls} / {timed_out} |",
-            peer.name()
+            "| {} | {}/{}{note} | {latency} | {:.3} | {} | {} / {} |",
+            row.peer.name(),
+            row.delivered,
+            row.sent,
+            row.wire_per_payload,
+            row.retransmits,
+            row.stalls,
+            row.timed_out
         );
     }
+    println!();
+    println!("{}", verdict(&rows));
     if seeds > 1 {
-        let per_seed = |peer: Peer| {
-            runs.iter()
-                .find(|(p, _)| *p == peer)
-                .map(|(_, o)| o.as_slice())
-                .unwrap_or_default()
-        };
-        let atbus = per_seed(Peer::Atbus);
-        let (kcp, quinn) = (per_seed(Peer::Kcp), per_seed(Peer::Quinn));
-        let wins = |f: fn(&LatencySummary) -> f64| {
-            (0..atbus.len())
-                .filter(|&i| {
-                    let a = f(&atbus[i].report.latency_ms);
-                    a < f(&kcp[i].report.latency_ms) && a < f(&quinn[i].report.latency_ms)
-                })
-                .count()
-        };
         println!();
-        println!(
-            "Per seed ({seeds} seeds): atbus p99 below both peers in {} of them, max below both in {}.",
-            wins(|l| l.p99),
-            wins(|l| l.max)
-        );
+        println!("{}", per_seed_wins(runs, seeds));
     }
+}
+
+/// Whether atbus meets the goals on the pooled figures: p99 and max below both
+/// peers, fewer wire bytes than KCP; names the peer that beats it where it does not.
+fn verdict(rows: &[Row]) -> String {
+    let find = |peer: Peer| rows.iter().find(|r| r.peer == peer);
+    let (Some(atbus), Some(kcp)) = (find(Peer::Atbus), find(Peer::Kcp)) else {
+        return String::new();
+    };
+    let complete = |r: &Row| r.delivered == r.sent;
+    let mut parts = Vec::new();
+    for (what, pick) in [
+        (
+            "p99",
+            (|l: &LatencySummary| l.p99) as fn(&LatencySummary) -> f64,
+        ),
+        ("max", |l: &LatencySummary| l.max),
+    ] {
+        let Some(ours) = atbus.latency.as_ref().map(pick) else {
+            parts.push(format!("{what}: not timed"));
+            continue;
+        };
+        let beaten_by: Vec<String> = rows
+            .iter()
+            .filter(|r| r.peer != Peer::Atbus)
+            .filter_map(|r| {
+                let theirs = r.latency.as_ref().map(pick)?;
+                // A peer that lost messages has no comparable tail.
+                (complete(r) && theirs <= ours).then(|| format!("{} {theirs:.1} ms", r.peer.name()))
+            })
+            .collect();
+        parts.push(if beaten_by.is_empty() && complete(atbus) {
+            format!("{what} below both: yes")
+        } else if beaten_by.is_empty() {
+            format!("{what}: atbus did not deliver everything")
+        } else {
+            format!("{what} below both: NO ({})", beaten_by.join(", "))
+        });
+    }
+    parts.push(if atbus.wire_per_payload < kcp.wire_per_payload {
+        "wire bytes below KCP: yes".to_owned()
+    } else {
+        format!(
+            "wire bytes below KCP: NO ({:.3} vs {:.3})",
+            atbus.wire_per_payload, kcp.wire_per_payload
+        )
+    });
+    format!("Goals (pooled): {}.", parts.join("; "))
+}
+
+fn per_seed_wins(runs: &Runs, seeds: u64) -> String {
+    let per_seed = |peer: Peer| {
+        runs.iter()
+            .find(|(p, _)| *p == peer)
+            .map(|(_, o)| o.as_slice())
+            .unwrap_or_default()
+    };
+    let atbus = per_seed(Peer::Atbus);
+    let (kcp, quinn) = (per_seed(Peer::Kcp), per_seed(Peer::Quinn));
+    let wins = |f: fn(&LatencySummary) -> f64| {
+        (0..atbus.len())
+            .filter(|&i| {
+                let a = f(&atbus[i].report.latency_ms);
+                a < f(&kcp[i].report.latency_ms) && a < f(&quinn[i].report.latency_ms)
+            })
+            .count()
+    };
+    format!(
+        "Per seed ({seeds} seeds): atbus p99 below both peers in {} of them, max below both in {}.",
+        wins(|l| l.p99),
+        wins(|l| l.max)
+    )
 }
 
 fn plot_all(
