@@ -58,6 +58,8 @@ pub struct Outcome {
     pub latencies: Vec<Duration>,
     /// Messages the transport refused for good as too large (KCP only).
     pub oversized: u64,
+    /// The scenario's seed.
+    pub seed: u64,
 }
 
 /// Why a scenario cannot run with a peer.
@@ -128,6 +130,7 @@ pub fn run(peer: Peer, scenario: &Scenario, settings: &Settings) -> Result<Outco
         report,
         latencies,
         oversized,
+        seed: scenario.seed,
     })
 }
 

@@ -283,6 +283,37 @@ fn print_table(runs: &Runs, seeds: u64) {
     if seeds > 1 {
         println!();
         println!("{}", per_seed_wins(runs, seeds));
+        println!();
+        print_per_seed(runs);
+    }
+}
+
+/// Each seed's p99 / max, one row per seed.
+fn print_per_seed(runs: &Runs) {
+    let names: Vec<String> = runs
+        .iter()
+        .map(|(peer, _)| format!("{} p99 / max ms", peer.name()))
+        .collect();
+    println!("| seed | {} |", names.join(" | "));
+    println!("|---:|{}", "---:|".repeat(runs.len()));
+    let seeds = runs.first().map_or(0, |(_, outcomes)| outcomes.len());
+    for i in 0..seeds {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|(_, outcomes)| {
+                let report = &outcomes[i].report;
+                let l = &report.latency_ms;
+                let lost = report.sent - report.delivered;
+                let lost = if lost > 0 {
+                    format!(" ({lost} undelivered)")
+                } else {
+                    String::new()
+                };
+                format!("{:.1} / {:.1}{lost}", l.p99, l.max)
+            })
+            .collect();
+        let seed = runs.first().map_or(0, |(_, outcomes)| outcomes[i].seed);
+        println!("| {seed} | {} |", cells.join(" | "));
     }
 }
 
