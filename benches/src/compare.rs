@@ -83,6 +83,26 @@ pub struct Settings {
 ///
 /// # Panics
 /// If the scenario is invalid ([`Scenario::validate`]).
+///
+/// # Example
+///
+/// ```
+/// use atbus_benches::compare::{self, Peer, Settings};
+/// use atbus_sim::{Scenario, SizeRange};
+///
+/// let scenario = Scenario {
+///     paths: vec!["delay=30ms,loss=5%".parse().unwrap()],
+///     messages: 50,
+///     size: SizeRange::fixed(8),
+///     echo: true,
+///     ..Scenario::default()
+/// };
+/// for peer in Peer::ALL {
+///     let outcome = compare::run(peer, &scenario, &Settings::default()).unwrap();
+///     assert_eq!(outcome.report.delivered, 50);
+///     assert_eq!(outcome.latencies.len(), 50);
+/// }
+/// ```
 pub fn run(peer: Peer, scenario: &Scenario, settings: &Settings) -> Result<Outcome, Unsupported> {
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
     let first_mtu = mtus.first().copied().unwrap_or(atbus_sim::DEFAULT_MTU);
