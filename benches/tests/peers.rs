@@ -174,3 +174,30 @@ fn netsim_compare_refuses_an_unknown_transport() {
         .unwrap();
     assert!(!output.status.success());
 }
+
+#[test]
+fn netsim_compare_atbus_prints_what_atbus_sim_computes() {
+    let output = Command::new(env!("CARGO_BIN_EXE_netsim-compare"))
+        .args(["--transport", "atbus", "--path", "delay=10ms,loss=2%"])
+        .args(["--messages", "80", "--size", "10-2000", "--interval", "3ms"])
+        .args(["--streams", "2", "--echo", "--seed", "5", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let scenario = Scenario {
+        paths: vec!["delay=10ms,loss=2%".parse().unwrap()],
+        messages: 80,
+        size: SizeRange { min: 10, max: 2000 },
+        interval: Duration::from_millis(3),
+        streams: 2,
+        echo: true,
+        seed: 5,
+        ..Scenario::default()
+    };
+    let (client, server) = atbus_sim::atbus::pair(&[1200]);
+    let expected = atbus_sim::run(&scenario, client, server).to_json();
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim_end(),
+        expected
+    );
+}
