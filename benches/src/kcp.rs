@@ -14,9 +14,9 @@
 //! - **Turbo mode** ([`KcpConfig::TURBO`]): `set_nodelay(true, 10, 2, true)` (no delay,
 //!   10 ms update interval, fast resend after 2 duplicate ACKs, congestion control
 //!   off), send and receive windows of 1024 segments, MTU = the path's MTU.
-//! - **Flush on send**: after `send`, the conversation is flushed at once (as
-//!   kcp-go does by default) instead of waiting up to one interval for the next
-//!   `update`; ACKs go out with the next `update`, every 10 ms, as KCP does by itself.
+//! - **Flush on send**: after `send`, the conversation is flushed at once instead of
+//!   waiting up to one interval for the next `update`; ACKs go out with the next
+//!   `update`, every 10 ms, as KCP does by itself.
 //! - **Back-pressure**: the application stops queueing on a stream while KCP's
 //!   `wait_snd()` (segments queued or in flight) is at or above the send window; the
 //!   simulator then offers the message again later ([`WouldBlock`]).

@@ -291,8 +291,7 @@ fn write_unwritten(connection: &mut Connection, outgoing: &mut Outgoing) {
 }
 
 impl Transport for QuinnTransport {
-    fn send(&mut self, now: Duration, stream: u32, payload: Bytes) -> Result<(), WouldBlock> {
-        let _ = now;
+    fn send(&mut self, _now: Duration, stream: u32, payload: Bytes) -> Result<(), WouldBlock> {
         let Some((_, connection)) = self.connection.as_mut() else {
             return Err(WouldBlock);
         };
