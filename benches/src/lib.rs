@@ -1,5 +1,17 @@
-//! Benchmarks of atbus: criterion micro-benches (in `benches/`) and, later, the
-//! side-by-side comparisons with KCP, quinn and raw sockets.
+//! Benchmarks of atbus: criterion micro-benches (in `benches/`) and the side-by-side
+//! comparisons with its peers in the simulator.
 //!
-//! Run them with `cargo bench -p atbus-benches`; results are recorded in
-//! `docs/benchmarks.md` with the command that produced them.
+//! - [`kcp`]: the `kcp` crate (turbo mode) as an [`atbus_sim::Transport`];
+//! - [`quinn`]: `quinn-proto` (QUIC, real TLS through rustls) as one;
+//! - [`compare`]: runs one scenario with atbus, KCP or quinn ([`compare::Peer`]) and
+//!   collects every message's latency ([`compare::Observed`]);
+//! - [`plot`]: draws the latency distributions of a comparison as an SVG.
+//!
+//! The `netsim-compare` binary puts them behind the flags of `atbus sim`. Run the
+//! micro-benches with `cargo bench -p atbus-benches`; results are recorded in
+//! `docs/benchmarks.md` and `docs/comparison.md` with the command that produced them.
+
+pub mod compare;
+pub mod kcp;
+pub mod plot;
+pub mod quinn;
