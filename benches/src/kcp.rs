@@ -383,6 +383,7 @@ impl Transport for KcpTransport {
                 lost_packets: 0,
                 retransmits: self.retransmits,
                 spurious_retransmits: 0,
+                ..PathStats::default()
             }],
             skipped: 0,
         }

@@ -397,7 +397,9 @@ impl Transport for QuinnTransport {
         let path = self
             .connection
             .as_ref()
-            .map(|(_, connection)| connection.stats().path);
+            .map(|(_, connection)| connection.stats());
+        let sent_bytes = path.as_ref().map_or(0, |s| s.udp_tx.bytes);
+        let path = path.map(|s| s.path);
         TransportStats {
             paths: vec![match path {
                 Some(path) => PathStats {
@@ -408,6 +410,8 @@ impl Transport for QuinnTransport {
                     // quinn retransmits frames, not packets, and does not count them.
                     retransmits: 0,
                     spurious_retransmits: 0,
+                    congestion_window: usize::try_from(path.cwnd).unwrap_or(usize::MAX),
+                    sent_bytes,
                 },
                 None => PathStats {
                     mtu: self.mtu,
