@@ -348,3 +348,41 @@ fn errors_say_what_went_wrong_and_exit_non_zero() {
     assert_eq!(shm.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&shm.stderr).contains("not supported yet"));
 }
+
+#[test]
+fn bench_reports_rate_throughput_and_latency_as_json() {
+    for transport in ["mem", "udp", "tcp", "unix"] {
+        let out = atbus()
+            .args([
+                "bench",
+                "--transport",
+                transport,
+                "--messages",
+                "2000",
+                "--size",
+                "512",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{transport}: {out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["messages"], 2000, "{transport}");
+        assert_eq!(report["payload_bytes"], 2000 * 512, "{transport}");
+        for field in ["seconds", "msgs_per_sec", "mib_per_sec"] {
+            assert!(report[field].as_f64().unwrap() > 0.0, "{transport} {field}");
+        }
+        for field in ["p50", "p99", "max"] {
+            assert!(
+                report["latency_us"][field].as_f64().is_some(),
+                "{transport} {field}"
+            );
+        }
+    }
+    let shm = atbus()
+        .args(["bench", "--transport", "shm"])
+        .output()
+        .unwrap();
+    assert_eq!(shm.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&shm.stderr).contains("not supported yet"));
+}
