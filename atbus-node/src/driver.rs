@@ -113,8 +113,59 @@ struct DatagramSlot<R: Runtime> {
     listening: bool,
     scheme: &'static str,
     mtu: usize,
-    overflow: VecDeque<(Remote, Bytes)>,
+    /// Datagrams waiting to be written (bounded by `write_queue`).
+    queue: VecDeque<(Remote, Bytes)>,
+    /// Scratch space for GSO runs.
+    gso: Vec<u8>,
     _stop: async_channel::Sender<()>,
+}
+
+/// Bytes one GSO system call may carry (the UDP length limit, with room to spare).
+const GSO_BYTES: usize = 60_000;
+
+impl<R: Runtime> DatagramSlot<R> {
+    /// Writes queued datagrams until the socket is full; consecutive datagrams to
+    /// one remote of one size (the last may be shorter) leave in one system call.
+    /// Returns the number of send errors (the datagrams are dropped: loss).
+    fn flush(&mut self) -> u64 {
+        let mut errors = 0;
+        let max_segments = self.socket.max_segments();
+        while let Some((remote, first)) = self.queue.front() {
+            let size = first.len();
+            let mut run = 1;
+            let mut bytes = size;
+            while run < max_segments && size > 0 {
+                match self.queue.get(run) {
+                    Some((r, d))
+                        if r == remote && d.len() <= size && bytes + d.len() <= GSO_BYTES =>
+                    {
+                        bytes += d.len();
+                        run += 1;
+                        if d.len() < size {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let result = if run == 1 {
+                self.socket.try_send(remote, first, size.max(1))
+            } else {
+                self.gso.clear();
+                for (_, d) in self.queue.iter().take(run) {
+                    self.gso.extend_from_slice(d);
+                }
+                self.socket.try_send(remote, &self.gso, size)
+            };
+            match result {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(()) => {}
+                Err(_) => errors += 1,
+            }
+            self.queue.drain(..run);
+        }
+        errors
+    }
 }
 
 struct StreamSlot {
@@ -312,11 +363,7 @@ impl<R: Runtime> Driver<R> {
         let mut at = self
             .instant_of(self.deadline)
             .unwrap_or(now + Duration::from_secs(3600));
-        let overflow = self
-            .sockets
-            .iter()
-            .flatten()
-            .any(|s| !s.overflow.is_empty())
+        let overflow = self.sockets.iter().flatten().any(|s| !s.queue.is_empty())
             || self.streams.values().any(|s| !s.overflow.is_empty());
         if overflow {
             at = at.min(now + OVERFLOW_RETRY);
@@ -398,7 +445,8 @@ impl<R: Runtime> Driver<R> {
             listening,
             scheme,
             mtu,
-            overflow: VecDeque::new(),
+            queue: VecDeque::new(),
+            gso: Vec::new(),
             _stop: stop,
         }));
         index
@@ -889,20 +937,12 @@ impl<R: Runtime> Driver<R> {
                 let Some(Some(slot)) = self.sockets.get_mut(*socket) else {
                     return;
                 };
-                if slot.overflow.is_empty() {
-                    match slot.socket.try_send_to(&transmit.data, remote) {
-                        Ok(_) => return,
-                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                        // Lost like any datagram; the core retransmits.
-                        Err(_) => {
-                            self.io_errors += 1;
-                            return;
-                        }
-                    }
-                }
-                if slot.overflow.len() < self.config.write_queue {
-                    slot.overflow.push_back((remote.clone(), transmit.data));
+                // Queued, then written in `flush` after the whole drain, so that runs
+                // of datagrams to one remote leave in one GSO system call.
+                if slot.queue.len() < self.config.write_queue {
+                    slot.queue.push_back((remote.clone(), transmit.data));
                 } else {
+                    // Lost like any datagram; the core retransmits.
                     self.dropped_datagrams += 1;
                 }
             }
@@ -929,14 +969,7 @@ impl<R: Runtime> Driver<R> {
 
     fn flush(&mut self) {
         for slot in self.sockets.iter_mut().flatten() {
-            while let Some((remote, data)) = slot.overflow.front() {
-                match slot.socket.try_send_to(data, remote) {
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                    Ok(_) | Err(_) => {
-                        slot.overflow.pop_front();
-                    }
-                }
-            }
+            self.io_errors += slot.flush();
         }
         for slot in self.streams.values_mut() {
             while let Some(data) = slot.overflow.pop_front() {

@@ -9,6 +9,10 @@ use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::PathBuf;
 use std::time::Instant;
 
+use bytes::Bytes;
+
+use crate::udp::RecvScratch;
+
 /// The source or destination of a datagram.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Remote {
@@ -32,15 +36,19 @@ impl std::fmt::Display for Remote {
 
 /// A datagram socket (UDP or Unix datagram) registered with the runtime.
 pub trait DatagramSocket: Send + Sync + 'static {
-    /// Waits for a datagram.
-    fn recv_from<'a>(
+    /// Waits until datagrams are ready, then appends every ready one (one batch:
+    /// `recvmmsg` and GRO on UDP) to `out`.
+    fn recv_batch<'a>(
         &'a self,
-        buf: &'a mut [u8],
-    ) -> impl Future<Output = io::Result<(usize, Remote)>> + Send + 'a;
-    /// Receives a datagram if one is ready (`WouldBlock` otherwise).
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Remote)>;
-    /// Sends a datagram if the socket has room (`WouldBlock` otherwise).
-    fn try_send_to(&self, buf: &[u8], to: &Remote) -> io::Result<usize>;
+        scratch: &'a mut RecvScratch,
+        out: &'a mut Vec<(Remote, Bytes)>,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+    /// Datagrams one [`DatagramSocket::try_send`] may carry (GSO segments); 1
+    /// without GSO.
+    fn max_segments(&self) -> usize;
+    /// Sends `contents` to `to` as datagrams of `segment_size` bytes (the last may
+    /// be shorter) if the socket has room (`WouldBlock` otherwise).
+    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()>;
 }
 
 /// The reading half of a byte stream (TCP, Unix stream).

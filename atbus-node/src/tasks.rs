@@ -11,11 +11,8 @@ use futures_lite::future;
 
 use crate::address::Address;
 use crate::runtime::{DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite};
+use crate::udp::RecvScratch;
 
-/// Datagrams taken from a socket in one batch, before the batch goes to the core.
-pub(crate) const DATAGRAM_BATCH: usize = 64;
-/// Largest datagram read.
-const DATAGRAM_BUFFER: usize = 64 * 1024;
 /// Bytes read from a stream at once.
 const STREAM_BUFFER: usize = 64 * 1024;
 /// How long a dial may take.
@@ -77,42 +74,30 @@ pub(crate) async fn datagram_reader<R: Runtime>(
     net: async_channel::Sender<NetInput<R>>,
     stop: async_channel::Receiver<()>,
 ) {
-    let mut buf = vec![0u8; DATAGRAM_BUFFER];
+    let mut scratch = RecvScratch::new();
     loop {
-        let first = future::or(async { Some(socket.recv_from(&mut buf).await) }, async {
-            stopped(&stop).await;
-            None
-        })
-        .await;
         let mut batch = Vec::new();
-        match first {
+        let received = future::or(
+            async { Some(socket.recv_batch(&mut scratch, &mut batch).await) },
+            async {
+                stopped(&stop).await;
+                None
+            },
+        )
+        .await;
+        let input = match received {
             None => return,
-            Some(Ok((n, from))) => batch.push((from, Bytes::copy_from_slice(&buf[..n]))),
-            Some(Err(_)) => {
-                // ICMP errors reported on the socket, or a transient failure: count
-                // and keep serving.
-                if net.send(NetInput::DatagramError).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        // Drain what is ready so the core sees the whole batch before it answers.
-        while batch.len() < DATAGRAM_BATCH {
-            match socket.try_recv_from(&mut buf) {
-                Ok((n, from)) => batch.push((from, Bytes::copy_from_slice(&buf[..n]))),
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => break,
-            }
-        }
-        if net
-            .send(NetInput::Datagrams {
+            Some(Ok(())) if batch.is_empty() => continue,
+            // The whole batch goes to the core at once, before it answers.
+            Some(Ok(())) => NetInput::Datagrams {
                 socket: index,
                 batch,
-            })
-            .await
-            .is_err()
-        {
+            },
+            // ICMP errors reported on the socket, or a transient failure: count and
+            // keep serving.
+            Some(Err(_)) => NetInput::DatagramError,
+        };
+        if net.send(input).await.is_err() {
             return;
         }
     }

@@ -26,6 +26,8 @@ use std::time::Instant;
 use atbus_node::runtime::{
     DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite,
 };
+use atbus_node::udp::{RecvScratch, UdpBatching};
+use bytes::Bytes;
 use smol::Async;
 use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::unix::{UnixListener, UnixStream};
@@ -70,11 +72,14 @@ pub struct SmolRuntime;
 /// A UDP or Unix datagram socket on async-io.
 #[derive(Debug)]
 pub enum SmolDatagram {
-    /// UDP.
-    Udp(Async<std::net::UdpSocket>),
+    /// UDP, with batched system calls (`recvmmsg`, GRO, GSO).
+    Udp(Async<std::net::UdpSocket>, UdpBatching),
     /// Unix datagram.
     Unix(Async<UnixDatagram>),
 }
+
+/// Datagrams taken from a Unix datagram socket in one batch.
+const UNIX_BATCH: usize = 64;
 
 fn unix_remote(addr: std::os::unix::net::SocketAddr) -> Remote {
     match addr.as_pathname() {
@@ -84,25 +89,49 @@ fn unix_remote(addr: std::os::unix::net::SocketAddr) -> Remote {
 }
 
 impl DatagramSocket for SmolDatagram {
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Remote)> {
+    async fn recv_batch(
+        &self,
+        scratch: &mut RecvScratch,
+        out: &mut Vec<(Remote, Bytes)>,
+    ) -> io::Result<()> {
         match self {
-            SmolDatagram::Udp(s) => s.recv_from(buf).await.map(|(n, a)| (n, Remote::Ip(a))),
-            SmolDatagram::Unix(s) => s.recv_from(buf).await.map(|(n, a)| (n, unix_remote(a))),
+            SmolDatagram::Udp(s, batching) => {
+                s.read_with(|inner| batching.try_recv(inner, scratch, out))
+                    .await
+            }
+            SmolDatagram::Unix(s) => {
+                let buf = scratch.first_buffer();
+                let (n, from) = s.recv_from(buf).await?;
+                out.push((unix_remote(from), Bytes::copy_from_slice(&buf[..n])));
+                // Async::new made the socket non-blocking.
+                while out.len() < UNIX_BATCH {
+                    match s.get_ref().recv_from(buf) {
+                        Ok((n, from)) => {
+                            out.push((unix_remote(from), Bytes::copy_from_slice(&buf[..n])))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
+            }
         }
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Remote)> {
-        // Async::new made the socket non-blocking.
+    fn max_segments(&self) -> usize {
         match self {
-            SmolDatagram::Udp(s) => s.get_ref().recv_from(buf).map(|(n, a)| (n, Remote::Ip(a))),
-            SmolDatagram::Unix(s) => s.get_ref().recv_from(buf).map(|(n, a)| (n, unix_remote(a))),
+            SmolDatagram::Udp(_, batching) => batching.max_segments(),
+            SmolDatagram::Unix(_) => 1,
         }
     }
 
-    fn try_send_to(&self, buf: &[u8], to: &Remote) -> io::Result<usize> {
+    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()> {
         match (self, to) {
-            (SmolDatagram::Udp(s), Remote::Ip(a)) => s.get_ref().send_to(buf, a),
-            (SmolDatagram::Unix(s), Remote::Unix(p)) => s.get_ref().send_to(buf, p),
+            (SmolDatagram::Udp(s, batching), Remote::Ip(a)) => {
+                batching.try_send(s.get_ref(), *a, contents, segment_size)
+            }
+            (SmolDatagram::Unix(s), Remote::Unix(p)) => {
+                s.get_ref().send_to(contents, p).map(|_| ())
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "address family mismatch",
@@ -208,7 +237,8 @@ impl Runtime for SmolRuntime {
     }
 
     fn udp(&self, socket: std::net::UdpSocket) -> io::Result<SmolDatagram> {
-        Async::new(socket).map(SmolDatagram::Udp)
+        let batching = UdpBatching::new(&socket)?;
+        Async::new(socket).map(|s| SmolDatagram::Udp(s, batching))
     }
 
     fn unix_datagram(&self, socket: UnixDatagram) -> io::Result<SmolDatagram> {

@@ -27,7 +27,9 @@ use std::time::Instant;
 use atbus_node::runtime::{
     DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use atbus_node::udp::{RecvScratch, UdpBatching};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 
 pub use atbus_node::{
@@ -83,11 +85,14 @@ impl TokioRuntime {
 /// A UDP or Unix datagram socket on tokio.
 #[derive(Debug)]
 pub enum TokioDatagram {
-    /// UDP.
-    Udp(UdpSocket),
+    /// UDP, with batched system calls (`recvmmsg`, GRO, GSO).
+    Udp(UdpSocket, UdpBatching),
     /// Unix datagram.
     Unix(UnixDatagram),
 }
+
+/// Datagrams taken from a Unix datagram socket in one batch.
+const UNIX_BATCH: usize = 64;
 
 fn unix_remote(addr: tokio::net::unix::SocketAddr) -> Remote {
     match addr.as_pathname() {
@@ -101,26 +106,50 @@ fn wrong_family() -> io::Error {
 }
 
 impl DatagramSocket for TokioDatagram {
-    async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Remote)> {
-        {
-            match self {
-                TokioDatagram::Udp(s) => s.recv_from(buf).await.map(|(n, a)| (n, Remote::Ip(a))),
-                TokioDatagram::Unix(s) => s.recv_from(buf).await.map(|(n, a)| (n, unix_remote(a))),
+    async fn recv_batch(
+        &self,
+        scratch: &mut RecvScratch,
+        out: &mut Vec<(Remote, Bytes)>,
+    ) -> io::Result<()> {
+        match self {
+            TokioDatagram::Udp(s, batching) => loop {
+                s.readable().await?;
+                match s.try_io(Interest::READABLE, || batching.try_recv(s, scratch, out)) {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    result => return result,
+                }
+            },
+            TokioDatagram::Unix(s) => {
+                let buf = scratch.first_buffer();
+                let (n, from) = s.recv_from(buf).await?;
+                out.push((unix_remote(from), Bytes::copy_from_slice(&buf[..n])));
+                while out.len() < UNIX_BATCH {
+                    match s.try_recv_from(buf) {
+                        Ok((n, from)) => {
+                            out.push((unix_remote(from), Bytes::copy_from_slice(&buf[..n])))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Ok(())
             }
         }
     }
 
-    fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, Remote)> {
+    fn max_segments(&self) -> usize {
         match self {
-            TokioDatagram::Udp(s) => s.try_recv_from(buf).map(|(n, a)| (n, Remote::Ip(a))),
-            TokioDatagram::Unix(s) => s.try_recv_from(buf).map(|(n, a)| (n, unix_remote(a))),
+            TokioDatagram::Udp(_, batching) => batching.max_segments(),
+            TokioDatagram::Unix(_) => 1,
         }
     }
 
-    fn try_send_to(&self, buf: &[u8], to: &Remote) -> io::Result<usize> {
+    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()> {
         match (self, to) {
-            (TokioDatagram::Udp(s), Remote::Ip(a)) => s.try_send_to(buf, *a),
-            (TokioDatagram::Unix(s), Remote::Unix(p)) => s.try_send_to(buf, p),
+            (TokioDatagram::Udp(s, batching), Remote::Ip(a)) => s
+                .try_io(Interest::WRITABLE, || {
+                    batching.try_send(s, *a, contents, segment_size)
+                }),
+            (TokioDatagram::Unix(s), Remote::Unix(p)) => s.try_send_to(contents, p).map(|_| ()),
             _ => Err(wrong_family()),
         }
     }
@@ -237,7 +266,8 @@ impl Runtime for TokioRuntime {
 
     fn udp(&self, socket: std::net::UdpSocket) -> io::Result<TokioDatagram> {
         let _guard = self.handle.enter();
-        UdpSocket::from_std(socket).map(TokioDatagram::Udp)
+        let batching = UdpBatching::new(&socket)?;
+        UdpSocket::from_std(socket).map(|s| TokioDatagram::Udp(s, batching))
     }
 
     fn unix_datagram(&self, socket: StdUnixDatagram) -> io::Result<TokioDatagram> {
