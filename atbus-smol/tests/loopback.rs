@@ -259,3 +259,92 @@ fn a_node_on_a_dedicated_thread_serves_like_any_other() {
         transfer(&server, &addresses(&server), 1000, 1000).await;
     })
 }
+
+/// A TCP proxy whose connections can be cut, like a network failure.
+struct CuttableProxy {
+    address: std::net::SocketAddr,
+    live: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl CuttableProxy {
+    fn start(target: std::net::SocketAddr) -> CuttableProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let registry = live.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let pipes = [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ];
+                registry.lock().unwrap().extend([client, server]);
+                for (mut from, mut to) in pipes {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CuttableProxy { address, live }
+    }
+
+    /// Cuts every connection through the proxy.
+    fn cut(&self) {
+        for stream in self.live.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives() {
+    run(async {
+        let server = server(&["tcp://127.0.0.1:0"]).await;
+        let Address::Tcp(target) = addresses(&server)[0] else {
+            unreachable!()
+        };
+        let proxy = CuttableProxy::start(target);
+        let client = Node::bind(NodeConfig::new("client")).await.unwrap();
+        let peer = client
+            .connect(&[Address::Tcp(proxy.address)])
+            .await
+            .unwrap();
+        let count = 4000u32;
+        let sending = async {
+            for i in 0..count {
+                client
+                    .send(peer, 1, payload(i, 1500), SendOptions::default())
+                    .await
+                    .unwrap();
+                if i == count / 2 {
+                    proxy.cut();
+                }
+            }
+            client.finish(peer, 1).await.unwrap();
+        };
+        let receiving = async {
+            let mut next = 0;
+            loop {
+                match server.recv().await.unwrap() {
+                    Event::Message { message, .. } => {
+                        assert_eq!(message.payload, payload(next, 1500), "message {next}");
+                        next += 1;
+                    }
+                    Event::StreamFinished { .. } => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(next, count);
+        };
+        timeout(LIMIT, future::zip(sending, receiving))
+            .await
+            .expect("in time");
+        assert!(client.stats().await.unwrap().reconnects >= 1);
+    })
+}
