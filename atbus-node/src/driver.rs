@@ -236,6 +236,8 @@ pub(crate) struct Driver<R: Runtime> {
     next_handle: u64,
     conns: HashMap<ConnectionId, Conn>,
     pending_accepts: HashSet<ConnectionId>,
+    /// Garbage connections closed silently; their close event is not forwarded.
+    discarded: HashSet<ConnectionId>,
     listener_stops: Vec<async_channel::Sender<()>>,
     dial_requests: HashMap<u64, Reply<Result<PeerId, NodeError>>>,
     next_request: u64,
@@ -275,6 +277,7 @@ impl<R: Runtime> Driver<R> {
             next_handle: 0,
             conns: HashMap::new(),
             pending_accepts: HashSet::new(),
+            discarded: HashSet::new(),
             listener_stops: Vec::new(),
             dial_requests: HashMap::new(),
             next_request: 0,
@@ -701,6 +704,7 @@ impl<R: Runtime> Driver<R> {
         if let Some(&connection) = self.by_remote.get(&(socket, remote.clone())) {
             self.endpoint
                 .handle_input(now, Input::Datagram { connection, data });
+            self.discard_if_garbage(now, connection);
             return;
         }
         let Some(Some(slot)) = self.sockets.get(socket) else {
@@ -731,6 +735,39 @@ impl<R: Runtime> Driver<R> {
         );
         self.endpoint
             .handle_input(now, Input::Datagram { connection, data });
+        self.discard_if_garbage(now, connection);
+    }
+
+    /// An accepted datagram connection that has received nothing but malformed
+    /// datagrams is dropped at once (silently: no FINISH_CONNECTION goes to a
+    /// possibly spoofed source), so that garbage from many addresses cannot hold the
+    /// pending-accept slots until the handshake timeout.
+    fn discard_if_garbage(&mut self, now: Timestamp, connection: ConnectionId) {
+        if !self.pending_accepts.contains(&connection) {
+            return;
+        }
+        let garbage = self.endpoint.connection_info(connection).is_some_and(|info| {
+            info.state == atbus_core::ConnectionState::Handshaking
+                && info.stats.malformed >= info.stats.received_packets
+        });
+        if !garbage {
+            return;
+        }
+        self.dropped_datagrams += 1;
+        self.pending_accepts.remove(&connection);
+        if let Some(Conn {
+            link: Link::Datagram { socket, remote },
+            ..
+        }) = self.conns.remove(&connection)
+        {
+            self.by_remote.remove(&(socket, remote));
+        }
+        self.discarded.insert(connection);
+        let _ = self.endpoint.close_connection(
+            now,
+            connection,
+            CloseReason::new(CloseCode::PeerReset, "malformed input"),
+        );
     }
 
     fn kind_of(&self, address: &Address) -> ConnectionKind {
@@ -1013,6 +1050,9 @@ impl<R: Runtime> Driver<R> {
                 reason,
                 ..
             } => {
+                if self.discarded.remove(connection) {
+                    return;
+                }
                 self.closed_now.push(*connection);
                 self.pending_accepts.remove(connection);
                 let path = self.conns.get(connection).and_then(|c| c.dialed);
