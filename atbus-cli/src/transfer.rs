@@ -15,6 +15,8 @@ const FILE_STREAM: i64 = 1;
 /// How long each side waits, after the data is through, for the finish handshake
 /// to settle (the receiver's answer, its acknowledgement).
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+/// How long a peer whose connections all closed may take to come back.
+const PEER_LINGER: Duration = Duration::from_secs(20);
 
 /// Arguments of `atbus recv`.
 #[derive(Debug, clap::Args)]
@@ -135,6 +137,9 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
     runtime::block_on(args.runtime, async {
         let mut config = NodeConfig::new(args.name.clone());
         config.listen = listen;
+        // A sender that vanished is given up on after its connections time out
+        // (idle timeout) and this much more.
+        config.endpoint.peer_linger = PEER_LINGER;
         let node = runtime::start(args.runtime, config)
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;
@@ -180,6 +185,14 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
+                Event::PeerLost { peer, .. } if sender == Some(peer) => {
+                    let _ = out.flush();
+                    node.close().await;
+                    return Err(Failure::runtime(format!(
+                        "the sender went away before finishing the stream ({messages} messages, \
+                         {bytes} bytes received)"
+                    )));
+                }
                 _ => {}
             }
         }
@@ -220,6 +233,7 @@ pub fn send(args: &SendArgs) -> Result<ExitCode, Failure> {
     runtime::block_on(args.runtime, async {
         let mut config = NodeConfig::new(args.name.clone());
         config.scheduler = scheduler;
+        config.endpoint.peer_linger = PEER_LINGER;
         config.endpoint.max_message_size = config.endpoint.max_message_size.max(args.message_size);
         let node = runtime::start(args.runtime, config)
             .await

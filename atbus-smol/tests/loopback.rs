@@ -348,3 +348,40 @@ fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives() {
         assert!(client.stats().await.unwrap().reconnects >= 1);
     })
 }
+
+#[test]
+fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
+    run(async {
+        let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+        config.max_pending_accepts = 4;
+        let server = Node::bind(config).await.unwrap();
+        let to = addresses(&server);
+        let Address::Udp(target) = to[0] else {
+            unreachable!()
+        };
+        let flooders: Vec<_> = (0..32)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooding = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let junk = vec![(i % 7) as u8 + 1; i % 900 + 1];
+                    let _ = flooders[i % 32].send_to(&junk, target);
+                    i += 1;
+                    if i % 32 == 0 {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                }
+            })
+        };
+        transfer(&server, &to, 1000, 1000).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        flooding.join().unwrap();
+        let stats = server.stats().await.unwrap();
+        assert!(stats.dropped_datagrams > 0, "{stats:?}");
+        assert_eq!(stats.paths.len(), 1, "{:?}", stats.paths);
+    })
+}

@@ -352,3 +352,42 @@ async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
     // Only the real client's connection is left.
     assert_eq!(stats.paths.len(), 1, "{:?}", stats.paths);
 }
+
+#[tokio::test]
+async fn a_slow_reader_pauses_the_node_without_losing_messages() {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.event_capacity = 8;
+    let server = Node::bind(config).await.unwrap();
+    let client = Node::bind(NodeConfig::new("client")).await.unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let count = 3000u32;
+    let sending = async {
+        for i in 0..count {
+            client
+                .send(peer, 1, payload(i, 700), SendOptions::default())
+                .await
+                .unwrap();
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = async {
+        let mut next = 0;
+        loop {
+            match server.recv().await.unwrap() {
+                Event::Message { message, .. } => {
+                    assert_eq!(message.payload, payload(next, 700), "message {next}");
+                    next += 1;
+                    if next % 200 == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                Event::StreamFinished { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(next, count);
+    };
+    tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
+        .await
+        .expect("in time");
+}
