@@ -175,31 +175,25 @@ pub enum TokioWriter {
 
 impl StreamRead for TokioReader {
     async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        {
-            match self {
-                TokioReader::Tcp(r) => r.read(buf).await,
-                TokioReader::Unix(r) => r.read(buf).await,
-            }
+        match self {
+            TokioReader::Tcp(r) => r.read(buf).await,
+            TokioReader::Unix(r) => r.read(buf).await,
         }
     }
 }
 
 impl StreamWrite for TokioWriter {
     async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        {
-            match self {
-                TokioWriter::Tcp(w) => w.write_all(buf).await,
-                TokioWriter::Unix(w) => w.write_all(buf).await,
-            }
+        match self {
+            TokioWriter::Tcp(w) => w.write_all(buf).await,
+            TokioWriter::Unix(w) => w.write_all(buf).await,
         }
     }
 
     async fn shutdown(&mut self) -> io::Result<()> {
-        {
-            match self {
-                TokioWriter::Tcp(w) => w.shutdown().await,
-                TokioWriter::Unix(w) => w.shutdown().await,
-            }
+        match self {
+            TokioWriter::Tcp(w) => w.shutdown().await,
+            TokioWriter::Unix(w) => w.shutdown().await,
         }
     }
 }
@@ -229,18 +223,16 @@ impl StreamListener for TokioListener {
     type Writer = TokioWriter;
 
     async fn accept(&self) -> io::Result<(TokioReader, TokioWriter, String)> {
-        {
-            match self {
-                TokioListener::Tcp(l) => {
-                    let (stream, remote) = l.accept().await?;
-                    let (r, w) = split_tcp(stream);
-                    Ok((r, w, format!("tcp://{remote}")))
-                }
-                TokioListener::Unix(l, path) => {
-                    let (stream, _) = l.accept().await?;
-                    let (r, w) = split_unix(stream);
-                    Ok((r, w, format!("unix://{} (accepted)", path.display())))
-                }
+        match self {
+            TokioListener::Tcp(l) => {
+                let (stream, remote) = l.accept().await?;
+                let (r, w) = split_tcp(stream);
+                Ok((r, w, format!("tcp://{remote}")))
+            }
+            TokioListener::Unix(l, path) => {
+                let (stream, _) = l.accept().await?;
+                let (r, w) = split_unix(stream);
+                Ok((r, w, format!("unix://{} (accepted)", path.display())))
             }
         }
     }
