@@ -391,3 +391,75 @@ async fn a_slow_reader_pauses_the_node_without_losing_messages() {
         .await
         .expect("in time");
 }
+
+#[tokio::test]
+async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives() {
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("server.sock");
+    let front = dir.path().join("proxy.sock");
+    let server = server(&[&format!("unix://{}", target.display())]).await;
+    // A Unix stream proxy whose connections can be cut.
+    let listener = UnixListener::bind(&front).unwrap();
+    let live = std::sync::Arc::new(std::sync::Mutex::new(Vec::<UnixStream>::new()));
+    {
+        let live = live.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(upstream) = UnixStream::connect(&target) else {
+                    continue;
+                };
+                let pipes = [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream.try_clone().unwrap(), client.try_clone().unwrap()),
+                ];
+                live.lock().unwrap().extend([client, upstream]);
+                for (mut from, mut to) in pipes {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+    }
+    let client = Node::bind(NodeConfig::new("client")).await.unwrap();
+    let peer = client
+        .connect(&[format!("unix://{}", front.display()).parse().unwrap()])
+        .await
+        .unwrap();
+    let count = 3000u32;
+    let sending = async {
+        for i in 0..count {
+            client
+                .send(peer, 1, payload(i, 2000), SendOptions::default())
+                .await
+                .unwrap();
+            if i == count / 2 {
+                for stream in live.lock().unwrap().drain(..) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = async {
+        let mut next = 0;
+        loop {
+            match server.recv().await.unwrap() {
+                Event::Message { message, .. } => {
+                    assert_eq!(message.payload, payload(next, 2000), "message {next}");
+                    next += 1;
+                }
+                Event::StreamFinished { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(next, count);
+    };
+    tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
+        .await
+        .expect("in time");
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
