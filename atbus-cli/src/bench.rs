@@ -54,6 +54,8 @@ pub struct BenchArgs {
 
 /// Messages sent when neither --messages nor --duration is given.
 const DEFAULT_MESSAGES: u64 = 50_000;
+/// Messages handed to the node at once (one round trip to its I/O task).
+const SEND_BATCH: usize = 16;
 /// Bytes of a payload that carry its send time.
 const STAMP: usize = 8;
 
@@ -193,11 +195,16 @@ async fn sockets(
         let sending = async {
             let mut sent = 0u64;
             while budget.more(sent, epoch) {
+                let mut batch = Vec::new();
+                while batch.len() < SEND_BATCH && budget.more(sent + batch.len() as u64, epoch) {
+                    batch.push(stamped(size, epoch));
+                }
+                let n = batch.len() as u64;
                 client
-                    .send(peer, 1, stamped(size, epoch), SendOptions::default())
+                    .send_many(peer, 1, batch, SendOptions::default())
                     .await
                     .map_err(|e| fail(&e))?;
-                sent += 1;
+                sent += n;
             }
             client.finish(peer, 1).await.map_err(|e| fail(&e))?;
             Ok::<u64, Failure>(sent)

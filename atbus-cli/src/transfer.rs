@@ -17,6 +17,8 @@ const FILE_STREAM: i64 = 1;
 const SETTLE_LIMIT: Duration = Duration::from_secs(10);
 /// How long a peer whose connections all closed may take to come back.
 const PEER_LINGER: Duration = Duration::from_secs(20);
+/// Messages handed to the node at once.
+const SEND_BATCH: usize = 64;
 
 /// Arguments of `atbus recv`.
 #[derive(Debug, clap::Args)]
@@ -256,25 +258,28 @@ async fn send_file(
         .map_err(|e| Failure::runtime(e.to_string()))?;
     let started = Instant::now();
     let (mut messages, mut bytes) = (0u64, 0u64);
-    loop {
-        let chunk = read_chunk(input.as_mut(), args.message_size)
-            .map_err(|e| Failure::runtime(format!("cannot read the input: {e}")))?;
-        if chunk.is_empty() {
-            break;
+    let mut last = false;
+    while !last {
+        // Up to SEND_BATCH messages (and about 1 MiB at most) per round trip to the
+        // node's I/O task.
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0;
+        while !last && batch.len() < SEND_BATCH && batch_bytes < (1 << 20) {
+            let chunk = read_chunk(input.as_mut(), args.message_size)
+                .map_err(|e| Failure::runtime(format!("cannot read the input: {e}")))?;
+            last = chunk.len() < args.message_size;
+            if chunk.is_empty() {
+                break;
+            }
+            messages += 1;
+            bytes += chunk.len() as u64;
+            batch_bytes += chunk.len();
+            batch.push(Bytes::from(chunk));
         }
-        let last = chunk.len() < args.message_size;
-        messages += 1;
-        bytes += chunk.len() as u64;
-        node.send(
-            peer,
-            FILE_STREAM,
-            Bytes::from(chunk),
-            SendOptions::default(),
-        )
-        .await
-        .map_err(|e| Failure::runtime(format!("send failed: {e}")))?;
-        if last {
-            break;
+        if !batch.is_empty() {
+            node.send_many(peer, FILE_STREAM, batch, SendOptions::default())
+                .await
+                .map_err(|e| Failure::runtime(format!("send failed: {e}")))?;
         }
     }
     node.finish(peer, FILE_STREAM)

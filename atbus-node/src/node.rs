@@ -102,6 +102,13 @@ pub(crate) enum Command {
         options: SendOptions,
         reply: Reply<Result<(), NodeError>>,
     },
+    SendMany {
+        peer: PeerId,
+        stream: i64,
+        payloads: Vec<Bytes>,
+        options: SendOptions,
+        reply: Reply<Result<(), NodeError>>,
+    },
     TrySend {
         peer: PeerId,
         stream: i64,
@@ -227,6 +234,27 @@ impl Node {
             peer,
             stream,
             payload,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Queues several messages on one stream, in order, with one round trip to the
+    /// I/O task (cheaper than one [`Node::send`] each); waits while the window is
+    /// full, like `send`. On an error, the messages before the failing one are
+    /// queued and the rest are not.
+    pub async fn send_many(
+        &self,
+        peer: PeerId,
+        stream: i64,
+        payloads: Vec<Bytes>,
+        options: SendOptions,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::SendMany {
+            peer,
+            stream,
+            payloads,
             options,
             reply,
         })

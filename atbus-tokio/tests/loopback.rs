@@ -463,3 +463,42 @@ async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives()
         .expect("in time");
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
+
+#[tokio::test]
+async fn send_many_queues_batches_in_order_past_a_full_window() {
+    let server = server(&["tcp://127.0.0.1:0"]).await;
+    let mut config = NodeConfig::new("client");
+    config.endpoint.stream_send_window = 64 * 1024;
+    let client = Node::bind(config).await.unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let (batches, per_batch) = (50u32, 100u32);
+    let sending = async {
+        for b in 0..batches {
+            let batch = (0..per_batch)
+                .map(|i| payload(b * per_batch + i, 900))
+                .collect();
+            client
+                .send_many(peer, 1, batch, SendOptions::default())
+                .await
+                .unwrap();
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = async {
+        let mut next = 0;
+        loop {
+            match server.recv().await.unwrap() {
+                Event::Message { message, .. } => {
+                    assert_eq!(message.payload, payload(next, 900), "message {next}");
+                    next += 1;
+                }
+                Event::StreamFinished { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(next, batches * per_batch);
+    };
+    tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
+        .await
+        .expect("in time");
+}

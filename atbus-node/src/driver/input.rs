@@ -9,6 +9,8 @@ use atbus_core::{
 };
 use bytes::Bytes;
 
+use std::collections::VecDeque;
+
 use super::*;
 
 impl<R: Runtime> Driver<R> {
@@ -45,37 +47,14 @@ impl<R: Runtime> Driver<R> {
                 payload,
                 options,
                 reply,
-            } => {
-                if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
-                    queue.push_back(Parked::Message {
-                        payload,
-                        options,
-                        reply,
-                    });
-                    return;
-                }
-                match self
-                    .endpoint
-                    .send(now, peer, stream, payload.clone(), &options)
-                {
-                    Ok(()) => {
-                        let _ = reply.try_send(Ok(()));
-                    }
-                    Err(SendError::WouldBlock) => {
-                        self.parked
-                            .entry((peer, stream))
-                            .or_default()
-                            .push_back(Parked::Message {
-                                payload,
-                                options,
-                                reply,
-                            });
-                    }
-                    Err(err) => {
-                        let _ = reply.try_send(Err(err.into()));
-                    }
-                }
-            }
+            } => self.on_send(peer, stream, VecDeque::from([payload]), options, reply),
+            Command::SendMany {
+                peer,
+                stream,
+                payloads,
+                options,
+                reply,
+            } => self.on_send(peer, stream, payloads.into(), options, reply),
             Command::TrySend {
                 peer,
                 stream,
@@ -127,6 +106,69 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Queues messages in order; what the window cannot take yet waits, parked, for
+    /// [`Event::Writable`].
+    fn on_send(
+        &mut self,
+        peer: PeerId,
+        stream: i64,
+        mut payloads: VecDeque<Bytes>,
+        options: SendOptions,
+        reply: Done,
+    ) {
+        if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
+            queue.push_back(Parked::Messages {
+                payloads,
+                options,
+                reply,
+            });
+            return;
+        }
+        match self.send_queued(peer, stream, &mut payloads, &options) {
+            Ok(true) => {
+                let _ = reply.try_send(Ok(()));
+            }
+            Ok(false) => {
+                self.parked
+                    .entry((peer, stream))
+                    .or_default()
+                    .push_back(Parked::Messages {
+                        payloads,
+                        options,
+                        reply,
+                    })
+            }
+            Err(err) => {
+                let _ = reply.try_send(Err(err));
+            }
+        }
+    }
+
+    /// Hands messages to the core until its window is full: `Ok(true)` when all
+    /// were taken.
+    pub(super) fn send_queued(
+        &mut self,
+        peer: PeerId,
+        stream: i64,
+        payloads: &mut VecDeque<Bytes>,
+        options: &SendOptions,
+    ) -> Result<bool, NodeError> {
+        let now = self.now();
+        while let Some(payload) = payloads.front() {
+            match self
+                .endpoint
+                .send(now, peer, stream, payload.clone(), options)
+            {
+                Ok(()) => {
+                    payloads.pop_front();
+                }
+                Err(SendError::WouldBlock) => return Ok(false),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(true)
+    }
+
     pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {
         let now = self.now();
         self.closing = true;
@@ -157,7 +199,7 @@ impl<R: Runtime> Driver<R> {
         for (_, queue) in self.parked.drain() {
             for parked in queue {
                 let reply = match parked {
-                    Parked::Message { reply, .. } | Parked::Finish { reply } => reply,
+                    Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
                 };
                 let _ = reply.try_send(Err(NodeError::Closed));
             }

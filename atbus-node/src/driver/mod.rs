@@ -140,10 +140,10 @@ struct DialedPath {
 type Done = Reply<Result<(), NodeError>>;
 
 enum Parked {
-    Message {
-        payload: Bytes,
+    Messages {
+        payloads: VecDeque<Bytes>,
         options: SendOptions,
-        reply: Reply<Result<(), NodeError>>,
+        reply: Done,
     },
     Finish {
         reply: Reply<Result<(), NodeError>>,

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use atbus_core::{CloseCode, CloseReason, Event, Output, PeerId, SendError, Timestamp, Transmit};
+use atbus_core::{CloseCode, CloseReason, Event, Output, PeerId, Timestamp, Transmit};
 
 use super::*;
 
@@ -164,7 +164,7 @@ impl<R: Runtime> Driver<R> {
                 for key in keys {
                     for parked in self.parked.remove(&key).unwrap_or_default() {
                         let reply = match parked {
-                            Parked::Message { reply, .. } | Parked::Finish { reply } => reply,
+                            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
                         };
                         let _ = reply.try_send(Err(NodeError::PeerGone));
                     }
@@ -197,27 +197,24 @@ impl<R: Runtime> Driver<R> {
         };
         while let Some(parked) = queue.pop_front() {
             match parked {
-                Parked::Message {
-                    payload,
+                Parked::Messages {
+                    mut payloads,
                     options,
                     reply,
-                } => match self
-                    .endpoint
-                    .send(now, peer, stream, payload.clone(), &options)
-                {
-                    Ok(()) => {
+                } => match self.send_queued(peer, stream, &mut payloads, &options) {
+                    Ok(true) => {
                         let _ = reply.try_send(Ok(()));
                     }
-                    Err(SendError::WouldBlock) => {
-                        queue.push_front(Parked::Message {
-                            payload,
+                    Ok(false) => {
+                        queue.push_front(Parked::Messages {
+                            payloads,
                             options,
                             reply,
                         });
                         break;
                     }
                     Err(err) => {
-                        let _ = reply.try_send(Err(err.into()));
+                        let _ = reply.try_send(Err(err));
                     }
                 },
                 Parked::Finish { reply } => {
