@@ -40,6 +40,9 @@ pub struct RecvArgs {
     /// This node's name.
     #[arg(long, default_value = "atbus-recv")]
     name: String,
+    /// Accept only senders presenting this token (repeat for several).
+    #[arg(long = "token", value_name = "TOKEN")]
+    tokens: Vec<String>,
 }
 
 /// Arguments of `atbus send`.
@@ -66,6 +69,9 @@ pub struct SendArgs {
     /// This node's name.
     #[arg(long, default_value = "atbus-send")]
     name: String,
+    /// Token presented to the receiver.
+    #[arg(long)]
+    token: Option<String>,
 }
 
 /// A failure: its message and the exit code.
@@ -142,6 +148,14 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
         // A sender that vanished is given up on after its connections time out
         // (idle timeout) and this much more.
         config.endpoint.peer_linger = PEER_LINGER;
+        if !args.tokens.is_empty() {
+            config.accept_tokens = Some(
+                args.tokens
+                    .iter()
+                    .map(|t| Bytes::from(t.clone().into_bytes()))
+                    .collect(),
+            );
+        }
         let node = runtime::start(args.runtime, config)
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;
@@ -236,6 +250,9 @@ pub fn send(args: &SendArgs) -> Result<ExitCode, Failure> {
         let mut config = NodeConfig::new(args.name.clone());
         config.scheduler = scheduler;
         config.endpoint.peer_linger = PEER_LINGER;
+        if let Some(token) = &args.token {
+            config.endpoint.token = Bytes::from(token.clone().into_bytes());
+        }
         config.endpoint.max_message_size = config.endpoint.max_message_size.max(args.message_size);
         let node = runtime::start(args.runtime, config)
             .await

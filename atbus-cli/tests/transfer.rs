@@ -386,3 +386,44 @@ fn bench_reports_rate_throughput_and_latency_as_json() {
     assert_eq!(shm.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&shm.stderr).contains("not supported yet"));
 }
+
+#[test]
+fn a_sender_with_the_wrong_token_is_told_it_was_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = make_input(dir.path(), 1000);
+    let out = dir.path().join("out.bin");
+    let mut cmd = atbus();
+    let mut receiver = cmd
+        .args([
+            "recv",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--token",
+            "secret",
+            "--out",
+        ])
+        .arg(&out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(receiver.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let address = line.trim().strip_prefix("listening ").unwrap().to_string();
+    let rejected = atbus()
+        .args(["send", "--connect", &address, "--token", "guess", "--in"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(rejected.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&rejected.stderr);
+    assert!(message.contains("rejected"), "{message}");
+    let accepted = atbus()
+        .args(["send", "--connect", &address, "--token", "secret", "--in"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(accepted.status.success(), "{accepted:?}");
+    assert!(wait(&mut receiver, "recv").success());
+    assert_eq!(std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+}

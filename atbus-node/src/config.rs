@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use atbus_core::EndpointConfig;
+use bytes::Bytes;
 
 use crate::address::Address;
 
@@ -84,6 +85,9 @@ pub struct NodeConfig {
     pub reconnect_min: Duration,
     /// Largest delay between two re-dials.
     pub reconnect_max: Duration,
+    /// Tokens a peer's hello must present to be accepted (`None`: accept every
+    /// peer). The token this node presents is `endpoint.token`.
+    pub accept_tokens: Option<Vec<Bytes>>,
     /// Run the node's I/O on a dedicated thread (its own single-threaded runtime)
     /// instead of a task of the caller's runtime.
     pub dedicated_thread: bool,
@@ -102,6 +106,7 @@ impl NodeConfig {
             write_queue: 256,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
+            accept_tokens: None,
             dedicated_thread: false,
         }
     }

@@ -39,8 +39,11 @@ pub enum NodeError {
     /// The peer refused the handshake.
     #[error("the peer rejected the connection: {0}")]
     Rejected(String),
-    /// Every connection to the peer closed before the handshake completed (for
-    /// example "handshake timed out" when nothing answers).
+    /// Nothing answered the handshake in time (no node at the address, or the
+    /// path drops everything).
+    #[error("timed out: the peer did not answer the handshake within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// Every connection to the peer closed before the handshake completed.
     #[error("connection failed: {0}")]
     ConnectionFailed(CloseReason),
     /// A connect call was given no address.

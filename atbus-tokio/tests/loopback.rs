@@ -502,3 +502,32 @@ async fn send_many_queues_batches_in_order_past_a_full_window() {
         .await
         .expect("in time");
 }
+
+#[tokio::test]
+async fn connecting_to_a_silent_udp_port_times_out_clearly() {
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(300);
+    let client = Node::bind(config).await.unwrap();
+    let err = client
+        .connect(&[Address::Udp(silent.local_addr().unwrap())])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("timed out"), "{err}");
+}
+
+#[tokio::test]
+async fn a_peer_without_the_right_token_is_rejected_clearly() {
+    let mut config = NodeConfig::new("server").listen("tcp://127.0.0.1:0".parse().unwrap());
+    config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
+    let server = Node::bind(config).await.unwrap();
+    let mut wrong = NodeConfig::new("intruder");
+    wrong.endpoint.token = Bytes::from_static(b"guess");
+    let intruder = Node::bind(wrong).await.unwrap();
+    let err = intruder.connect(&addresses(&server)).await.unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
+    let mut right = NodeConfig::new("client");
+    right.endpoint.token = Bytes::from_static(b"secret");
+    let client = Node::bind(right).await.unwrap();
+    client.connect(&addresses(&server)).await.unwrap();
+}

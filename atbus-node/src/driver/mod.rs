@@ -197,7 +197,12 @@ pub(crate) struct Driver<R: Runtime> {
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
-        let endpoint = Endpoint::new(parts.config.endpoint.clone());
+        let mut endpoint = Endpoint::new(parts.config.endpoint.clone());
+        if let Some(tokens) = &parts.config.accept_tokens {
+            endpoint.set_authenticator(Box::new(atbus_core::TokenAuthenticator::new(
+                tokens.iter().cloned(),
+            )));
+        }
         Driver {
             rt,
             config: parts.config,

@@ -134,6 +134,8 @@ impl<R: Runtime> Driver<R> {
                         if let Some(reply) = self.connect_waiters.remove(&peer) {
                             let error = if reason.code == CloseCode::Unauthorized {
                                 NodeError::Rejected(reason.message.clone())
+                            } else if reason.message.contains("handshake timed out") {
+                                NodeError::TimedOut(self.config.endpoint.handshake_timeout)
                             } else {
                                 NodeError::ConnectionFailed(reason.clone())
                             };
