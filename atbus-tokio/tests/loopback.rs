@@ -531,3 +531,101 @@ async fn a_peer_without_the_right_token_is_rejected_clearly() {
     let client = Node::bind(right).await.unwrap();
     client.connect(&addresses(&server)).await.unwrap();
 }
+
+/// A UDP relay that can black-hole everything for a while.
+fn pausable_relay(
+    target: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let front = std::sync::Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let back = std::sync::Arc::new(std::net::UdpSocket::bind("127.0.0.1:0").unwrap());
+    let address = front.local_addr().unwrap();
+    let blocked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+    for forward in [true, false] {
+        let (front, back, blocked, client) =
+            (front.clone(), back.clone(), blocked.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let (from, to) = if forward {
+                (&front, &back)
+            } else {
+                (&back, &front)
+            };
+            while let Ok((n, source)) = from.recv_from(&mut buf) {
+                if forward {
+                    *client.lock().unwrap() = Some(source);
+                }
+                if blocked.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let dest = if forward {
+                    Some(target)
+                } else {
+                    *client.lock().unwrap()
+                };
+                if let Some(dest) = dest {
+                    let _ = to.send_to(&buf[..n], dest);
+                }
+            }
+        });
+    }
+    (address, blocked)
+}
+
+#[tokio::test]
+async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes() {
+    use std::sync::atomic::Ordering;
+    let short = |mut config: NodeConfig| {
+        config.endpoint.idle_timeout = Duration::from_millis(400);
+        config.endpoint.keepalive_interval = Duration::from_millis(100);
+        config
+    };
+    let server = Node::bind(short(
+        NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap()),
+    ))
+    .await
+    .unwrap();
+    let Address::Udp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let (relay, blocked) = pausable_relay(target);
+    let client = Node::bind(short(NodeConfig::new("client"))).await.unwrap();
+    let peer = client.connect(&[Address::Udp(relay)]).await.unwrap();
+    let count = 2000u32;
+    let sending = async {
+        for i in 0..count {
+            client
+                .send(peer, 1, payload(i, 1000), SendOptions::default())
+                .await
+                .unwrap();
+            if i == count / 2 {
+                blocked.store(true, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                blocked.store(false, Ordering::Relaxed);
+            }
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = async {
+        let mut next = 0;
+        loop {
+            match server.recv().await.unwrap() {
+                Event::Message { message, .. } => {
+                    assert_eq!(message.payload, payload(next, 1000), "message {next}");
+                    next += 1;
+                }
+                Event::StreamFinished { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(next, count);
+    };
+    tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
+        .await
+        .expect("in time");
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
