@@ -629,3 +629,27 @@ async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes() 
         .expect("in time");
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
+
+#[tokio::test]
+async fn unix_socket_files_are_removed_at_close_and_stale_ones_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("s.sock");
+    let dgram = dir.path().join("d.sock");
+    let listen = [
+        format!("unix://{}", stream.display()),
+        format!("unixgram://{}", dgram.display()),
+    ];
+    let node = server(&[&listen[0], &listen[1]]).await;
+    // A live socket is in use.
+    let err = Node::bind(NodeConfig::new("again").listen(listen[0].parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    node.close().await;
+    assert!(!stream.exists() && !dgram.exists());
+    // Files left behind by a process that is gone are replaced.
+    drop(std::os::unix::net::UnixListener::bind(&stream).unwrap());
+    drop(std::os::unix::net::UnixDatagram::bind(&dgram).unwrap());
+    let node = server(&[&listen[0], &listen[1]]).await;
+    transfer(&node, &[listen[0].parse().unwrap()], 100, 100).await;
+}

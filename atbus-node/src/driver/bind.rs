@@ -1,7 +1,7 @@
 //! Binding listen addresses before the I/O task starts.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::address::Address;
 use crate::node::NodeError;
@@ -46,7 +46,12 @@ pub(crate) fn bind_all(listen: &[Address]) -> Result<Vec<Bound>, NodeError> {
                 }
             }
             Address::Unix(path) => {
-                let s = std::os::unix::net::UnixListener::bind(path).map_err(fail)?;
+                let s = bind_unix(
+                    path,
+                    |p| std::os::unix::net::UnixListener::bind(p),
+                    |p| std::os::unix::net::UnixStream::connect(p).map(drop),
+                )
+                .map_err(fail)?;
                 s.set_nonblocking(true).map_err(fail)?;
                 Bound {
                     local: address.clone(),
@@ -54,7 +59,12 @@ pub(crate) fn bind_all(listen: &[Address]) -> Result<Vec<Bound>, NodeError> {
                 }
             }
             Address::UnixDatagram(path) => {
-                let s = std::os::unix::net::UnixDatagram::bind(path).map_err(fail)?;
+                let s = bind_unix(
+                    path,
+                    |p| std::os::unix::net::UnixDatagram::bind(p),
+                    |p| std::os::unix::net::UnixDatagram::unbound()?.connect(p),
+                )
+                .map_err(fail)?;
                 s.set_nonblocking(true).map_err(fail)?;
                 Bound {
                     local: address.clone(),
@@ -70,4 +80,24 @@ pub(crate) fn bind_all(listen: &[Address]) -> Result<Vec<Bound>, NodeError> {
         bound.push(b);
     }
     Ok(bound)
+}
+
+/// Binds a Unix socket path; a socket file left behind by a process that is gone
+/// (nothing accepts a connection on it) is removed and the bind retried. A live
+/// socket answers "address in use".
+fn bind_unix<S>(
+    path: &Path,
+    bind: impl Fn(&Path) -> io::Result<S>,
+    probe: impl Fn(&Path) -> io::Result<()>,
+) -> io::Result<S> {
+    match bind(path) {
+        Err(err) if err.kind() == io::ErrorKind::AddrInUse => match probe(path) {
+            Err(probe_err) if probe_err.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path)?;
+                bind(path)
+            }
+            _ => Err(err),
+        },
+        result => result,
+    }
 }

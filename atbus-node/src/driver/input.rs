@@ -207,6 +207,10 @@ impl<R: Runtime> Driver<R> {
         for (_, _, reply) in self.settle_waiters.drain(..) {
             let _ = reply.try_send(Err(NodeError::Closed));
         }
+        // Socket files go before the answer: a process may exit right after it.
+        for path in self.unix_paths.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
         if let Some(reply) = reply {
             let _ = reply.try_send(());
         }
