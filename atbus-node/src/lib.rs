@@ -29,7 +29,7 @@ pub mod udp;
 
 pub use address::{Address, AddressError};
 pub use atbus_core::{
-    CloseCode, CloseReason, ConnectionId, ConnectionInfo, EndpointConfig, Event, PeerId,
+    CloseCode, CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointConfig, Event, PeerId,
     ReceivedMessage, SendError, SendOptions,
 };
 pub use config::{NodeConfig, Scheduler, UDP_INITIAL_MTU, UnknownScheduler};

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use atbus_core::{
-    CloseReason, ConnectionId, ConnectionInfo, EndpointStats, Event, PeerId, SendError, SendOptions,
+    CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointStats, Event, PeerId, SendError,
+    SendOptions,
 };
 use bytes::Bytes;
 
@@ -122,6 +123,12 @@ pub(crate) enum Command {
     Finish {
         peer: PeerId,
         stream: i64,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    SendCommand {
+        peer: PeerId,
+        id: CommandId,
+        payload: Bytes,
         reply: Reply<Result<(), NodeError>>,
     },
     WaitSettled {
@@ -287,6 +294,24 @@ impl Node {
         self.ask(|reply| Command::Finish {
             peer,
             stream,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends a command (stop, reload, or a user id >= 100) on the control stream;
+    /// the peer sees [`Event::Command`]. Answers `WouldBlock` when the control
+    /// stream is full.
+    pub async fn send_command(
+        &self,
+        peer: PeerId,
+        id: CommandId,
+        payload: Bytes,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::SendCommand {
+            peer,
+            id,
+            payload,
             reply,
         })
         .await?

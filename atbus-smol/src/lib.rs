@@ -34,8 +34,8 @@ use smol::net::unix::{UnixListener, UnixStream};
 use smol::net::{TcpListener, TcpStream};
 
 pub use atbus_node::{
-    Address, AddressError, CloseCode, CloseReason, ConnectionId, Event, NodeConfig, NodeError,
-    NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,
+    Address, AddressError, CloseCode, CloseReason, CommandId, ConnectionId, Event, NodeConfig,
+    NodeError, NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,
 };
 
 /// A node on smol. Dereferences to the runtime-neutral [`atbus_node::Node`], whose

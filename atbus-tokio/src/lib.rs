@@ -33,8 +33,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 
 pub use atbus_node::{
-    Address, AddressError, CloseCode, CloseReason, ConnectionId, Event, NodeConfig, NodeError,
-    NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,
+    Address, AddressError, CloseCode, CloseReason, CommandId, ConnectionId, Event, NodeConfig,
+    NodeError, NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,
 };
 
 /// A node on tokio. Dereferences to the runtime-neutral [`atbus_node::Node`], whose

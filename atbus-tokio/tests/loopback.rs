@@ -653,3 +653,29 @@ async fn unix_socket_files_are_removed_at_close_and_stale_ones_replaced() {
     let node = server(&[&listen[0], &listen[1]]).await;
     transfer(&node, &[listen[0].parse().unwrap()], 100, 100).await;
 }
+
+#[tokio::test]
+async fn commands_travel_on_the_control_stream() {
+    let server = server(&["udp://127.0.0.1:0"]).await;
+    let client = Node::bind(NodeConfig::new("client")).await.unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    client
+        .send_command(
+            peer,
+            atbus_tokio::CommandId::User(150),
+            Bytes::from_static(b"reload please"),
+        )
+        .await
+        .unwrap();
+    let command = tokio::time::timeout(LIMIT, async {
+        loop {
+            if let Some(Event::Command { command, .. }) = server.recv().await {
+                return command;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(command.id, atbus_tokio::CommandId::User(150));
+    assert_eq!(&command.payload[..], b"reload please");
+}

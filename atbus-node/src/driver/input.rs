@@ -86,6 +86,15 @@ impl<R: Runtime> Driver<R> {
                 );
                 let _ = reply.try_send(result.map_err(NodeError::from));
             }
+            Command::SendCommand {
+                peer,
+                id,
+                payload,
+                reply,
+            } => {
+                let result = self.endpoint.send_command(now, peer, id, payload);
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
             Command::WaitSettled { peer, reply } => self.settle_waiters.push((peer, true, reply)),
             Command::WaitAcknowledged { peer, reply } => {
                 self.settle_waiters.push((peer, false, reply))
