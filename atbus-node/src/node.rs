@@ -125,7 +125,7 @@ pub(crate) enum Command {
         stream: i64,
         reply: Reply<Result<(), NodeError>>,
     },
-    SendCommand {
+    ControlCommand {
         peer: PeerId,
         id: CommandId,
         payload: Bytes,
@@ -308,7 +308,7 @@ impl Node {
         id: CommandId,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.ask(|reply| Command::SendCommand {
+        self.ask(|reply| Command::ControlCommand {
             peer,
             id,
             payload,
