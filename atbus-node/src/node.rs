@@ -125,7 +125,7 @@ pub(crate) enum Command {
         stream: i64,
         reply: Reply<Result<(), NodeError>>,
     },
-    ControlCommand {
+    Control {
         peer: PeerId,
         id: CommandId,
         payload: Bytes,
@@ -308,7 +308,7 @@ impl Node {
         id: CommandId,
         payload: Bytes,
     ) -> Result<(), NodeError> {
-        self.ask(|reply| Command::ControlCommand {
+        self.ask(|reply| Command::Control {
             peer,
             id,
             payload,

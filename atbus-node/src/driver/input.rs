@@ -86,7 +86,7 @@ impl<R: Runtime> Driver<R> {
                 );
                 let _ = reply.try_send(result.map_err(NodeError::from));
             }
-            Command::ControlCommand {
+            Command::Control {
                 peer,
                 id,
                 payload,
