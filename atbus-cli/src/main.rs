@@ -1,5 +1,11 @@
 //! The `atbus` command-line tool.
 
+mod bench;
+mod demo;
+mod relay;
+mod runtime;
+mod transfer;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,9 +22,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Two nodes exchanging messages over a lossy multi-path loopback link, with live
-    /// statistics (arrives with the runtime-adapters issue).
-    Demo,
+    /// Two nodes in this process exchanging messages over real loopback sockets: a
+    /// multi-path peer (two UDP paths through lossy, reordering relays), a live
+    /// progress line, then per-path statistics and the latency histogram.
+    Demo(demo::DemoArgs),
+    /// Receive a file: accept a peer and write the messages of stream 1, in order,
+    /// to FILE (stdout by default); exit 0 when the sender finishes the stream.
+    Recv(transfer::RecvArgs),
+    /// Send a file as messages on stream 1; exit 0 once everything is acknowledged.
+    Send(transfer::SendArgs),
+    /// Message rate, payload throughput and latency between two nodes on loopback.
+    Bench(bench::BenchArgs),
     /// Run two atbus endpoints over simulated links in virtual time and report
     /// delivery and latency (exact, deterministic for a seed).
     Sim(SimArgs),
@@ -69,15 +83,10 @@ struct SimArgs {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Demo => {
-            eprintln!(
-                "atbus demo is not available yet: it needs the protocol core and the runtime \
-                 adapters, which arrive with the issue \"Runtime adapters (tokio, smol) and the \
-                 atbus command-line tool\". Today the workspace holds the wire format \
-                 (atbus-proto); try `atbus decode docs/vectors/*.bin`."
-            );
-            ExitCode::from(2)
-        }
+        Command::Demo(args) => report("demo", demo::demo(&args)),
+        Command::Recv(args) => report("recv", transfer::recv(&args)),
+        Command::Send(args) => report("send", transfer::send(&args)),
+        Command::Bench(args) => report("bench", bench::bench(&args)),
         Command::Sim(args) => match sim(&args) {
             Ok(code) => code,
             Err(message) => {
@@ -89,6 +98,17 @@ fn main() -> ExitCode {
             files,
             max_frame_size,
         } => decode(&files, max_frame_size),
+    }
+}
+
+/// Prints a command's failure and turns it into the exit code.
+fn report(command: &str, result: Result<ExitCode, transfer::Failure>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(transfer::Failure(message, code)) => {
+            eprintln!("atbus {command}: {message}");
+            ExitCode::from(code)
+        }
     }
 }
 

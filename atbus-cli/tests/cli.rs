@@ -41,10 +41,19 @@ fn decode_reports_a_corrupted_frame_and_fails() {
 }
 
 #[test]
-fn demo_says_plainly_that_it_is_not_available_yet() {
-    let out = atbus().arg("demo").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not available yet"));
+fn a_short_demo_delivers_everything_and_prints_the_tables() {
+    let out = atbus()
+        .args(["demo", "--messages", "1500", "--seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("Paths (client side):"), "{stdout}");
+    assert!(stdout.contains("0-15 ms"), "{stdout}");
+    assert!(
+        stdout.contains("OK: all 1500 messages delivered"),
+        "{stdout}"
+    );
 }
 
 fn sim_json(args: &[&str]) -> serde_json::Value {

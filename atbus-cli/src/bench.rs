@@ -1,0 +1,350 @@
+//! `atbus bench`: message rate, payload throughput and latency between two nodes in
+//! this process, over loopback sockets or (`mem`) two endpoints joined directly.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use atbus_core::{ConnectionKind, Endpoint, EndpointConfig, Input, Output};
+use atbus_node::histogram::LatencyHistogram;
+use atbus_node::{Event, NodeConfig, SendError, SendOptions};
+use bytes::Bytes;
+
+use crate::runtime::{self, RuntimeKind};
+use crate::transfer::Failure;
+
+/// What carries the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTransport {
+    /// UDP on 127.0.0.1.
+    Udp,
+    /// TCP on 127.0.0.1.
+    Tcp,
+    /// A Unix stream socket in a temporary directory.
+    Unix,
+    /// A Unix datagram socket in a temporary directory.
+    Unixgram,
+    /// Shared memory (not supported yet).
+    Shm,
+    /// Two endpoints in this process, joined without sockets.
+    Mem,
+}
+
+/// Arguments of `atbus bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The transport.
+    #[arg(long, value_enum)]
+    transport: BenchTransport,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages to send (default 50000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    messages: Option<u64>,
+    /// Send for this long instead (e.g. 5s, 500ms).
+    #[arg(long, value_name = "DUR")]
+    duration: Option<String>,
+    /// The async runtime (ignored by `mem`).
+    #[arg(long, value_enum, default_value = "tokio")]
+    runtime: RuntimeKind,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Messages sent when neither --messages nor --duration is given.
+const DEFAULT_MESSAGES: u64 = 50_000;
+/// Messages handed to the node at once (one round trip to its I/O task).
+const SEND_BATCH: usize = 16;
+/// Bytes of a payload that carry its send time.
+const STAMP: usize = 8;
+
+/// When to stop sending.
+#[derive(Debug, Clone, Copy)]
+enum Budget {
+    Messages(u64),
+    Duration(Duration),
+}
+
+impl Budget {
+    fn more(&self, sent: u64, start: Instant) -> bool {
+        match *self {
+            Budget::Messages(n) => sent < n,
+            Budget::Duration(d) => start.elapsed() < d,
+        }
+    }
+}
+
+struct Outcome {
+    messages: u64,
+    payload_bytes: u64,
+    seconds: f64,
+    latency: LatencyHistogram,
+}
+
+fn stamped(size: usize, epoch: Instant) -> Bytes {
+    let mut data = vec![0x5au8; size];
+    if size >= STAMP {
+        let nanos = epoch.elapsed().as_nanos() as u64;
+        data[..STAMP].copy_from_slice(&nanos.to_le_bytes());
+    }
+    Bytes::from(data)
+}
+
+fn latency_of(payload: &[u8], epoch: Instant) -> Option<Duration> {
+    let stamp: [u8; STAMP] = payload.get(..STAMP)?.try_into().ok()?;
+    let sent = Duration::from_nanos(u64::from_le_bytes(stamp));
+    Some(epoch.elapsed().saturating_sub(sent))
+}
+
+pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
+    if args.size == 0 {
+        return Err(Failure("--size must be at least 1".into(), 2));
+    }
+    let budget = match (&args.messages, &args.duration) {
+        (Some(n), _) => Budget::Messages(*n),
+        (None, Some(d)) => {
+            Budget::Duration(atbus_sim::spec::parse_duration(d).ok_or_else(|| {
+                Failure(format!("invalid --duration {d:?}: use e.g. 5s or 500ms"), 2)
+            })?)
+        }
+        (None, None) => Budget::Messages(DEFAULT_MESSAGES),
+    };
+    let mut outcome = match args.transport {
+        BenchTransport::Shm => {
+            return Err(Failure(
+                "the shm transport is not supported yet by the runtime adapters".into(),
+                2,
+            ));
+        }
+        BenchTransport::Mem => mem(args.size, budget)?,
+        transport => runtime::block_on(args.runtime, sockets(transport, args, budget))?,
+    };
+    let seconds = outcome.seconds.max(1e-9);
+    let mps = outcome.messages as f64 / seconds;
+    let mibps = outcome.payload_bytes as f64 / seconds / (1024.0 * 1024.0);
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let (p50, p99, max) = (
+        us(outcome.latency.quantile(0.5)),
+        us(outcome.latency.quantile(0.99)),
+        us(outcome.latency.max()),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "transport": format!("{:?}", args.transport).to_lowercase(),
+                "messages": outcome.messages,
+                "payload_bytes": outcome.payload_bytes,
+                "seconds": seconds,
+                "msgs_per_sec": mps,
+                "mib_per_sec": mibps,
+                "latency_us": { "p50": p50, "p99": p99, "max": max },
+            })
+        );
+    } else {
+        println!(
+            "{:?}: {} messages of {} B in {seconds:.3}s: {mps:.0} msg/s, {mibps:.2} MiB/s; \
+             latency p50 {p50:.0} us, p99 {p99:.0} us, max {max:.0} us",
+            args.transport, outcome.messages, args.size
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn sockets(
+    transport: BenchTransport,
+    args: &BenchArgs,
+    budget: Budget,
+) -> Result<Outcome, Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure(e.to_string(), 1);
+    let dir = std::env::temp_dir().join(format!(
+        "atbus-bench-{}-{:x}",
+        std::process::id(),
+        atbus_node::config::random_session_id()
+    ));
+    let listen = match transport {
+        BenchTransport::Udp => "udp://127.0.0.1:0".to_string(),
+        BenchTransport::Tcp => "tcp://127.0.0.1:0".to_string(),
+        BenchTransport::Unix | BenchTransport::Unixgram => {
+            std::fs::create_dir_all(&dir).map_err(|e| fail(&e))?;
+            let scheme = if transport == BenchTransport::Unix {
+                "unix"
+            } else {
+                "unixgram"
+            };
+            format!("{scheme}://{}", dir.join("bench.sock").display())
+        }
+        BenchTransport::Shm | BenchTransport::Mem => unreachable!("handled by the caller"),
+    };
+    let mut server_config = NodeConfig::new("bench-server");
+    server_config.listen = vec![listen.parse().map_err(|e| fail(&e))?];
+    let server = runtime::start(args.runtime, server_config)
+        .await
+        .map_err(|e| fail(&e))?;
+    let client = runtime::start(args.runtime, NodeConfig::new("bench-client"))
+        .await
+        .map_err(|e| fail(&e))?;
+    let result = async {
+        let peer = client
+            .connect(server.local_addresses())
+            .await
+            .map_err(|e| fail(&e))?;
+        let epoch = Instant::now();
+        let size = args.size;
+        let sending = async {
+            let mut sent = 0u64;
+            while budget.more(sent, epoch) {
+                let mut batch = Vec::new();
+                while batch.len() < SEND_BATCH && budget.more(sent + batch.len() as u64, epoch) {
+                    batch.push(stamped(size, epoch));
+                }
+                let n = batch.len() as u64;
+                client
+                    .send_many(peer, 1, batch, SendOptions::default())
+                    .await
+                    .map_err(|e| fail(&e))?;
+                sent += n;
+            }
+            client.finish(peer, 1).await.map_err(|e| fail(&e))?;
+            Ok::<u64, Failure>(sent)
+        };
+        let receiving = async {
+            let mut latency = LatencyHistogram::new();
+            let (mut messages, mut bytes) = (0u64, 0u64);
+            while let Some(event) = server.recv().await {
+                match event {
+                    Event::Message { message, .. } => {
+                        messages += 1;
+                        bytes += message.payload.len() as u64;
+                        if let Some(l) = latency_of(&message.payload, epoch) {
+                            latency.record(l);
+                        }
+                    }
+                    Event::StreamFinished { .. } => break,
+                    _ => {}
+                }
+            }
+            (messages, bytes, latency, epoch.elapsed())
+        };
+        let (sent, (messages, payload_bytes, latency, elapsed)) =
+            futures_lite::future::zip(sending, receiving).await;
+        let sent = sent?;
+        if messages != sent {
+            return Err(Failure(
+                format!("{sent} messages sent but {messages} received"),
+                1,
+            ));
+        }
+        Ok(Outcome {
+            messages,
+            payload_bytes,
+            seconds: elapsed.as_secs_f64(),
+            latency,
+        })
+    }
+    .await;
+    client.close().await;
+    server.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Two endpoints joined by an in-memory byte stream: the cost of the protocol alone.
+fn mem(size: usize, budget: Budget) -> Result<Outcome, Failure> {
+    let fail = |e: SendError| Failure(e.to_string(), 1);
+    let epoch = Instant::now();
+    let now = || atbus_core::Timestamp::from_duration(epoch.elapsed() + Duration::from_secs(1));
+    let mut client = Endpoint::new(EndpointConfig::new("bench-client", 1));
+    let mut server = Endpoint::new(EndpointConfig::new("bench-server", 2));
+    let (peer, to_server) = client
+        .connect(now(), ConnectionKind::Stream)
+        .map_err(fail)?;
+    let to_client = server.accept(now(), ConnectionKind::Stream).map_err(fail)?;
+    let mut latency = LatencyHistogram::new();
+    let (mut sent, mut received, mut bytes) = (0u64, 0u64, 0u64);
+    let mut finished = false;
+    let mut done = false;
+    while !done {
+        // Fill the window.
+        while !finished {
+            if !budget.more(sent, epoch) {
+                client
+                    .finish_stream(
+                        now(),
+                        peer,
+                        1,
+                        atbus_core::CloseReason::new(atbus_core::CloseCode::Shutdown, "done"),
+                    )
+                    .map_err(fail)?;
+                finished = true;
+                break;
+            }
+            match client.send(
+                now(),
+                peer,
+                1,
+                stamped(size, epoch),
+                &SendOptions::default(),
+            ) {
+                Ok(()) => sent += 1,
+                Err(SendError::WouldBlock) => break,
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        let mut to_server_bytes = Vec::new();
+        loop {
+            match client.poll_output() {
+                Output::Transmit(t) => to_server_bytes.push(t.data),
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+        for data in to_server_bytes {
+            server.handle_input(
+                now(),
+                Input::StreamData {
+                    connection: to_client,
+                    data,
+                },
+            );
+        }
+        let mut to_client_bytes = Vec::new();
+        loop {
+            match server.poll_output() {
+                Output::Transmit(t) => to_client_bytes.push(t.data),
+                Output::Event(atbus_core::Event::Message { message, .. }) => {
+                    received += 1;
+                    bytes += message.payload.len() as u64;
+                    if let Some(l) = latency_of(&message.payload, epoch) {
+                        latency.record(l);
+                    }
+                }
+                Output::Event(atbus_core::Event::StreamFinished { .. }) => done = true,
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+        for data in to_client_bytes {
+            client.handle_input(
+                now(),
+                Input::StreamData {
+                    connection: to_server,
+                    data,
+                },
+            );
+        }
+    }
+    if received != sent {
+        return Err(Failure(
+            format!("{sent} messages sent but {received} received"),
+            1,
+        ));
+    }
+    Ok(Outcome {
+        messages: received,
+        payload_bytes: bytes,
+        seconds: epoch.elapsed().as_secs_f64(),
+        latency,
+    })
+}

@@ -1,0 +1,134 @@
+//! Node configuration: identity, listen addresses, limits, scheduler, I/O options.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use atbus_core::EndpointConfig;
+use bytes::Bytes;
+
+use crate::address::Address;
+
+/// Initial datagram size for UDP paths, IPv4 and IPv6 alike: the IPv6 minimum MTU
+/// (1280) less the IPv6 and UDP headers. Safe on every path without PMTUD; the
+/// core probes upward once it supports path MTU discovery.
+pub const UDP_INITIAL_MTU: usize = 1232;
+
+/// Datagram size of Unix datagram paths (the kernel carries far more; this keeps
+/// each datagram inside one default socket buffer slot).
+pub const UNIX_DATAGRAM_MTU: usize = 64 * 1024 - 64;
+
+/// How a multi-path peer spreads a stream over its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scheduler {
+    /// Fill the lowest-RTT path that has congestion window (the default).
+    #[default]
+    MinRtt,
+    /// Send on every path; the first copy acknowledged settles the range.
+    Redundant,
+    /// Take the paths in turn.
+    RoundRobin,
+}
+
+/// A scheduler name that is not one of `min-rtt`, `redundant`, `round-robin`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduler {0:?}: expected min-rtt, redundant or round-robin")]
+pub struct UnknownScheduler(pub String);
+
+impl FromStr for Scheduler {
+    type Err = UnknownScheduler;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "min-rtt" => Ok(Scheduler::MinRtt),
+            "redundant" => Ok(Scheduler::Redundant),
+            "round-robin" => Ok(Scheduler::RoundRobin),
+            _ => Err(UnknownScheduler(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::MinRtt => "min-rtt",
+            Scheduler::Redundant => "redundant",
+            Scheduler::RoundRobin => "round-robin",
+        })
+    }
+}
+
+/// Everything a node is built from.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The endpoint's identity and limits (node name, session id, windows, timers).
+    pub endpoint: EndpointConfig,
+    /// Addresses to listen on (any mix of schemes; may be empty for a pure client).
+    pub listen: Vec<Address>,
+    /// Multi-path scheduler. Validated and kept; the core applies `min-rtt` until
+    /// its scheduler setting lands.
+    pub scheduler: Scheduler,
+    /// Initial MTU of UDP paths (see [`UDP_INITIAL_MTU`]).
+    pub udp_mtu: usize,
+    /// Connections accepted from unknown remote addresses on a listening datagram
+    /// socket that have not completed their handshake; datagrams from further new
+    /// addresses are dropped and counted (resists floods of garbage).
+    pub max_pending_accepts: usize,
+    /// Events (messages included) held for the application; when full, the node
+    /// stops reading its sockets until the application catches up.
+    pub event_capacity: usize,
+    /// Transmits queued towards one stream socket or one datagram socket before
+    /// more wait in the driver (stream) or are dropped as loss (datagram).
+    pub write_queue: usize,
+    /// First delay before re-dialling a dropped stream connection; doubles up to
+    /// `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// Largest delay between two re-dials.
+    pub reconnect_max: Duration,
+    /// Tokens a peer's hello must present to be accepted (`None`: accept every
+    /// peer). The token this node presents is `endpoint.token`.
+    pub accept_tokens: Option<Vec<Bytes>>,
+    /// Run the node's I/O on a dedicated thread (its own single-threaded runtime)
+    /// instead of a task of the caller's runtime.
+    pub dedicated_thread: bool,
+}
+
+impl NodeConfig {
+    /// Defaults for a node with this name; the session id is drawn at random.
+    pub fn new(name: impl Into<String>) -> Self {
+        NodeConfig {
+            endpoint: EndpointConfig::new(name, random_session_id()),
+            listen: Vec::new(),
+            scheduler: Scheduler::default(),
+            udp_mtu: UDP_INITIAL_MTU,
+            max_pending_accepts: 256,
+            event_capacity: 4096,
+            write_queue: 256,
+            reconnect_min: Duration::from_millis(50),
+            reconnect_max: Duration::from_secs(2),
+            accept_tokens: None,
+            dedicated_thread: false,
+        }
+    }
+
+    /// Adds a listen address.
+    pub fn listen(mut self, address: Address) -> Self {
+        self.listen.push(address);
+        self
+    }
+}
+
+/// A random non-zero session id (from the standard library's per-process random
+/// hasher keys, mixed with the clock).
+pub fn random_session_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.finish().max(1)
+}

@@ -1,0 +1,532 @@
+//! The driver's inputs: commands from the handle, and what the socket tasks
+//! report (datagrams, accepted and dialled streams, stream bytes and ends).
+
+use std::io;
+use std::time::Instant;
+
+use atbus_core::{
+    CloseCode, CloseReason, ConnectionId, ConnectionKind, Input, PeerId, SendError, Timestamp,
+};
+use bytes::Bytes;
+
+use std::collections::VecDeque;
+
+use super::*;
+
+impl<R: Runtime> Driver<R> {
+    pub(super) fn on_command(&mut self, command: Command) {
+        let now = self.now();
+        match command {
+            Command::Connect { addresses, reply } => {
+                if self.closing {
+                    let _ = reply.try_send(Err(NodeError::Closed));
+                    return;
+                }
+                if let Some(shm) = addresses.iter().find(|a| matches!(a, Address::Shm(_))) {
+                    let _ = reply.try_send(Err(NodeError::Unsupported(format!(
+                        "{shm}: the shm transport"
+                    ))));
+                    return;
+                }
+                let request = self.next_request;
+                self.next_request += 1;
+                self.dial_requests.insert(request, reply);
+                let rt = self.rt.clone();
+                let net = self.net_tx.clone();
+                self.rt.spawn(async move {
+                    let mut results = Vec::new();
+                    for address in addresses {
+                        results.push(tasks::dial(&rt, address).await);
+                    }
+                    let _ = net.send(NetInput::Dialed { request, results }).await;
+                });
+            }
+            Command::Send {
+                peer,
+                stream,
+                payload,
+                options,
+                reply,
+            } => self.on_send(peer, stream, VecDeque::from([payload]), options, reply),
+            Command::SendMany {
+                peer,
+                stream,
+                payloads,
+                options,
+                reply,
+            } => self.on_send(peer, stream, payloads.into(), options, reply),
+            Command::TrySend {
+                peer,
+                stream,
+                payload,
+                options,
+                reply,
+            } => {
+                let result = if self.parked.contains_key(&(peer, stream)) {
+                    Err(SendError::WouldBlock)
+                } else {
+                    self.endpoint.send(now, peer, stream, payload, &options)
+                };
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
+            Command::Finish {
+                peer,
+                stream,
+                reply,
+            } => {
+                if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
+                    queue.push_back(Parked::Finish { reply });
+                    return;
+                }
+                let result = self.endpoint.finish_stream(
+                    now,
+                    peer,
+                    stream,
+                    CloseReason::new(CloseCode::Shutdown, "finished"),
+                );
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
+            Command::Control {
+                peer,
+                id,
+                payload,
+                reply,
+            } => {
+                let result = self.endpoint.send_command(now, peer, id, payload);
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
+            Command::WaitSettled { peer, reply } => self.settle_waiters.push((peer, true, reply)),
+            Command::WaitAcknowledged { peer, reply } => {
+                self.settle_waiters.push((peer, false, reply))
+            }
+            Command::CloseConnection { connection, reply } => {
+                let result = self.endpoint.close_connection(
+                    now,
+                    connection,
+                    CloseReason::new(CloseCode::Shutdown, "closed by the application"),
+                );
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
+            Command::Stats { reply } => {
+                let _ = reply.try_send(self.stats());
+            }
+            Command::Close { reply } => self.begin_close(Some(reply)),
+            Command::Wake => {}
+        }
+    }
+
+    /// Queues messages in order; what the window cannot take yet waits, parked, for
+    /// [`Event::Writable`].
+    fn on_send(
+        &mut self,
+        peer: PeerId,
+        stream: i64,
+        mut payloads: VecDeque<Bytes>,
+        options: SendOptions,
+        reply: Done,
+    ) {
+        if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
+            queue.push_back(Parked::Messages {
+                payloads,
+                options,
+                reply,
+            });
+            return;
+        }
+        match self.send_queued(peer, stream, &mut payloads, &options) {
+            Ok(true) => {
+                let _ = reply.try_send(Ok(()));
+            }
+            Ok(false) => {
+                self.parked
+                    .entry((peer, stream))
+                    .or_default()
+                    .push_back(Parked::Messages {
+                        payloads,
+                        options,
+                        reply,
+                    })
+            }
+            Err(err) => {
+                let _ = reply.try_send(Err(err));
+            }
+        }
+    }
+
+    /// Hands messages to the core until its window is full: `Ok(true)` when all
+    /// were taken.
+    pub(super) fn send_queued(
+        &mut self,
+        peer: PeerId,
+        stream: i64,
+        payloads: &mut VecDeque<Bytes>,
+        options: &SendOptions,
+    ) -> Result<bool, NodeError> {
+        let now = self.now();
+        while let Some(payload) = payloads.front() {
+            match self
+                .endpoint
+                .send(now, peer, stream, payload.clone(), options)
+            {
+                Ok(()) => {
+                    payloads.pop_front();
+                }
+                Err(SendError::WouldBlock) => return Ok(false),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(true)
+    }
+
+    pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {
+        let now = self.now();
+        self.closing = true;
+        let connections: Vec<ConnectionId> = self.endpoint.connections().collect();
+        for connection in connections {
+            let _ = self.endpoint.close_connection(
+                now,
+                connection,
+                CloseReason::new(CloseCode::Shutdown, "node closed"),
+            );
+        }
+        self.drain();
+        self.flush();
+        // Hand what waits in the driver to the writers; they finish on their own.
+        for slot in self.streams.values_mut() {
+            while let Some(data) = slot.overflow.pop_front() {
+                if slot.writer.try_send(data).is_err() {
+                    break;
+                }
+            }
+        }
+        for (_, reply) in self.dial_requests.drain() {
+            let _ = reply.try_send(Err(NodeError::Closed));
+        }
+        for (_, reply) in self.connect_waiters.drain() {
+            let _ = reply.try_send(Err(NodeError::Closed));
+        }
+        for (_, queue) in self.parked.drain() {
+            for parked in queue {
+                let reply = match parked {
+                    Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
+                };
+                let _ = reply.try_send(Err(NodeError::Closed));
+            }
+        }
+        for (_, _, reply) in self.settle_waiters.drain(..) {
+            let _ = reply.try_send(Err(NodeError::Closed));
+        }
+        // Socket files go before the answer: a process may exit right after it.
+        for path in self.unix_paths.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(reply) = reply {
+            let _ = reply.try_send(());
+        }
+        self.finished = true;
+    }
+
+    pub(super) fn on_net(&mut self, input: NetInput<R>) {
+        let now = self.now();
+        match input {
+            NetInput::Datagrams { socket, batch } => {
+                for (remote, data) in batch {
+                    self.on_datagram(now, socket, remote, data);
+                }
+            }
+            NetInput::DatagramError => self.io_errors += 1,
+            NetInput::Accepted {
+                reader,
+                writer,
+                remote,
+                ..
+            } => {
+                if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
+                    self.dropped_datagrams += 1;
+                    return;
+                }
+                let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
+                    return;
+                };
+                let handle = self.add_stream(reader, writer, connection);
+                self.pending_accepts.insert(connection);
+                self.conns.insert(
+                    connection,
+                    Conn {
+                        link: Link::Stream { handle },
+                        remote,
+                        dialed: None,
+                    },
+                );
+            }
+            NetInput::StreamData { handle, data } => {
+                if let Some(slot) = self.streams.get(&handle) {
+                    let connection = slot.connection;
+                    self.endpoint
+                        .handle_input(now, Input::StreamData { connection, data });
+                }
+            }
+            NetInput::StreamEnded { handle } => {
+                if let Some(slot) = self.streams.get(&handle) {
+                    let connection = slot.connection;
+                    let _ = self.endpoint.close_connection(
+                        now,
+                        connection,
+                        CloseReason::new(CloseCode::PeerReset, "connection lost"),
+                    );
+                }
+            }
+            NetInput::Dialed { request, results } => self.on_dialed(now, request, results),
+            NetInput::Redialed { path, result } => self.on_redialed(now, path, result),
+        }
+    }
+
+    pub(super) fn on_datagram(
+        &mut self,
+        now: Timestamp,
+        socket: usize,
+        remote: Remote,
+        data: Bytes,
+    ) {
+        if let Some(&connection) = self.by_remote.get(&(socket, remote.clone())) {
+            self.endpoint
+                .handle_input(now, Input::Datagram { connection, data });
+            self.discard_if_garbage(now, connection);
+            return;
+        }
+        let Some(Some(slot)) = self.sockets.get(socket) else {
+            return;
+        };
+        if !slot.listening
+            || self.closing
+            || remote == Remote::UnixUnnamed
+            || self.pending_accepts.len() >= self.config.max_pending_accepts
+        {
+            self.dropped_datagrams += 1;
+            return;
+        }
+        let (scheme, mtu) = (slot.scheme, slot.mtu);
+        let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Datagram { mtu }) else {
+            self.dropped_datagrams += 1;
+            return;
+        };
+        self.pending_accepts.insert(connection);
+        self.by_remote.insert((socket, remote.clone()), connection);
+        self.conns.insert(
+            connection,
+            Conn {
+                remote: format!("{scheme}://{remote}"),
+                link: Link::Datagram { socket, remote },
+                dialed: None,
+            },
+        );
+        self.endpoint
+            .handle_input(now, Input::Datagram { connection, data });
+        self.discard_if_garbage(now, connection);
+    }
+
+    /// An accepted datagram connection that has received nothing but malformed
+    /// datagrams is dropped at once (silently: no FINISH_CONNECTION goes to a
+    /// possibly spoofed source), so that garbage from many addresses cannot hold the
+    /// pending-accept slots until the handshake timeout.
+    pub(super) fn discard_if_garbage(&mut self, now: Timestamp, connection: ConnectionId) {
+        if !self.pending_accepts.contains(&connection) {
+            return;
+        }
+        let garbage = self
+            .endpoint
+            .connection_info(connection)
+            .is_some_and(|info| {
+                info.state == atbus_core::ConnectionState::Handshaking
+                    && info.stats.malformed >= info.stats.received_packets
+            });
+        if !garbage {
+            return;
+        }
+        self.dropped_datagrams += 1;
+        self.pending_accepts.remove(&connection);
+        if let Some(Conn {
+            link: Link::Datagram { socket, remote },
+            ..
+        }) = self.conns.remove(&connection)
+        {
+            self.by_remote.remove(&(socket, remote));
+        }
+        self.discarded.insert(connection);
+        let _ = self.endpoint.close_connection(
+            now,
+            connection,
+            CloseReason::new(CloseCode::PeerReset, "malformed input"),
+        );
+    }
+
+    pub(super) fn kind_of(&self, address: &Address) -> ConnectionKind {
+        match address {
+            Address::Udp(_) => ConnectionKind::Datagram {
+                mtu: self.config.udp_mtu,
+            },
+            Address::UnixDatagram(_) => ConnectionKind::Datagram {
+                mtu: UNIX_DATAGRAM_MTU,
+            },
+            _ => ConnectionKind::Stream,
+        }
+    }
+
+    pub(super) fn on_dialed(
+        &mut self,
+        now: Timestamp,
+        request: u64,
+        results: Vec<Result<Dialed<R>, (Address, io::Error)>>,
+    ) {
+        let Some(reply) = self.dial_requests.remove(&request) else {
+            return;
+        };
+        let mut dialed = Vec::new();
+        for result in results {
+            match result {
+                Ok(d) => dialed.push(d),
+                Err((address, source)) => {
+                    for d in dialed {
+                        if let Dialed::Datagram {
+                            own_path: Some(p), ..
+                        } = d
+                        {
+                            let _ = std::fs::remove_file(p);
+                        }
+                    }
+                    let _ = reply.try_send(Err(NodeError::Dial { address, source }));
+                    return;
+                }
+            }
+        }
+        let mut peer: Option<PeerId> = None;
+        for d in dialed {
+            let address = match &d {
+                Dialed::Datagram { address, .. } | Dialed::Stream { address, .. } => {
+                    address.clone()
+                }
+            };
+            let kind = self.kind_of(&address);
+            let created = match peer {
+                None => self.endpoint.connect(now, kind).map(|(p, c)| {
+                    peer = Some(p);
+                    c
+                }),
+                Some(p) => self.endpoint.add_connection(now, p, kind),
+            };
+            let (Ok(connection), Some(p)) = (created, peer) else {
+                let _ = reply.try_send(Err(NodeError::Unsupported(format!(
+                    "{address}: the core refused the connection"
+                ))));
+                return;
+            };
+            let path = self.next_path;
+            self.next_path += 1;
+            let mut socket_of_path = None;
+            let link = match d {
+                Dialed::Datagram {
+                    socket,
+                    remote,
+                    own_path,
+                    ..
+                } => {
+                    if let Some(own) = own_path {
+                        self.unix_paths.push(own);
+                    }
+                    let (scheme, mtu) = match &address {
+                        Address::Udp(_) => ("udp", self.config.udp_mtu),
+                        _ => ("unixgram", UNIX_DATAGRAM_MTU),
+                    };
+                    let index = self.add_datagram_socket(socket, false, scheme, mtu);
+                    self.by_remote.insert((index, remote.clone()), connection);
+                    socket_of_path = Some((index, remote.clone()));
+                    Link::Datagram {
+                        socket: index,
+                        remote,
+                    }
+                }
+                Dialed::Stream { reader, writer, .. } => Link::Stream {
+                    handle: self.add_stream(reader, writer, connection),
+                },
+            };
+            self.conns.insert(
+                connection,
+                Conn {
+                    link,
+                    remote: address.to_string(),
+                    dialed: Some(path),
+                },
+            );
+            self.dialed.insert(
+                path,
+                DialedPath {
+                    address,
+                    peer: p,
+                    socket: socket_of_path,
+                    connection: Some(connection),
+                    backoff: self.config.reconnect_min,
+                    retry_at: None,
+                    dialing: false,
+                },
+            );
+        }
+        match peer {
+            Some(p) => {
+                self.connect_waiters.insert(p, reply);
+            }
+            None => {
+                let _ = reply.try_send(Err(NodeError::NoAddress));
+            }
+        }
+    }
+
+    pub(super) fn on_redialed(
+        &mut self,
+        now: Timestamp,
+        path: u64,
+        result: io::Result<(R::Reader, R::Writer)>,
+    ) {
+        let Some(p) = self.dialed.get_mut(&path) else {
+            return;
+        };
+        p.dialing = false;
+        let peer = p.peer;
+        match result {
+            Ok((reader, writer)) => {
+                let Ok(connection) =
+                    self.endpoint
+                        .add_connection(now, peer, ConnectionKind::Stream)
+                else {
+                    self.dialed.remove(&path);
+                    return;
+                };
+                let remote = p.address.to_string();
+                p.connection = Some(connection);
+                self.reconnects += 1;
+                let handle = self.add_stream(reader, writer, connection);
+                self.conns.insert(
+                    connection,
+                    Conn {
+                        link: Link::Stream { handle },
+                        remote,
+                        dialed: Some(path),
+                    },
+                );
+            }
+            Err(_) => {
+                self.io_errors += 1;
+                self.schedule_retry(path);
+            }
+        }
+    }
+
+    pub(super) fn schedule_retry(&mut self, path: u64) {
+        let max = self.config.reconnect_max;
+        if let Some(p) = self.dialed.get_mut(&path) {
+            p.retry_at = Some(Instant::now() + p.backoff);
+            p.backoff = (p.backoff * 2).min(max);
+        }
+    }
+
+    // ----- the core's outputs -----
+}

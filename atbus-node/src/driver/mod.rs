@@ -1,0 +1,431 @@
+//! The I/O task of a node: owns the [`Endpoint`], maps the core's connections to
+//! sockets, and runs the loop "wait for input, hand it all to the core, drain the
+//! outputs, write the transmits". Written once against [`Runtime`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use atbus_core::{ConnectionId, Endpoint, Event, PeerId, SendOptions, Timestamp};
+use bytes::Bytes;
+use futures_lite::future;
+
+use crate::address::Address;
+use crate::config::{NodeConfig, UNIX_DATAGRAM_MTU};
+use crate::node::{Command, NodeError, NodeStats, PathStats, Reply};
+use crate::runtime::{DatagramSocket, Remote, Runtime};
+use crate::tasks::{self, Dialed, NetInput};
+
+mod bind;
+mod input;
+mod output;
+
+use bind::BoundSocket;
+pub(crate) use bind::{Bound, bind_all};
+
+/// Timestamps start one second after the node's start: a timepoint of 0 means
+/// "absent" on the wire.
+const EPOCH: Duration = Duration::from_secs(1);
+/// Inputs taken from a channel before the core's outputs are drained.
+const INPUT_BURST: usize = 256;
+/// How often a node whose application stopped reading events looks again.
+const PAUSED_RECHECK: Duration = Duration::from_millis(5);
+/// How soon a backed-up socket queue is tried again.
+const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
+
+/// What [`Driver::new`] is built from.
+pub(crate) struct DriverParts {
+    pub config: NodeConfig,
+    pub bound: Vec<Bound>,
+    pub commands: async_channel::Receiver<Command>,
+    pub events: async_channel::Sender<Event>,
+    pub paused: Arc<AtomicBool>,
+}
+
+struct DatagramSlot<R: Runtime> {
+    socket: Arc<R::Datagram>,
+    /// A listening socket accepts new remotes; a dialled one talks to one remote.
+    listening: bool,
+    scheme: &'static str,
+    mtu: usize,
+    /// Datagrams waiting to be written (bounded by `write_queue`).
+    queue: VecDeque<(Remote, Bytes)>,
+    /// Scratch space for GSO runs.
+    gso: Vec<u8>,
+    _stop: async_channel::Sender<()>,
+}
+
+/// Bytes one GSO system call may carry (the UDP length limit, with room to spare).
+const GSO_BYTES: usize = 60_000;
+
+impl<R: Runtime> DatagramSlot<R> {
+    /// Writes queued datagrams until the socket is full; consecutive datagrams to
+    /// one remote of one size (the last may be shorter) leave in one system call.
+    /// Returns the number of send errors (the datagrams are dropped: loss).
+    fn flush(&mut self) -> u64 {
+        let mut errors = 0;
+        let max_segments = self.socket.max_segments();
+        while let Some((remote, first)) = self.queue.front() {
+            let size = first.len();
+            let mut run = 1;
+            let mut bytes = size;
+            while run < max_segments && size > 0 {
+                match self.queue.get(run) {
+                    Some((r, d))
+                        if r == remote && d.len() <= size && bytes + d.len() <= GSO_BYTES =>
+                    {
+                        bytes += d.len();
+                        run += 1;
+                        if d.len() < size {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let result = if run == 1 {
+                self.socket.try_send(remote, first, size.max(1))
+            } else {
+                self.gso.clear();
+                for (_, d) in self.queue.iter().take(run) {
+                    self.gso.extend_from_slice(d);
+                }
+                self.socket.try_send(remote, &self.gso, size)
+            };
+            match result {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(()) => {}
+                Err(_) => errors += 1,
+            }
+            self.queue.drain(..run);
+        }
+        errors
+    }
+}
+
+struct StreamSlot {
+    connection: ConnectionId,
+    writer: async_channel::Sender<Bytes>,
+    overflow: VecDeque<Bytes>,
+    _stop: async_channel::Sender<()>,
+}
+
+enum Link {
+    Datagram { socket: usize, remote: Remote },
+    Stream { handle: u64 },
+}
+
+struct Conn {
+    link: Link,
+    remote: String,
+    /// The dialled path this connection serves, re-dialled when it drops.
+    dialed: Option<u64>,
+}
+
+struct DialedPath {
+    address: Address,
+    peer: PeerId,
+    /// Datagram paths keep their socket across renewals.
+    socket: Option<(usize, Remote)>,
+    connection: Option<ConnectionId>,
+    backoff: Duration,
+    retry_at: Option<Instant>,
+    dialing: bool,
+}
+
+/// Where the answer to an operation without a value goes.
+type Done = Reply<Result<(), NodeError>>;
+
+enum Parked {
+    Messages {
+        payloads: VecDeque<Bytes>,
+        options: SendOptions,
+        reply: Done,
+    },
+    Finish {
+        reply: Reply<Result<(), NodeError>>,
+    },
+}
+
+enum Wake<R: Runtime> {
+    Command(Option<Command>),
+    Net(NetInput<R>),
+    Timer,
+}
+
+/// The node's I/O task.
+pub(crate) struct Driver<R: Runtime> {
+    rt: R,
+    config: NodeConfig,
+    endpoint: Endpoint,
+    start: Instant,
+    commands: async_channel::Receiver<Command>,
+    net_tx: async_channel::Sender<NetInput<R>>,
+    net_rx: async_channel::Receiver<NetInput<R>>,
+    events: async_channel::Sender<Event>,
+    paused: Arc<AtomicBool>,
+    bound: Vec<Bound>,
+    sockets: Vec<Option<DatagramSlot<R>>>,
+    by_remote: HashMap<(usize, Remote), ConnectionId>,
+    streams: HashMap<u64, StreamSlot>,
+    next_handle: u64,
+    conns: HashMap<ConnectionId, Conn>,
+    pending_accepts: HashSet<ConnectionId>,
+    /// Garbage connections closed silently; their close event is not forwarded.
+    discarded: HashSet<ConnectionId>,
+    listener_stops: Vec<async_channel::Sender<()>>,
+    dial_requests: HashMap<u64, Reply<Result<PeerId, NodeError>>>,
+    next_request: u64,
+    connect_waiters: HashMap<PeerId, Reply<Result<PeerId, NodeError>>>,
+    dialed: BTreeMap<u64, DialedPath>,
+    next_path: u64,
+    parked: HashMap<(PeerId, i64), VecDeque<Parked>>,
+    settle_waiters: Vec<(PeerId, bool, Done)>,
+    closed_now: Vec<ConnectionId>,
+    deadline: Timestamp,
+    dropped_datagrams: u64,
+    io_errors: u64,
+    reconnects: u64,
+    unix_paths: Vec<PathBuf>,
+    closing: bool,
+    finished: bool,
+}
+
+impl<R: Runtime> Driver<R> {
+    pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
+        let (net_tx, net_rx) = async_channel::bounded(1024);
+        let mut endpoint = Endpoint::new(parts.config.endpoint.clone());
+        if let Some(tokens) = &parts.config.accept_tokens {
+            endpoint.set_authenticator(Box::new(atbus_core::TokenAuthenticator::new(
+                tokens.iter().cloned(),
+            )));
+        }
+        Driver {
+            rt,
+            config: parts.config,
+            endpoint,
+            start: Instant::now(),
+            commands: parts.commands,
+            net_tx,
+            net_rx,
+            events: parts.events,
+            paused: parts.paused,
+            bound: parts.bound,
+            sockets: Vec::new(),
+            by_remote: HashMap::new(),
+            streams: HashMap::new(),
+            next_handle: 0,
+            conns: HashMap::new(),
+            pending_accepts: HashSet::new(),
+            discarded: HashSet::new(),
+            listener_stops: Vec::new(),
+            dial_requests: HashMap::new(),
+            next_request: 0,
+            connect_waiters: HashMap::new(),
+            dialed: BTreeMap::new(),
+            next_path: 0,
+            parked: HashMap::new(),
+            settle_waiters: Vec::new(),
+            closed_now: Vec::new(),
+            deadline: Timestamp::NEVER,
+            dropped_datagrams: 0,
+            io_errors: 0,
+            reconnects: 0,
+            unix_paths: Vec::new(),
+            closing: false,
+            finished: false,
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        Timestamp::from_duration(self.start.elapsed() + EPOCH)
+    }
+
+    fn instant_of(&self, at: Timestamp) -> Option<Instant> {
+        (at != Timestamp::NEVER).then(|| self.start + at.since_epoch().saturating_sub(EPOCH))
+    }
+
+    /// Runs until the node is closed.
+    pub(crate) async fn run(mut self) {
+        self.open_listeners();
+        while !self.finished {
+            let paused = self.events.len() >= self.config.event_capacity;
+            self.paused.store(paused, Ordering::Relaxed);
+            let wake_at = self.wake_instant(paused);
+            let sleep = self.rt.sleep_until(wake_at);
+            let commands = self.commands.clone();
+            let net = self.net_rx.clone();
+            let wake: Wake<R> = future::or(
+                async { Wake::Command(commands.recv().await.ok()) },
+                future::or(
+                    async {
+                        if paused {
+                            future::pending::<()>().await;
+                        }
+                        match net.recv().await {
+                            Ok(input) => Wake::Net(input),
+                            Err(_) => future::pending().await,
+                        }
+                    },
+                    async {
+                        sleep.await;
+                        Wake::Timer
+                    },
+                ),
+            )
+            .await;
+            match wake {
+                Wake::Command(Some(command)) => self.on_command(command),
+                Wake::Command(None) => self.begin_close(None),
+                Wake::Net(input) => self.on_net(input),
+                Wake::Timer => {}
+            }
+            for _ in 0..INPUT_BURST {
+                match self.commands.try_recv() {
+                    Ok(command) => self.on_command(command),
+                    Err(_) => break,
+                }
+            }
+            if !paused {
+                for _ in 0..INPUT_BURST {
+                    match self.net_rx.try_recv() {
+                        Ok(input) => self.on_net(input),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.service();
+        }
+        for path in &self.unix_paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    fn wake_instant(&self, paused: bool) -> Instant {
+        let now = Instant::now();
+        let mut at = self
+            .instant_of(self.deadline)
+            .unwrap_or(now + Duration::from_secs(3600));
+        let overflow = self.sockets.iter().flatten().any(|s| !s.queue.is_empty())
+            || self.streams.values().any(|s| !s.overflow.is_empty());
+        if overflow {
+            at = at.min(now + OVERFLOW_RETRY);
+        }
+        if paused {
+            at = at.min(now + PAUSED_RECHECK);
+        }
+        for path in self.dialed.values() {
+            if let (Some(retry), false) = (path.retry_at, path.dialing) {
+                at = at.min(retry);
+            }
+        }
+        at
+    }
+
+    fn open_listeners(&mut self) {
+        for bound in std::mem::take(&mut self.bound) {
+            match bound.socket {
+                BoundSocket::Udp(s) => match self.rt.udp(s) {
+                    Ok(socket) => {
+                        let mtu = self.config.udp_mtu;
+                        self.add_datagram_socket(socket, true, "udp", mtu);
+                    }
+                    Err(_) => self.io_errors += 1,
+                },
+                BoundSocket::UnixDatagram(s, path) => {
+                    self.unix_paths.push(path);
+                    match self.rt.unix_datagram(s) {
+                        Ok(socket) => {
+                            self.add_datagram_socket(socket, true, "unixgram", UNIX_DATAGRAM_MTU);
+                        }
+                        Err(_) => self.io_errors += 1,
+                    }
+                }
+                BoundSocket::Tcp(l) => match self.rt.tcp_listener(l) {
+                    Ok(listener) => self.add_listener(listener),
+                    Err(_) => self.io_errors += 1,
+                },
+                BoundSocket::Unix(l, path) => {
+                    self.unix_paths.push(path);
+                    match self.rt.unix_listener(l) {
+                        Ok(listener) => self.add_listener(listener),
+                        Err(_) => self.io_errors += 1,
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_listener(&mut self, listener: R::Listener) {
+        let (stop, stopped) = async_channel::bounded(1);
+        self.listener_stops.push(stop);
+        self.rt.spawn(tasks::accept_loop(
+            listener,
+            self.net_tx.clone(),
+            stopped,
+            self.rt.clone(),
+        ));
+    }
+
+    fn add_datagram_socket(
+        &mut self,
+        socket: R::Datagram,
+        listening: bool,
+        scheme: &'static str,
+        mtu: usize,
+    ) -> usize {
+        let socket = Arc::new(socket);
+        let (stop, stopped) = async_channel::bounded(1);
+        let index = self.sockets.len();
+        self.rt.spawn(tasks::datagram_reader(
+            socket.clone(),
+            index,
+            self.net_tx.clone(),
+            stopped,
+        ));
+        self.sockets.push(Some(DatagramSlot {
+            socket,
+            listening,
+            scheme,
+            mtu,
+            queue: VecDeque::new(),
+            gso: Vec::new(),
+            _stop: stop,
+        }));
+        index
+    }
+
+    fn add_stream(
+        &mut self,
+        reader: R::Reader,
+        writer: R::Writer,
+        connection: ConnectionId,
+    ) -> u64 {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let (stop, stopped) = async_channel::bounded(1);
+        let (queue, queued) = async_channel::bounded(self.config.write_queue.max(1));
+        self.rt.spawn(tasks::stream_reader(
+            reader,
+            handle,
+            self.net_tx.clone(),
+            stopped,
+        ));
+        self.rt.spawn(tasks::stream_writer(writer, queued));
+        self.streams.insert(
+            handle,
+            StreamSlot {
+                connection,
+                writer: queue,
+                overflow: VecDeque::new(),
+                _stop: stop,
+            },
+        );
+        handle
+    }
+
+    // ----- inputs -----
+}

@@ -1,0 +1,369 @@
+//! The driver's outputs: draining the core, writing transmits, acting on events,
+//! re-dialling, answering waiters, statistics.
+
+use std::time::Instant;
+
+use atbus_core::{CloseCode, CloseReason, Event, Output, PeerId, Timestamp, Transmit};
+
+use super::*;
+
+impl<R: Runtime> Driver<R> {
+    pub(super) fn service(&mut self) {
+        let now = self.now();
+        if now >= self.deadline {
+            self.endpoint.handle_timeout(now);
+        }
+        self.redial_due(now);
+        self.drain();
+        self.flush();
+        self.finish_closed();
+        self.check_waiters();
+    }
+
+    pub(super) fn drain(&mut self) {
+        loop {
+            match self.endpoint.poll_output() {
+                Output::Transmit(transmit) => self.route(transmit),
+                Output::Event(event) => self.on_event(event),
+                Output::Timeout(at) => {
+                    self.deadline = at;
+                    break;
+                }
+            }
+        }
+    }
+
+    pub(super) fn route(&mut self, transmit: Transmit) {
+        let Some(conn) = self.conns.get(&transmit.connection) else {
+            return;
+        };
+        match &conn.link {
+            Link::Datagram { socket, remote } => {
+                let Some(Some(slot)) = self.sockets.get_mut(*socket) else {
+                    return;
+                };
+                // Queued, then written in `flush` after the whole drain, so that runs
+                // of datagrams to one remote leave in one GSO system call.
+                if slot.queue.len() < self.config.write_queue {
+                    slot.queue.push_back((remote.clone(), transmit.data));
+                } else {
+                    // Lost like any datagram; the core retransmits.
+                    self.dropped_datagrams += 1;
+                }
+            }
+            Link::Stream { handle } => {
+                let Some(slot) = self.streams.get_mut(handle) else {
+                    return;
+                };
+                // Byte streams must be written whole and in order: what the writer
+                // cannot take yet waits here (bounded by the core's reliable window).
+                if slot.overflow.is_empty() {
+                    match slot.writer.try_send(transmit.data) {
+                        Ok(()) => {}
+                        Err(async_channel::TrySendError::Full(data)) => {
+                            slot.overflow.push_back(data)
+                        }
+                        Err(async_channel::TrySendError::Closed(_)) => {}
+                    }
+                } else {
+                    slot.overflow.push_back(transmit.data);
+                }
+            }
+        }
+    }
+
+    pub(super) fn flush(&mut self) {
+        for slot in self.sockets.iter_mut().flatten() {
+            self.io_errors += slot.flush();
+        }
+        for slot in self.streams.values_mut() {
+            while let Some(data) = slot.overflow.pop_front() {
+                match slot.writer.try_send(data) {
+                    Ok(()) => {}
+                    Err(async_channel::TrySendError::Full(data)) => {
+                        slot.overflow.push_front(data);
+                        break;
+                    }
+                    Err(async_channel::TrySendError::Closed(_)) => {
+                        slot.overflow.clear();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn forward(&mut self, event: Event) {
+        let _ = self.events.try_send(event);
+    }
+
+    pub(super) fn on_event(&mut self, event: Event) {
+        match &event {
+            Event::PeerConnected {
+                peer, connection, ..
+            } => {
+                self.pending_accepts.remove(connection);
+                if let Some(path) = self.conns.get(connection).and_then(|c| c.dialed) {
+                    if let Some(p) = self.dialed.get_mut(&path) {
+                        p.backoff = self.config.reconnect_min;
+                    }
+                }
+                if let Some(reply) = self.connect_waiters.remove(peer) {
+                    let _ = reply.try_send(Ok(*peer));
+                }
+            }
+            Event::ConnectionClosed {
+                connection,
+                peer,
+                reason,
+                ..
+            } => {
+                if self.discarded.remove(connection) {
+                    return;
+                }
+                self.closed_now.push(*connection);
+                self.pending_accepts.remove(connection);
+                let path = self.conns.get(connection).and_then(|c| c.dialed);
+                let waiting = peer.filter(|p| self.connect_waiters.contains_key(p));
+                if let Some(peer) = waiting {
+                    let none_left = self
+                        .endpoint
+                        .peer_info(peer)
+                        .is_none_or(|p| p.connections.is_empty());
+                    if none_left {
+                        if let Some(reply) = self.connect_waiters.remove(&peer) {
+                            let error = if reason.code == CloseCode::Unauthorized {
+                                NodeError::Rejected(reason.message.clone())
+                            } else if reason.message.contains("handshake timed out") {
+                                NodeError::TimedOut(self.config.endpoint.handshake_timeout)
+                            } else {
+                                NodeError::ConnectionFailed(reason.clone())
+                            };
+                            let _ = reply.try_send(Err(error));
+                        }
+                        self.dialed.retain(|_, p| p.peer != peer);
+                        let _ = self.endpoint.forget_peer(self.now(), peer);
+                    }
+                } else if let (Some(path), false) = (path, self.closing) {
+                    if let Some(p) = self.dialed.get_mut(&path) {
+                        p.connection = None;
+                    }
+                    self.schedule_retry(path);
+                }
+            }
+            Event::Writable { peer, stream } => {
+                self.retry_parked(*peer, *stream);
+                return;
+            }
+            Event::PeerLost { peer, .. } => {
+                let peer = *peer;
+                let keys: Vec<_> = self
+                    .parked
+                    .keys()
+                    .filter(|(p, _)| *p == peer)
+                    .copied()
+                    .collect();
+                for key in keys {
+                    for parked in self.parked.remove(&key).unwrap_or_default() {
+                        let reply = match parked {
+                            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
+                        };
+                        let _ = reply.try_send(Err(NodeError::PeerGone));
+                    }
+                }
+                if let Some(reply) = self.connect_waiters.remove(&peer) {
+                    let _ = reply.try_send(Err(NodeError::PeerGone));
+                }
+                let sockets: Vec<usize> = self
+                    .dialed
+                    .values()
+                    .filter(|p| p.peer == peer)
+                    .filter_map(|p| p.socket.as_ref().map(|(s, _)| *s))
+                    .collect();
+                for socket in sockets {
+                    if let Some(slot) = self.sockets.get_mut(socket) {
+                        *slot = None;
+                    }
+                }
+                self.dialed.retain(|_, p| p.peer != peer);
+            }
+            _ => {}
+        }
+        self.forward(event);
+    }
+
+    pub(super) fn retry_parked(&mut self, peer: PeerId, stream: i64) {
+        let now = self.now();
+        let Some(mut queue) = self.parked.remove(&(peer, stream)) else {
+            return;
+        };
+        while let Some(parked) = queue.pop_front() {
+            match parked {
+                Parked::Messages {
+                    mut payloads,
+                    options,
+                    reply,
+                } => match self.send_queued(peer, stream, &mut payloads, &options) {
+                    Ok(true) => {
+                        let _ = reply.try_send(Ok(()));
+                    }
+                    Ok(false) => {
+                        queue.push_front(Parked::Messages {
+                            payloads,
+                            options,
+                            reply,
+                        });
+                        break;
+                    }
+                    Err(err) => {
+                        let _ = reply.try_send(Err(err));
+                    }
+                },
+                Parked::Finish { reply } => {
+                    let result = self.endpoint.finish_stream(
+                        now,
+                        peer,
+                        stream,
+                        CloseReason::new(CloseCode::Shutdown, "finished"),
+                    );
+                    let _ = reply.try_send(result.map_err(NodeError::from));
+                }
+            }
+        }
+        if !queue.is_empty() {
+            self.parked.insert((peer, stream), queue);
+        }
+    }
+
+    pub(super) fn redial_due(&mut self, now: Timestamp) {
+        let due_at = Instant::now();
+        let due: Vec<u64> = self
+            .dialed
+            .iter()
+            .filter(|(_, p)| !p.dialing && p.retry_at.is_some_and(|t| t <= due_at))
+            .map(|(&id, _)| id)
+            .collect();
+        for path in due {
+            let Some(p) = self.dialed.get_mut(&path) else {
+                continue;
+            };
+            p.retry_at = None;
+            let peer = p.peer;
+            if self.endpoint.peer_info(peer).is_none() {
+                self.dialed.remove(&path);
+                continue;
+            }
+            let address = p.address.clone();
+            match p.socket.clone() {
+                Some((socket, remote)) => {
+                    let kind = self.kind_of(&address);
+                    let remote_name = address.to_string();
+                    match self.endpoint.add_connection(now, peer, kind) {
+                        Ok(connection) => {
+                            if let Some(p) = self.dialed.get_mut(&path) {
+                                p.connection = Some(connection);
+                            }
+                            self.reconnects += 1;
+                            self.by_remote.insert((socket, remote.clone()), connection);
+                            self.conns.insert(
+                                connection,
+                                Conn {
+                                    link: Link::Datagram { socket, remote },
+                                    remote: remote_name,
+                                    dialed: Some(path),
+                                },
+                            );
+                        }
+                        Err(_) => {
+                            self.dialed.remove(&path);
+                        }
+                    }
+                }
+                None => {
+                    if let Some(p) = self.dialed.get_mut(&path) {
+                        p.dialing = true;
+                    }
+                    let rt = self.rt.clone();
+                    let net = self.net_tx.clone();
+                    self.rt.spawn(async move {
+                        let result = tasks::dial_stream(&rt, &address).await;
+                        let _ = net.send(NetInput::Redialed { path, result }).await;
+                    });
+                }
+            }
+        }
+    }
+
+    pub(super) fn finish_closed(&mut self) {
+        for connection in std::mem::take(&mut self.closed_now) {
+            let Some(conn) = self.conns.remove(&connection) else {
+                continue;
+            };
+            match conn.link {
+                Link::Datagram { socket, remote } => {
+                    let key = (socket, remote);
+                    if self.by_remote.get(&key) == Some(&connection) {
+                        self.by_remote.remove(&key);
+                    }
+                }
+                Link::Stream { handle } => {
+                    if let Some(mut slot) = self.streams.remove(&handle) {
+                        while let Some(data) = slot.overflow.pop_front() {
+                            if slot.writer.try_send(data).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn check_waiters(&mut self) {
+        let endpoint = &self.endpoint;
+        self.settle_waiters.retain(|(peer, full, reply)| {
+            let result = match endpoint.peer_info(*peer) {
+                None => Some(Err(NodeError::PeerGone)),
+                Some(info) if info.send_buffered == 0 && (!*full || info.streams == 0) => {
+                    Some(Ok(()))
+                }
+                Some(_) => None,
+            };
+            match result {
+                Some(result) => {
+                    let _ = reply.try_send(result);
+                    false
+                }
+                None => true,
+            }
+        });
+    }
+
+    pub(super) fn stats(&self) -> NodeStats {
+        let paths = self
+            .endpoint
+            .connections()
+            .filter_map(|connection| {
+                let info = self.endpoint.connection_info(connection)?;
+                let remote = self
+                    .conns
+                    .get(&connection)
+                    .map(|c| c.remote.clone())
+                    .unwrap_or_default();
+                Some(PathStats {
+                    connection,
+                    remote,
+                    info,
+                })
+            })
+            .collect();
+        NodeStats {
+            endpoint: self.endpoint.stats(),
+            paths,
+            dropped_datagrams: self.dropped_datagrams,
+            io_errors: self.io_errors,
+            reconnects: self.reconnects,
+            buffered_bytes: self.endpoint.buffered_bytes(),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! The application's handle on a node: commands to the I/O task, events back.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use atbus_core::{
+    CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointStats, Event, PeerId, SendError,
+    SendOptions,
+};
+use bytes::Bytes;
+
+use crate::address::Address;
+use crate::config::NodeConfig;
+use crate::driver::Driver;
+use crate::runtime::Runtime;
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A listen address could not be bound (in use, no permission, ...).
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: Address,
+        /// The system's reason.
+        source: io::Error,
+    },
+    /// An address could not be dialled (refused, unreachable, timed out).
+    #[error("cannot connect to {address}: {source}")]
+    Dial {
+        /// The address.
+        address: Address,
+        /// The system's reason.
+        source: io::Error,
+    },
+    /// The transport exists in the URL syntax but not in this version.
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+    /// The peer refused the handshake.
+    #[error("the peer rejected the connection: {0}")]
+    Rejected(String),
+    /// Nothing answered the handshake in time (no node at the address, or the
+    /// path drops everything).
+    #[error("timed out: the peer did not answer the handshake within {0:?}")]
+    TimedOut(std::time::Duration),
+    /// Every connection to the peer closed before the handshake completed.
+    #[error("connection failed: {0}")]
+    ConnectionFailed(CloseReason),
+    /// A connect call was given no address.
+    #[error("no address to connect to")]
+    NoAddress,
+    /// The core refused a message or a stream operation.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The peer is gone (lost, forgotten).
+    #[error("the peer is gone")]
+    PeerGone,
+    /// The node was closed.
+    #[error("the node is closed")]
+    Closed,
+}
+
+/// One connection (path) in [`NodeStats`].
+#[derive(Debug, Clone)]
+pub struct PathStats {
+    /// The core's id of the connection.
+    pub connection: ConnectionId,
+    /// `scheme://remote` of the path.
+    pub remote: String,
+    /// State, RTT, MTU and counters from the core.
+    pub info: ConnectionInfo,
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStats {
+    /// Endpoint-wide counters from the core.
+    pub endpoint: EndpointStats,
+    /// Every live connection.
+    pub paths: Vec<PathStats>,
+    /// Datagrams dropped before the core: from unknown remotes beyond the pending
+    /// accept limit, to a dialled socket from a stranger, or over a full send queue.
+    pub dropped_datagrams: u64,
+    /// Socket errors seen (each one is also handled: retried, or the connection
+    /// closed).
+    pub io_errors: u64,
+    /// Stream connections re-dialled and datagram connections renewed.
+    pub reconnects: u64,
+    /// Payload bytes the endpoint holds (queued and received).
+    pub buffered_bytes: usize,
+}
+
+pub(crate) type Reply<T> = async_channel::Sender<T>;
+
+/// What the handle asks of the I/O task.
+pub(crate) enum Command {
+    Connect {
+        addresses: Vec<Address>,
+        reply: Reply<Result<PeerId, NodeError>>,
+    },
+    Send {
+        peer: PeerId,
+        stream: i64,
+        payload: Bytes,
+        options: SendOptions,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    SendMany {
+        peer: PeerId,
+        stream: i64,
+        payloads: Vec<Bytes>,
+        options: SendOptions,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    TrySend {
+        peer: PeerId,
+        stream: i64,
+        payload: Bytes,
+        options: SendOptions,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    Finish {
+        peer: PeerId,
+        stream: i64,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    Control {
+        peer: PeerId,
+        id: CommandId,
+        payload: Bytes,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    WaitSettled {
+        peer: PeerId,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    WaitAcknowledged {
+        peer: PeerId,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    CloseConnection {
+        connection: ConnectionId,
+        reply: Reply<Result<(), NodeError>>,
+    },
+    Stats {
+        reply: Reply<NodeStats>,
+    },
+    Close {
+        reply: Reply<()>,
+    },
+    Wake,
+}
+
+/// A running node: listens, connects, sends and receives. Cloning the handle is
+/// not offered; share it behind an `Arc` (every method takes `&self`).
+///
+/// The node's I/O runs on a task of its runtime (or its own thread, see
+/// [`NodeConfig::dedicated_thread`]); this handle talks to it through channels, so
+/// it is the same for every runtime adapter.
+#[derive(Debug)]
+pub struct Node {
+    commands: async_channel::Sender<Command>,
+    events: async_channel::Receiver<Event>,
+    paused: Arc<AtomicBool>,
+    event_capacity: usize,
+    local: Vec<Address>,
+}
+
+impl Node {
+    /// Binds every listen address of `config` and starts the node's I/O on `runtime`.
+    /// Must be called from within the runtime (tokio: inside a runtime context).
+    pub fn start<R: Runtime>(config: NodeConfig, runtime: R) -> Result<Node, NodeError> {
+        let (commands, command_rx) = async_channel::bounded(1024);
+        let (event_tx, events) = async_channel::unbounded();
+        let paused = Arc::new(AtomicBool::new(false));
+        let event_capacity = config.event_capacity.max(1);
+        let dedicated = config.dedicated_thread;
+        let bound = crate::driver::bind_all(&config.listen)?;
+        let local = bound.iter().map(|b| b.local.clone()).collect();
+        let parts = crate::driver::DriverParts {
+            config,
+            bound,
+            commands: command_rx,
+            events: event_tx,
+            paused: paused.clone(),
+        };
+        if dedicated {
+            runtime
+                .spawn_dedicated(move |rt| Driver::new(parts, rt).run())
+                .map_err(|source| NodeError::Listen {
+                    address: Address::Shm("dedicated I/O thread".into()),
+                    source,
+                })?;
+        } else {
+            let driver = Driver::new(parts, runtime.clone());
+            runtime.spawn(driver.run());
+        }
+        Ok(Node {
+            commands,
+            events,
+            paused,
+            event_capacity,
+            local,
+        })
+    }
+
+    /// The addresses the node listens on, with the ports the system chose for port 0.
+    pub fn local_addresses(&self) -> &[Address] {
+        &self.local
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NodeError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.commands
+            .send(make(reply))
+            .await
+            .map_err(|_| NodeError::Closed)?;
+        answer.recv().await.map_err(|_| NodeError::Closed)
+    }
+
+    /// Connects to a peer by one or several addresses (several make a multi-path
+    /// peer) and waits for the handshake. Errors name the address that could not
+    /// be dialled, a rejection, or a handshake that timed out.
+    pub async fn connect(&self, addresses: &[Address]) -> Result<PeerId, NodeError> {
+        if addresses.is_empty() {
+            return Err(NodeError::NoAddress);
+        }
+        let addresses = addresses.to_vec();
+        self.ask(|reply| Command::Connect { addresses, reply })
+            .await?
+    }
+
+    /// Queues a message; waits while the stream's send window is full (the core's
+    /// window is the only buffer: nothing queues unbounded).
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        stream: i64,
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Send {
+            peer,
+            stream,
+            payload,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Queues several messages on one stream, in order, with one round trip to the
+    /// I/O task (cheaper than one [`Node::send`] each); waits while the window is
+    /// full, like `send`. On an error, the messages before the failing one are
+    /// queued and the rest are not.
+    pub async fn send_many(
+        &self,
+        peer: PeerId,
+        stream: i64,
+        payloads: Vec<Bytes>,
+        options: SendOptions,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::SendMany {
+            peer,
+            stream,
+            payloads,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Queues a message or answers [`SendError::WouldBlock`] at once.
+    pub async fn try_send(
+        &self,
+        peer: PeerId,
+        stream: i64,
+        payload: Bytes,
+        options: SendOptions,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::TrySend {
+            peer,
+            stream,
+            payload,
+            options,
+            reply,
+        })
+        .await?
+    }
+
+    /// Finishes the sending direction of a stream (after every queued message).
+    pub async fn finish(&self, peer: PeerId, stream: i64) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Finish {
+            peer,
+            stream,
+            reply,
+        })
+        .await?
+    }
+
+    /// Sends a command (stop, reload, or a user id >= 100) on the control stream;
+    /// the peer sees [`Event::Command`]. Answers `WouldBlock` when the control
+    /// stream is full.
+    pub async fn send_command(
+        &self,
+        peer: PeerId,
+        id: CommandId,
+        payload: Bytes,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::Control {
+            peer,
+            id,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Waits until every payload byte queued to `peer` is acknowledged.
+    pub async fn wait_acknowledged(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.ask(|reply| Command::WaitAcknowledged { peer, reply })
+            .await?
+    }
+
+    /// Waits until every stream with `peer` is finished both ways and settled
+    /// (everything sent acknowledged, everything received delivered).
+    pub async fn wait_settled(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.ask(|reply| Command::WaitSettled { peer, reply })
+            .await?
+    }
+
+    /// Closes one connection (the peer is told); a dialled stream connection is
+    /// re-dialled like a dropped one.
+    pub async fn close_connection(&self, connection: ConnectionId) -> Result<(), NodeError> {
+        self.ask(|reply| Command::CloseConnection { connection, reply })
+            .await?
+    }
+
+    /// The next event: messages, stream ends, peers connected and lost,
+    /// connections closed. `None` once the node is closed and drained.
+    pub async fn recv(&self) -> Option<Event> {
+        let event = self.events.recv().await.ok();
+        self.after_recv();
+        event
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&self) -> Option<Event> {
+        let event = self.events.try_recv().ok();
+        self.after_recv();
+        event
+    }
+
+    fn after_recv(&self) {
+        if self.paused.load(Ordering::Relaxed) && self.events.len() < self.event_capacity / 2 {
+            let _ = self.commands.try_send(Command::Wake);
+        }
+    }
+
+    /// Counters of the node and of each connection.
+    pub async fn stats(&self) -> Result<NodeStats, NodeError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    /// Closes every connection (peers are told, SHUTDOWN), flushes what is queued
+    /// to the sockets, and stops the I/O task.
+    pub async fn close(&self) {
+        let _ = self.ask(|reply| Command::Close { reply }).await;
+    }
+}

@@ -1,0 +1,287 @@
+//! Background tasks of a node: socket readers, stream writers, listeners, dialers.
+//! Each ends when the driver drops its `stop` sender.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future;
+
+use crate::address::Address;
+use crate::runtime::{DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite};
+use crate::udp::RecvScratch;
+
+/// Bytes read from a stream at once.
+const STREAM_BUFFER: usize = 64 * 1024;
+/// How long a dial may take.
+pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the tasks hand to the driver.
+pub(crate) enum NetInput<R: Runtime> {
+    Datagrams {
+        socket: usize,
+        batch: Vec<(Remote, Bytes)>,
+    },
+    DatagramError,
+    Accepted {
+        reader: R::Reader,
+        writer: R::Writer,
+        remote: String,
+    },
+    StreamData {
+        handle: u64,
+        data: Bytes,
+    },
+    StreamEnded {
+        handle: u64,
+    },
+    Dialed {
+        request: u64,
+        results: Vec<Result<Dialed<R>, (Address, io::Error)>>,
+    },
+    Redialed {
+        path: u64,
+        result: io::Result<(R::Reader, R::Writer)>,
+    },
+}
+
+/// A transport opened towards a peer.
+pub(crate) enum Dialed<R: Runtime> {
+    Datagram {
+        socket: R::Datagram,
+        remote: Remote,
+        address: Address,
+        /// A Unix datagram client binds a path of its own; removed at close.
+        own_path: Option<std::path::PathBuf>,
+    },
+    Stream {
+        reader: R::Reader,
+        writer: R::Writer,
+        address: Address,
+    },
+}
+
+/// Waits for `stop` to be dropped.
+async fn stopped(stop: &async_channel::Receiver<()>) {
+    let _ = stop.recv().await;
+}
+
+pub(crate) async fn datagram_reader<R: Runtime>(
+    socket: Arc<R::Datagram>,
+    index: usize,
+    net: async_channel::Sender<NetInput<R>>,
+    stop: async_channel::Receiver<()>,
+) {
+    let mut scratch = RecvScratch::new();
+    loop {
+        let mut batch = Vec::new();
+        let received = future::or(
+            async { Some(socket.recv_batch(&mut scratch, &mut batch).await) },
+            async {
+                stopped(&stop).await;
+                None
+            },
+        )
+        .await;
+        let input = match received {
+            None => return,
+            Some(Ok(())) if batch.is_empty() => continue,
+            // The whole batch goes to the core at once, before it answers.
+            Some(Ok(())) => NetInput::Datagrams {
+                socket: index,
+                batch,
+            },
+            // ICMP errors reported on the socket, or a transient failure: count and
+            // keep serving.
+            Some(Err(_)) => NetInput::DatagramError,
+        };
+        if net.send(input).await.is_err() {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn stream_reader<R: Runtime>(
+    mut reader: R::Reader,
+    handle: u64,
+    net: async_channel::Sender<NetInput<R>>,
+    stop: async_channel::Receiver<()>,
+) {
+    let mut buf = vec![0u8; STREAM_BUFFER];
+    loop {
+        let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
+            stopped(&stop).await;
+            None
+        })
+        .await;
+        let input = match read {
+            None => return,
+            Some(Ok(0)) | Some(Err(_)) => NetInput::StreamEnded { handle },
+            Some(Ok(n)) => NetInput::StreamData {
+                handle,
+                data: Bytes::copy_from_slice(&buf[..n]),
+            },
+        };
+        let ended = matches!(input, NetInput::StreamEnded { .. });
+        // A full channel stops the reading: the peer's writes back up (flow control).
+        if net.send(input).await.is_err() || ended {
+            return;
+        }
+    }
+}
+
+pub(crate) async fn stream_writer<W: StreamWrite>(
+    mut writer: W,
+    queue: async_channel::Receiver<Bytes>,
+) {
+    while let Ok(data) = queue.recv().await {
+        if writer.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+pub(crate) async fn accept_loop<R: Runtime>(
+    listener: R::Listener,
+    net: async_channel::Sender<NetInput<R>>,
+    stop: async_channel::Receiver<()>,
+    runtime: R,
+) {
+    loop {
+        let accepted = future::or(async { Some(listener.accept().await) }, async {
+            stopped(&stop).await;
+            None
+        })
+        .await;
+        match accepted {
+            None => return,
+            Some(Ok((reader, writer, remote))) => {
+                let input = NetInput::Accepted {
+                    reader,
+                    writer,
+                    remote,
+                };
+                if net.send(input).await.is_err() {
+                    return;
+                }
+            }
+            // Out of descriptors and the like: wait a little instead of spinning.
+            Some(Err(_)) => {
+                runtime
+                    .sleep_until(Instant::now() + Duration::from_millis(50))
+                    .await
+            }
+        }
+    }
+}
+
+async fn with_timeout<R: Runtime, T>(
+    runtime: &R,
+    fut: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let deadline = runtime.sleep_until(Instant::now() + DIAL_TIMEOUT);
+    future::or(fut, async {
+        deadline.await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+    })
+    .await
+}
+
+/// Dials a stream address.
+pub(crate) async fn dial_stream<R: Runtime>(
+    runtime: &R,
+    address: &Address,
+) -> io::Result<(R::Reader, R::Writer)> {
+    match address {
+        Address::Tcp(addr) => with_timeout(runtime, runtime.connect_tcp(*addr)).await,
+        Address::Unix(path) => with_timeout(runtime, runtime.connect_unix(path.clone())).await,
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a stream address",
+        )),
+    }
+}
+
+fn unspecified(addr: &SocketAddr) -> SocketAddr {
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(v6) if v6.is_loopback() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+fn client_unix_path(server: &std::path::Path) -> std::path::PathBuf {
+    let name = format!(
+        "atbus-{}-{:x}.sock",
+        std::process::id(),
+        crate::config::random_session_id()
+    );
+    match server.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => std::env::temp_dir().join(name),
+    }
+}
+
+/// Opens a transport to `address`.
+pub(crate) async fn dial<R: Runtime>(
+    runtime: &R,
+    address: Address,
+) -> Result<Dialed<R>, (Address, io::Error)> {
+    let fail = |address: &Address, err: io::Error| (address.clone(), err);
+    match &address {
+        Address::Udp(remote) => {
+            let socket = std::net::UdpSocket::bind(unspecified(remote))
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| runtime.udp(s))
+                .map_err(|err| fail(&address, err))?;
+            Ok(Dialed::Datagram {
+                socket,
+                remote: Remote::Ip(*remote),
+                address,
+                own_path: None,
+            })
+        }
+        Address::UnixDatagram(path) => {
+            let own = client_unix_path(path);
+            let socket = std::os::unix::net::UnixDatagram::bind(&own)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(|s| runtime.unix_datagram(s))
+                .map_err(|err| fail(&address, err))?;
+            if !path.exists() {
+                let _ = std::fs::remove_file(&own);
+                return Err(fail(
+                    &address,
+                    io::Error::new(io::ErrorKind::NotFound, "no socket at this path"),
+                ));
+            }
+            Ok(Dialed::Datagram {
+                socket,
+                remote: Remote::Unix(path.clone()),
+                own_path: Some(own),
+                address,
+            })
+        }
+        Address::Tcp(_) | Address::Unix(_) => {
+            let (reader, writer) = dial_stream(runtime, &address)
+                .await
+                .map_err(|err| fail(&address, err))?;
+            Ok(Dialed::Stream {
+                reader,
+                writer,
+                address,
+            })
+        }
+        Address::Shm(_) => Err(fail(
+            &address,
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "shm:// is not supported yet by the runtime adapters",
+            ),
+        )),
+    }
+}

@@ -1,0 +1,113 @@
+//! Batched UDP system calls through `quinn-udp`: `recvmmsg` with GRO on receive,
+//! GSO (one `sendmsg` carrying many equal-size datagrams) on send. The adapters call
+//! these inside their runtime's readiness wrappers.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+
+use crate::runtime::Remote;
+
+/// Receive buffers of one socket (owned by its reader task).
+pub struct RecvScratch {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+/// Bytes of one receive buffer: room for a GRO-coalesced run of datagrams.
+const RECV_BUFFER: usize = 64 * 1024;
+/// Receive buffers per system call (at most quinn-udp's batch size).
+const RECV_BUFFERS: usize = 16;
+
+impl RecvScratch {
+    /// Buffers for one `recvmmsg`.
+    pub fn new() -> Self {
+        let n = RECV_BUFFERS.clamp(1, quinn_udp::BATCH_SIZE.max(1));
+        RecvScratch {
+            bufs: vec![vec![0u8; RECV_BUFFER]; n],
+            meta: vec![RecvMeta::default(); n],
+        }
+    }
+
+    /// One plain buffer, for sockets without batching (Unix datagram).
+    pub fn first_buffer(&mut self) -> &mut [u8] {
+        &mut self.bufs[0]
+    }
+}
+
+impl Default for RecvScratch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The batching state of one UDP socket.
+#[derive(Debug)]
+pub struct UdpBatching {
+    state: UdpSocketState,
+}
+
+impl UdpBatching {
+    /// Probes the socket's offloads (GSO, GRO) and sets the options batching needs.
+    pub fn new<'a>(socket: impl Into<UdpSockRef<'a>>) -> io::Result<Self> {
+        Ok(UdpBatching {
+            state: UdpSocketState::new(socket.into())?,
+        })
+    }
+
+    /// Datagrams one [`UdpBatching::try_send`] may carry (1 without GSO).
+    pub fn max_segments(&self) -> usize {
+        self.state.max_gso_segments().max(1)
+    }
+
+    /// Receives every datagram ready (one `recvmmsg`, GRO runs split into their
+    /// datagrams) and appends them to `out`; `WouldBlock` when none is ready.
+    pub fn try_recv<'a>(
+        &self,
+        socket: impl Into<UdpSockRef<'a>>,
+        scratch: &mut RecvScratch,
+        out: &mut Vec<(Remote, Bytes)>,
+    ) -> io::Result<()> {
+        let mut slices: Vec<IoSliceMut<'_>> = scratch
+            .bufs
+            .iter_mut()
+            .map(|b| IoSliceMut::new(b.as_mut_slice()))
+            .collect();
+        let n = self
+            .state
+            .recv(socket.into(), &mut slices, &mut scratch.meta)?;
+        for (meta, buf) in scratch.meta.iter().zip(&scratch.bufs).take(n) {
+            let data = &buf[..meta.len.min(buf.len())];
+            let stride = if meta.stride == 0 {
+                data.len().max(1)
+            } else {
+                meta.stride
+            };
+            for datagram in data.chunks(stride) {
+                out.push((Remote::Ip(meta.addr), Bytes::copy_from_slice(datagram)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends `contents` to `to` as datagrams of `segment_size` bytes (the last may be
+    /// shorter); one datagram when `contents` is no longer than `segment_size`.
+    pub fn try_send<'a>(
+        &self,
+        socket: impl Into<UdpSockRef<'a>>,
+        to: SocketAddr,
+        contents: &[u8],
+        segment_size: usize,
+    ) -> io::Result<()> {
+        let transmit = Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > segment_size).then_some(segment_size),
+            src_ip: None,
+        };
+        self.state.try_send(socket.into(), &transmit)
+    }
+}
