@@ -76,6 +76,9 @@ struct SimArgs {
     /// Virtual time after which the run stops.
     #[arg(long, default_value = "600s", value_name = "DUR")]
     time_limit: String,
+    /// Multi-path scheduler of both endpoints: min-rtt, redundant or round-robin.
+    #[arg(long, default_value = "min-rtt", value_name = "S")]
+    scheduler: String,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -169,8 +172,22 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
             path.mtu
         ));
     }
+    let scheduler = match args.scheduler.as_str() {
+        "min-rtt" => atbus_core::Scheduler::MinRtt,
+        "redundant" => atbus_core::Scheduler::Redundant,
+        "round-robin" => atbus_core::Scheduler::RoundRobin,
+        other => {
+            return Err(format!(
+                "unknown scheduler {other:?}: expected min-rtt, redundant or round-robin"
+            ));
+        }
+    };
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let (client, server) = atbus_sim::atbus::pair(&mtus);
+    let mut client_config = atbus_core::EndpointConfig::new("client", 1);
+    client_config.scheduler = scheduler;
+    let mut server_config = atbus_core::EndpointConfig::new("server", 2);
+    server_config.scheduler = scheduler;
+    let (client, server) = atbus_sim::atbus::pair_with(&mtus, client_config, server_config);
     let report = atbus_sim::run(&scenario, client, server);
     if args.json {
         println!("{}", report.to_json());

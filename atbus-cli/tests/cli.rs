@@ -120,12 +120,65 @@ fn sim_rejects_bad_arguments_with_a_clear_error() {
         &["--size", "10-5"],
         &["--interval", "5 parsecs"],
         &["--path", "mtu=50"],
+        &["--scheduler", "fastest"],
     ] {
         let out = atbus().arg("sim").args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("atbus sim:"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn sim_schedulers_spread_two_paths_differently_and_report_per_path_stats() {
+    let paths = [
+        "--path",
+        "delay=10ms,loss=1%",
+        "--path",
+        "delay=30ms,loss=1%,mtu=548",
+        "--messages",
+        "500",
+        "--interval",
+        "5ms",
+    ];
+    let sent = |report: &serde_json::Value, path: usize| {
+        report["paths"][path]["sent_packets"].as_u64().unwrap()
+    };
+    let min_rtt = sim_json(&[&paths[..], &["--scheduler", "min-rtt"]].concat());
+    let redundant = sim_json(&[&paths[..], &["--scheduler", "redundant"]].concat());
+    let round_robin = sim_json(&[&paths[..], &["--scheduler", "round-robin"]].concat());
+    for report in [&min_rtt, &redundant, &round_robin] {
+        assert_eq!(report["delivered"], 500);
+        assert_eq!(report["duplicates"], 0);
+        for path in 0..2 {
+            let p = &report["paths"][path];
+            for field in [
+                "mtu",
+                "srtt_ms",
+                "cwnd_bytes",
+                "sent_bytes",
+                "lost_packets",
+                "retransmits",
+            ] {
+                assert!(!p[field].is_null(), "{field}");
+            }
+        }
+        assert!(report["stats"]["windows"]["1s"].is_object());
+        assert_eq!(
+            report["stats"]["histogram"]["counts"]
+                .as_array()
+                .unwrap()
+                .len(),
+            20
+        );
+    }
+    // min-RTT keeps a light flow on the fast path; redundant sends it on both.
+    assert!(sent(&min_rtt, 0) > 5 * sent(&min_rtt, 1), "{min_rtt}");
+    assert!(sent(&redundant, 1) * 2 > sent(&redundant, 0), "{redundant}");
+    assert!(
+        sent(&round_robin, 1) * 3 > sent(&round_robin, 0),
+        "{round_robin}"
+    );
 }
 
 #[test]

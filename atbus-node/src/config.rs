@@ -65,8 +65,7 @@ pub struct NodeConfig {
     pub endpoint: EndpointConfig,
     /// Addresses to listen on (any mix of schemes; may be empty for a pure client).
     pub listen: Vec<Address>,
-    /// Multi-path scheduler. Validated and kept; the core applies `min-rtt` until
-    /// its scheduler setting lands.
+    /// Multi-path scheduler (overrides `endpoint.scheduler`).
     pub scheduler: Scheduler,
     /// Initial MTU of UDP paths (see [`UDP_INITIAL_MTU`]).
     pub udp_mtu: usize,
@@ -118,17 +117,20 @@ impl NodeConfig {
     }
 }
 
-/// A random non-zero session id (from the standard library's per-process random
-/// hasher keys, mixed with the clock).
+/// A session id for a new incarnation: the start time (µs since the UNIX epoch)
+/// above 12 random bits, so that a restarted node presents a larger one.
 pub fn random_session_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};
+    // Sessions must grow with each incarnation of a node (the core refuses an
+    // older one): the start time in microseconds in the high bits, randomness in
+    // the low 12 (two incarnations in the same microsecond still differ).
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
+    hasher.write_u128(micros);
     hasher.write_u32(std::process::id());
-    hasher.finish().max(1)
+    let time = u64::try_from(micros).unwrap_or(u64::MAX >> 12) & (u64::MAX >> 12);
+    ((time << 12) | (hasher.finish() & 0xfff)).max(1)
 }
