@@ -47,6 +47,9 @@ pub struct BenchArgs {
     /// The async runtime (ignored by `mem`).
     #[arg(long, value_enum, default_value = "tokio")]
     runtime: RuntimeKind,
+    /// Run the node's I/O on a dedicated thread.
+    #[arg(long)]
+    io_thread: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -178,11 +181,14 @@ async fn sockets(
         BenchTransport::Shm | BenchTransport::Mem => unreachable!("handled by the caller"),
     };
     let mut server_config = NodeConfig::new("bench-server");
+    server_config.dedicated_thread = args.io_thread;
     server_config.listen = vec![listen.parse().map_err(|e| fail(&e))?];
     let server = runtime::start(args.runtime, server_config)
         .await
         .map_err(|e| fail(&e))?;
-    let client = runtime::start(args.runtime, NodeConfig::new("bench-client"))
+    let mut client_config = NodeConfig::new("bench-client");
+    client_config.dedicated_thread = args.io_thread;
+    let client = runtime::start(args.runtime, client_config)
         .await
         .map_err(|e| fail(&e))?;
     let result = async {

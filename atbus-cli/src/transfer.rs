@@ -40,6 +40,9 @@ pub struct RecvArgs {
     /// This node's name.
     #[arg(long, default_value = "atbus-recv")]
     name: String,
+    /// Run the node's I/O on a dedicated thread.
+    #[arg(long)]
+    io_thread: bool,
     /// Accept only senders presenting this token (repeat for several).
     #[arg(long = "token", value_name = "TOKEN")]
     tokens: Vec<String>,
@@ -69,6 +72,9 @@ pub struct SendArgs {
     /// This node's name.
     #[arg(long, default_value = "atbus-send")]
     name: String,
+    /// Run the node's I/O on a dedicated thread.
+    #[arg(long)]
+    io_thread: bool,
     /// Token presented to the receiver.
     #[arg(long)]
     token: Option<String>,
@@ -145,6 +151,7 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
     runtime::block_on(args.runtime, async {
         let mut config = NodeConfig::new(args.name.clone());
         config.listen = listen;
+        config.dedicated_thread = args.io_thread;
         // A sender that vanished is given up on after its connections time out
         // (idle timeout) and this much more.
         config.endpoint.peer_linger = PEER_LINGER;
@@ -249,6 +256,7 @@ pub fn send(args: &SendArgs) -> Result<ExitCode, Failure> {
     runtime::block_on(args.runtime, async {
         let mut config = NodeConfig::new(args.name.clone());
         config.scheduler = scheduler;
+        config.dedicated_thread = args.io_thread;
         config.endpoint.peer_linger = PEER_LINGER;
         if let Some(token) = &args.token {
             config.endpoint.token = Bytes::from(token.clone().into_bytes());

@@ -132,6 +132,27 @@ fn a_file_arrives_byte_identical_over_udp_with_tokio_and_smol() {
 }
 
 #[test]
+fn bench_runs_on_smol_and_with_dedicated_io_threads() {
+    for extra in [&["--runtime", "smol"][..], &["--io-thread"][..]] {
+        let out = atbus()
+            .args([
+                "bench",
+                "--transport",
+                "udp",
+                "--messages",
+                "1000",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{extra:?}: {out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["messages"], 1000);
+    }
+}
+
+#[test]
 fn a_file_arrives_byte_identical_over_tcp_with_tokio_and_smol() {
     round_trip(&["tcp://127.0.0.1:0"], "tokio", 1_000_003, |a| a);
     round_trip(&["tcp://127.0.0.1:0"], "smol", 300_001, |a| a);
