@@ -345,6 +345,10 @@ impl<R: Runtime> Driver<R> {
             .connections()
             .filter_map(|connection| {
                 let info = self.endpoint.connection_info(connection)?;
+                // Closed connections only wait to send their FINISH_CONNECTION.
+                if info.state == atbus_core::ConnectionState::Closed {
+                    return None;
+                }
                 let remote = self
                     .conns
                     .get(&connection)
