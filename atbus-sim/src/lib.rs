@@ -31,6 +31,7 @@
 pub mod atbus;
 mod bottleneck;
 mod config;
+pub mod flags;
 mod harness;
 mod link;
 mod loss;
@@ -40,6 +41,7 @@ pub mod transport;
 mod workload;
 
 pub use config::{ConfigError, DEFAULT_DELAY, DEFAULT_MTU, DEFAULT_QUEUE_BYTES, LinkConfig};
+pub use flags::ScenarioFlags;
 pub use harness::run;
 pub use link::{DropReason, Fate, Link, LinkStats};
 pub use report::{

@@ -7,9 +7,10 @@
 //! netsim-compare --plot docs/comparison-a.svg --path ... --echo   # all three, CDF
 //! ```
 //!
-//! The flag handling replicates `atbus sim` (atbus-cli keeps it private in its
-//! binary): same names, defaults and parsing, the same `Scenario` and the same
-//! exit status (0 when everything arrived once, intact and in order).
+//! The scenario flags are those of `atbus sim`, parsed by the same
+//! [`atbus_sim::ScenarioFlags`]: same names, defaults and parsing, the same
+//! `Scenario` and the same exit status (0 when everything arrived once, intact and
+//! in order).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,57 +84,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn parse_size(value: &str) -> Result<atbus_sim::SizeRange, String> {
-    let number = |v: &str| {
-        v.trim()
-            .parse::<usize>()
-            .map_err(|_| format!("invalid size {v:?}: expected N or MIN-MAX in bytes"))
-    };
-    let range = match value.split_once('-') {
-        Some((min, max)) => atbus_sim::SizeRange {
-            min: number(min)?,
-            max: number(max)?,
-        },
-        None => atbus_sim::SizeRange::fixed(number(value)?),
-    };
-    if range.min > range.max {
-        return Err(format!("invalid size {value:?}: MIN is above MAX"));
-    }
-    Ok(range)
-}
-
-fn parse_duration(what: &str, value: &str) -> Result<std::time::Duration, String> {
-    if value.trim() == "0" {
-        return Ok(std::time::Duration::ZERO);
-    }
-    atbus_sim::spec::parse_duration(value)
-        .ok_or_else(|| format!("invalid {what} {value:?}: expected a number with us, ms or s"))
-}
-
 fn scenario(args: &Args) -> Result<atbus_sim::Scenario, String> {
-    let paths = if args.paths.is_empty() {
-        vec![atbus_sim::LinkConfig::default()]
-    } else {
-        args.paths
-            .iter()
-            .map(|spec| {
-                spec.parse::<atbus_sim::LinkConfig>()
-                    .map_err(|err| format!("--path {spec:?}: {err}"))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    let scenario = atbus_sim::Scenario {
-        paths,
+    atbus_sim::ScenarioFlags {
+        paths: args.paths.clone(),
         messages: args.messages,
-        size: parse_size(&args.size)?,
-        interval: parse_duration("interval", &args.interval)?,
+        size: args.size.clone(),
+        interval: args.interval.clone(),
         streams: args.streams,
         echo: args.echo,
         seed: args.seed,
-        time_limit: parse_duration("time limit", &args.time_limit)?,
-    };
-    scenario.validate().map_err(|err| err.to_string())?;
-    Ok(scenario)
+        time_limit: args.time_limit.clone(),
+    }
+    .scenario()
 }
 
 fn run(args: &Args) -> Result<ExitCode, String> {
