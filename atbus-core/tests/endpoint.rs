@@ -353,17 +353,21 @@ fn early_data_beyond_the_limit_arrives_later(kind: ConnectionKind) {
 
 /// A hello frame as a peer speaking `version` would send it.
 fn hello_datagram(node: &str, session: u64, version: i32) -> Bytes {
-    use atbus_proto::pb;
-    use prost::Message as _;
-    let handshake = pb::HandshakeData {
-        kind: pb::handshake_data::KindType::Hello as i32,
+    handshake_datagram(atbus_proto::pb::HandshakeData {
+        kind: atbus_proto::pb::handshake_data::KindType::Hello as i32,
         node_name: node.into(),
         session_id: session,
         protocol_version: version,
         options: BTreeMap::new(),
         connection_nonce: 1,
         ..Default::default()
-    };
+    })
+}
+
+/// The datagram starting a control stream with this handshake message.
+fn handshake_datagram(handshake: atbus_proto::pb::HandshakeData) -> Bytes {
+    use atbus_proto::pb;
+    use prost::Message as _;
     let content = pb::PacketContent {
         fragment: vec![pb::packet_content::FragmentType {
             packet_type: pb::AtbusPacketType::Handshake as i32,
@@ -2838,7 +2842,6 @@ fn min_rtt_pacing_does_not_spill_a_light_flow_to_the_slow_path() {
 #[test]
 fn a_hello_naming_a_pending_association_takes_nothing_over() {
     use atbus_proto::pb;
-    use prost::Message as _;
     let mut z = Endpoint::new(config("zed", 2));
     let now = START;
     // Z opens a connection to W; the handshake has not completed.
@@ -2854,7 +2857,7 @@ fn a_hello_naming_a_pending_association_takes_nothing_over() {
     let _ = drain_alone(&mut z);
     // M connects to Z naming Z's association for W: (Z's session, w_peer + 1).
     let m_conn = z.accept(now, DATAGRAM).unwrap();
-    let handshake = pb::HandshakeData {
+    let data = handshake_datagram(pb::HandshakeData {
         kind: pb::handshake_data::KindType::Hello as i32,
         node_name: "mallory".into(),
         session_id: 99,
@@ -2863,32 +2866,12 @@ fn a_hello_naming_a_pending_association_takes_nothing_over() {
         connection_nonce: 1,
         association_session: 2,
         association_id: w_peer.0 + 1,
-    };
-    let content = pb::PacketContent {
-        fragment: vec![pb::packet_content::FragmentType {
-            packet_type: pb::AtbusPacketType::Handshake as i32,
-            data: handshake.encode_to_vec().into(),
-            ..Default::default()
-        }],
-    };
-    let frame = pb::FrameMessage {
-        head: None,
-        body: Some(pb::frame_message::Body::Packet(pb::PacketData {
-            stream_id: -1,
-            stream_offset: 0,
-            content: content.encode_to_vec().into(),
-            flags: pb::AtbusPacketFlagType::ResetOffset as i32,
-            padding_size: 0,
-            timepoint_microseconds: START.as_micros() as i64,
-        })),
-    };
-    let mut buf = bytes::BytesMut::new();
-    atbus_proto::encode_frame(&frame, &mut buf);
+    });
     z.handle_input(
         now,
         Input::Datagram {
             connection: m_conn,
-            data: buf.freeze(),
+            data,
         },
     );
     let (transmits, events, _) = drain_alone(&mut z);
