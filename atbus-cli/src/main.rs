@@ -134,22 +134,12 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
             path.mtu
         ));
     }
-    let scheduler = match args.scheduler.as_str() {
-        "min-rtt" => atbus_core::Scheduler::MinRtt,
-        "redundant" => atbus_core::Scheduler::Redundant,
-        "round-robin" => atbus_core::Scheduler::RoundRobin,
-        other => {
-            return Err(format!(
-                "unknown scheduler {other:?}: expected min-rtt, redundant or round-robin"
-            ));
-        }
-    };
+    let scheduler: atbus_core::Scheduler = args
+        .scheduler
+        .parse()
+        .map_err(|e: atbus_core::UnknownScheduler| e.to_string())?;
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let mut client_config = atbus_core::EndpointConfig::new("client", 1);
-    client_config.scheduler = scheduler;
-    let mut server_config = atbus_core::EndpointConfig::new("server", 2);
-    server_config.scheduler = scheduler;
-    let (client, server) = atbus_sim::atbus::pair_with(&mtus, client_config, server_config);
+    let (client, server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
     let report = atbus_sim::run(&scenario, client, server);
     if args.json {
         println!("{}", report.to_json());

@@ -131,6 +131,35 @@ pub enum Scheduler {
     Redundant,
 }
 
+/// A scheduler name that is not one of `min-rtt`, `redundant`, `round-robin`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown scheduler {0:?}: expected min-rtt, redundant or round-robin")]
+pub struct UnknownScheduler(pub String);
+
+impl std::str::FromStr for Scheduler {
+    type Err = UnknownScheduler;
+
+    /// `min-rtt`, `redundant` or `round-robin`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "min-rtt" => Ok(Scheduler::MinRtt),
+            "redundant" => Ok(Scheduler::Redundant),
+            "round-robin" => Ok(Scheduler::RoundRobin),
+            _ => Err(UnknownScheduler(s.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheduler::MinRtt => "min-rtt",
+            Scheduler::Redundant => "redundant",
+            Scheduler::RoundRobin => "round-robin",
+        })
+    }
+}
+
 /// What kind of transport a connection runs over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConnectionKind {

@@ -34,7 +34,7 @@ pub mod stream;
 pub mod time;
 pub mod timer;
 
-pub use config::{ConnectionKind, EndpointConfig, Scheduler};
+pub use config::{ConnectionKind, EndpointConfig, Scheduler, UnknownScheduler};
 pub use connection::congestion::CongestionAlgorithm;
 pub use connection::{ConnectionInfo, ConnectionState, ConnectionStats, Role};
 pub use endpoint::{Endpoint, EndpointStats, Input, PeerInfo, SendError, SendOptions};

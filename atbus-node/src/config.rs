@@ -1,10 +1,8 @@
 //! Node configuration: identity, listen addresses, limits, scheduler, I/O options.
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
-use atbus_core::EndpointConfig;
+use atbus_core::{EndpointConfig, Scheduler};
 use bytes::Bytes;
 
 use crate::address::Address;
@@ -17,46 +15,6 @@ pub const UDP_INITIAL_MTU: usize = 1232;
 /// Datagram size of Unix datagram paths (the kernel carries far more; this keeps
 /// each datagram inside one default socket buffer slot).
 pub const UNIX_DATAGRAM_MTU: usize = 64 * 1024 - 64;
-
-/// How a multi-path peer spreads a stream over its connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Scheduler {
-    /// Fill the lowest-RTT path that has congestion window (the default).
-    #[default]
-    MinRtt,
-    /// Send on every path; the first copy acknowledged settles the range.
-    Redundant,
-    /// Take the paths in turn.
-    RoundRobin,
-}
-
-/// A scheduler name that is not one of `min-rtt`, `redundant`, `round-robin`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown scheduler {0:?}: expected min-rtt, redundant or round-robin")]
-pub struct UnknownScheduler(pub String);
-
-impl FromStr for Scheduler {
-    type Err = UnknownScheduler;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "min-rtt" => Ok(Scheduler::MinRtt),
-            "redundant" => Ok(Scheduler::Redundant),
-            "round-robin" => Ok(Scheduler::RoundRobin),
-            _ => Err(UnknownScheduler(s.to_owned())),
-        }
-    }
-}
-
-impl fmt::Display for Scheduler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::MinRtt => "min-rtt",
-            Scheduler::Redundant => "redundant",
-            Scheduler::RoundRobin => "round-robin",
-        })
-    }
-}
 
 /// Everything a node is built from.
 #[derive(Debug, Clone)]

@@ -32,6 +32,7 @@ pub use atbus_core::{
     CloseCode, CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointConfig, Event, PeerId,
     ReceivedMessage, SendError, SendOptions,
 };
-pub use config::{NodeConfig, Scheduler, UDP_INITIAL_MTU, UnknownScheduler};
+pub use atbus_core::{Scheduler, UnknownScheduler};
+pub use config::{NodeConfig, UDP_INITIAL_MTU};
 pub use node::{Node, NodeError, NodeStats, PathStats};
 pub use runtime::Runtime;

@@ -57,6 +57,18 @@ pub fn pair(mtus: &[usize]) -> (AtbusTransport, AtbusTransport) {
     )
 }
 
+/// [`pair`] with both endpoints spreading data over the paths by `scheduler`.
+pub fn pair_scheduled(
+    mtus: &[usize],
+    scheduler: atbus_core::Scheduler,
+) -> (AtbusTransport, AtbusTransport) {
+    let mut client = EndpointConfig::new("client", 1);
+    client.scheduler = scheduler;
+    let mut server = EndpointConfig::new("server", 2);
+    server.scheduler = scheduler;
+    pair_with(mtus, client, server)
+}
+
 /// A client and a server endpoint over paths of these MTUs, with the given
 /// configurations.
 ///

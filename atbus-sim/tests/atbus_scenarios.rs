@@ -248,11 +248,7 @@ mod random {
             s.interval = Duration::from_millis(interval);
             s.time_limit = Duration::from_secs(3600);
             let mtus: Vec<usize> = s.paths.iter().map(|p| p.mtu).collect();
-            let mut client = atbus_core::EndpointConfig::new("client", 1);
-            client.scheduler = scheduler;
-            let mut server = atbus_core::EndpointConfig::new("server", 2);
-            server.scheduler = scheduler;
-            let (client, server) = atbus_sim::atbus::pair_with(&mtus, client, server);
+            let (client, server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
             let report = run(&s, Checked(client), Checked(server));
             prop_assert!(!report.timed_out, "{specs:?} {scheduler:?}: {report}");
             prop_assert_eq!(report.delivered, report.sent, "{:?} {:?}: {}", specs, scheduler, report);
@@ -320,11 +316,7 @@ fn two_paths(fast: &str, slow: &str, scheduler: atbus_core::Scheduler) -> Report
         ..Scenario::default()
     };
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let mut client = atbus_core::EndpointConfig::new("client", 1);
-    client.scheduler = scheduler;
-    let mut server = atbus_core::EndpointConfig::new("server", 2);
-    server.scheduler = scheduler;
-    let (c, s) = atbus_sim::atbus::pair_with(&mtus, client, server);
+    let (c, s) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
     run(&scenario, c, s)
 }
 
@@ -400,11 +392,7 @@ fn redundant_over_two_lossy_paths_keeps_p99_near_the_faster_one_way_delay() {
             ..Scenario::default()
         };
         let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-        let mut client = atbus_core::EndpointConfig::new("client", 1);
-        client.scheduler = atbus_core::Scheduler::Redundant;
-        let mut server = atbus_core::EndpointConfig::new("server", 2);
-        server.scheduler = atbus_core::Scheduler::Redundant;
-        let (c, s) = atbus_sim::atbus::pair_with(&mtus, client, server);
+        let (c, s) = atbus_sim::atbus::pair_scheduled(&mtus, atbus_core::Scheduler::Redundant);
         let report = run(&scenario, c, s);
         assert_eq!(report.delivered, 3000, "{report}");
         assert_eq!(

@@ -198,11 +198,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
         let mut endpoint_config = parts.config.endpoint.clone();
-        endpoint_config.scheduler = match parts.config.scheduler {
-            crate::config::Scheduler::MinRtt => atbus_core::Scheduler::MinRtt,
-            crate::config::Scheduler::Redundant => atbus_core::Scheduler::Redundant,
-            crate::config::Scheduler::RoundRobin => atbus_core::Scheduler::RoundRobin,
-        };
+        endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
         if let Some(tokens) = &parts.config.accept_tokens {
             endpoint.set_authenticator(Box::new(atbus_core::TokenAuthenticator::new(
