@@ -25,6 +25,8 @@ pub mod histogram;
 pub mod node;
 pub mod runtime;
 mod tasks;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod udp;
 
 pub use address::{Address, AddressError};

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
+use atbus_node::testing::{payload, receive_numbered, send_numbered};
 use atbus_smol::{Address, Event, Node, NodeConfig, PeerId, SendOptions};
-use bytes::Bytes;
 use smol::future;
 
 fn run<T>(test: impl std::future::Future<Output = T>) -> T {
@@ -20,12 +20,6 @@ async fn timeout<T>(limit: Duration, fut: impl std::future::Future<Output = T>) 
 
 const LIMIT: Duration = Duration::from_secs(30);
 
-fn payload(i: u32, size: usize) -> Bytes {
-    let mut v = vec![(i % 251) as u8; size];
-    v[..4].copy_from_slice(&i.to_le_bytes());
-    Bytes::from(v)
-}
-
 async fn server(listen: &[&str]) -> Node {
     let mut config = NodeConfig::new("server");
     for a in listen {
@@ -39,33 +33,8 @@ async fn server(listen: &[&str]) -> Node {
 async fn transfer(server: &Node, addresses: &[Address], count: u32, size: usize) -> Node {
     let client = Node::bind(NodeConfig::new("client")).await.expect("bind");
     let peer = client.connect(addresses).await.expect("connect");
-    let sending = async {
-        for i in 0..count {
-            client
-                .send(peer, 1, payload(i, size), SendOptions::default())
-                .await
-                .expect("send");
-        }
-        client.finish(peer, 1).await.expect("finish");
-        client.wait_acknowledged(peer).await.expect("acknowledged");
-    };
-    let receiving = async {
-        let mut next = 0;
-        loop {
-            match server.recv().await.expect("event") {
-                Event::Message {
-                    stream, message, ..
-                } => {
-                    assert_eq!(stream, 1);
-                    assert_eq!(message.payload, payload(next, size), "message {next}");
-                    next += 1;
-                }
-                Event::StreamFinished { stream: 1, .. } => break,
-                _ => {}
-            }
-        }
-        assert_eq!(next, count);
-    };
+    let sending = send_numbered(&client, peer, count, size);
+    let receiving = receive_numbered(server, count, size);
     timeout(LIMIT, future::zip(sending, receiving))
         .await
         .expect("transfer finished in time");
