@@ -79,6 +79,10 @@ struct SimArgs {
     /// Multi-path scheduler of both endpoints: min-rtt, redundant or round-robin.
     #[arg(long, default_value = "min-rtt", value_name = "S")]
     scheduler: String,
+    /// Weights of the paths under round-robin, in --path order (e.g. 3,1: the
+    /// first path carries three datagrams per turn, the second one).
+    #[arg(long, value_delimiter = ',', value_name = "W,W...")]
+    weights: Vec<u32>,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -139,7 +143,9 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
         .parse()
         .map_err(|e: atbus_core::UnknownScheduler| e.to_string())?;
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let (client, server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
+    let (mut client, mut server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
+    client.set_path_weights(&args.weights);
+    server.set_path_weights(&args.weights);
     let report = atbus_sim::run(&scenario, client, server);
     if args.json {
         println!("{}", report.to_json());

@@ -111,7 +111,8 @@ impl EndpointConfig {
 }
 
 /// How the data of a peer's streams is spread over the peer's connections
-/// (multi-path). Whatever the scheduler, a range acknowledged through any path is
+/// (multi-path). Set for the endpoint by [`EndpointConfig::scheduler`] and per
+/// stream by [`Endpoint::set_stream_scheduler`](crate::Endpoint::set_stream_scheduler). Whatever the scheduler, a range acknowledged through any path is
 /// settled on all of them, and a range lost on one may be resent on any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Scheduler {
@@ -121,7 +122,10 @@ pub enum Scheduler {
     /// (an outage) is passed over until it answers again.
     #[default]
     MinRtt,
-    /// No preference: every connection with window left takes its turn.
+    /// No preference: every connection with window left takes its turn. A
+    /// connection carries as many datagrams per turn as its weight
+    /// ([`Endpoint::set_connection_weight`](crate::Endpoint::set_connection_weight),
+    /// 1 by default): weighted round robin.
     RoundRobin,
     /// Every range goes on every connection: each sends what it pulls and a copy
     /// of what the others pulled. The first copy to arrive is delivered (the rest

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use crate::config::Scheduler;
 use crate::event::ConnectionId;
 use crate::stream::Stream;
 
@@ -41,9 +42,19 @@ pub(crate) struct Peer {
     /// Index into `connections` of the one whose turn it is to carry data (the
     /// round-robin scheduler).
     pub turn: usize,
+    /// Datagrams with data the connection whose turn it is has sent in this turn
+    /// (weighted round robin).
+    pub turn_sent: u32,
+    /// Streams whose data is spread by another scheduler than the endpoint's.
+    pub schedulers: BTreeMap<i64, Scheduler>,
 }
 
 impl Peer {
+    /// The scheduler of `stream`: its own, or the endpoint's `default`.
+    pub fn scheduler(&self, stream: i64, default: Scheduler) -> Scheduler {
+        self.schedulers.get(&stream).copied().unwrap_or(default)
+    }
+
     /// `released` bytes left the receive buffers; the headroom is given back once
     /// the peer is within its limit again.
     pub fn release(&mut self, released: usize, limit: usize) {
@@ -54,6 +65,7 @@ impl Peer {
     }
 
     pub fn bury(&mut self, stream: i64, final_offset: u64) {
+        self.schedulers.remove(&stream);
         if self.tombstones.insert(stream, final_offset).is_none() {
             self.tombstone_order.push_back(stream);
         }

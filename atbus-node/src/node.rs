@@ -125,6 +125,12 @@ pub(crate) enum Command {
         stream: i64,
         reply: Reply<Result<(), NodeError>>,
     },
+    SetStreamScheduler {
+        peer: PeerId,
+        stream: i64,
+        scheduler: Option<atbus_core::Scheduler>,
+        reply: Reply<Result<(), NodeError>>,
+    },
     Control {
         peer: PeerId,
         id: CommandId,
@@ -294,6 +300,24 @@ impl Node {
         self.ask(|reply| Command::Finish {
             peer,
             stream,
+            reply,
+        })
+        .await?
+    }
+
+    /// Spreads `stream`'s data over the peer's connections with `scheduler`
+    /// instead of the node's ([`NodeConfig`]'s scheduler); `None` goes back to
+    /// the node's. See [`atbus_core::Endpoint::set_stream_scheduler`].
+    pub async fn set_stream_scheduler(
+        &self,
+        peer: PeerId,
+        stream: i64,
+        scheduler: Option<atbus_core::Scheduler>,
+    ) -> Result<(), NodeError> {
+        self.ask(|reply| Command::SetStreamScheduler {
+            peer,
+            stream,
+            scheduler,
             reply,
         })
         .await?

@@ -34,6 +34,8 @@ pub struct AtbusTransport {
     /// Connection of each path.
     paths: Vec<ConnectionId>,
     mtus: Vec<usize>,
+    /// Round-robin weight of each path (kept across reconnections).
+    weights: Vec<u32>,
     peer: Option<PeerId>,
     /// Whether this side initiates (and so re-initiates) the connections.
     client: bool,
@@ -103,6 +105,7 @@ pub fn pair_with(
         endpoint,
         paths,
         mtus: mtus.to_vec(),
+        weights: Vec::new(),
         peer,
         client,
         now: Duration::ZERO,
@@ -121,6 +124,17 @@ impl AtbusTransport {
     /// The endpoint, for inspection.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
+    }
+
+    /// Sets the weight of each path under the round-robin scheduler, in path
+    /// order (see [`Endpoint::set_connection_weight`]); missing entries keep
+    /// weight 1, extra ones are ignored.
+    pub fn set_path_weights(&mut self, weights: &[u32]) {
+        self.weights = weights.to_vec();
+        for (&connection, &weight) in self.paths.iter().zip(weights) {
+            // Every path's connection exists from construction on.
+            let _ = self.endpoint.set_connection_weight(connection, weight);
+        }
     }
 
     /// How many times a closed connection was replaced by a new one.
@@ -187,6 +201,9 @@ impl AtbusTransport {
             })
         };
         if let Some(connection) = replacement {
+            if let Some(&weight) = self.weights.get(path) {
+                let _ = self.endpoint.set_connection_weight(connection, weight);
+            }
             self.paths[path] = connection;
             self.reconnects += 1;
         }

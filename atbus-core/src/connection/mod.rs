@@ -180,6 +180,9 @@ pub(crate) struct Connection {
     /// Ranges other connections of the peer sent, to send here too (the
     /// redundant scheduler): `(stream, start, end)`, oldest first.
     pub copies: VecDeque<(i64, u64, u64)>,
+    /// Datagrams this connection carries per turn under the round-robin
+    /// scheduler (at least 1).
+    pub weight: u32,
     /// Fragments received in the input being handled.
     pub rx_fragments: u64,
 }
@@ -238,6 +241,7 @@ impl Connection {
             recorder: StatsRecorder::new(now),
             pacer: Pacer::for_mtu(mtu),
             copies: VecDeque::new(),
+            weight: 1,
             rx_fragments: 0,
         }
     }

@@ -61,7 +61,7 @@ use std::time::Duration;
 use atbus_proto::{CachedMessageMeta, pb};
 use bytes::Bytes;
 
-use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU};
+use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU, Scheduler};
 use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
 use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
@@ -764,6 +764,66 @@ impl Endpoint {
         })
     }
 
+    /// Spreads the data of `stream` to `peer` over the peer's connections with
+    /// `scheduler` instead of the endpoint's ([`EndpointConfig::scheduler`]);
+    /// `None` returns the stream to the endpoint's scheduler. The choice holds
+    /// for the stream's life, from its next datagram on: a latency-critical
+    /// stream can go redundant while bulk streams stay on min-RTT.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownPeer`], [`SendError::ReservedStream`] for a negative
+    /// id, [`SendError::StreamFinished`] for a stream already finished and
+    /// forgotten, [`SendError::TooManyStreams`] beyond
+    /// [`EndpointConfig::max_streams_per_peer`] overrides.
+    pub fn set_stream_scheduler(
+        &mut self,
+        peer: PeerId,
+        stream: i64,
+        scheduler: Option<Scheduler>,
+    ) -> Result<(), SendError> {
+        if stream < 0 {
+            return Err(SendError::ReservedStream);
+        }
+        let max_streams = self.config.max_streams_per_peer;
+        let p = self.peers.get_mut(&peer).ok_or(SendError::UnknownPeer)?;
+        match scheduler {
+            None => {
+                p.schedulers.remove(&stream);
+            }
+            Some(scheduler) => {
+                if p.tombstones.contains_key(&stream) {
+                    return Err(SendError::StreamFinished);
+                }
+                if !p.schedulers.contains_key(&stream) && p.schedulers.len() >= max_streams {
+                    return Err(SendError::TooManyStreams);
+                }
+                p.schedulers.insert(stream, scheduler);
+            }
+        }
+        self.mark_peer_dirty(peer);
+        Ok(())
+    }
+
+    /// Sets how many datagrams `connection` carries per turn under the
+    /// round-robin scheduler (weighted round robin; 0 counts as 1, the default).
+    /// A connection of weight 3 next to one of weight 1 carries about three
+    /// quarters of the datagrams while both have window.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownConnection`].
+    pub fn set_connection_weight(
+        &mut self,
+        connection: ConnectionId,
+        weight: u32,
+    ) -> Result<(), SendError> {
+        let c = self
+            .connections
+            .get_mut(&connection)
+            .ok_or(SendError::UnknownConnection)?;
+        c.weight = weight.max(1);
+        Ok(())
+    }
+
     fn stream_for_send(&mut self, peer: PeerId, stream: i64) -> Result<&mut Stream, SendError> {
         let max_streams = self.config.max_streams_per_peer;
         let (send_window, receive_window) = (
@@ -942,10 +1002,11 @@ impl Endpoint {
         self.timers.next_deadline().unwrap_or(Timestamp::NEVER)
     }
 
-    /// Under the min-RTT scheduler, whether connection `id` should leave its
-    /// peer's data to a faster connection of the same peer that has window left
-    /// and is not suspected dead.
-    pub(super) fn defers_data(&self, id: ConnectionId) -> bool {
+    /// Whether connection `id` should leave the data of streams spread by
+    /// `scheduler` to another connection of the same peer: under min-RTT, to a
+    /// faster one that has window left and is not suspected dead; under round
+    /// robin, to the one whose turn it is, if it can send.
+    pub(super) fn defers_data(&self, id: ConnectionId, scheduler: Scheduler) -> bool {
         let now = self.now;
         // In the second turn, only a preferred path held by its pacer (not by its
         // window) still takes precedence: its pace timer will let it send soon.
@@ -961,10 +1022,10 @@ impl Endpoint {
         let Some(p) = c.peer.and_then(|p| self.peers.get(&p)) else {
             return false;
         };
-        if self.config.scheduler == crate::config::Scheduler::Redundant {
+        if scheduler == Scheduler::Redundant {
             return false;
         }
-        if self.config.scheduler == crate::config::Scheduler::RoundRobin {
+        if scheduler == Scheduler::RoundRobin {
             // The connection whose turn it is goes first, if it can.
             let Some(&turn) = p.connections.get(p.turn % p.connections.len().max(1)) else {
                 return false;

@@ -340,7 +340,25 @@ impl Endpoint {
         let now = self.now;
         let ack_delay = self.config.ack_delay;
         let early_limit = self.config.early_data_limit;
-        let defer = self.defers_data(id);
+        // Which schedulers in use for this peer's streams leave data to another
+        // connection now.
+        let default_scheduler = self.config.scheduler;
+        let (defer_min_rtt, defer_round_robin) = {
+            let peer = self.connections.get(&id)?.peer;
+            let overrides = peer.and_then(|p| self.peers.get(&p)).map(|p| &p.schedulers);
+            let used = |s: Scheduler| {
+                default_scheduler == s || overrides.is_some_and(|o| o.values().any(|&x| x == s))
+            };
+            (
+                used(Scheduler::MinRtt) && self.defers_data(id, Scheduler::MinRtt),
+                used(Scheduler::RoundRobin) && self.defers_data(id, Scheduler::RoundRobin),
+            )
+        };
+        let defers = |s: Scheduler| match s {
+            Scheduler::MinRtt => defer_min_rtt,
+            Scheduler::RoundRobin => defer_round_robin,
+            Scheduler::Redundant => false,
+        };
         let c = self.connections.get_mut(&id)?;
         if c.state == ConnectionState::Closed {
             let reason = c.close_frame.take();
@@ -498,27 +516,32 @@ impl Endpoint {
             _ => None,
         };
         let mut fresh: Vec<(i64, u64, u64)> = Vec::new();
-        let may_send_data = !defer
-            && paced_out.is_none()
+        let may_send_data = paced_out.is_none()
             && (c.state == ConnectionState::Established
                 || (c.role == Role::Initiator
                     && first_contact
                     && c.in_flight.bytes() < early_limit));
-        if defer {
-            self.deferred.insert(id);
-        }
         if let Some(at) = paced_out {
             self.timers.set(TimerKey::Pace(id), at);
         }
         if let (true, Some(p)) = (may_send_data, peer.and_then(|p| self.peers.get_mut(&p))) {
             let cursor = p.cursor;
-            let order: Vec<i64> = p
+            let mut deferred = false;
+            let order: Vec<(i64, Scheduler)> = p
                 .streams
                 .range(cursor..)
                 .chain(p.streams.range(..cursor))
                 .filter(|(_, s)| s.send.has_pending())
-                .map(|(&id, _)| id)
+                .map(|(&sid, _)| (sid, p.scheduler(sid, default_scheduler)))
+                .filter(|&(_, scheduler)| {
+                    let defer = defers(scheduler);
+                    deferred |= defer;
+                    !defer
+                })
                 .collect();
+            if deferred {
+                self.deferred.insert(id);
+            }
             // Copies of what the peer's other connections sent (redundant).
             while c.in_flight.bytes() < window && buf.len() < data_limit {
                 let Some((sid, mut range)) = c.copies.pop_front().map(|(s, a, b)| (s, (a, b)))
@@ -558,7 +581,7 @@ impl Endpoint {
             let mut progress = true;
             while progress && c.in_flight.bytes() < window && buf.len() < data_limit {
                 progress = false;
-                for &sid in &order {
+                for &(sid, scheduler) in &order {
                     if c.in_flight.bytes() >= window {
                         break;
                     }
@@ -576,7 +599,7 @@ impl Endpoint {
                         packet,
                         None,
                     ) {
-                        if sent.0.end > sent.0.start {
+                        if sent.0.end > sent.0.start && scheduler == Scheduler::Redundant {
                             fresh.push((sid, sent.0.start, sent.0.end));
                         }
                         record(c, sent);
@@ -607,7 +630,7 @@ impl Endpoint {
         if wrote_data || probes {
             c.last_sent_timepoint = now.max(c.stamp);
         }
-        if !fresh.is_empty() && self.config.scheduler == Scheduler::Redundant {
+        if !fresh.is_empty() {
             self.share_copies(id, peer, &fresh);
         }
         let c = self.connections.get_mut(&id)?;
@@ -615,10 +638,25 @@ impl Endpoint {
             if let Some(rate) = pace {
                 c.pacer.on_sent(now, buf.len(), rate);
             }
-            // The next connection's turn (round robin).
+            // The next connection's turn (round robin), once this one has sent
+            // its weight's worth in its turn.
+            let weight = c.weight;
             if let Some(p) = peer.and_then(|p| self.peers.get_mut(&p)) {
                 if let Some(i) = p.connections.iter().position(|&x| x == id) {
-                    p.turn = i + 1;
+                    let its_turn = p.turn % p.connections.len() == i;
+                    p.turn_sent = if its_turn { p.turn_sent + 1 } else { 1 };
+                    if p.turn_sent >= weight {
+                        p.turn = i + 1;
+                        p.turn_sent = 0;
+                    } else {
+                        p.turn = i;
+                    }
+                    // A connection that stood aside for this one's turn takes its
+                    // own now.
+                    let next = p.connections[p.turn % p.connections.len()];
+                    if self.deferred.remove(&next) {
+                        self.dirty.insert(next);
+                    }
                 }
             }
         }

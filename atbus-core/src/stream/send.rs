@@ -308,17 +308,29 @@ impl<M> SendBuffer<M> {
         })
     }
 
-    /// The queued piece at `offset`, up to `limit` and the end of its message, for
-    /// sending a redundant copy of data already sent (no bookkeeping changes).
-    /// `None` if `offset` is acknowledged or was never sent.
+    /// The first queued piece at or after `offset` that the peer has not
+    /// acknowledged (cumulatively or selectively), up to `limit`, the end of its
+    /// message and the next selectively acknowledged range, for sending a redundant
+    /// copy of data already sent (no bookkeeping changes). `None` if all of
+    /// `[offset, limit)` is acknowledged or was never sent.
     pub fn piece_at(&self, offset: u64, limit: u64) -> Option<Pending<'_, M>> {
-        if offset < self.base || offset >= self.next_new || offset >= limit {
+        let mut offset = offset.max(self.base);
+        // Skip what the peer reported through selective acknowledgements.
+        if let Some(acked) = self.acked.get(&offset) {
+            offset = acked.end;
+        }
+        if offset >= self.next_new || offset >= limit {
             return None;
         }
+        let next_acked = self
+            .acked
+            .overlapping(offset..limit)
+            .next()
+            .map_or(u64::MAX, |r| r.start);
         let message = self.message_at(offset)?;
         Some(Pending {
             offset,
-            limit: limit.min(message.end()).min(self.next_new),
+            limit: limit.min(message.end()).min(self.next_new).min(next_acked),
             message,
             // A copy, not a retransmission: it is not counted as one.
             retransmit: false,
@@ -481,6 +493,27 @@ mod tests {
             sent.push((offset, end, data, fin));
         }
         sent
+    }
+
+    #[test]
+    fn copies_skip_selectively_acknowledged_ranges() {
+        let mut buf = buffer();
+        buf.push(Bytes::from(vec![1u8; 99]), 1, None).unwrap(); // [0, 100)
+        send_all(&mut buf, 10);
+        buf.on_range_acknowledged(20, 40);
+        buf.on_range_acknowledged(60, 70);
+        let piece =
+            |buf: &SendBuffer<u32>, from, to| buf.piece_at(from, to).map(|p| (p.offset, p.limit));
+        assert_eq!(piece(&buf, 0, 100), Some((0, 20)));
+        assert_eq!(piece(&buf, 20, 100), Some((40, 60)));
+        assert_eq!(piece(&buf, 25, 50), Some((40, 50)));
+        assert_eq!(piece(&buf, 60, 70), None);
+        assert_eq!(piece(&buf, 65, 100), Some((70, 100)));
+        // Cumulatively acknowledged data is skipped too.
+        buf.on_acknowledged(30).unwrap();
+        assert_eq!(piece(&buf, 0, 100), Some((40, 60)));
+        buf.on_acknowledged(100).unwrap();
+        assert_eq!(piece(&buf, 0, 100), None);
     }
 
     #[test]

@@ -86,6 +86,15 @@ impl<R: Runtime> Driver<R> {
                 );
                 let _ = reply.try_send(result.map_err(NodeError::from));
             }
+            Command::SetStreamScheduler {
+                peer,
+                stream,
+                scheduler,
+                reply,
+            } => {
+                let result = self.endpoint.set_stream_scheduler(peer, stream, scheduler);
+                let _ = reply.try_send(result.map_err(NodeError::from));
+            }
             Command::Control {
                 peer,
                 id,

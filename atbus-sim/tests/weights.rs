@@ -1,0 +1,29 @@
+//! Weighted round robin through the simulator's path weights.
+
+use std::time::Duration;
+
+use atbus_sim::{Scenario, SizeRange, run};
+
+#[test]
+fn path_weights_split_round_robin_traffic() {
+    for weights in [[3u32, 1], [1, 4]] {
+        let scenario = Scenario {
+            paths: vec!["delay=20ms".parse().unwrap(), "delay=20ms".parse().unwrap()],
+            messages: 3000,
+            size: SizeRange::fixed(1000),
+            interval: Duration::from_millis(2),
+            seed: 3,
+            ..Scenario::default()
+        };
+        let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
+        let (mut client, mut server) =
+            atbus_sim::atbus::pair_scheduled(&mtus, atbus_core::Scheduler::RoundRobin);
+        client.set_path_weights(&weights);
+        server.set_path_weights(&weights);
+        let report = run(&scenario, client, server);
+        assert_eq!(report.delivered, 3000, "{report}");
+        let got = report.paths[0].sent_packets as f64 / report.paths[1].sent_packets as f64;
+        let want = f64::from(weights[0]) / f64::from(weights[1]);
+        assert!((got / want - 1.0).abs() < 0.15, "{weights:?}: {report}");
+    }
+}
