@@ -202,7 +202,9 @@ fn median_rate(group: &str, bench: &str, unit: f64) -> Option<f64> {
 
 /// Prints the side-by-side table of the medians measured in this run.
 fn summary(_: &mut Criterion) {
-    println!("\nshm vs Unix stream socket, medians of this run (reference: libatbus gen 1, 2016 hardware):");
+    println!(
+        "\nshm vs Unix stream socket, medians of this run (reference: libatbus gen 1, 2016 hardware):"
+    );
     for (group, unit, scale, name, reference) in [
         ("message_64B", 1.0, 1e6, "M msg/s", "5.25 M msg/s"),
         ("message_16KiB", 16384.0, 1e9, "GB/s", "1.56 GB/s"),
@@ -355,9 +357,7 @@ fn shm_vs_unix(c: &mut Criterion) {
         for (bench, batched) in [("shm_busy_poll", false), ("shm_batched", true)] {
             let mut shm = ShmPair::new(&format!("{label}-{batched}"), batched);
             group.bench_function(bench, |b| {
-                b.iter_custom(|iters| {
-                    recorded(&group_name, bench, iters, |n| shm.run(&message, n))
-                })
+                b.iter_custom(|iters| recorded(&group_name, bench, iters, |n| shm.run(&message, n)))
             });
         }
         for (bench, batch_limit) in [("unix_stream_batched", BATCH_BYTES), ("unix_stream", 0)] {
