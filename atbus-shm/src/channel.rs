@@ -30,6 +30,11 @@ const BACKOFF_SPINS: u32 = 8;
 /// Idle polls between two `sched_yield`s while busy-polling.
 const YIELD_EVERY: u32 = 256;
 
+/// The reader publishes its head after consuming this fraction of the ring (and
+/// whenever it finds the ring empty or stalled, and when dropped): one store to
+/// the shared head for many records.
+const HEAD_PUBLISH_FRACTION: u64 = 16;
+
 /// How a reader waits for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -168,7 +173,9 @@ impl Reader {
         })?;
         let geo = Geometry::from(map.layout());
         let timeout_ms = u64::try_from(config.skip_timeout.as_millis()).unwrap_or(u64::MAX / 4);
-        let state = ReaderState::resume(&map, timeout_ms).with_tail_check_every(64);
+        let state = ReaderState::resume(&map, timeout_ms)
+            .with_tail_check_every(64)
+            .with_publish_every(geo.ring_size / HEAD_PUBLISH_FRACTION);
         Ok(Self {
             map,
             geo,
@@ -204,6 +211,29 @@ impl Reader {
             })),
             Poll::Empty | Poll::Pending { .. } => Ok(None),
         }
+    }
+
+    /// Batch consume: hands every message committed now (at most `max`) to
+    /// `each`, consuming each one after `each` returns, without waiting. Returns
+    /// how many were delivered. Same guarantee as [`Received`]: a message is
+    /// consumed once `each` returned for it.
+    pub fn try_recv_batch(
+        &mut self,
+        max: usize,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<usize, RecvError> {
+        let mut delivered = 0;
+        while delivered < max {
+            match self.state.poll(&self.map, self.geo, clock_ms)? {
+                Poll::Ready(ready) => {
+                    each(self.map.payload(ready.payload_offset, ready.len));
+                    self.state.consume(&self.map, self.geo, ready);
+                    delivered += 1;
+                }
+                Poll::Empty | Poll::Pending { .. } => break,
+            }
+        }
+        Ok(delivered)
     }
 
     /// Waits for the next committed message, at most `timeout`; `None` if none
@@ -304,6 +334,13 @@ impl Reader {
     }
 }
 
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // Consumption may have run ahead of the shared head (batch consume).
+        self.state.publish(&self.map);
+    }
+}
+
 /// A received message; dropping it consumes it (see [`Reader`]'s delivery
 /// guarantee). Dereferences to the payload, which stays in the ring until then.
 #[derive(Debug)]
@@ -381,12 +418,29 @@ impl Writer {
         let position = self
             .state
             .try_send(&*self.map, self.geo, message, clock_ms())?;
+        self.wake_reader();
+        Ok(position)
+    }
+
+    /// Sends a prefix of `messages` with one claim on the tail for all of them
+    /// (each record still committed on its own: a writer killed mid-batch leaves
+    /// whole records and a torn rest the reader skips). Returns how many were
+    /// sent, at least one; call again with the rest. Errors are those of the
+    /// first message ([`SendError::Full`] if none fits now).
+    pub fn try_send_batch<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> Result<usize, SendError> {
+        let (_, sent) = self
+            .state
+            .try_send_batch(&*self.map, self.geo, messages, clock_ms())?;
+        self.wake_reader();
+        Ok(sent)
+    }
+
+    fn wake_reader(&self) {
         if reader_sleeping(&*self.map) {
             let futex_word = self.map.futex();
             futex_word.fetch_add(1, Ordering::SeqCst);
             let _ = futex::wake(futex_word, futex::Flags::empty(), 1);
         }
-        Ok(position)
     }
 
     /// Sends `message`, waiting at most `timeout` for room. Waiting polls with

@@ -211,3 +211,69 @@ fn loom_two_writers_race_for_the_end_of_the_ring() {
         assert!(m.is_clear(reader.head()));
     });
 }
+
+#[test]
+fn loom_batch_races_a_single_writer_and_the_reader() {
+    loom::model(|| {
+        // 16-byte records: a batch of two (one claim) and a single record.
+        let m = Arc::new(Model::new(64, 16));
+        let batch = {
+            let m = m.clone();
+            thread::spawn(move || {
+                let mut w = WriterState::new();
+                w.try_send_batch(&*m, m.geo, &[[1u8; 8], [2u8; 8]], 0)
+                    .map(|(_, sent)| sent)
+            })
+        };
+        let single = {
+            let m = m.clone();
+            thread::spawn(move || WriterState::new().try_send(&*m, m.geo, &[3; 8], 0))
+        };
+        let mut reader = ReaderState::resume(&*m, TIMEOUT).with_publish_every(32);
+        let mut got = Vec::new();
+        if let Some(msg) = take(&mut reader, &m, 0) {
+            got.push(msg[0]);
+        }
+        assert_eq!(batch.join().unwrap(), Ok(2));
+        single.join().unwrap().unwrap();
+        while let Some(msg) = take(&mut reader, &m, 0) {
+            got.push(msg[0]);
+        }
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![1, 2, 3], "each once");
+        let (one, two) = (
+            got.iter().position(|&b| b == 1),
+            got.iter().position(|&b| b == 2),
+        );
+        assert!(one < two, "the batch in order: {got:?}");
+        assert!(m.is_clear(reader.head()));
+    });
+}
+
+#[test]
+fn loom_writer_killed_mid_batch_while_the_reader_polls() {
+    loom::model(|| {
+        let m = Arc::new(Model::new(64, 16));
+        let writer = {
+            let m = m.clone();
+            thread::spawn(move || {
+                // Claims three records, commits the first, dies.
+                let mut w = WriterState::new();
+                w.send_batch_dying_after(&*m, m.geo, &[[1u8; 8], [2; 8], [3; 8]], 0, 1)
+                    .unwrap();
+            })
+        };
+        let mut reader = ReaderState::resume(&*m, TIMEOUT);
+        let mut got = Vec::new();
+        got.extend(take(&mut reader, &m, 0));
+        writer.join().unwrap();
+        for step in 0..4 {
+            got.extend(take(&mut reader, &m, step * TIMEOUT));
+        }
+        assert_eq!(got, vec![vec![1; 8]], "the committed record, once");
+        assert_eq!(m.counter(field::TORN_GAPS), 1);
+        assert_eq!(m.counter(field::TORN_BYTES), 32);
+        assert!(m.is_clear(reader.head()));
+    });
+}

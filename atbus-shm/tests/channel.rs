@@ -331,3 +331,49 @@ fn sleeping_reader_is_woken_by_a_commit() {
     // at most the 1 s re-check of a pending record).
     assert!(waited < Duration::from_secs(30), "{waited:?}");
 }
+
+#[test]
+fn batches_cross_threads_in_order_and_are_consumed_in_batches() {
+    let name = Name::new();
+    let mut reader = Reader::create(&name.0, SMALL, config()).unwrap();
+    let mut writer = Writer::open(&name.0).unwrap();
+    const TOTAL: u32 = 20_000;
+    let sender = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (mut next, mut calls) = (0u32, 0u32);
+        while next < TOTAL {
+            let batch: Vec<[u8; 4]> = (next..TOTAL.min(next + 16)).map(u32::to_le_bytes).collect();
+            match writer.try_send_batch(&batch) {
+                Ok(sent) => {
+                    next += sent as u32;
+                    calls += 1;
+                }
+                Err(SendError::Full) => {
+                    assert!(Instant::now() < deadline, "no room for 60 s");
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        calls
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut expected = 0u32;
+    while expected < TOTAL {
+        assert!(Instant::now() < deadline, "only {expected} arrived in 60 s");
+        let n = reader
+            .try_recv_batch(64, |m| {
+                assert_eq!(m, expected.to_le_bytes());
+                expected += 1;
+            })
+            .unwrap();
+        if n == 0 {
+            std::thread::yield_now();
+        }
+    }
+    let calls = sender.join().unwrap();
+    assert!(calls < TOTAL, "batches carried several messages per claim");
+    assert!(reader.try_recv().unwrap().is_none());
+    // Found empty: the deferred head is published.
+    assert_eq!(reader.stats().head, reader.stats().tail);
+}

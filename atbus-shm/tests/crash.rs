@@ -70,6 +70,9 @@ fn run_writer(args: &[&str]) -> i32 {
     let progress = OpenOptions::new().write(true).open(args[4]).unwrap();
     let mut expired = OpenOptions::new().append(true).open(args[5]).unwrap();
     let mut writer = Writer::open(name).unwrap();
+    if args[3] == "batch" {
+        return run_batch_writer(id, &mut writer, &progress, &mut expired);
+    }
     for seq in 0..PER_WRITER {
         let m = message(id, seq);
         if seq == crash_at {
@@ -89,6 +92,36 @@ fn run_writer(args: &[&str]) -> i32 {
             Err(SendError::Expired { .. }) => expired.write_all(&seq.to_le_bytes()).unwrap(),
             Err(e) => panic!("writer {id}: {e}"),
         }
+    }
+    0
+}
+
+/// Messages per `try_send_batch` of the batch writers.
+const BATCH: u32 = 8;
+
+/// Sends this writer's messages in batches of up to [`BATCH`] (one claim each);
+/// the progress file counts the messages committed when a call returned.
+fn run_batch_writer(id: u32, writer: &mut Writer, progress: &File, expired: &mut File) -> i32 {
+    let mut seq = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seq < PER_WRITER {
+        let batch: Vec<Vec<u8>> = (seq..PER_WRITER.min(seq + BATCH))
+            .map(|s| message(id, s))
+            .collect();
+        match writer.try_send_batch(&batch) {
+            Ok(sent) => seq += sent as u32,
+            Err(SendError::Full) => {
+                assert!(Instant::now() < deadline, "writer {id}: no room for 60 s");
+                std::thread::yield_now();
+                continue;
+            }
+            Err(SendError::Expired { .. }) => {
+                expired.write_all(&seq.to_le_bytes()).unwrap();
+                seq += 1;
+            }
+            Err(e) => panic!("writer {id}: {e}"),
+        }
+        progress.write_all_at(&seq.to_le_bytes(), 0).unwrap();
     }
     0
 }
@@ -205,7 +238,9 @@ fn killed_writers_and_reader_lose_and_duplicate_nothing() {
     drop(Reader::create(&scratch.name, LAYOUT, reader_config()).unwrap());
 
     // The plan: writer 0 dies after claiming, writer 1 after stamping, writer 2 is
-    // killed by us, writer 3 survives; the reader is killed twice.
+    // killed by us, writer 3 survives; the reader is killed twice. Writers 2 and 3
+    // send in batches (one claim for up to BATCH records): the kill of writer 2
+    // lands mid-batch or between batches.
     let plan_crash = |rng: &mut Rng| 200 + rng.below(u64::from(PER_WRITER) - 400) as u32;
     let crash_at = [plan_crash(&mut rng), plan_crash(&mut rng)];
     let total = u64::from(WRITERS * PER_WRITER);
@@ -224,7 +259,7 @@ fn killed_writers_and_reader_lose_and_duplicate_nothing() {
             let (crash, stage) = match id {
                 0 => (crash_at[0], "claim"),
                 1 => (crash_at[1], "stamp"),
-                _ => (u32::MAX, "none"),
+                _ => (u32::MAX, "batch"),
             };
             File::create(path(format!("progress.{id}"))).unwrap();
             File::create(path(format!("expired.{id}"))).unwrap();
@@ -339,9 +374,11 @@ fn killed_writers_and_reader_lose_and_duplicate_nothing() {
                 "writer {id}: committed message {seq} lost"
             );
         }
-        // At most the one in flight when the writer was killed is beyond its log.
+        // At most the ones in flight when the writer was killed (one message, or
+        // one batch) are beyond its log.
+        let in_flight = if id >= 2 { BATCH } else { 1 };
         assert!(
-            seqs.iter().all(|&s| s <= committed),
+            seqs.iter().all(|&s| s < committed + in_flight),
             "writer {id}: phantom message"
         );
         match id {
