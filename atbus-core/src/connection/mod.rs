@@ -140,6 +140,13 @@ pub(crate) struct Connection {
     pub control_recv: Assembler<RecvMeta>,
     /// Streams with an acknowledgement to send, and since when.
     pub ack_pending: BTreeMap<i64, Timestamp>,
+    /// Per stream, where the data frames received on this connection since its
+    /// last acknowledgement of the stream started (newest last, a few at most):
+    /// the next acknowledgement reports the ranges around them first, so that a
+    /// sender learns of what arrived on this path even when more holes lie below
+    /// than one acknowledgement can list (data spread over paths of different
+    /// delay).
+    pub ack_recent: BTreeMap<i64, Vec<u64>>,
     /// Finished streams to acknowledge again, with their final offsets.
     pub tombstone_acks: BTreeMap<i64, u64>,
     /// Streams whose frames this endpoint dropped without creating them (refused:
@@ -220,6 +227,7 @@ impl Connection {
             control_send: SendBuffer::new(CONTROL_WINDOW),
             control_recv: Assembler::new(CONTROL_WINDOW),
             ack_pending: BTreeMap::new(),
+            ack_recent: BTreeMap::new(),
             tombstone_acks: BTreeMap::new(),
             refused_acks: BTreeSet::new(),
             stamp: Timestamp::ZERO,

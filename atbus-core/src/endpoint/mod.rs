@@ -1229,6 +1229,7 @@ impl Endpoint {
         let peer = c.peer;
         let lost = c.in_flight.drain();
         c.ack_pending.clear();
+        c.ack_recent.clear();
         c.pongs.clear();
         c.ping_due = false;
         self.early_total -= c.early_bytes;

@@ -293,7 +293,10 @@ impl Endpoint {
             self.config.max_message_size as u64
         };
         let peer_limit = self.config.peer_receive_limit;
+        let max_ack_ranges = self.config.max_ack_ranges.max(1);
         let mut dropped = 0u64;
+        // One past the last offset this frame carried.
+        let mut cursor = offset;
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -311,7 +314,6 @@ impl Endpoint {
                     budget.release(held.saturating_sub(asm.footprint()), peer_limit);
                 }
             }
-            let mut cursor = offset;
             for fragment in content.fragment {
                 let is_final = fragment.fragment_flag & HAS_MORE == 0;
                 let Some(end) = cursor
@@ -371,6 +373,13 @@ impl Endpoint {
             c.stats.dropped_over_limit += dropped;
             let since = self.now;
             c.ack_pending.entry(stream_id).or_insert(since);
+            if cursor > offset {
+                let recent = c.ack_recent.entry(stream_id).or_default();
+                if recent.len() >= max_ack_ranges {
+                    recent.remove(0);
+                }
+                recent.push(offset);
+            }
             c.echo = c.echo.max(timepoint);
         }
         if skipped > 0 || skipped_offsets > 0 {

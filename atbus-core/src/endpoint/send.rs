@@ -17,11 +17,11 @@ use atbus_proto::{
 use bytes::{Bytes, BytesMut};
 
 use super::{Endpoint, Sample, TimerKey};
-use crate::config::Scheduler;
+use crate::config::{ConnectionKind, Scheduler};
 use crate::connection::recovery::SentRange;
 use crate::connection::{ConnectionState, Role};
 use crate::event::{CloseReason, ConnectionId, PeerId, Transmit};
-use crate::stream::{SendBuffer, SendMeta};
+use crate::stream::{Assembler, Footprint, SendBuffer, SendMeta};
 use crate::time::Timestamp;
 
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
@@ -246,6 +246,35 @@ pub(crate) fn write_data_frame(
     Some((range, specs.len()))
 }
 
+/// The selective ranges an acknowledgement reports, sorted: those holding the
+/// `recent` offsets first (newest first), then the lowest, at most `max` in all.
+fn ack_ranges<M: Footprint>(
+    asm: &Assembler<M>,
+    recent: Option<&Vec<u64>>,
+    max: usize,
+) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(max);
+    let newest_first = recent.into_iter().flatten().rev();
+    for range in newest_first.filter_map(|&o| asm.received_range_at(o)) {
+        if out.len() >= max {
+            break;
+        }
+        if !out.contains(&range) {
+            out.push(range);
+        }
+    }
+    for range in asm.received_ranges(max) {
+        if out.len() >= max {
+            break;
+        }
+        if !out.contains(&range) {
+            out.push(range);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
 /// An ACK frame for one stream.
 fn ack_frame(
     stream: i64,
@@ -412,18 +441,23 @@ impl Endpoint {
         let mut stale = Vec::new();
         let peer = c.peer;
         let accepting = c.role == Role::Acceptor && c.state == ConnectionState::Handshaking;
+        let max_ack_ranges = self.config.max_ack_ranges;
+        // On a datagram path, the ranges around what arrived on this path since its
+        // last acknowledgement go first (see `Connection::ack_recent`). A reliable
+        // path lists the lowest ranges only: its sender reads every gap below the
+        // last range listed as a drop.
+        let datagram = matches!(c.kind, ConnectionKind::Datagram { .. });
         for &stream in c.ack_pending.keys() {
             if accepting && stream != -1 {
                 // Early frames are acknowledged once the hello is accepted.
                 continue;
             }
+            let recent = c.ack_recent.get(&stream).filter(|_| datagram);
             let state = if stream == -1 {
                 Some((
                     c.control_recv.acknowledge_offset(),
                     c.control_recv.received_max_offset(),
-                    c.control_recv
-                        .received_ranges(self.config.max_ack_ranges)
-                        .collect::<Vec<_>>(),
+                    ack_ranges(&c.control_recv, recent, max_ack_ranges),
                 ))
             } else if let Some(&final_offset) = c.tombstone_acks.get(&stream) {
                 Some((final_offset, final_offset, Vec::new()))
@@ -433,7 +467,7 @@ impl Endpoint {
                     Some(s) => Some((
                         s.recv.acknowledge_offset(),
                         s.recv.received_max_offset(),
-                        s.recv.received_ranges(self.config.max_ack_ranges).collect(),
+                        ack_ranges(&s.recv, recent, max_ack_ranges),
                     )),
                     // Retired after the data arrived (its finish marker among it):
                     // the tombstone still answers.
@@ -612,12 +646,14 @@ impl Endpoint {
 
         for stream in &stale {
             c.ack_pending.remove(stream);
+            c.ack_recent.remove(stream);
             c.refused_acks.remove(stream);
         }
         let send_acks = !acks.is_empty() && (ack_due || wrote_data || probes || !buf.is_empty());
         if send_acks {
             for stream in &acked_streams {
                 c.ack_pending.remove(stream);
+                c.ack_recent.remove(stream);
                 c.tombstone_acks.remove(stream);
                 c.refused_acks.remove(stream);
                 c.stats.sent_acks += 1;

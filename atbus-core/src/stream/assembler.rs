@@ -492,6 +492,33 @@ impl<M: Footprint> Assembler<M> {
         .take(max)
     }
 
+    /// The received range holding `offset` (adjacent pieces merged), if `offset`
+    /// was received and lies above [`acknowledge_offset`](Self::acknowledge_offset).
+    pub fn received_range_at(&self, offset: u64) -> Option<(u64, u64)> {
+        if offset < self.ack {
+            return None;
+        }
+        let (&start, chunk) = self.chunks.range(..=offset).next_back()?;
+        let (mut lo, mut hi) = (start, start + chunk.span());
+        if hi <= offset {
+            return None;
+        }
+        while lo > self.ack {
+            match self.chunks.range(..lo).next_back() {
+                Some((&s, c)) if s + c.span() == lo => lo = s,
+                _ => break,
+            }
+        }
+        while let Some((&s, c)) = self.chunks.range(hi..).next() {
+            if s != hi {
+                break;
+            }
+            hi = s + c.span();
+        }
+        let lo = lo.max(self.ack);
+        (lo < hi).then_some((lo, hi))
+    }
+
     /// Payload bytes held and not yet popped, for memory accounting.
     pub fn buffered_bytes(&self) -> usize {
         self.buffered
