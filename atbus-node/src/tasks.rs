@@ -15,6 +15,8 @@ use crate::udp::RecvScratch;
 
 /// Bytes read from a stream at once.
 const STREAM_BUFFER: usize = 64 * 1024;
+/// Bytes a stream writer gathers from its queue into one write (plus one packet).
+const WRITE_COALESCE: usize = 64 * 1024;
 /// How long a dial may take.
 pub(crate) const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -132,12 +134,29 @@ pub(crate) async fn stream_reader<R: Runtime>(
     }
 }
 
+/// Writes what the driver queues for one stream, in order. What is already queued
+/// when the writer wakes up is coalesced into one write of up to about
+/// [`WRITE_COALESCE`] bytes: many small packets cost one system call, not one each.
 pub(crate) async fn stream_writer<W: StreamWrite>(
     mut writer: W,
     queue: async_channel::Receiver<Bytes>,
 ) {
+    let mut buf = Vec::new();
     while let Ok(data) = queue.recv().await {
-        if writer.write_all(&data).await.is_err() {
+        let written = if queue.is_empty() {
+            writer.write_all(&data).await
+        } else {
+            buf.clear();
+            buf.extend_from_slice(&data);
+            while buf.len() < WRITE_COALESCE {
+                match queue.try_recv() {
+                    Ok(more) => buf.extend_from_slice(&more),
+                    Err(_) => break,
+                }
+            }
+            writer.write_all(&buf).await
+        };
+        if written.is_err() {
             return;
         }
     }
