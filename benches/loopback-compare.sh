@@ -18,7 +18,10 @@ SIZE=64                   # bytes per small message
 BULK_MSG=65536            # atbus UDP bulk: bytes per message
 UDP_DGRAM=1200            # raw UDP blast: bytes per datagram (atbus's and quinn's MTU)
 
-cargo build --release --quiet -p atbus-cli -p atbus-benches --bins
+# Built one package at a time: together, cargo would unify their features and
+# rebuild both.
+cargo build --release --quiet -p atbus-cli
+cargo build --release --quiet -p atbus-benches --bins
 BIN=target/release
 ATBUS=$BIN/atbus
 QUINN=$BIN/loopback-quinn

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use atbus_benches::quinn::{self_signed, SERVER_NAME};
+use atbus_benches::quinn::{SERVER_NAME, self_signed};
 use clap::Parser;
 
 /// Command-line flags.

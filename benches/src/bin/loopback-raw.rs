@@ -182,7 +182,12 @@ fn udp(size: usize, messages: u64) -> io::Result<Measured> {
                     break;
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if first.is_some() || blaster.is_finished() {
                     break;
                 }
