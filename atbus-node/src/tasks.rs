@@ -304,3 +304,46 @@ pub(crate) async fn dial<R: Runtime>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every write call.
+    #[derive(Default)]
+    struct Recorder {
+        writes: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl StreamWrite for Recorder {
+        async fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.writes.lock().unwrap().push(buf.to_vec());
+            Ok(())
+        }
+
+        async fn shutdown(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stream_writer_coalesces_what_is_queued_in_order_and_bounded() {
+        let (tx, rx) = async_channel::unbounded();
+        // 100 packets of 1000 B (ids in the first byte), queued before the writer runs.
+        let packets: Vec<Bytes> = (0..100u8).map(|i| Bytes::from(vec![i; 1000])).collect();
+        for p in &packets {
+            tx.try_send(p.clone()).unwrap();
+        }
+        drop(tx);
+        let recorder = Recorder::default();
+        let writes = recorder.writes.clone();
+        future::block_on(stream_writer(recorder, rx));
+        let writes = writes.lock().unwrap();
+        // Fewer calls than packets, none much larger than the bound...
+        assert!(writes.len() < packets.len() / 10, "{} writes", writes.len());
+        assert!(writes.iter().all(|w| w.len() < WRITE_COALESCE + 1000));
+        // ...and the bytes are exactly the packets, in order.
+        let written: Vec<u8> = writes.concat();
+        assert_eq!(written, packets.concat());
+    }
+}
