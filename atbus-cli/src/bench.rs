@@ -57,8 +57,12 @@ pub struct BenchArgs {
 
 /// Messages sent when neither --messages nor --duration is given.
 const DEFAULT_MESSAGES: u64 = 50_000;
-/// Messages handed to the node at once (one round trip to its I/O task).
-const SEND_BATCH: usize = 16;
+/// Payload bytes handed to the node at once (one round trip to its I/O task): small
+/// messages go in batches of many, so that the round trip is not paid per message.
+const SEND_BATCH_BYTES: usize = 64 * 1024;
+/// Bounds of the messages in one batch.
+const SEND_BATCH_MIN: usize = 16;
+const SEND_BATCH_MAX: usize = 1024;
 /// Bytes of a payload that carry its send time.
 const STAMP: usize = 8;
 
@@ -85,10 +89,20 @@ struct Outcome {
     latency: LatencyHistogram,
 }
 
-fn stamped(size: usize, epoch: Instant) -> Bytes {
+/// Messages per `send_many` for payloads of `size` bytes.
+fn batch_len(size: usize) -> usize {
+    (SEND_BATCH_BYTES / size.max(1)).clamp(SEND_BATCH_MIN, SEND_BATCH_MAX)
+}
+
+/// The nanoseconds since `epoch`, as [`stamped`] writes them.
+fn stamp_now(epoch: Instant) -> u64 {
+    epoch.elapsed().as_nanos() as u64
+}
+
+/// A payload of `size` bytes that starts with its send time `nanos` (when it fits).
+fn stamped(size: usize, nanos: u64) -> Bytes {
     let mut data = vec![0x5au8; size];
     if size >= STAMP {
-        let nanos = epoch.elapsed().as_nanos() as u64;
         data[..STAMP].copy_from_slice(&nanos.to_le_bytes());
     }
     Bytes::from(data)
@@ -200,10 +214,13 @@ async fn sockets(
         let size = args.size;
         let sending = async {
             let mut sent = 0u64;
+            let batch_len = batch_len(size);
             while budget.more(sent, epoch) {
-                let mut batch = Vec::new();
-                while batch.len() < SEND_BATCH && budget.more(sent + batch.len() as u64, epoch) {
-                    batch.push(stamped(size, epoch));
+                // One clock read per batch: its messages leave together.
+                let nanos = stamp_now(epoch);
+                let mut batch = Vec::with_capacity(batch_len);
+                while batch.len() < batch_len && budget.more(sent + batch.len() as u64, epoch) {
+                    batch.push(stamped(size, nanos));
                 }
                 let n = batch.len() as u64;
                 client
@@ -290,7 +307,7 @@ fn mem(size: usize, budget: Budget) -> Result<Outcome, Failure> {
                 now(),
                 peer,
                 1,
-                stamped(size, epoch),
+                stamped(size, stamp_now(epoch)),
                 &SendOptions::default(),
             ) {
                 Ok(()) => sent += 1,

@@ -7,7 +7,10 @@
 //!   collects every message's latency ([`compare::Observed`]);
 //! - [`plot`]: draws the latency distributions of a comparison as an SVG.
 //!
-//! The `netsim-compare` binary puts them behind the flags of `atbus sim`. Run the
+//! The `netsim-compare` binary puts them behind the flags of `atbus sim`. On real
+//! loopback sockets, `loopback-quinn` (quinn's bulk transfer, encrypted) and
+//! `loopback-raw` (raw TCP / Unix / UDP baselines) are run next to `atbus bench` by
+//! `benches/loopback-compare.sh`. Run the
 //! micro-benches with `cargo bench -p atbus-benches`; results are recorded in
 //! `docs/benchmarks.md` and `docs/comparison.md` with the command that produced them.
 

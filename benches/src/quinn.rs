@@ -44,7 +44,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 /// Streams (per direction) either side may open.
 pub const MAX_STREAMS: u32 = 10_000;
 /// The name in the server's certificate.
-const SERVER_NAME: &str = "localhost";
+pub const SERVER_NAME: &str = "localhost";
 /// Bytes before a message on a stream: its length.
 const LENGTH_PREFIX: usize = 4;
 
@@ -95,6 +95,22 @@ impl std::fmt::Debug for QuinnTransport {
     }
 }
 
+/// A self-signed certificate for [`SERVER_NAME`] (ed25519, made by rcgen) and its
+/// private key: what the server presents and the client trusts.
+///
+/// # Panics
+/// If rcgen fails to make the key or the certificate (it does not for these inputs).
+pub fn self_signed() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
+        .expect("valid name")
+        .self_signed(&key)
+        .expect("self-signed certificate");
+    let cert_der: CertificateDer<'static> = cert.der().clone();
+    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    (cert_der, key_der)
+}
+
 /// A client and a server QUIC endpoint over a path of this MTU, the client's
 /// connection already started (its first Initial is the client's first transmit).
 ///
@@ -106,13 +122,7 @@ impl std::fmt::Debug for QuinnTransport {
 pub fn pair(mtu: usize, seed: u64) -> (QuinnTransport, QuinnTransport) {
     let mtu16 = u16::try_from(mtu).expect("a QUIC MTU fits a u16");
     assert!(mtu >= 1200, "QUIC needs datagrams of 1200 bytes or more");
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
-    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.to_owned()])
-        .expect("valid name")
-        .self_signed(&key)
-        .expect("self-signed certificate");
-    let cert_der: CertificateDer<'static> = cert.der().clone();
-    let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let (cert_der, key_der) = self_signed();
 
     let mut transport = TransportConfig::default();
     transport
