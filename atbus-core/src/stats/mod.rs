@@ -270,6 +270,13 @@ pub struct StatsSnapshot {
     pub windows: [WindowStats; 4],
 }
 
+impl Default for StatsSnapshot {
+    /// Nothing recorded, read at [`Timestamp::ZERO`].
+    fn default() -> Self {
+        StatsRecorder::new(Timestamp::ZERO).snapshot(Timestamp::ZERO)
+    }
+}
+
 impl StatsSnapshot {
     /// The figures of `window`.
     pub fn window(&self, window: Window) -> &WindowStats {
