@@ -18,11 +18,9 @@ fn json_of(args: &[&str]) -> Value {
 /// The object's keys, recursively (arrays by their first element): its shape.
 fn shape(value: &Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.clone(), shape(v)))
-                .collect(),
-        ),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), shape(v))).collect())
+        }
         Value::Array(items) => Value::Array(items.first().map(shape).into_iter().collect()),
         // Numbers and nulls (an absent RTT) are both leaves.
         _ => Value::Null,
@@ -70,8 +68,14 @@ fn bench_json_has_the_sims_stats_shape_and_the_runs_figures() {
         assert!(samples > 0, "{transport}: {stats}");
         // The run covered a complete second: the 1 s window saw traffic.
         let w1 = &stats["windows"]["1s"];
-        assert!(w1["packets_sent"].as_u64().unwrap() > 0, "{transport}: {w1}");
-        assert!(w1["bytes_sent_per_sec"].as_f64().unwrap() > 0.0, "{transport}");
+        assert!(
+            w1["packets_sent"].as_u64().unwrap() > 0,
+            "{transport}: {w1}"
+        );
+        assert!(
+            w1["bytes_sent_per_sec"].as_f64().unwrap() > 0.0,
+            "{transport}"
+        );
     }
 }
 
@@ -95,10 +99,21 @@ fn demo_shows_the_core_windows_and_histogram() {
     for label in ["1s", "5s", "15s", "60s"] {
         row(label);
     }
-    let sent_packets: u64 = row("60s").split_whitespace().nth(3).unwrap().parse().unwrap();
+    let sent_packets: u64 = row("60s")
+        .split_whitespace()
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(sent_packets > 0, "{stdout}");
     assert!(stdout.contains("Core RTT histogram"), "{stdout}");
     // At least one non-empty bucket is listed after the histogram's title.
     let after = stdout.split("Core RTT histogram").nth(1).unwrap();
-    assert!(after.lines().skip(1).any(|l| l.trim_start().starts_with('[')), "{stdout}");
+    assert!(
+        after
+            .lines()
+            .skip(1)
+            .any(|l| l.trim_start().starts_with('[')),
+        "{stdout}"
+    );
 }

@@ -146,10 +146,8 @@ impl NodeMetrics {
                 .with_callback(move |observer| {
                     with_latest(&shared, |node, stats| {
                         for path in &stats.paths {
-                            observer.observe(
-                                path.info.stats.retransmits,
-                                &path_attributes(node, path),
-                            );
+                            observer
+                                .observe(path.info.stats.retransmits, &path_attributes(node, path));
                         }
                     });
                 })
@@ -171,9 +169,11 @@ impl NodeMetrics {
             ("atbus.window.fragments_sent.rate", "{fragment}/s", |w| {
                 Some(w.per_second(w.fragments_sent))
             }),
-            ("atbus.window.fragments_received.rate", "{fragment}/s", |w| {
-                Some(w.per_second(w.fragments_received))
-            }),
+            (
+                "atbus.window.fragments_received.rate",
+                "{fragment}/s",
+                |w| Some(w.per_second(w.fragments_received)),
+            ),
             ("atbus.window.loss_rate", "1", |w| w.loss_rate),
             ("atbus.window.rtt.average", "ms", |w| {
                 w.average_rtt.map(|d| d.as_secs_f64() * 1e3)
@@ -280,7 +280,10 @@ mod tests {
             let core = LatencyHistogram::bucket_of(std::time::Duration::from_secs_f64(value / 1e3));
             assert_eq!(core, bucket, "{value} ms");
             // OpenTelemetry's: the first edge at or above the value.
-            let otel = edges.iter().position(|&e| value <= e).unwrap_or(edges.len());
+            let otel = edges
+                .iter()
+                .position(|&e| value <= e)
+                .unwrap_or(edges.len());
             assert_eq!(otel, bucket, "{value} ms");
         }
     }

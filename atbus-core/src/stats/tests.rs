@@ -507,7 +507,11 @@ fn the_cumulative_histogram_keeps_samples_past_every_window() {
         Some((ms(15), Some(ms(30))))
     );
     assert_eq!(counts[HISTOGRAM_BUCKETS - 2], 1, "just under 2000 ms");
-    assert_eq!(counts[HISTOGRAM_BUCKETS - 1], 1, "2000 ms: the upper bucket");
+    assert_eq!(
+        counts[HISTOGRAM_BUCKETS - 1],
+        1,
+        "2000 ms: the upper bucket"
+    );
     assert_eq!(later.histogram_total.total(), later.totals.latency_samples);
     // Merging adds the cumulative histograms too.
     let mut other = StatsRecorder::new(secs(0));
