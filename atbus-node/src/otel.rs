@@ -67,6 +67,9 @@ fn bucket_midpoint_ms(bucket: usize) -> f64 {
     }
 }
 
+/// An instrument fed from a `T`: its name, its unit, and how to read its value.
+type Spec<T, V> = (&'static str, &'static str, fn(&T) -> V);
+
 /// What the callbacks read: the latest stats and the node's name.
 struct Shared {
     node: KeyValue,
@@ -115,7 +118,7 @@ impl NodeMetrics {
             latest: None,
         }));
         type Totals = atbus_core::stats::Totals;
-        let counters: [(&'static str, &'static str, fn(&Totals) -> u64); 7] = [
+        let counters: [Spec<Totals, u64>; 7] = [
             ("atbus.packets.sent", "{packet}", |t| t.packets_sent),
             ("atbus.packets.received", "{packet}", |t| t.packets_received),
             ("atbus.bytes.sent", "By", |t| t.bytes_sent),
@@ -153,7 +156,7 @@ impl NodeMetrics {
                 })
                 .build();
         }
-        let windows: [(&'static str, &'static str, fn(&WindowStats) -> Option<f64>); 8] = [
+        let windows: [Spec<WindowStats, Option<f64>>; 8] = [
             ("atbus.window.bytes_sent.rate", "By/s", |w| {
                 Some(w.bytes_sent_per_sec)
             }),
@@ -197,7 +200,7 @@ impl NodeMetrics {
                 })
                 .build();
         }
-        let paths: [(&'static str, &'static str, fn(&PathStats) -> f64); 3] = [
+        let paths: [Spec<PathStats, f64>; 3] = [
             ("atbus.connection.srtt", "ms", |p| {
                 p.info.srtt.as_secs_f64() * 1e3
             }),
