@@ -87,6 +87,8 @@ struct Outcome {
     payload_bytes: u64,
     seconds: f64,
     latency: LatencyHistogram,
+    /// The sending endpoint's windowed statistics at the end of the run.
+    stats: atbus_core::stats::StatsSnapshot,
 }
 
 /// Messages per `send_many` for payloads of `size` bytes.
@@ -157,6 +159,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
                 "msgs_per_sec": mps,
                 "mib_per_sec": mibps,
                 "latency_us": { "p50": p50, "p99": p99, "max": max },
+                "stats": atbus_sim::StatsReport::from_snapshot(&outcome.stats),
             })
         );
     } else {
@@ -259,11 +262,13 @@ async fn sockets(
                 1,
             ));
         }
+        let stats = client.stats().await.map_err(|e| fail(&e))?.windows;
         Ok(Outcome {
             messages,
             payload_bytes,
             seconds: elapsed.as_secs_f64(),
             latency,
+            stats,
         })
     }
     .await;
@@ -369,5 +374,6 @@ fn mem(size: usize, budget: Budget) -> Result<Outcome, Failure> {
         payload_bytes: bytes,
         seconds: epoch.elapsed().as_secs_f64(),
         latency,
+        stats: client.snapshot(now()),
     })
 }

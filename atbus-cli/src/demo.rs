@@ -403,6 +403,73 @@ fn print_report(
         histogram.max().as_secs_f64() * 1000.0,
     );
     print!("{histogram}");
+    print_core_stats(&client.windows);
+}
+
+/// The core's windowed statistics of the client endpoint (all paths together): each
+/// window's rates, RTT and loss, and the RTT histogram of the last 60 s.
+fn print_core_stats(stats: &atbus_core::stats::StatsSnapshot) {
+    use atbus_core::stats::{LatencyHistogram as CoreHistogram, Window};
+    println!();
+    println!("Core windows (client endpoint, complete seconds before now):");
+    println!(
+        "  {:<6} {:>10} {:>10} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9}",
+        "window",
+        "sent KiB/s",
+        "recv KiB/s",
+        "sent pkt",
+        "recv pkt",
+        "sent frag",
+        "recv frag",
+        "loss %",
+        "avg rtt ms"
+    );
+    let or_dash = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+    for window in Window::ALL {
+        let w = stats.window(window);
+        println!(
+            "  {:<6} {:>10.1} {:>10.1} {:>9} {:>9} {:>10} {:>10} {:>7} {:>9}",
+            window.label(),
+            w.bytes_sent_per_sec / 1024.0,
+            w.bytes_received_per_sec / 1024.0,
+            w.packets_sent,
+            w.packets_received,
+            w.fragments_sent,
+            w.fragments_received,
+            or_dash(w.loss_rate.map(|l| l * 100.0)),
+            or_dash(w.average_rtt.map(|d| d.as_secs_f64() * 1000.0)),
+        );
+    }
+    let t = &stats.totals;
+    println!(
+        "  totals: {} packets / {:.2} MiB sent, {} packets / {:.2} MiB received, \
+         {} fragments sent, {} received, {} lost",
+        t.packets_sent,
+        mib(t.bytes_sent),
+        t.packets_received,
+        mib(t.bytes_received),
+        t.fragments_sent,
+        t.fragments_received,
+        t.lost_packets,
+    );
+    let histogram = &stats.window(Window::S60).histogram;
+    println!(
+        "Core RTT histogram (last 60 s, {} samples):",
+        histogram.total()
+    );
+    for (bucket, &count) in histogram.counts().iter().enumerate() {
+        let Some((lower, upper)) = CoreHistogram::bucket_bounds(bucket) else {
+            continue;
+        };
+        if count == 0 {
+            continue;
+        }
+        let range = match upper {
+            Some(upper) => format!("[{}, {}) ms", lower.as_millis(), upper.as_millis()),
+            None => format!(">= {} ms", lower.as_millis()),
+        };
+        println!("  {range:<18} {count}");
+    }
 }
 
 #[cfg(test)]

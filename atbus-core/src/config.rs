@@ -77,6 +77,11 @@ pub struct EndpointConfig {
     pub peer_linger: Duration,
     /// Limits applied to every frame decoded.
     pub decode_limits: DecodeLimits,
+    /// Whether traffic is counted in the windowed statistics (`atbus_core::stats`,
+    /// [`Endpoint::snapshot`](crate::Endpoint::snapshot)). On by default; off, the
+    /// endpoint skips every recording call and its snapshots read empty (kept to
+    /// measure what recording costs).
+    pub record_stats: bool,
 }
 
 impl EndpointConfig {
@@ -106,6 +111,7 @@ impl EndpointConfig {
             handshake_timeout: Duration::from_secs(10),
             peer_linger: Duration::from_secs(300),
             decode_limits: DecodeLimits::default(),
+            record_stats: true,
         }
     }
 }

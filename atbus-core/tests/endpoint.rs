@@ -2724,6 +2724,30 @@ fn windowed_statistics_follow_the_traffic_and_its_losses() {
     assert!(later.totals.packets_sent >= conn.totals.packets_sent);
 }
 
+/// With `record_stats` off the endpoint records nothing: the same transfer delivers,
+/// and every snapshot reads empty.
+#[test]
+fn record_stats_off_skips_recording() {
+    let mut off = config("client", 1);
+    off.record_stats = false;
+    let (mut net, pair) = Net::pair(off, config("server", 2), DATAGRAM);
+    let sent: Vec<Bytes> = (0..50).map(|i| payload(1000, i)).collect();
+    for m in &sent {
+        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
+    }
+    assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == sent.len()));
+    net.run_for(Duration::from_secs(2));
+    let now = net.now;
+    let info = net.a.connection_info(pair.a_conn).unwrap();
+    assert!(info.stats.sent_packets > 0);
+    let a = net.a.snapshot(now);
+    let conn = net.a.connection_snapshot(pair.a_conn, now).unwrap();
+    assert_eq!(a.totals, atbus_core::stats::Totals::default());
+    assert_eq!(conn.totals, atbus_core::stats::Totals::default());
+    // The peer, recording, saw the traffic.
+    assert!(net.b.snapshot(now).totals.packets_received > 0);
+}
+
 // ---------------------------------------------------------------------------------
 // Found in review
 // ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ pub mod config;
 mod driver;
 pub mod histogram;
 pub mod node;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod runtime;
 mod tasks;
 #[cfg(feature = "testing")]

@@ -70,6 +70,9 @@ pub struct PathStats {
     pub remote: String,
     /// State, RTT, MTU and counters from the core.
     pub info: ConnectionInfo,
+    /// The connection's windowed statistics (last 1 / 5 / 15 / 60 s, totals,
+    /// histogram of RTT samples), read when the stats were taken.
+    pub windows: atbus_core::stats::StatsSnapshot,
 }
 
 /// A snapshot of a node's counters.
@@ -77,6 +80,9 @@ pub struct PathStats {
 pub struct NodeStats {
     /// Endpoint-wide counters from the core.
     pub endpoint: EndpointStats,
+    /// The endpoint's windowed statistics, every connection it has had together
+    /// (`atbus_core::Endpoint::snapshot`).
+    pub windows: atbus_core::stats::StatsSnapshot,
     /// Every live connection.
     pub paths: Vec<PathStats>,
     /// Datagrams dropped before the core: from unknown remotes beyond the pending

@@ -33,6 +33,9 @@ use smol::io::{AsyncReadExt, AsyncWriteExt};
 use smol::net::unix::{UnixListener, UnixStream};
 use smol::net::{TcpListener, TcpStream};
 
+/// OpenTelemetry metrics of a node (the `otel` feature); see [`atbus_node::otel`].
+#[cfg(feature = "otel")]
+pub use atbus_node::otel;
 pub use atbus_node::{
     Address, AddressError, CloseCode, CloseReason, CommandId, ConnectionId, Event, NodeConfig,
     NodeError, NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,

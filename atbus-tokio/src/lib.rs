@@ -32,6 +32,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixListener, UnixStream};
 
+/// OpenTelemetry metrics of a node (the `otel` feature); see [`atbus_node::otel`].
+#[cfg(feature = "otel")]
+pub use atbus_node::otel;
 pub use atbus_node::{
     Address, AddressError, CloseCode, CloseReason, CommandId, ConnectionId, Event, NodeConfig,
     NodeError, NodeStats, PathStats, PeerId, ReceivedMessage, Scheduler, SendError, SendOptions,

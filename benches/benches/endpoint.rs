@@ -85,9 +85,19 @@ struct Pair {
 
 impl Pair {
     fn connected(kind: ConnectionKind, delivery: Delivery) -> Self {
+        Self::connected_recording(kind, delivery, true)
+    }
+
+    /// [`connected`](Self::connected), with both endpoints' `record_stats` set to
+    /// `record_stats`.
+    fn connected_recording(kind: ConnectionKind, delivery: Delivery, record_stats: bool) -> Self {
         let now = Timestamp::from_micros(1_000);
-        let mut client = Endpoint::new(EndpointConfig::new("client", 1));
-        let mut server = Endpoint::new(EndpointConfig::new("server", 2));
+        let config = |name: &str, session| EndpointConfig {
+            record_stats,
+            ..EndpointConfig::new(name, session)
+        };
+        let mut client = Endpoint::new(config("client", 1));
+        let mut server = Endpoint::new(config("server", 2));
         let (peer, to_server) = client.connect(now, kind).expect("valid connection kind");
         let to_client = server.accept(now, kind).expect("valid connection kind");
         let mut pair = Pair {
@@ -243,6 +253,28 @@ fn small_messages(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the windowed statistics cost: the same transfers with recording on (the
+/// default) and off (`EndpointConfig::record_stats`). Small messages in their own
+/// datagrams (`ack_each`) record the most per payload byte.
+fn stats_recording(c: &mut Criterion) {
+    let mut group = c.benchmark_group("stats_recording");
+    let variants = [
+        ("small_ack_each", Delivery::AckEach, 64, 10_000),
+        ("1KiB_burst", Delivery::Burst, 1024, 2048),
+    ];
+    for (name, delivery, size, count) in variants {
+        let payload = Bytes::from(vec![0x33; size]);
+        group.throughput(Throughput::Elements(count as u64));
+        for (label, record) in [("on", true), ("off", false)] {
+            let mut pair = Pair::connected_recording(DATAGRAM, delivery, record);
+            group.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| pair.transfer(count, black_box(&payload)))
+            });
+        }
+    }
+    group.finish();
+}
+
 /// A hello from a remote node, as the first datagram of its connection.
 fn hello_datagram(node_name: String, session_id: u64) -> Bytes {
     let hello = pb::HandshakeData {
@@ -392,5 +424,11 @@ fn timer_scaling(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, throughput, small_messages, timer_scaling);
+criterion_group!(
+    benches,
+    throughput,
+    small_messages,
+    stats_recording,
+    timer_scaling
+);
 criterion_main!(benches);

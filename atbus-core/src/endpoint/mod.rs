@@ -377,6 +377,9 @@ impl Endpoint {
     /// Records traffic and RTT samples of connection `id` in its windowed
     /// statistics and the endpoint's.
     pub(super) fn record(&mut self, id: ConnectionId, sample: Sample) {
+        if !self.config.record_stats {
+            return;
+        }
         let now = self.now;
         let recorder = self.recorder.get_or_insert_with(|| StatsRecorder::new(now));
         let connection = self.connections.get_mut(&id).map(|c| &mut c.recorder);

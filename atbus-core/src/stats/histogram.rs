@@ -104,8 +104,14 @@ impl LatencyHistogram {
     /// Counts one sample.
     #[inline]
     pub fn record(&mut self, sample: Duration) {
-        let bucket = &mut self.counts[Self::bucket_of(sample)];
-        *bucket = bucket.saturating_add(1);
+        self.record_bucket(Self::bucket_of(sample));
+    }
+
+    /// Counts one sample in `bucket` (from [`bucket_of`](Self::bucket_of)).
+    #[inline]
+    pub(crate) fn record_bucket(&mut self, bucket: usize) {
+        let count = &mut self.counts[bucket];
+        *count = count.saturating_add(1);
     }
 
     /// The counts, bucket by bucket.

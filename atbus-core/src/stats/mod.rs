@@ -262,8 +262,19 @@ pub struct StatsSnapshot {
     pub at: Timestamp,
     /// Counts since the recorder was created.
     pub totals: Totals,
+    /// Every latency sample since the recorder was created, by bucket: cumulative,
+    /// unlike the windows' histograms (exporters that report cumulative histograms,
+    /// such as OpenTelemetry's, use it).
+    pub histogram_total: LatencyHistogram,
     /// The windows in the order of [`Window::ALL`].
     pub windows: [WindowStats; 4],
+}
+
+impl Default for StatsSnapshot {
+    /// Nothing recorded, read at [`Timestamp::ZERO`].
+    fn default() -> Self {
+        StatsRecorder::new(Timestamp::ZERO).snapshot(Timestamp::ZERO)
+    }
 }
 
 impl StatsSnapshot {

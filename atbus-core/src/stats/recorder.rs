@@ -120,6 +120,9 @@ pub struct StatsRecorder {
     head_index: usize,
     created: Timestamp,
     totals: Totals,
+    /// Every latency sample since creation (what exporters of cumulative
+    /// histograms need; the windows only hold the last 60 s).
+    latency_total: LatencyHistogram,
 }
 
 impl std::fmt::Debug for StatsRecorder {
@@ -152,6 +155,7 @@ impl StatsRecorder {
             head_index,
             created: now,
             totals: Totals::default(),
+            latency_total: LatencyHistogram::new(),
         }
     }
 
@@ -214,6 +218,7 @@ impl StatsRecorder {
         let bucket = LatencyHistogram::bucket_of(latency);
         let slot = self.slot_at(now);
         slot.latency[bucket] = slot.latency[bucket].saturating_add(1);
+        self.latency_total.record_bucket(bucket);
         self.totals.latency_samples = self.totals.latency_samples.saturating_add(1);
     }
 
@@ -265,6 +270,7 @@ impl StatsRecorder {
         StatsSnapshot {
             at: now,
             totals: self.totals,
+            histogram_total: self.latency_total,
             windows: Window::ALL.map(|window| self.window(now, window)),
         }
     }
@@ -286,6 +292,7 @@ impl StatsRecorder {
             // Otherwise theirs is the older: beyond every window of ours.
         }
         self.totals.merge(&other.totals);
+        self.latency_total.merge(&other.latency_total);
         self.created = self.created.min(other.created);
         if other.head_second > self.head_second {
             self.move_head(other.head_second);

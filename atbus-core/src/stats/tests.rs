@@ -490,3 +490,32 @@ proptest! {
         prop_assert_eq!(a.snapshot(now), both.snapshot(now));
     }
 }
+
+#[test]
+fn the_cumulative_histogram_keeps_samples_past_every_window() {
+    let mut stats = StatsRecorder::new(secs(0));
+    stats.record_latency(secs(0), ms(15));
+    stats.record_latency(secs(0), Duration::from_micros(1_999_999));
+    stats.record_latency(secs(30), ms(2_000));
+    let later = stats.snapshot(secs(200));
+    // Every window has let the samples go; the cumulative histogram has not.
+    assert!(later.windows.iter().all(|w| w.histogram.total() == 0));
+    let counts = later.histogram_total.counts();
+    assert_eq!(counts[1], 1, "15 ms is in the [15 ms, 30 ms) bucket");
+    assert_eq!(
+        LatencyHistogram::bucket_bounds(1),
+        Some((ms(15), Some(ms(30))))
+    );
+    assert_eq!(counts[HISTOGRAM_BUCKETS - 2], 1, "just under 2000 ms");
+    assert_eq!(
+        counts[HISTOGRAM_BUCKETS - 1],
+        1,
+        "2000 ms: the upper bucket"
+    );
+    assert_eq!(later.histogram_total.total(), later.totals.latency_samples);
+    // Merging adds the cumulative histograms too.
+    let mut other = StatsRecorder::new(secs(0));
+    other.record_latency(secs(1), ms(15));
+    stats.merge(&other);
+    assert_eq!(stats.snapshot(secs(200)).histogram_total.counts()[1], 2);
+}

@@ -340,6 +340,7 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn stats(&self) -> NodeStats {
+        let now = self.now();
         let paths = self
             .endpoint
             .connections()
@@ -358,11 +359,13 @@ impl<R: Runtime> Driver<R> {
                     connection,
                     remote,
                     info,
+                    windows: self.endpoint.connection_snapshot(connection, now)?,
                 })
             })
             .collect();
         NodeStats {
             endpoint: self.endpoint.stats(),
+            windows: self.endpoint.snapshot(now),
             paths,
             dropped_datagrams: self.dropped_datagrams,
             io_errors: self.io_errors,
