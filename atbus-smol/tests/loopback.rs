@@ -346,7 +346,8 @@ fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
                 }
             })
         };
-        transfer(&server, &to, 1000, 1000).await;
+        // Kept alive until the stats are read: dropping it closes its connection.
+        let client = transfer(&server, &to, 1000, 1000).await;
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         flooding.join().unwrap();
         let stats = server.stats().await.unwrap();
@@ -362,5 +363,6 @@ fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
             "{:?}",
             stats.paths
         );
+        client.close().await;
     })
 }

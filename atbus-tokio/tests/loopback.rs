@@ -314,12 +314,12 @@ async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
             }
         })
     };
-    transfer(&server, &to, 1000, 1000).await;
+    // Kept alive until the stats are read: dropping it closes its connection.
+    let client = transfer(&server, &to, 1000, 1000).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     flooding.join().unwrap();
     let stats = server.stats().await.unwrap();
     assert!(stats.dropped_datagrams > 0, "{stats:?}");
-    // Only the real client's connection is left.
     // The real client's connection is the one established; garbage from the end
     // of the flood may still hold (at most) the pending-accept slots or be
     // flushing its close.
@@ -331,6 +331,7 @@ async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
         "{:?}",
         stats.paths
     );
+    client.close().await;
 }
 
 #[tokio::test]
