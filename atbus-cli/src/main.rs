@@ -79,6 +79,10 @@ struct SimArgs {
     /// Multi-path scheduler of both endpoints: min-rtt, redundant or round-robin.
     #[arg(long, default_value = "min-rtt", value_name = "S")]
     scheduler: String,
+    /// Congestion controller of both endpoints: cubic, newreno, fixed:RATE (e.g.
+    /// fixed:5mbit) or none.
+    #[arg(long = "cc", default_value = "cubic", value_name = "CC")]
+    congestion: String,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -139,7 +143,18 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
         .parse()
         .map_err(|e: atbus_core::UnknownScheduler| e.to_string())?;
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let (client, server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
+    let congestion: atbus_core::CongestionAlgorithm = args
+        .congestion
+        .parse()
+        .map_err(|e: atbus_core::connection::congestion::UnknownAlgorithm| e.to_string())?;
+    let config = |name: &str, id| {
+        let mut config = atbus_core::EndpointConfig::new(name, id);
+        config.scheduler = scheduler;
+        config.congestion_algorithm = congestion;
+        config
+    };
+    let (client, server) =
+        atbus_sim::atbus::pair_with(&mtus, config("client", 1), config("server", 2));
     let report = atbus_sim::run(&scenario, client, server);
     if args.json {
         println!("{}", report.to_json());

@@ -956,7 +956,9 @@ impl Endpoint {
                 }
             }
             if settled.spurious > 0 {
-                c.cc.on_spurious_loss();
+                for _ in 0..settled.spurious {
+                    c.cc.on_spurious_loss();
+                }
                 c.reorder_factor = (c.reorder_factor * 2).min(8);
             }
             for range in &settled.ranges {

@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use super::hystart::{CSS_GROWTH_DIVISOR, HyStart, Phase};
-use super::{CongestionConfig, CongestionController, Rounds, Utilization, rate_from_window};
+use super::{
+    CongestionConfig, CongestionController, Episode, Rounds, Utilization, rate_from_window,
+};
 use crate::connection::rtt::RttEstimator;
 use crate::time::Timestamp;
 
@@ -74,9 +76,9 @@ pub struct Cubic {
     epoch_start: Option<Timestamp>,
     /// Reno-friendly window estimate, bytes.
     w_est: f64,
-    /// Losses of packets sent before this instant belong to the current reduction.
-    recovery_start: Option<Timestamp>,
-    saved: Option<Saved>,
+    /// The recovery episode: one reduction per round of losses, undone when all
+    /// of them prove spurious.
+    episode: Episode<Saved>,
     hystart: HyStart,
     rounds: Rounds,
     utilization: Utilization,
@@ -101,8 +103,7 @@ impl Cubic {
             k: 0.0,
             epoch_start: None,
             w_est: 0.0,
-            recovery_start: None,
-            saved: None,
+            episode: Episode::default(),
             hystart: HyStart::new(),
             rounds: Rounds::default(),
             utilization: Utilization::default(),
@@ -135,24 +136,24 @@ impl Cubic {
     }
 
     fn in_recovery(&self, sent_at: Timestamp) -> bool {
-        self.recovery_start.is_some_and(|start| sent_at < start)
+        self.episode.covers(sent_at)
     }
 
-    fn save(&mut self) {
-        self.saved = Some(Saved {
+    fn saved(&self) -> Saved {
+        Saved {
             window: self.window,
             ssthresh: self.ssthresh,
             w_max: self.w_max,
             k: self.k,
             epoch_start: self.epoch_start,
             w_est: self.w_est,
-        });
+        }
     }
 
-    /// RFC 9438 §4.6 and §4.7: multiplicative decrease with fast convergence.
-    fn reduce(&mut self, now: Timestamp) {
-        self.save();
-        self.recovery_start = Some(now);
+    /// RFC 9438 §4.6 and §4.7: multiplicative decrease with fast convergence, as a
+    /// new recovery episode started by `losses` losses.
+    fn reduce(&mut self, now: Timestamp, losses: u64) {
+        self.episode.begin(now, self.saved(), losses);
         self.w_max = if self.window < self.w_max {
             self.window * (1.0 + BETA) / 2.0
         } else {
@@ -251,10 +252,9 @@ impl CongestionController for Cubic {
 
     fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
         self.started = true;
-        if self.in_recovery(sent_at) {
-            return;
+        if self.episode.on_lost(sent_at) {
+            self.reduce(now, 1);
         }
-        self.reduce(now);
     }
 
     fn on_mtu(&mut self, mtu: usize) {
@@ -269,14 +269,16 @@ impl CongestionController for Cubic {
     }
 
     fn on_spurious_loss(&mut self) {
-        if let Some(saved) = self.saved.take() {
-            self.window = self.clamp(self.window.max(saved.window));
+        // RFC 9438 §4.9: restore the state before the reduction, exactly (not the
+        // larger of it and the current window: what grew since was growth from the
+        // reduced window, which the restored state does not need).
+        if let Some(saved) = self.episode.on_spurious() {
+            self.window = self.clamp(saved.window);
             self.ssthresh = saved.ssthresh;
             self.w_max = saved.w_max;
             self.k = saved.k;
             self.epoch_start = saved.epoch_start;
             self.w_est = saved.w_est;
-            self.recovery_start = None;
         }
     }
 
@@ -295,8 +297,8 @@ impl CongestionController for Cubic {
         self.started = true;
         // RFC 9438 §4.8: the threshold follows the usual decrease, unless the losses
         // that revealed the congestion already reduced it at this instant...
-        if self.recovery_start != Some(now) {
-            self.reduce(now);
+        if self.episode.start() != Some(now) {
+            self.reduce(now, 0);
         }
         // ...and the window restarts from its minimum (RFC 9002 §7.6.2).
         self.window = self.min_window();
@@ -471,6 +473,40 @@ mod tests {
         let before = cc.window();
         run_avoidance(&mut cc, 2_200, 3_200, 100);
         assert!(cc.window() > before);
+    }
+
+    #[test]
+    fn an_episode_is_undone_only_when_all_its_losses_prove_spurious() {
+        let mut cc = after_one_loss(100);
+        run_avoidance(&mut cc, 0, 2_000, 100);
+        let (window, w_max) = (cc.window(), cc.w_max());
+        // Three losses of one flight: one reduction.
+        for sent in [2_000, 2_001, 2_002] {
+            cc.on_lost(at(2_050), at(sent), MTU);
+        }
+        let reduced = cc.window();
+        assert!(reduced < window);
+        // Two of the three retransmissions were spurious: the third loss was real.
+        cc.on_spurious_loss();
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), reduced);
+        // The third too: the whole episode was spurious, restored exactly once.
+        cc.on_spurious_loss();
+        assert_eq!((cc.window(), cc.w_max()), (window, w_max));
+        cc.on_spurious_loss();
+        assert_eq!((cc.window(), cc.w_max()), (window, w_max));
+    }
+
+    #[test]
+    fn repeated_spurious_undos_do_not_grow_the_window() {
+        let mut cc = after_one_loss(100);
+        run_avoidance(&mut cc, 0, 2_000, 100);
+        let window = cc.window();
+        for i in 0..50 {
+            cc.on_lost(at(2_050 + i * 10), at(2_000 + i * 10), MTU);
+            cc.on_spurious_loss();
+            assert_eq!(cc.window(), window, "undo {i}");
+        }
     }
 
     #[test]
