@@ -106,7 +106,7 @@ impl EndpointConfig {
             congestion_algorithm: CongestionAlgorithm::Cubic,
             rate_limit: None,
             ack_delay: Duration::ZERO,
-            max_ack_ranges: 8,
+            max_ack_ranges: 32,
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::hystart::{CSS_GROWTH_DIVISOR, HyStart, Phase};
+use super::hystart::{HyStart, MAX_RTT_THRESH, MIN_RTT_DIVISOR, MIN_RTT_THRESH, Phase};
 use super::{
     CongestionConfig, CongestionController, Episode, Rounds, Utilization, rate_from_window,
 };
@@ -23,6 +23,9 @@ const ALPHA: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
 const PACING_SLOW_START: (u64, u64) = (2, 1);
 /// Pacing gain otherwise (RFC 9002 §7.7 suggests 5/4).
 const PACING_AVOIDANCE: (u64, u64) = (5, 4);
+/// A loss is congestion when more than `1 / LOSS_FRACTION_DIVISOR` of the bytes
+/// settled this round and the last were lost (2 %), or when the RTT shows a queue.
+const LOSS_FRACTION_DIVISOR: u64 = 50;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -87,6 +90,13 @@ pub struct Cubic {
     /// Whether anything was acknowledged or lost yet (the initial window follows
     /// the MTU until then).
     started: bool,
+    /// The latest RTT sample and the minimum RTT, for telling congestion losses
+    /// from random ones.
+    latest_rtt: Duration,
+    min_rtt: Option<Duration>,
+    /// Bytes lost and acknowledged, this round (`[0]`) and the last (`[1]`).
+    round_lost: [u64; 2],
+    round_acked: [u64; 2],
 }
 
 impl Cubic {
@@ -110,6 +120,10 @@ impl Cubic {
             srtt: Duration::from_millis(100),
             last_ack: None,
             started: false,
+            latest_rtt: Duration::ZERO,
+            min_rtt: None,
+            round_lost: [0; 2],
+            round_acked: [0; 2],
         }
     }
 
@@ -162,6 +176,25 @@ impl Cubic {
         self.window = self.clamp(self.window * BETA);
         self.ssthresh = self.window as usize;
         self.epoch_start = None;
+    }
+
+    /// Whether a loss now is a congestion signal: the RTT stands above its minimum
+    /// by the HyStart++ threshold (a queue is building), or the losses of this round
+    /// and the last exceed 2 % of what they settled. Otherwise it is taken for a
+    /// random loss (a lossy radio link, say) and does not reduce the window: a
+    /// drop-tail queue that overflows shows both its delay and a burst of losses,
+    /// while 1 % random loss shows neither.
+    fn is_congestion(&self) -> bool {
+        let Some(min) = self.min_rtt else {
+            return true;
+        };
+        let threshold = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
+        if self.latest_rtt >= min.saturating_add(threshold) {
+            return true;
+        }
+        let lost = self.round_lost[0].saturating_add(self.round_lost[1]);
+        let acked = self.round_acked[0].saturating_add(self.round_acked[1]);
+        lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
     }
 
     /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
@@ -218,14 +251,13 @@ impl CongestionController for Cubic {
         self.last_ack = Some(now);
         if self.rounds.on_acked(now, sent_at) {
             self.utilization.on_round();
+            self.round_lost = [0, self.round_lost[0]];
+            self.round_acked = [0, self.round_acked[0]];
             if self.ssthresh == usize::MAX {
                 self.hystart.on_round();
-                if self.hystart.phase() == Phase::Done {
-                    // RFC 9406 §4.2: CSS is over; congestion avoidance from here.
-                    self.ssthresh = self.window as usize;
-                }
             }
         }
+        self.round_acked[0] = self.round_acked[0].saturating_add(bytes as u64);
         if self.in_recovery(sent_at) {
             return;
         }
@@ -239,20 +271,16 @@ impl CongestionController for Cubic {
         }
         let bytes = bytes.min(self.max_window() as usize) as f64;
         if self.in_slow_start() {
-            let growth = if self.hystart.phase() == Phase::Conservative {
-                bytes / CSS_GROWTH_DIVISOR as f64
-            } else {
-                bytes
-            };
-            self.window = self.clamp(self.window + growth);
+            self.window = self.clamp(self.window + bytes);
         } else {
             self.grow_avoidance(now, bytes);
         }
     }
 
-    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
+    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize) {
         self.started = true;
-        if self.episode.on_lost(sent_at) {
+        self.round_lost[0] = self.round_lost[0].saturating_add(bytes as u64);
+        if self.episode.on_lost(sent_at) && self.is_congestion() {
             self.reduce(now, 1);
         }
     }
@@ -288,8 +316,18 @@ impl CongestionController for Cubic {
 
     fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
         self.srtt = rtt.smoothed();
+        self.latest_rtt = rtt.latest();
+        self.min_rtt = rtt.min();
         if self.ssthresh == usize::MAX {
             self.hystart.on_rtt_sample(rtt.latest());
+            if self.hystart.phase() != Phase::SlowStart {
+                // The RTT rose: leave slow start here, without RFC 9406's
+                // conservative slow start. CSS grows the window by another 25 % a
+                // round for five rounds, which overflows any queue smaller than
+                // the bandwidth-delay product (64 KB at 20 Mbit/s and 40 ms holds
+                // 60 % of it); the cubic curve probes from here instead.
+                self.ssthresh = self.window as usize;
+            }
         }
     }
 
@@ -353,6 +391,14 @@ mod tests {
     fn sample(cc: &mut Cubic, now: Timestamp, rtt: Duration) {
         let mut estimator = RttEstimator::new(RtoConfig::default());
         estimator.on_sample(rtt);
+        cc.on_rtt_sample(now, &estimator);
+    }
+
+    /// An RTT sample well above the minimum: the next loss is congestion.
+    fn queueing(cc: &mut Cubic, now: Timestamp) {
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(100));
+        estimator.on_sample(ms(200));
         cc.on_rtt_sample(now, &estimator);
     }
 
@@ -458,6 +504,7 @@ mod tests {
         let mut cc = after_one_loss(100);
         run_avoidance(&mut cc, 0, 2_000, 100);
         let (window, w_max, ssthresh) = (cc.window(), cc.w_max(), cc.ssthresh());
+        queueing(&mut cc, at(2_050));
         cc.on_lost(at(2_050), at(2_000), MTU);
         assert!(cc.window() < window);
         cc.on_spurious_loss();
@@ -480,6 +527,7 @@ mod tests {
         let mut cc = after_one_loss(100);
         run_avoidance(&mut cc, 0, 2_000, 100);
         let (window, w_max) = (cc.window(), cc.w_max());
+        queueing(&mut cc, at(2_050));
         // Three losses of one flight: one reduction.
         for sent in [2_000, 2_001, 2_002] {
             cc.on_lost(at(2_050), at(sent), MTU);
@@ -502,6 +550,7 @@ mod tests {
         let mut cc = after_one_loss(100);
         run_avoidance(&mut cc, 0, 2_000, 100);
         let window = cc.window();
+        queueing(&mut cc, at(2_050));
         for i in 0..50 {
             cc.on_lost(at(2_050 + i * 10), at(2_000 + i * 10), MTU);
             cc.on_spurious_loss();
@@ -530,19 +579,39 @@ mod tests {
         round(&mut cc, 20);
         assert_eq!(cc.window(), 40_000);
         assert!(cc.in_slow_start());
-        // 20 ms + 4 ms: conservative slow start, a quarter of the growth.
+        // 20 ms + 4 ms: the RTT rose, slow start ends at once (no CSS).
+        let before = cc.window();
         round(&mut cc, 25);
-        let css_start = cc.window();
-        assert!(css_start < 80_000 && cc.in_slow_start(), "{css_start}");
-        let mut window = css_start;
-        for _ in 0..4 {
-            round(&mut cc, 25);
-            assert!(cc.window() <= window + window / 4 + MTU, "{}", cc.window());
-            window = cc.window();
+        assert!(!cc.in_slow_start());
+        assert!(cc.ssthresh() >= before && cc.ssthresh() < 2 * before, "{}", cc.ssthresh());
+    }
+
+    #[test]
+    fn random_losses_without_a_queue_do_not_reduce_the_window_congestion_does() {
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 2_000, 40);
+        let window = cc.window();
+        // 1 % loss, the RTT at its minimum: not congestion.
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(40));
+        cc.on_rtt_sample(at(2_000), &estimator);
+        for i in 0..5u64 {
+            cc.on_acked(at(2_010 + i * 40), at(1_980 + i * 40), 99 * MTU);
+            cc.on_lost(at(2_010 + i * 40), at(1_985 + i * 40), MTU);
+            assert!(cc.window() >= window, "loss {i}: {}", cc.window());
         }
-        round(&mut cc, 25);
-        assert!(!cc.in_slow_start(), "CSS ends after five rounds");
-        assert_eq!(cc.ssthresh(), window);
+        // A burst (more than 2 % of the round) is congestion even without delay.
+        for sent in 0..10 {
+            cc.on_lost(at(2_300), at(2_250 + sent), MTU);
+        }
+        assert!(cc.window() < window);
+        // So is one loss while a queue stands.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 2_000, 40);
+        let window = cc.window();
+        queueing(&mut cc, at(2_000));
+        cc.on_lost(at(2_010), at(1_990), MTU);
+        assert!(cc.window() < window);
     }
 
     #[test]
@@ -633,6 +702,7 @@ mod tests {
         sample(&mut cc, at(5), Duration::ZERO);
         cc.on_mtu(0);
         assert!(cc.window() >= 2);
+        queueing(&mut cc, at(6));
         for i in 0..100 {
             cc.on_lost(at(10 + i), at(10 + i), 1);
         }
