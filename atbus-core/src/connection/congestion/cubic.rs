@@ -24,8 +24,12 @@ const PACING_SLOW_START: (u64, u64) = (2, 1);
 /// Pacing gain otherwise (RFC 9002 §7.7 suggests 5/4).
 const PACING_AVOIDANCE: (u64, u64) = (5, 4);
 /// A loss is congestion when more than `1 / LOSS_FRACTION_DIVISOR` of the bytes
-/// settled this round and the last were lost (2 %), or when the RTT shows a queue.
+/// settled this round and the last were lost (2 %) in at least [`BURST_LOSSES`]
+/// losses, or when the RTT shows a queue.
 const LOSS_FRACTION_DIVISOR: u64 = 50;
+/// Losses in this round and the last that make a burst (see [`LOSS_FRACTION_DIVISOR`]):
+/// in a small window one random loss is already more than 2 %.
+const BURST_LOSSES: u64 = 3;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -97,6 +101,8 @@ pub struct Cubic {
     /// Bytes lost and acknowledged, this round (`[0]`) and the last (`[1]`).
     round_lost: [u64; 2],
     round_acked: [u64; 2],
+    /// Losses (ranges), this round and the last.
+    round_losses: [u64; 2],
 }
 
 impl Cubic {
@@ -124,6 +130,7 @@ impl Cubic {
             min_rtt: None,
             round_lost: [0; 2],
             round_acked: [0; 2],
+            round_losses: [0; 2],
         }
     }
 
@@ -179,8 +186,8 @@ impl Cubic {
     }
 
     /// Whether a loss now is a congestion signal: the RTT stands above its minimum
-    /// by the HyStart++ threshold (a queue is building), or the losses of this round
-    /// and the last exceed 2 % of what they settled. Otherwise it is taken for a
+    /// by the HyStart++ threshold (a queue is building), or this round and the last
+    /// lost at least three datagrams and more than 2 % of what they settled. Otherwise it is taken for a
     /// random loss (a lossy radio link, say) and does not reduce the window: a
     /// drop-tail queue that overflows shows both its delay and a burst of losses,
     /// while 1 % random loss shows neither.
@@ -194,7 +201,9 @@ impl Cubic {
         }
         let lost = self.round_lost[0].saturating_add(self.round_lost[1]);
         let acked = self.round_acked[0].saturating_add(self.round_acked[1]);
-        lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
+        let losses = self.round_losses[0].saturating_add(self.round_losses[1]);
+        losses >= BURST_LOSSES
+            && lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
     }
 
     /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
@@ -253,6 +262,7 @@ impl CongestionController for Cubic {
             self.utilization.on_round();
             self.round_lost = [0, self.round_lost[0]];
             self.round_acked = [0, self.round_acked[0]];
+            self.round_losses = [0, self.round_losses[0]];
             if self.ssthresh == usize::MAX {
                 self.hystart.on_round();
             }
@@ -280,6 +290,7 @@ impl CongestionController for Cubic {
     fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize) {
         self.started = true;
         self.round_lost[0] = self.round_lost[0].saturating_add(bytes as u64);
+        self.round_losses[0] = self.round_losses[0].saturating_add(1);
         if self.episode.on_lost(sent_at) && self.is_congestion() {
             self.reduce(now, 1);
         }
@@ -424,7 +435,13 @@ mod tests {
     /// 100 KB, window 70 KB, K = ∛(30 000 / (0.4 × 1000)) ≈ 4.2 s.
     fn after_one_loss(rtt: u64) -> Cubic {
         let mut cc = Cubic::new(config(100), MTU);
-        sample(&mut cc, at(0), ms(rtt));
+        // A smoothed RTT of `rtt`, above a minimum of half of it: a queue stands.
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(rtt / 2));
+        for _ in 0..100 {
+            estimator.on_sample(ms(rtt));
+        }
+        cc.on_rtt_sample(at(0), &estimator);
         cc.on_lost(at(0), at(0), MTU);
         assert_eq!(cc.window(), 70_000);
         assert_eq!(cc.w_max(), 100_000);
