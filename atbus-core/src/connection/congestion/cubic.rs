@@ -600,7 +600,11 @@ mod tests {
         let before = cc.window();
         round(&mut cc, 25);
         assert!(!cc.in_slow_start());
-        assert!(cc.ssthresh() >= before && cc.ssthresh() < 2 * before, "{}", cc.ssthresh());
+        assert!(
+            cc.ssthresh() >= before && cc.ssthresh() < 2 * before,
+            "{}",
+            cc.ssthresh()
+        );
     }
 
     #[test]

@@ -507,7 +507,15 @@ mod tests {
                 bytes_per_second: 188
             })
         );
-        for bad in ["", "reno", "fixed:", "fixed:0mbit", "fixed:5", "fixed:-1mbit", "fixed:1e30gbit"] {
+        for bad in [
+            "",
+            "reno",
+            "fixed:",
+            "fixed:0mbit",
+            "fixed:5",
+            "fixed:-1mbit",
+            "fixed:1e30gbit",
+        ] {
             assert!(bad.parse::<CongestionAlgorithm>().is_err(), "{bad}");
         }
     }
