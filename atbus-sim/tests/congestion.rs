@@ -110,3 +110,52 @@ fn the_endpoint_rate_cap_holds_cubic_below_it() {
         "the cap applies on top of the default controller"
     );
 }
+
+/// Two flows over one bottleneck, the second starting 2 s after the first; both
+/// send 15 MB (15,000 messages of 1000 B, on streams 0 and 1: flow = stream % 2).
+fn two_flows() -> Report {
+    let path: LinkConfig = "delay=20ms,bw=20mbit,queue=64kb".parse().expect("valid");
+    let scenario = Scenario {
+        paths: vec![path.clone()],
+        messages: 30_000,
+        size: SizeRange {
+            min: 1000,
+            max: 1000,
+        },
+        interval: Duration::ZERO,
+        streams: 2,
+        echo: false,
+        seed: 1,
+        time_limit: Duration::from_secs(600),
+    };
+    let starts = [Duration::ZERO, Duration::from_secs(2)];
+    let (c, s) = atbus_sim::flows::flows(&[path.mtu], &starts, |_| {});
+    let report = run(&scenario, c, s);
+    assert_eq!(report.delivered, 30_000, "{report}");
+    report
+}
+
+#[test]
+fn two_flows_share_one_bottleneck_and_fill_it() {
+    let report = two_flows();
+    assert_eq!(report.flows.len(), 2);
+    assert!(
+        report.flows.iter().all(|f| f.payload_bytes == 15_000_000),
+        "{report}"
+    );
+    let total = goodput(&report, 20e6);
+    assert!(total >= 0.85, "goodput {total:.3}\n{report}");
+    assert!(drop_rate(&report) < 0.02, "{report}");
+}
+
+/// Issue 5's fairness target, NOT met yet: over its own span the first flow gets
+/// 14.2 Mbit/s and the second 10.8 (ratio 0.76; 0.61 while both run). Run with
+/// `--ignored` to check progress; see docs/benchmarks.md.
+#[test]
+#[ignore = "open: two CUBIC flows do not yet converge to within 20 % (docs/benchmarks.md)"]
+fn two_flows_split_the_bottleneck_within_20_percent() {
+    let report = two_flows();
+    let [a, b] = [&report.flows[0], &report.flows[1]];
+    let ratio = a.goodput_bps.min(b.goodput_bps) / a.goodput_bps.max(b.goodput_bps);
+    assert!(ratio >= 0.8, "ratio {ratio:.3}\n{report}");
+}
