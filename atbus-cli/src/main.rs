@@ -83,6 +83,17 @@ struct SimArgs {
     /// first path carries three datagrams per turn, the second one).
     #[arg(long, value_delimiter = ',', value_name = "W,W...")]
     weights: Vec<u32>,
+    /// Congestion controller of both endpoints: cubic, newreno, fixed:RATE (e.g.
+    /// fixed:5mbit) or none.
+    #[arg(long = "cc", default_value = "cubic", value_name = "CC")]
+    congestion: String,
+    /// Independent flows (endpoint pairs) sharing the paths; stream s goes on flow
+    /// s % N (give at least N --streams). Per-flow goodput is reported.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    flows: usize,
+    /// Flow i starts sending at i × this (us, ms, s).
+    #[arg(long, default_value = "0", value_name = "DUR")]
+    flow_stagger: String,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -143,10 +154,37 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
         .parse()
         .map_err(|e: atbus_core::UnknownScheduler| e.to_string())?;
     let mtus: Vec<usize> = scenario.paths.iter().map(|p| p.mtu).collect();
-    let (mut client, mut server) = atbus_sim::atbus::pair_scheduled(&mtus, scheduler);
-    client.set_path_weights(&args.weights);
-    server.set_path_weights(&args.weights);
-    let report = atbus_sim::run(&scenario, client, server);
+    let congestion: atbus_core::CongestionAlgorithm = args
+        .congestion
+        .parse()
+        .map_err(|e: atbus_core::connection::congestion::UnknownAlgorithm| e.to_string())?;
+    let config = |name: &str, id| {
+        let mut config = atbus_core::EndpointConfig::new(name, id);
+        config.scheduler = scheduler;
+        config.congestion_algorithm = congestion;
+        config
+    };
+    let report = if args.flows > 1 {
+        if args.flows > 256 || scenario.streams < args.flows as u32 {
+            return Err(format!(
+                "--flows {} needs at most 256 flows and at least as many --streams",
+                args.flows
+            ));
+        }
+        let stagger = atbus_sim::flags::parse_duration("flow stagger", &args.flow_stagger)?;
+        let starts: Vec<_> = (0..args.flows as u32).map(|i| stagger * i).collect();
+        let (client, server) = atbus_sim::flows::flows(&mtus, &starts, |c| {
+            c.scheduler = scheduler;
+            c.congestion_algorithm = congestion;
+        });
+        atbus_sim::run(&scenario, client, server)
+    } else {
+        let (mut client, mut server) =
+            atbus_sim::atbus::pair_with(&mtus, config("client", 1), config("server", 2));
+        client.set_path_weights(&args.weights);
+        server.set_path_weights(&args.weights);
+        atbus_sim::run(&scenario, client, server)
+    };
     if args.json {
         println!("{}", report.to_json());
     } else {

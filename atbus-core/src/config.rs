@@ -62,6 +62,11 @@ pub struct EndpointConfig {
     /// The congestion controller of datagram connections (stream connections
     /// use a fixed window, `reliable_window`).
     pub congestion_algorithm: CongestionAlgorithm,
+    /// An optional cap on the data this endpoint sends, in bytes per second over all
+    /// its connections: a token bucket charged with every datagram carrying data and
+    /// consulted with each connection's own pacer (`docs/congestion.md`). `None`: no
+    /// cap.
+    pub rate_limit: Option<u64>,
     /// How long an acknowledgement may wait for data to ride along with.
     pub ack_delay: Duration,
     /// Received ranges reported in one acknowledgement (selective ACK).
@@ -104,8 +109,9 @@ impl EndpointConfig {
             reliable_window: 4 * 1024 * 1024,
             scheduler: Scheduler::MinRtt,
             congestion_algorithm: CongestionAlgorithm::Cubic,
+            rate_limit: None,
             ack_delay: Duration::ZERO,
-            max_ack_ranges: 8,
+            max_ack_ranges: 32,
             keepalive_interval: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),

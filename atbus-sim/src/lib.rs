@@ -32,6 +32,7 @@ pub mod atbus;
 mod bottleneck;
 mod config;
 pub mod flags;
+pub mod flows;
 mod harness;
 mod link;
 mod loss;
@@ -45,11 +46,11 @@ pub use flags::ScenarioFlags;
 pub use harness::run;
 pub use link::{DropReason, Fate, Link, LinkStats};
 pub use report::{
-    HistogramReport, LatencySummary, LinkFaults, PathReport, Report, StatsReport, TotalsReport,
-    WindowReport,
+    FlowReport, HistogramReport, LatencySummary, LinkFaults, PathReport, Report, StatsReport,
+    TotalsReport, WindowReport,
 };
 pub use spec::SpecError;
-pub use transport::{PathStats, Received, Transport, TransportStats, WouldBlock};
+pub use transport::{FlowStats, PathStats, Received, Transport, TransportStats, WouldBlock};
 pub use workload::{
     DEFAULT_INTERVAL, DEFAULT_MESSAGE_SIZE, DEFAULT_MESSAGES, DEFAULT_TIME_LIMIT, ID_PREFIX_LEN,
     Scenario, ScenarioError, SizeRange, Workload,

@@ -46,6 +46,19 @@ pub struct Report {
     /// The client transport's windowed statistics at the end of the run, if it
     /// keeps any (atbus does: its endpoint's, all paths together).
     pub stats: Option<StatsReport>,
+    /// Per flow, when the sides are several flows ([`crate::flows`]); else empty.
+    pub flows: Vec<FlowReport>,
+}
+
+/// What one flow delivered (receiving side).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FlowReport {
+    /// Payload bytes delivered.
+    pub payload_bytes: u64,
+    /// From the first to the last delivery, in milliseconds.
+    pub duration_ms: f64,
+    /// Payload bits per second over that time.
+    pub goodput_bps: f64,
 }
 
 /// Windowed statistics in a form for JSON: the totals, the 1 / 5 / 15 / 60-second
@@ -310,6 +323,15 @@ impl fmt::Display for Report {
                 link.corrupted
             )?;
         }
+        for (index, flow) in self.flows.iter().enumerate() {
+            write!(
+                f,
+                "\nflow {index}    {} B payload in {:.3} ms: {:.3} Mbit/s",
+                flow.payload_bytes,
+                flow.duration_ms,
+                flow.goodput_bps / 1e6
+            )?;
+        }
         Ok(())
     }
 }
@@ -369,10 +391,11 @@ mod tests {
             stalls: 0,
             timed_out: false,
             stats: None,
+            flows: Vec::new(),
         };
         assert_eq!(
             report.to_json(),
-            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"cwnd_bytes":0,"sent_bytes":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false,"stats":null}"#
+            r#"{"sent":1,"delivered":1,"duplicates":0,"out_of_order":0,"corrupted":0,"skipped":0,"latency_ms":{"avg":25.0,"p50":25.0,"p90":25.0,"p99":25.0,"p999":25.0,"max":25.0},"payload_bytes":10,"wire_bytes":22,"sim_duration_ms":25.0,"paths":[{"mtu":0,"srtt_ms":0.0,"sent_packets":0,"lost_packets":0,"retransmits":0,"spurious_retransmits":0,"cwnd_bytes":0,"sent_bytes":0,"link":{"dropped":0,"duplicated":0,"reordered":0,"corrupted":0}}],"stalls":0,"timed_out":false,"stats":null,"flows":[]}"#
         );
         assert!(
             report

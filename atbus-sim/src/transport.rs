@@ -58,6 +58,17 @@ pub struct PathStats {
     pub sent_bytes: u64,
 }
 
+/// What the receiving side of one flow got (see [`crate::flows`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Payload bytes delivered.
+    pub payload_bytes: u64,
+    /// When the first and the last message were delivered.
+    pub first_delivery: Option<Duration>,
+    /// See `first_delivery`.
+    pub last_delivery: Option<Duration>,
+}
+
 /// What a transport reports at the end of a run.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TransportStats {
@@ -96,6 +107,11 @@ pub trait Transport {
     /// Counters for the report.
     fn stats(&self) -> TransportStats;
 
+    /// Per-flow deliveries, for a side made of several flows ([`crate::flows`]);
+    /// empty otherwise.
+    fn flows(&self) -> Vec<FlowStats> {
+        Vec::new()
+    }
     /// Windowed statistics read at `now`, if the transport keeps any.
     fn snapshot(&self, now: Duration) -> Option<atbus_core::stats::StatsSnapshot> {
         let _ = now;

@@ -130,6 +130,8 @@ pub(crate) struct Connection {
     pub rack_rtt: Duration,
     /// Multiplier of the reordering window, raised when losses prove spurious.
     pub reorder_factor: u32,
+    /// Loss detections since the reordering factor was last raised.
+    pub recoveries_since_reorder: u32,
     /// Consecutive retransmission timeouts without progress.
     pub rto_backoff: u32,
     /// The newest echoed timepoint an RTT sample was taken from.
@@ -222,6 +224,7 @@ impl Connection {
             rack_rtt: Duration::ZERO,
             rto_backoff: 0,
             reorder_factor: 1,
+            recoveries_since_reorder: 0,
             sampled_echo: Timestamp::ZERO,
             last_sent_timepoint: Timestamp::ZERO,
             control_send: SendBuffer::new(CONTROL_WINDOW),

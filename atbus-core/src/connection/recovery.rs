@@ -21,6 +21,18 @@ use std::time::Duration;
 
 use crate::time::Timestamp;
 
+/// Largest multiplier of the reordering window. Each acknowledgement showing
+/// spurious retransmissions raises it by one (RFC 8985 §6.2 steps it by one per
+/// round with D-SACK); doubling, as before, reached the whole smoothed RTT after
+/// three such acknowledgements, and a window that wide lets a burst of real losses
+/// hold the window full until the retransmission timeout.
+pub const MAX_REORDER_FACTOR: u32 = 4;
+
+/// Loss detections after which the multiplier returns to 1 (RFC 8985 §6.2: 16
+/// recoveries), so that one episode of reordering does not widen the window for
+/// good.
+pub const REORDER_RESET_RECOVERIES: u32 = 16;
+
 /// One stream range carried by one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentRange {

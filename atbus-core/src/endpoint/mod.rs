@@ -62,6 +62,7 @@ use atbus_proto::{CachedMessageMeta, pb};
 use bytes::Bytes;
 
 use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU, Scheduler};
+use crate::connection::pacing::Pacer;
 use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
 use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
@@ -256,6 +257,9 @@ pub struct Endpoint {
     early_total: usize,
     hello_meta: CachedMessageMeta,
     stats: EndpointStats,
+    /// The per-endpoint rate cap's bucket (`config.rate_limit`), shared by every
+    /// connection.
+    rate_cap: Pacer,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -301,6 +305,8 @@ impl Endpoint {
             early_total: 0,
             hello_meta,
             stats: EndpointStats::default(),
+            // No minimum burst: the cap holds to within one datagram.
+            rate_cap: Pacer::new(0),
         }
     }
 

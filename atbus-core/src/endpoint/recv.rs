@@ -9,6 +9,7 @@ use prost::Message as _;
 
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
+use crate::connection::recovery::{MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES};
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
@@ -965,8 +966,13 @@ impl Endpoint {
                 }
             }
             if settled.spurious > 0 {
-                c.cc.on_spurious_loss();
-                c.reorder_factor = (c.reorder_factor * 2).min(8);
+                for _ in 0..settled.spurious {
+                    c.cc.on_spurious_loss();
+                }
+                // RFC 8985 §6.2: one step per acknowledgement that shows spurious
+                // retransmissions, back to 1 after some recoveries (detect_losses).
+                c.reorder_factor = (c.reorder_factor + 1).min(MAX_REORDER_FACTOR);
+                c.recoveries_since_reorder = 0;
             }
             for range in &settled.ranges {
                 c.cc.on_acked(now, range.sent_at, range.bytes);
@@ -1098,6 +1104,11 @@ impl Endpoint {
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
         c.stats.lost_packets += packets;
+        c.recoveries_since_reorder = c.recoveries_since_reorder.saturating_add(1);
+        if c.recoveries_since_reorder >= REORDER_RESET_RECOVERIES {
+            c.reorder_factor = 1;
+            c.recoveries_since_reorder = 0;
+        }
         let peer = c.peer;
         self.record(id, Sample::Lost { packets });
         for range in lost {

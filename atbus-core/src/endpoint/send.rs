@@ -541,14 +541,15 @@ impl Endpoint {
         let first_contact = peer
             .and_then(|p| self.peers.get(&p))
             .is_some_and(|p| p.identity.is_none());
-        // Pacing: data waits for the pacer (acknowledgements and pongs do not).
+        // Pacing: data waits for the pacer (acknowledgements and pongs do not), and
+        // for the endpoint's rate cap if it has one.
         let pace = c.pacing_rate();
+        let cap = self.config.rate_limit;
         let paced_out = match pace {
-            Some(rate) if !c.pacer.can_send(now, c.mtu, rate) => {
-                c.pacer.next_send_time(now, c.mtu, rate)
-            }
-            _ => None,
-        };
+            Some(rate) => c.pacer.next_send_time(now, c.mtu, rate),
+            None => None,
+        }
+        .max(cap.and_then(|cap| self.rate_cap.next_send_time(now, c.mtu, cap)));
         let mut fresh: Vec<(i64, u64, u64)> = Vec::new();
         let may_send_data = paced_out.is_none()
             && (c.state == ConnectionState::Established
@@ -673,6 +674,9 @@ impl Endpoint {
         if wrote_data {
             if let Some(rate) = pace {
                 c.pacer.on_sent(now, buf.len(), rate);
+            }
+            if let Some(cap) = cap {
+                self.rate_cap.on_sent(now, buf.len(), cap);
             }
             // The next connection's turn (round robin), once this one has sent
             // its weight's worth in its turn.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::link::Link;
-use crate::report::{LatencySummary, LinkFaults, PathReport, Report, StatsReport, millis};
+use crate::report::{
+    FlowReport, LatencySummary, LinkFaults, PathReport, Report, StatsReport, millis,
+};
 use crate::transport::{Transport, TransportStats};
 use crate::workload::{Scenario, ScenarioError, SeedPurpose, Workload, derived_rng};
 use endpoint::Endpoint;
@@ -354,6 +356,26 @@ impl<T: Transport> Simulation<T> {
                 .snapshot(self.now)
                 .as_ref()
                 .map(StatsReport::from_snapshot),
+            flows: self.sides[SERVER]
+                .transport
+                .flows()
+                .iter()
+                .map(|f| {
+                    let span = match (f.first_delivery, f.last_delivery) {
+                        (Some(a), Some(b)) => b.saturating_sub(a),
+                        _ => Duration::ZERO,
+                    };
+                    FlowReport {
+                        payload_bytes: f.payload_bytes,
+                        duration_ms: millis(span),
+                        goodput_bps: if span.is_zero() {
+                            0.0
+                        } else {
+                            f.payload_bytes as f64 * 8.0 / span.as_secs_f64()
+                        },
+                    }
+                })
+                .collect(),
         }
     }
 

@@ -6,8 +6,10 @@
 
 use std::time::Duration;
 
-use super::hystart::{CSS_GROWTH_DIVISOR, HyStart, Phase};
-use super::{CongestionConfig, CongestionController, Rounds, Utilization, rate_from_window};
+use super::hystart::{HyStart, MAX_RTT_THRESH, MIN_RTT_DIVISOR, MIN_RTT_THRESH, Phase};
+use super::{
+    CongestionConfig, CongestionController, Episode, Rounds, Utilization, rate_from_window,
+};
 use crate::connection::rtt::RttEstimator;
 use crate::time::Timestamp;
 
@@ -21,6 +23,13 @@ const ALPHA: f64 = 3.0 * (1.0 - BETA) / (1.0 + BETA);
 const PACING_SLOW_START: (u64, u64) = (2, 1);
 /// Pacing gain otherwise (RFC 9002 §7.7 suggests 5/4).
 const PACING_AVOIDANCE: (u64, u64) = (5, 4);
+/// A loss is congestion when more than `1 / LOSS_FRACTION_DIVISOR` of the bytes
+/// settled this round and the last were lost (2 %) in at least [`BURST_LOSSES`]
+/// losses, or when the RTT shows a queue.
+const LOSS_FRACTION_DIVISOR: u64 = 50;
+/// Losses in this round and the last that make a burst (see [`LOSS_FRACTION_DIVISOR`]):
+/// in a small window one random loss is already more than 2 %.
+const BURST_LOSSES: u64 = 3;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -74,9 +83,9 @@ pub struct Cubic {
     epoch_start: Option<Timestamp>,
     /// Reno-friendly window estimate, bytes.
     w_est: f64,
-    /// Losses of packets sent before this instant belong to the current reduction.
-    recovery_start: Option<Timestamp>,
-    saved: Option<Saved>,
+    /// The recovery episode: one reduction per round of losses, undone when all
+    /// of them prove spurious.
+    episode: Episode<Saved>,
     hystart: HyStart,
     rounds: Rounds,
     utilization: Utilization,
@@ -85,6 +94,15 @@ pub struct Cubic {
     /// Whether anything was acknowledged or lost yet (the initial window follows
     /// the MTU until then).
     started: bool,
+    /// The latest RTT sample and the minimum RTT, for telling congestion losses
+    /// from random ones.
+    latest_rtt: Duration,
+    min_rtt: Option<Duration>,
+    /// Bytes lost and acknowledged, this round (`[0]`) and the last (`[1]`).
+    round_lost: [u64; 2],
+    round_acked: [u64; 2],
+    /// Losses (ranges), this round and the last.
+    round_losses: [u64; 2],
 }
 
 impl Cubic {
@@ -101,14 +119,18 @@ impl Cubic {
             k: 0.0,
             epoch_start: None,
             w_est: 0.0,
-            recovery_start: None,
-            saved: None,
+            episode: Episode::default(),
             hystart: HyStart::new(),
             rounds: Rounds::default(),
             utilization: Utilization::default(),
             srtt: Duration::from_millis(100),
             last_ack: None,
             started: false,
+            latest_rtt: Duration::ZERO,
+            min_rtt: None,
+            round_lost: [0; 2],
+            round_acked: [0; 2],
+            round_losses: [0; 2],
         }
     }
 
@@ -135,24 +157,24 @@ impl Cubic {
     }
 
     fn in_recovery(&self, sent_at: Timestamp) -> bool {
-        self.recovery_start.is_some_and(|start| sent_at < start)
+        self.episode.covers(sent_at)
     }
 
-    fn save(&mut self) {
-        self.saved = Some(Saved {
+    fn saved(&self) -> Saved {
+        Saved {
             window: self.window,
             ssthresh: self.ssthresh,
             w_max: self.w_max,
             k: self.k,
             epoch_start: self.epoch_start,
             w_est: self.w_est,
-        });
+        }
     }
 
-    /// RFC 9438 §4.6 and §4.7: multiplicative decrease with fast convergence.
-    fn reduce(&mut self, now: Timestamp) {
-        self.save();
-        self.recovery_start = Some(now);
+    /// RFC 9438 §4.6 and §4.7: multiplicative decrease with fast convergence, as a
+    /// new recovery episode started by `losses` losses.
+    fn reduce(&mut self, now: Timestamp, losses: u64) {
+        self.episode.begin(now, self.saved(), losses);
         self.w_max = if self.window < self.w_max {
             self.window * (1.0 + BETA) / 2.0
         } else {
@@ -161,6 +183,27 @@ impl Cubic {
         self.window = self.clamp(self.window * BETA);
         self.ssthresh = self.window as usize;
         self.epoch_start = None;
+    }
+
+    /// Whether a loss now is a congestion signal: the RTT stands above its minimum
+    /// by the HyStart++ threshold (a queue is building), or this round and the last
+    /// lost at least three datagrams and more than 2 % of what they settled. Otherwise it is taken for a
+    /// random loss (a lossy radio link, say) and does not reduce the window: a
+    /// drop-tail queue that overflows shows both its delay and a burst of losses,
+    /// while 1 % random loss shows neither.
+    fn is_congestion(&self) -> bool {
+        let Some(min) = self.min_rtt else {
+            return true;
+        };
+        let threshold = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
+        if self.latest_rtt >= min.saturating_add(threshold) {
+            return true;
+        }
+        let lost = self.round_lost[0].saturating_add(self.round_lost[1]);
+        let acked = self.round_acked[0].saturating_add(self.round_acked[1]);
+        let losses = self.round_losses[0].saturating_add(self.round_losses[1]);
+        losses >= BURST_LOSSES
+            && lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
     }
 
     /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
@@ -217,14 +260,14 @@ impl CongestionController for Cubic {
         self.last_ack = Some(now);
         if self.rounds.on_acked(now, sent_at) {
             self.utilization.on_round();
+            self.round_lost = [0, self.round_lost[0]];
+            self.round_acked = [0, self.round_acked[0]];
+            self.round_losses = [0, self.round_losses[0]];
             if self.ssthresh == usize::MAX {
                 self.hystart.on_round();
-                if self.hystart.phase() == Phase::Done {
-                    // RFC 9406 §4.2: CSS is over; congestion avoidance from here.
-                    self.ssthresh = self.window as usize;
-                }
             }
         }
+        self.round_acked[0] = self.round_acked[0].saturating_add(bytes as u64);
         if self.in_recovery(sent_at) {
             return;
         }
@@ -238,23 +281,19 @@ impl CongestionController for Cubic {
         }
         let bytes = bytes.min(self.max_window() as usize) as f64;
         if self.in_slow_start() {
-            let growth = if self.hystart.phase() == Phase::Conservative {
-                bytes / CSS_GROWTH_DIVISOR as f64
-            } else {
-                bytes
-            };
-            self.window = self.clamp(self.window + growth);
+            self.window = self.clamp(self.window + bytes);
         } else {
             self.grow_avoidance(now, bytes);
         }
     }
 
-    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
+    fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize) {
         self.started = true;
-        if self.in_recovery(sent_at) {
-            return;
+        self.round_lost[0] = self.round_lost[0].saturating_add(bytes as u64);
+        self.round_losses[0] = self.round_losses[0].saturating_add(1);
+        if self.episode.on_lost(sent_at) && self.is_congestion() {
+            self.reduce(now, 1);
         }
-        self.reduce(now);
     }
 
     fn on_mtu(&mut self, mtu: usize) {
@@ -269,14 +308,16 @@ impl CongestionController for Cubic {
     }
 
     fn on_spurious_loss(&mut self) {
-        if let Some(saved) = self.saved.take() {
-            self.window = self.clamp(self.window.max(saved.window));
+        // RFC 9438 §4.9: restore the state before the reduction, exactly (not the
+        // larger of it and the current window: what grew since was growth from the
+        // reduced window, which the restored state does not need).
+        if let Some(saved) = self.episode.on_spurious() {
+            self.window = self.clamp(saved.window);
             self.ssthresh = saved.ssthresh;
             self.w_max = saved.w_max;
             self.k = saved.k;
             self.epoch_start = saved.epoch_start;
             self.w_est = saved.w_est;
-            self.recovery_start = None;
         }
     }
 
@@ -286,8 +327,18 @@ impl CongestionController for Cubic {
 
     fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
         self.srtt = rtt.smoothed();
+        self.latest_rtt = rtt.latest();
+        self.min_rtt = rtt.min();
         if self.ssthresh == usize::MAX {
             self.hystart.on_rtt_sample(rtt.latest());
+            if self.hystart.phase() != Phase::SlowStart {
+                // The RTT rose: leave slow start here, without RFC 9406's
+                // conservative slow start. CSS grows the window by another 25 % a
+                // round for five rounds, which overflows any queue smaller than
+                // the bandwidth-delay product (64 KB at 20 Mbit/s and 40 ms holds
+                // 60 % of it); the cubic curve probes from here instead.
+                self.ssthresh = self.window as usize;
+            }
         }
     }
 
@@ -295,8 +346,8 @@ impl CongestionController for Cubic {
         self.started = true;
         // RFC 9438 §4.8: the threshold follows the usual decrease, unless the losses
         // that revealed the congestion already reduced it at this instant...
-        if self.recovery_start != Some(now) {
-            self.reduce(now);
+        if self.episode.start() != Some(now) {
+            self.reduce(now, 0);
         }
         // ...and the window restarts from its minimum (RFC 9002 §7.6.2).
         self.window = self.min_window();
@@ -354,6 +405,14 @@ mod tests {
         cc.on_rtt_sample(now, &estimator);
     }
 
+    /// An RTT sample well above the minimum: the next loss is congestion.
+    fn queueing(cc: &mut Cubic, now: Timestamp) {
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(100));
+        estimator.on_sample(ms(200));
+        cc.on_rtt_sample(now, &estimator);
+    }
+
     /// Acknowledges a full window every `rtt` from `from` to `to` (in 10 acks per
     /// round trip, each for data sent one RTT earlier); returns the window at each
     /// whole second after `from`.
@@ -376,7 +435,13 @@ mod tests {
     /// 100 KB, window 70 KB, K = ∛(30 000 / (0.4 × 1000)) ≈ 4.2 s.
     fn after_one_loss(rtt: u64) -> Cubic {
         let mut cc = Cubic::new(config(100), MTU);
-        sample(&mut cc, at(0), ms(rtt));
+        // A smoothed RTT of `rtt`, above a minimum of half of it: a queue stands.
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(rtt / 2));
+        for _ in 0..100 {
+            estimator.on_sample(ms(rtt));
+        }
+        cc.on_rtt_sample(at(0), &estimator);
         cc.on_lost(at(0), at(0), MTU);
         assert_eq!(cc.window(), 70_000);
         assert_eq!(cc.w_max(), 100_000);
@@ -456,6 +521,7 @@ mod tests {
         let mut cc = after_one_loss(100);
         run_avoidance(&mut cc, 0, 2_000, 100);
         let (window, w_max, ssthresh) = (cc.window(), cc.w_max(), cc.ssthresh());
+        queueing(&mut cc, at(2_050));
         cc.on_lost(at(2_050), at(2_000), MTU);
         assert!(cc.window() < window);
         cc.on_spurious_loss();
@@ -471,6 +537,42 @@ mod tests {
         let before = cc.window();
         run_avoidance(&mut cc, 2_200, 3_200, 100);
         assert!(cc.window() > before);
+    }
+
+    #[test]
+    fn an_episode_is_undone_only_when_all_its_losses_prove_spurious() {
+        let mut cc = after_one_loss(100);
+        run_avoidance(&mut cc, 0, 2_000, 100);
+        let (window, w_max) = (cc.window(), cc.w_max());
+        queueing(&mut cc, at(2_050));
+        // Three losses of one flight: one reduction.
+        for sent in [2_000, 2_001, 2_002] {
+            cc.on_lost(at(2_050), at(sent), MTU);
+        }
+        let reduced = cc.window();
+        assert!(reduced < window);
+        // Two of the three retransmissions were spurious: the third loss was real.
+        cc.on_spurious_loss();
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), reduced);
+        // The third too: the whole episode was spurious, restored exactly once.
+        cc.on_spurious_loss();
+        assert_eq!((cc.window(), cc.w_max()), (window, w_max));
+        cc.on_spurious_loss();
+        assert_eq!((cc.window(), cc.w_max()), (window, w_max));
+    }
+
+    #[test]
+    fn repeated_spurious_undos_do_not_grow_the_window() {
+        let mut cc = after_one_loss(100);
+        run_avoidance(&mut cc, 0, 2_000, 100);
+        let window = cc.window();
+        queueing(&mut cc, at(2_050));
+        for i in 0..50 {
+            cc.on_lost(at(2_050 + i * 10), at(2_000 + i * 10), MTU);
+            cc.on_spurious_loss();
+            assert_eq!(cc.window(), window, "undo {i}");
+        }
     }
 
     #[test]
@@ -494,19 +596,43 @@ mod tests {
         round(&mut cc, 20);
         assert_eq!(cc.window(), 40_000);
         assert!(cc.in_slow_start());
-        // 20 ms + 4 ms: conservative slow start, a quarter of the growth.
+        // 20 ms + 4 ms: the RTT rose, slow start ends at once (no CSS).
+        let before = cc.window();
         round(&mut cc, 25);
-        let css_start = cc.window();
-        assert!(css_start < 80_000 && cc.in_slow_start(), "{css_start}");
-        let mut window = css_start;
-        for _ in 0..4 {
-            round(&mut cc, 25);
-            assert!(cc.window() <= window + window / 4 + MTU, "{}", cc.window());
-            window = cc.window();
+        assert!(!cc.in_slow_start());
+        assert!(
+            cc.ssthresh() >= before && cc.ssthresh() < 2 * before,
+            "{}",
+            cc.ssthresh()
+        );
+    }
+
+    #[test]
+    fn random_losses_without_a_queue_do_not_reduce_the_window_congestion_does() {
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 2_000, 40);
+        let window = cc.window();
+        // 1 % loss, the RTT at its minimum: not congestion.
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(40));
+        cc.on_rtt_sample(at(2_000), &estimator);
+        for i in 0..5u64 {
+            cc.on_acked(at(2_010 + i * 40), at(1_980 + i * 40), 99 * MTU);
+            cc.on_lost(at(2_010 + i * 40), at(1_985 + i * 40), MTU);
+            assert!(cc.window() >= window, "loss {i}: {}", cc.window());
         }
-        round(&mut cc, 25);
-        assert!(!cc.in_slow_start(), "CSS ends after five rounds");
-        assert_eq!(cc.ssthresh(), window);
+        // A burst (more than 2 % of the round) is congestion even without delay.
+        for sent in 0..10 {
+            cc.on_lost(at(2_300), at(2_250 + sent), MTU);
+        }
+        assert!(cc.window() < window);
+        // So is one loss while a queue stands.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 2_000, 40);
+        let window = cc.window();
+        queueing(&mut cc, at(2_000));
+        cc.on_lost(at(2_010), at(1_990), MTU);
+        assert!(cc.window() < window);
     }
 
     #[test]
@@ -597,6 +723,7 @@ mod tests {
         sample(&mut cc, at(5), Duration::ZERO);
         cc.on_mtu(0);
         assert!(cc.window() >= 2);
+        queueing(&mut cc, at(6));
         for i in 0..100 {
             cc.on_lost(at(10 + i), at(10 + i), 1);
         }

@@ -2,12 +2,22 @@
 //! bottleneck queue overflows.
 //!
 //! Per round the minimum RTT is kept; once a round has [`N_RTT_SAMPLE`] samples and
-//! its minimum exceeds the last round's by a threshold (an eighth of it, clamped to
-//! [4 ms, 16 ms]), slow start ends and Conservative Slow Start (CSS) begins: the
+//! the minimum of its latest [`N_RTT_SAMPLE`] samples exceeds the last round's
+//! minimum by a threshold (an eighth of it, clamped to [4 ms, 16 ms]), slow start
+//! ends and Conservative Slow Start (CSS) begins: the
 //! window grows at a quarter of the slow-start rate for [`CSS_ROUNDS`] rounds, then
 //! congestion avoidance takes over. If the RTT falls back below the baseline during
 //! CSS, the increase was noise and slow start resumes. atbus always paces, so the
 //! RFC's per-ACK burst limit `L` is infinite and not modelled.
+//!
+//! One departure from RFC 9406: the RFC compares the minimum of *all* the round's
+//! samples so far, which stays at the round's first (queue-free) samples. A sender
+//! paced at twice its window per RTT builds the queue *within* a round, and with a
+//! bottleneck queue smaller than the bandwidth-delay product it overflows in the
+//! round where the window first exceeds it, before the next round's minimum could
+//! show the increase. The minimum of the latest samples sees the queue as it
+//! builds, and still ignores single delayed samples (jitter) since all
+//! [`N_RTT_SAMPLE`] must be high.
 
 use std::time::Duration;
 
@@ -19,8 +29,6 @@ pub(crate) const MAX_RTT_THRESH: Duration = Duration::from_millis(16);
 pub(crate) const MIN_RTT_DIVISOR: u32 = 8;
 /// RFC 9406 §4.3 `N_RTT_SAMPLE`: samples a round needs before it is judged.
 pub(crate) const N_RTT_SAMPLE: u32 = 8;
-/// RFC 9406 §4.3 `CSS_GROWTH_DIVISOR`.
-pub(crate) const CSS_GROWTH_DIVISOR: usize = 4;
 /// RFC 9406 §4.3 `CSS_ROUNDS`.
 pub(crate) const CSS_ROUNDS: u32 = 5;
 
@@ -40,6 +48,8 @@ pub(crate) enum Phase {
 pub(crate) struct HyStart {
     last_round_min: Option<Duration>,
     current_round_min: Option<Duration>,
+    /// The round's latest samples (a ring of [`N_RTT_SAMPLE`]).
+    recent: [Duration; N_RTT_SAMPLE as usize],
     samples: u32,
     css_baseline: Option<Duration>,
     css_rounds: u32,
@@ -51,6 +61,7 @@ impl HyStart {
         HyStart {
             last_round_min: None,
             current_round_min: None,
+            recent: [Duration::ZERO; N_RTT_SAMPLE as usize],
             samples: 0,
             css_baseline: None,
             css_rounds: 0,
@@ -87,6 +98,7 @@ impl HyStart {
             return;
         }
         self.current_round_min = Some(self.current_round_min.map_or(rtt, |m| m.min(rtt)));
+        self.recent[(self.samples % N_RTT_SAMPLE) as usize] = rtt;
         self.samples = self.samples.saturating_add(1);
         if self.samples < N_RTT_SAMPLE {
             return;
@@ -94,16 +106,17 @@ impl HyStart {
         let (Some(current), Some(last)) = (self.current_round_min, self.last_round_min) else {
             return;
         };
+        let latest = self.recent.iter().copied().min().unwrap_or(current);
         match self.css_baseline {
             None => {
                 let threshold = (last / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
-                if current >= last.saturating_add(threshold) {
-                    self.css_baseline = Some(current);
+                if latest >= last.saturating_add(threshold) {
+                    self.css_baseline = Some(latest);
                     self.css_rounds = 0;
                 }
             }
             Some(baseline) => {
-                if current < baseline {
+                if latest < baseline {
                     // The RTT increase was spurious: back to slow start.
                     self.css_baseline = None;
                     self.css_rounds = 0;
@@ -152,6 +165,34 @@ mod tests {
         round(&mut h, ms(120));
         assert_eq!(h.phase(), Phase::Conservative);
         round(&mut h, ms(110));
+        assert_eq!(h.phase(), Phase::SlowStart);
+    }
+
+    #[test]
+    fn a_queue_building_within_a_round_is_seen_before_the_round_ends() {
+        let mut h = HyStart::new();
+        round(&mut h, ms(40));
+        h.on_round();
+        // The round starts at the base RTT, then the queue grows by 1 ms a sample.
+        for i in 0..8 {
+            h.on_rtt_sample(ms(40 + i));
+        }
+        assert_eq!(h.phase(), Phase::SlowStart);
+        for i in 8..14 {
+            h.on_rtt_sample(ms(40 + i));
+        }
+        // The latest eight are all at least 40 + 5 ms.
+        assert_eq!(h.phase(), Phase::Conservative);
+    }
+
+    #[test]
+    fn one_late_sample_among_low_ones_is_jitter() {
+        let mut h = HyStart::new();
+        round(&mut h, ms(40));
+        h.on_round();
+        for i in 0..40 {
+            h.on_rtt_sample(if i % 4 == 0 { ms(40) } else { ms(60) });
+        }
         assert_eq!(h.phase(), Phase::SlowStart);
     }
 

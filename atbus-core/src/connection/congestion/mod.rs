@@ -87,8 +87,9 @@ pub trait CongestionController: Debug + Send {
     fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize);
     /// The connection's MTU changed.
     fn on_mtu(&mut self, mtu: usize);
-    /// A loss that reduced the window turned out spurious (the original had
-    /// arrived): undo the reduction where possible.
+    /// One retransmission turned out spurious (the original had arrived); called
+    /// once per such retransmission. When every loss of the recovery episode proved
+    /// spurious, the reduction is undone, exactly once.
     fn on_spurious_loss(&mut self) {}
     /// `bytes` were sent at `now`, leaving `bytes_in_flight` bytes in flight (these
     /// included). Controllers use it to tell a window-limited sender from an
@@ -167,6 +168,49 @@ impl CongestionAlgorithm {
     }
 }
 
+/// A [`CongestionAlgorithm`] name that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown congestion controller {0:?}: expected cubic, newreno, fixed:RATE (e.g. \
+     fixed:5mbit; bit, kbit, mbit or gbit per second) or none"
+)]
+pub struct UnknownAlgorithm(pub String);
+
+impl std::str::FromStr for CongestionAlgorithm {
+    type Err = UnknownAlgorithm;
+
+    /// `cubic`, `newreno`, `fixed:RATE` (RATE a positive number of `bit`, `kbit`,
+    /// `mbit` or `gbit` per second) or `none`.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        let unknown = || UnknownAlgorithm(name.to_string());
+        match name {
+            "cubic" => Ok(CongestionAlgorithm::Cubic),
+            "newreno" => Ok(CongestionAlgorithm::NewReno),
+            "none" => Ok(CongestionAlgorithm::NoControl),
+            _ => {
+                let rate = name.strip_prefix("fixed:").ok_or_else(unknown)?;
+                let digits = rate.find(|c: char| !c.is_ascii_digit() && c != '.');
+                let (number, unit) = rate.split_at(digits.unwrap_or(rate.len()));
+                let scale = match unit {
+                    "bit" => 1.0,
+                    "kbit" => 1e3,
+                    "mbit" => 1e6,
+                    "gbit" => 1e9,
+                    _ => return Err(unknown()),
+                };
+                let bits: f64 = number.parse().map_err(|_| unknown())?;
+                let bytes_per_second = (bits * scale / 8.0).round();
+                if !(bytes_per_second >= 1.0 && bytes_per_second < u64::MAX as f64) {
+                    return Err(unknown());
+                }
+                Ok(CongestionAlgorithm::FixedRate {
+                    bytes_per_second: bytes_per_second as u64,
+                })
+            }
+        }
+    }
+}
+
 /// `window × numerator / denominator` bytes per `srtt`, in bytes per second,
 /// saturating; a zero `srtt` counts as one microsecond.
 pub fn rate_from_window(window: usize, srtt: Duration, numerator: u64, denominator: u64) -> u64 {
@@ -194,6 +238,82 @@ impl Rounds {
         } else {
             false
         }
+    }
+}
+
+/// One congestion-recovery episode (RFC 6582 §3.2, RFC 9002 §7.3.2): the losses of
+/// packets sent before it began belong to it and reduce the window once; the state
+/// before the reduction is kept, and restored once, when every loss of the episode
+/// proved spurious (each of its retransmissions was acknowledged by an ACK sent
+/// before it could have arrived) — not when only some did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Episode<S> {
+    /// Losses of packets sent before this instant belong to the episode.
+    start: Option<Timestamp>,
+    /// The controller's state before the reduction; `None` once undone.
+    saved: Option<S>,
+    /// Losses declared in the episode (ranges).
+    lost: u64,
+    /// Of those, shown spurious so far.
+    spurious: u64,
+}
+
+impl<S> Default for Episode<S> {
+    fn default() -> Self {
+        Episode {
+            start: None,
+            saved: None,
+            lost: 0,
+            spurious: 0,
+        }
+    }
+}
+
+impl<S: Copy> Episode<S> {
+    /// Whether a packet sent at `sent_at` belongs to the episode in progress.
+    pub(crate) fn covers(&self, sent_at: Timestamp) -> bool {
+        self.start.is_some_and(|start| sent_at < start)
+    }
+
+    /// When the episode in progress began.
+    pub(crate) fn start(&self) -> Option<Timestamp> {
+        self.start
+    }
+
+    /// A loss of a packet sent at `sent_at`: `true` if it starts a new episode (the
+    /// caller then reduces the window after [`begin`](Self::begin)); `false` if the
+    /// episode in progress already answered it.
+    pub(crate) fn on_lost(&mut self, sent_at: Timestamp) -> bool {
+        if self.covers(sent_at) {
+            self.lost = self.lost.saturating_add(1);
+            false
+        } else {
+            true
+        }
+    }
+
+    /// A new episode begins at `now`, `saved` being the state before its reduction;
+    /// `losses` is how many losses started it (0 for a timeout without one).
+    pub(crate) fn begin(&mut self, now: Timestamp, saved: S, losses: u64) {
+        self.start = Some(now);
+        self.saved = Some(saved);
+        self.lost = losses;
+        self.spurious = 0;
+    }
+
+    /// One retransmission proved spurious. Returns the saved state when that makes
+    /// every loss of the episode spurious; the episode then ends, and cannot be
+    /// undone twice.
+    pub(crate) fn on_spurious(&mut self) -> Option<S> {
+        self.saved?;
+        self.spurious = self.spurious.saturating_add(1);
+        if self.spurious < self.lost {
+            return None;
+        }
+        self.start = None;
+        self.lost = 0;
+        self.spurious = 0;
+        self.saved.take()
     }
 }
 
@@ -368,6 +488,36 @@ mod tests {
         assert_eq!(none.pacing_rate(Duration::from_millis(10)), None);
         let reno = CongestionAlgorithm::NewReno.build(config, 1000);
         assert_eq!(reno.window(), 32_000);
+    }
+
+    #[test]
+    fn algorithms_parse_from_their_names() {
+        assert_eq!("cubic".parse(), Ok(CongestionAlgorithm::Cubic));
+        assert_eq!("newreno".parse(), Ok(CongestionAlgorithm::NewReno));
+        assert_eq!("none".parse(), Ok(CongestionAlgorithm::NoControl));
+        assert_eq!(
+            "fixed:5mbit".parse(),
+            Ok(CongestionAlgorithm::FixedRate {
+                bytes_per_second: 625_000
+            })
+        );
+        assert_eq!(
+            "fixed:1.5kbit".parse(),
+            Ok(CongestionAlgorithm::FixedRate {
+                bytes_per_second: 188
+            })
+        );
+        for bad in [
+            "",
+            "reno",
+            "fixed:",
+            "fixed:0mbit",
+            "fixed:5",
+            "fixed:-1mbit",
+            "fixed:1e30gbit",
+        ] {
+            assert!(bad.parse::<CongestionAlgorithm>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The NewReno-style AIMD controller of the first release.
 
-use super::{CongestionConfig, CongestionController};
+use super::{CongestionConfig, CongestionController, Episode};
 use crate::time::Timestamp;
 
 /// Slow start then additive increase, multiplicative decrease (RFC 5681 / 9002
@@ -12,12 +12,10 @@ pub struct NewReno {
     mtu: usize,
     window: usize,
     threshold: usize,
-    /// Losses of packets sent before this instant belong to the current reduction.
-    recovery_start: Option<Timestamp>,
+    /// The recovery episode, with the window and threshold before its reduction.
+    episode: Episode<(usize, usize)>,
     /// Bytes acknowledged in congestion avoidance since the window last grew.
     acked_in_avoidance: usize,
-    /// Window and threshold before the last reduction, for undoing it.
-    before_reduction: Option<(usize, usize)>,
 }
 
 impl NewReno {
@@ -28,9 +26,8 @@ impl NewReno {
             mtu,
             window: 0,
             threshold: usize::MAX,
-            recovery_start: None,
+            episode: Episode::default(),
             acked_in_avoidance: 0,
-            before_reduction: None,
         };
         controller.window = controller.clamp(config.initial_window_packets.saturating_mul(mtu));
         controller
@@ -57,7 +54,7 @@ impl CongestionController for NewReno {
     }
 
     fn on_acked(&mut self, _now: Timestamp, sent_at: Timestamp, bytes: usize) {
-        if self.recovery_start.is_some_and(|start| sent_at < start) {
+        if self.episode.covers(sent_at) {
             return;
         }
         if self.window < self.threshold {
@@ -72,21 +69,19 @@ impl CongestionController for NewReno {
     }
 
     fn on_lost(&mut self, now: Timestamp, sent_at: Timestamp, _bytes: usize) {
-        if self.recovery_start.is_some_and(|start| sent_at < start) {
+        if !self.episode.on_lost(sent_at) {
             return;
         }
-        self.recovery_start = Some(now);
-        self.before_reduction = Some((self.window, self.threshold));
+        self.episode.begin(now, (self.window, self.threshold), 1);
         self.window = self.clamp(self.window * 7 / 10);
         self.threshold = self.window;
         self.acked_in_avoidance = 0;
     }
 
     fn on_spurious_loss(&mut self) {
-        if let Some((window, threshold)) = self.before_reduction.take() {
-            self.window = self.window.max(window);
+        if let Some((window, threshold)) = self.episode.on_spurious() {
+            self.window = window;
             self.threshold = threshold;
-            self.recovery_start = None;
         }
     }
 
@@ -96,11 +91,10 @@ impl CongestionController for NewReno {
     }
 
     fn on_persistent_congestion(&mut self, now: Timestamp) {
-        if self.before_reduction.is_none() {
-            self.before_reduction = Some((self.window, self.threshold));
+        if self.episode.start() != Some(now) {
+            self.episode.begin(now, (self.window, self.threshold), 0);
         }
         self.threshold = self.threshold.min(self.clamp(self.window * 7 / 10));
-        self.recovery_start = Some(now);
         self.acked_in_avoidance = 0;
         self.window = self.min_window();
     }
