@@ -7,6 +7,7 @@ use atbus_proto::DecodeLimits;
 use bytes::Bytes;
 
 use crate::connection::congestion::{CongestionAlgorithm, CongestionConfig};
+use crate::connection::pmtud::PmtudConfig;
 use crate::connection::rtt::RtoConfig;
 
 /// The smallest MTU a datagram connection accepts: room for the frame headers and a
@@ -77,6 +78,15 @@ pub struct EndpointConfig {
     pub peer_linger: Duration,
     /// Limits applied to every frame decoded.
     pub decode_limits: DecodeLimits,
+    /// Path MTU discovery (RFC 8899) on every datagram connection, with these
+    /// parameters; `None` (the default): off, datagrams stay at the connection's
+    /// `mtu`. When on, the `mtu` a datagram connection is opened with is its
+    /// *base* (what the adapter knows every path carries: 548 on IPv4, 1232 on
+    /// IPv6; `PmtudConfig::base` is replaced by it) and the MTU grows up to
+    /// `PmtudConfig::max` (1452 by default).
+    /// [`Endpoint::set_pmtud`](crate::Endpoint::set_pmtud) changes it per
+    /// connection.
+    pub pmtud: Option<PmtudConfig>,
 }
 
 impl EndpointConfig {
@@ -106,6 +116,7 @@ impl EndpointConfig {
             handshake_timeout: Duration::from_secs(10),
             peer_linger: Duration::from_secs(300),
             decode_limits: DecodeLimits::default(),
+            pmtud: None,
         }
     }
 }
