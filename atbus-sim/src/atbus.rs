@@ -154,8 +154,7 @@ impl AtbusTransport {
     pub fn set_pmtud(&mut self, path: usize, config: Option<PmtudConfig>) {
         if let (Some(slot), Some(&connection)) = (self.pmtud.get_mut(path), self.paths.get(path)) {
             *slot = config;
-            self.endpoint
-                .set_pmtud(stamp(self.now), connection, config);
+            self.endpoint.set_pmtud(stamp(self.now), connection, config);
         }
     }
 
@@ -230,8 +229,7 @@ impl AtbusTransport {
         if let Some(connection) = replacement {
             self.paths[path] = connection;
             self.reconnects += 1;
-            self.endpoint
-                .set_pmtud(now, connection, self.pmtud[path]);
+            self.endpoint.set_pmtud(now, connection, self.pmtud[path]);
         }
     }
 }

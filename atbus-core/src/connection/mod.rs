@@ -203,7 +203,9 @@ pub const MAX_PROBES_REMEMBERED: usize = 8;
 impl Connection {
     pub fn new(kind: ConnectionKind, role: Role, config: &EndpointConfig, now: Timestamp) -> Self {
         let pmtud_config = match kind {
-            ConnectionKind::Datagram { mtu } => config.pmtud.map(|p| PmtudConfig { base: mtu, ..p }),
+            ConnectionKind::Datagram { mtu } => {
+                config.pmtud.map(|p| PmtudConfig { base: mtu, ..p })
+            }
             ConnectionKind::Stream => None,
         };
         let (mtu, cc, decoder): (usize, Box<dyn CongestionController>, _) = match kind {

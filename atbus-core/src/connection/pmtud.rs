@@ -169,7 +169,14 @@ struct Suspicion {
     started: Timestamp,
     /// Neither answered by then: inconclusive (the path may be down altogether).
     deadline: Timestamp,
+    /// Pairs sent so far, including this one.
+    round: u32,
 }
+
+/// Pairs of confirmation probes whose base probe alone must be answered before a
+/// suspicion is a black hole: with one, a randomly lost MTU-sized probe (5 % on a
+/// lossy path) would drop the MTU to the base; with two, 0.25 %.
+pub const CONFIRMATION_ROUNDS: u32 = 2;
 
 /// The DPLPMTUD state machine of one datagram path. See the
 /// [module documentation](self).
@@ -208,6 +215,8 @@ pub struct Pmtud {
     next_id: u64,
     /// Consecutive losses of datagrams larger than the base.
     large_losses: u32,
+    /// Send time of the newest suspicious loss counted in `large_losses`.
+    newest_large_lost: Timestamp,
     /// Send time of the newest datagram larger than the base that got through.
     newest_large_delivered: Timestamp,
     /// Losses of datagrams sent before this instant (the last fallback) are old news.
@@ -235,6 +244,7 @@ impl Pmtud {
             next_probe_at: now,
             next_id: 0,
             large_losses: 0,
+            newest_large_lost: Timestamp::ZERO,
             newest_large_delivered: Timestamp::ZERO,
             fallback_at: Timestamp::ZERO,
             stats: PmtudStats::default(),
@@ -364,8 +374,20 @@ impl Pmtud {
                 return;
             }
             if size == self.config.base && suspicion.to_send == 0 {
-                // Only the base got through: a black hole. The base is confirmed
-                // already, so the new search starts at once.
+                if suspicion.round < CONFIRMATION_ROUNDS {
+                    // Only the base got through: once more, in case the larger
+                    // probe was lost at random.
+                    self.suspicion = Some(Suspicion {
+                        to_send: 2,
+                        started: now,
+                        deadline: now + self.config.probe_timeout,
+                        round: suspicion.round + 1,
+                        ..suspicion
+                    });
+                    return;
+                }
+                // Only the base got through, every time: a black hole. The base is
+                // confirmed already, so the new search starts at once.
                 self.on_black_hole_signal(now);
                 self.state = PmtudState::Searching;
                 self.failed = self.next_search_ceiling;
@@ -500,7 +522,13 @@ impl Pmtud {
         {
             return false;
         }
-        self.large_losses += 1;
+        // Datagrams sent together (one flight, lost to one burst or one lost
+        // acknowledgement) count once: the threshold wants losses spread over
+        // time, as a black hole gives.
+        if sent_at > self.newest_large_lost {
+            self.newest_large_lost = sent_at;
+            self.large_losses += 1;
+        }
         if self.large_losses >= self.config.black_hole_threshold {
             self.on_black_hole_signal(now);
             return true;
@@ -514,6 +542,7 @@ impl Pmtud {
                 to_send: 2,
                 started: now,
                 deadline: now + self.config.probe_timeout,
+                round: 1,
             });
         }
         false
@@ -767,13 +796,21 @@ mod tests {
         let second = pmtud.next_probe(at(100)).unwrap();
         assert_eq!((first.size, second.size), (1452, IPV4_BASE));
         assert!(pmtud.next_probe(at(100)).is_none());
-        // The base answer comes back alone: black hole, and the base is confirmed,
-        // so the search below 1452 starts at once.
+        // The base answer comes back alone: one more pair, in case the large probe
+        // was lost at random...
         pmtud.on_probe_acked(at(140), IPV4_BASE);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.stats().black_holes, 0);
+        let first = pmtud.next_probe(at(140)).unwrap();
+        let second = pmtud.next_probe(at(140)).unwrap();
+        assert_eq!((first.size, second.size), (1452, IPV4_BASE));
+        // ...and alone again: black hole, and the base is confirmed, so the search
+        // below 1452 starts at once.
+        pmtud.on_probe_acked(at(180), IPV4_BASE);
         assert_eq!(pmtud.current_mtu(), IPV4_BASE);
         assert_eq!(pmtud.state(), PmtudState::Searching);
         assert_eq!(pmtud.stats().black_holes, 1);
-        let probe = pmtud.next_probe(at(140)).unwrap();
+        let probe = pmtud.next_probe(at(180)).unwrap();
         assert_eq!(probe.size, IPV4_BASE + (1452 - IPV4_BASE) / 2);
     }
 

@@ -1124,7 +1124,12 @@ impl Endpoint {
 
     /// Returns ranges taken out of flight to their streams' send buffers, to be
     /// resent.
-    pub(super) fn give_back(&mut self, id: ConnectionId, peer: Option<PeerId>, ranges: Vec<SentRange>) {
+    pub(super) fn give_back(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        ranges: Vec<SentRange>,
+    ) {
         for range in ranges {
             let send = if range.stream == -1 {
                 self.connections.get_mut(&id).map(|c| &mut c.control_send)
