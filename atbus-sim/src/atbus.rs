@@ -133,15 +133,16 @@ pub fn pair_for_links(
     links: &[crate::LinkConfig],
     scheduler: atbus_core::Scheduler,
 ) -> (AtbusTransport, AtbusTransport) {
-    let mtus: Vec<usize> = links
-        .iter()
-        .map(|l| if l.pmtud { l.mtu.min(IPV4_BASE) } else { l.mtu })
-        .collect();
+    let mtus: Vec<usize> = links.iter().map(|l| l.mtu).collect();
     let (mut client, mut server) = pair_scheduled(&mtus, scheduler);
     for (path, link) in links.iter().enumerate() {
         if link.pmtud {
+            let config = PmtudConfig {
+                base: link.mtu.min(IPV4_BASE),
+                ..PmtudConfig::default()
+            };
             for side in [&mut client, &mut server] {
-                side.set_pmtud(path, Some(PmtudConfig::default()));
+                side.set_pmtud(path, Some(config));
             }
         }
     }
@@ -149,8 +150,8 @@ pub fn pair_for_links(
 }
 
 impl AtbusTransport {
-    /// Turns PMTUD on (or off) for `path`, now and on its reconnections; the MTU
-    /// the path was opened with is the base.
+    /// Turns PMTUD on (or off) for `path`, now and on its reconnections (see
+    /// [`Endpoint::set_pmtud`]: the path's MTU becomes `config.base`).
     pub fn set_pmtud(&mut self, path: usize, config: Option<PmtudConfig>) {
         if let (Some(slot), Some(&connection)) = (self.pmtud.get_mut(path), self.paths.get(path)) {
             *slot = config;

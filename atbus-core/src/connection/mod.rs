@@ -279,6 +279,13 @@ impl Connection {
         }
     }
 
+    /// Sets the MTU; the controller and the pacer follow.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+        self.cc.on_mtu(mtu);
+        self.pacer.set_burst(pacing::burst_for_mtu(mtu));
+    }
+
     /// Follows PMTUD's MTU after any of its inputs: the controller and pacer learn
     /// the new size; when it went down, the ranges of datagrams larger than the new
     /// MTU sent before `now` are taken out of flight (without a congestion signal:
@@ -292,9 +299,7 @@ impl Connection {
             return Vec::new();
         }
         let lowered = mtu < self.mtu;
-        self.mtu = mtu;
-        self.cc.on_mtu(mtu);
-        self.pacer.set_burst(pacing::burst_for_mtu(mtu));
+        self.set_mtu(mtu);
         if !lowered {
             return Vec::new();
         }

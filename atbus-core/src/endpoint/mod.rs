@@ -573,11 +573,12 @@ impl Endpoint {
     }
 
     /// Turns path MTU discovery on (`Some`) or off (`None`) for a datagram
-    /// connection, overriding [`EndpointConfig::pmtud`]. On: the connection's
-    /// current MTU becomes the base (`config.base` is replaced by it) and the
-    /// search starts once the handshake has completed (at once if it has). Off:
-    /// the MTU stays where discovery left it. Returns false for an unknown or
-    /// stream connection.
+    /// connection, overriding [`EndpointConfig::pmtud`]. On: the connection's MTU
+    /// becomes `config.base` (what the adapter knows every path carries: 548 for
+    /// UDP over IPv4, 1232 over IPv6) and the search up to `config.max` starts once
+    /// the handshake has completed (at once if it has). Off: the MTU stays where
+    /// discovery left it. Returns false (and changes nothing) for an unknown or
+    /// stream connection, or a base below [`MIN_MTU`].
     pub fn set_pmtud(
         &mut self,
         now: Timestamp,
@@ -589,12 +590,15 @@ impl Endpoint {
         let Some(c) = self.connections.get_mut(&connection) else {
             return false;
         };
-        if !c.is_lossy() {
+        if !c.is_lossy() || config.is_some_and(|p| p.base < MIN_MTU) {
             return false;
         }
-        c.pmtud_config = config.map(|p| PmtudConfig { base: c.mtu, ..p });
+        c.pmtud_config = config;
         c.pmtud = None;
         c.probes.clear();
+        if let Some(p) = config {
+            c.set_mtu(p.base);
+        }
         if c.state == ConnectionState::Established {
             c.start_pmtud(now);
             self.dirty.insert(connection);
