@@ -206,6 +206,11 @@ pub struct Pmtud {
     failed: usize,
     /// `failed` for the search that follows the base confirmation.
     next_search_ceiling: usize,
+    /// The MTU a black hole fell back from: the search after the fallback probes it
+    /// first, so that a false alarm (congestion that dropped the large probes of
+    /// the confirmation while the small one fitted in the queue) costs one probe,
+    /// not the raise interval at a smaller MTU.
+    recheck: Option<usize>,
     /// Consecutive losses of probes of the current size.
     probe_count: u32,
     outstanding: Option<Outstanding>,
@@ -238,6 +243,7 @@ impl Pmtud {
             mtu: config.base,
             failed: config.max + 1,
             next_search_ceiling: config.max + 1,
+            recheck: None,
             probe_count: 0,
             outstanding: None,
             suspicion: None,
@@ -348,6 +354,9 @@ impl Pmtud {
         if self.mtu >= self.config.max {
             return None;
         }
+        if let Some(size) = self.recheck.filter(|&r| r > self.mtu) {
+            return Some(size);
+        }
         if self.failed > self.config.max {
             return Some(self.config.max);
         }
@@ -418,6 +427,9 @@ impl Pmtud {
                 if size > self.mtu {
                     self.mtu = size;
                 }
+                if self.recheck.is_some_and(|r| size >= r) {
+                    self.recheck = None;
+                }
                 if size >= self.failed {
                     // The failure was a run of random losses after all.
                     self.failed = self.config.max + 1;
@@ -457,6 +469,9 @@ impl Pmtud {
             }
             PmtudState::Searching => {
                 self.failed = self.failed.min(size);
+                if self.recheck == Some(size) {
+                    self.recheck = None;
+                }
                 if self.candidate().is_none() {
                     self.complete(now);
                 }
@@ -556,10 +571,10 @@ impl Pmtud {
         if self.mtu <= self.config.base && self.state != PmtudState::Searching {
             return;
         }
-        self.next_search_ceiling = if self.mtu > self.config.base {
-            self.mtu
+        (self.next_search_ceiling, self.recheck) = if self.mtu > self.config.base {
+            (self.mtu, Some(self.mtu))
         } else {
-            self.config.max + 1
+            (self.config.max + 1, None)
         };
         self.mtu = self.config.base;
         self.state = PmtudState::Base;
@@ -810,8 +825,31 @@ mod tests {
         assert_eq!(pmtud.current_mtu(), IPV4_BASE);
         assert_eq!(pmtud.state(), PmtudState::Searching);
         assert_eq!(pmtud.stats().black_holes, 1);
-        let probe = pmtud.next_probe(at(180)).unwrap();
+        // The old MTU is probed once more (a false alarm would end here), then
+        // the search goes below it.
+        let now = at(180);
+        for _ in 0..config().max_probes {
+            let probe = pmtud.next_probe(now).unwrap();
+            assert_eq!(probe.size, 1452);
+            pmtud.on_probe_lost(now, probe.size);
+        }
+        let probe = pmtud.next_probe(now).unwrap();
         assert_eq!(probe.size, IPV4_BASE + (1452 - IPV4_BASE) / 2);
+    }
+
+    #[test]
+    fn a_false_black_hole_is_undone_by_one_probe_of_the_old_mtu() {
+        let (mut pmtud, t) = complete_at_max();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        pmtud.on_black_hole_signal(at(0));
+        assert_eq!(pmtud.current_mtu(), IPV4_BASE);
+        let base = pmtud.next_probe(at(0)).unwrap();
+        pmtud.on_probe_acked(at(40), base.size);
+        let probe = pmtud.next_probe(at(40)).unwrap();
+        assert_eq!(probe.size, 1452);
+        pmtud.on_probe_acked(at(80), probe.size);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.state(), PmtudState::SearchComplete);
     }
 
     #[test]
