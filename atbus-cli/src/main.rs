@@ -52,7 +52,9 @@ enum Command {
 struct SimArgs {
     /// A path: comma-separated key=value (delay=30ms, jitter=5ms, loss=2%, burst=N,
     /// dup=0.1%, reorder=1%, corrupt=0.1%, mtu=1200, bw=20mbit, queue=64kb,
-    /// down=2s-5s). Repeat for several paths. Default: one path, delay=25ms.
+    /// down=2s-5s (repeatable), mtu_at=10s:1200 (the link's MTU from 10 s on;
+    /// repeatable), pmtud=on (the endpoint starts at 548 and discovers the link's
+    /// MTU, up to 1452)). Repeat for several paths. Default: one path, delay=25ms.
     #[arg(long = "path", value_name = "SPEC")]
     paths: Vec<String>,
     /// Messages the client sends.
@@ -181,6 +183,7 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
     } else {
         let (mut client, mut server) =
             atbus_sim::atbus::pair_with(&mtus, config("client", 1), config("server", 2));
+        atbus_sim::atbus::enable_pmtud(&scenario.paths, &mut client, &mut server);
         client.set_path_weights(&args.weights);
         server.set_path_weights(&args.weights);
         atbus_sim::run(&scenario, client, server)

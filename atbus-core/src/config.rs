@@ -7,6 +7,7 @@ use atbus_proto::DecodeLimits;
 use bytes::Bytes;
 
 use crate::connection::congestion::{CongestionAlgorithm, CongestionConfig};
+use crate::connection::pmtud::PmtudConfig;
 use crate::connection::rtt::RtoConfig;
 
 /// The smallest MTU a datagram connection accepts: room for the frame headers and a
@@ -87,6 +88,15 @@ pub struct EndpointConfig {
     /// endpoint skips every recording call and its snapshots read empty (kept to
     /// measure what recording costs).
     pub record_stats: bool,
+    /// Path MTU discovery (RFC 8899) on every datagram connection, with these
+    /// parameters; `None` (the default): off, datagrams stay at the connection's
+    /// `mtu`. When on, the `mtu` a datagram connection is opened with is its
+    /// *base* (what the adapter knows every path carries: 548 on IPv4, 1232 on
+    /// IPv6; `PmtudConfig::base` is replaced by it) and the MTU grows up to
+    /// `PmtudConfig::max` (1452 by default).
+    /// [`Endpoint::set_pmtud`](crate::Endpoint::set_pmtud) changes it per
+    /// connection.
+    pub pmtud: Option<PmtudConfig>,
 }
 
 impl EndpointConfig {
@@ -118,6 +128,7 @@ impl EndpointConfig {
             peer_linger: Duration::from_secs(300),
             decode_limits: DecodeLimits::default(),
             record_stats: true,
+            pmtud: None,
         }
     }
 }

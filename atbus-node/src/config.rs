@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
+use atbus_core::connection::pmtud::PmtudConfig;
 use atbus_core::{EndpointConfig, Scheduler};
 use bytes::Bytes;
 
 use crate::address::Address;
 
-/// Initial datagram size for UDP paths, IPv4 and IPv6 alike: the IPv6 minimum MTU
-/// (1280) less the IPv6 and UDP headers. Safe on every path without PMTUD; the
-/// core probes upward once it supports path MTU discovery.
+/// Datagram size of UDP paths without path MTU discovery
+/// ([`NodeConfig::udp_pmtud`] `None`), IPv4 and IPv6 alike: the IPv6 minimum MTU
+/// (1280) less the IPv6 and UDP headers.
 pub const UDP_INITIAL_MTU: usize = 1232;
 
 /// Datagram size of Unix datagram paths (the kernel carries far more; this keeps
@@ -25,8 +26,15 @@ pub struct NodeConfig {
     pub listen: Vec<Address>,
     /// Multi-path scheduler (overrides `endpoint.scheduler`).
     pub scheduler: Scheduler,
-    /// Initial MTU of UDP paths (see [`UDP_INITIAL_MTU`]).
+    /// MTU of UDP paths when [`udp_pmtud`](Self::udp_pmtud) is off (see
+    /// [`UDP_INITIAL_MTU`]).
     pub udp_mtu: usize,
+    /// Path MTU discovery on UDP paths (RFC 8899; on by default): each path starts
+    /// at the base of its address family (548 bytes on IPv4, 1232 on IPv6:
+    /// `base` here is replaced by it) and probes up to `max` (1452). The socket
+    /// forbids fragmentation (quinn-udp sets `IP_PMTUDISC_PROBE` / `IPV6_DONTFRAG`
+    /// on Linux). `None`: every UDP datagram is at most `udp_mtu`.
+    pub udp_pmtud: Option<PmtudConfig>,
     /// Connections accepted from unknown remote addresses on a listening datagram
     /// socket that have not completed their handshake; datagrams from further new
     /// addresses are dropped and counted (resists floods of garbage).
@@ -58,6 +66,7 @@ impl NodeConfig {
             listen: Vec::new(),
             scheduler: Scheduler::default(),
             udp_mtu: UDP_INITIAL_MTU,
+            udp_pmtud: Some(PmtudConfig::default()),
             max_pending_accepts: 256,
             event_capacity: 4096,
             write_queue: 256,

@@ -5,6 +5,7 @@
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
+use atbus_core::connection::pmtud::{IPV4_BASE, IPV6_BASE, PmtudConfig};
 use bytes::Bytes;
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
@@ -108,6 +109,66 @@ impl UdpBatching {
             segment_size: (contents.len() > segment_size).then_some(segment_size),
             src_ip: None,
         };
-        self.state.try_send(socket.into(), &transmit)
+        match self.state.try_send(socket.into(), &transmit) {
+            // Larger than the local interface carries (fragmentation is off): the
+            // datagram is lost, as it would be further along the path. For a PMTUD
+            // probe that is the answer; data is resent cut to the MTU found.
+            Err(err) if is_message_too_long(&err) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+/// `EMSGSIZE`: a datagram larger than the path (or the interface) carries.
+fn is_message_too_long(err: &io::Error) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    const EMSGSIZE: i32 = 90;
+    #[cfg(windows)]
+    const EMSGSIZE: i32 = 10040; // WSAEMSGSIZE
+    #[cfg(not(any(target_os = "linux", target_os = "android", windows)))]
+    const EMSGSIZE: i32 = 40; // BSDs, macOS
+    err.raw_os_error() == Some(EMSGSIZE)
+}
+
+/// The PMTUD configuration of a UDP path to `remote`: `config` with the base of
+/// its address family (548 for IPv4 and IPv4-mapped IPv6, 1232 for IPv6).
+/// `None` for a non-IP remote or when `config` is `None`.
+pub fn udp_pmtud(remote: &Remote, config: Option<PmtudConfig>) -> Option<PmtudConfig> {
+    let Remote::Ip(addr) = remote else {
+        return None;
+    };
+    let ipv4 = match addr {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+    };
+    let base = if ipv4 { IPV4_BASE } else { IPV6_BASE };
+    config.map(|c| PmtudConfig { base, ..c })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_follows_the_address_family() {
+        let config = Some(PmtudConfig::default());
+        let base = |a: &str| udp_pmtud(&Remote::Ip(a.parse().unwrap()), config).map(|c| c.base);
+        assert_eq!(base("127.0.0.1:1"), Some(548));
+        assert_eq!(base("[::1]:1"), Some(1232));
+        assert_eq!(base("[::ffff:10.0.0.1]:1"), Some(548));
+        assert_eq!(udp_pmtud(&Remote::UnixUnnamed, config), None);
+        assert_eq!(
+            udp_pmtud(&Remote::Ip("[::1]:1".parse().unwrap()), None),
+            None
+        );
+    }
+
+    #[test]
+    fn emsgsize_is_recognised() {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        assert!(is_message_too_long(&io::Error::from_raw_os_error(90)));
+        assert!(!is_message_too_long(&io::Error::from(
+            io::ErrorKind::WouldBlock
+        )));
     }
 }

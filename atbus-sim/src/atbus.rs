@@ -12,6 +12,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use atbus_core::connection::pmtud::{IPV4_BASE, PmtudConfig};
 use atbus_core::{
     ConnectionId, ConnectionKind, Endpoint, EndpointConfig, Event, Input, Output, PeerId,
     SendError, SendOptions, Timestamp,
@@ -36,6 +37,8 @@ pub struct AtbusTransport {
     mtus: Vec<usize>,
     /// Round-robin weight of each path (kept across reconnections).
     weights: Vec<u32>,
+    /// PMTUD of each path (on: `mtus` holds its base).
+    pmtud: Vec<Option<PmtudConfig>>,
     peer: Option<PeerId>,
     /// Whether this side initiates (and so re-initiates) the connections.
     client: bool,
@@ -106,6 +109,7 @@ pub fn pair_with(
         paths,
         mtus: mtus.to_vec(),
         weights: Vec::new(),
+        pmtud: vec![None; mtus.len()],
         peer,
         client,
         now: Duration::ZERO,
@@ -120,7 +124,54 @@ pub fn pair_with(
     )
 }
 
+/// A client and a server endpoint over these links, both spreading data by
+/// `scheduler`. A path whose link has `pmtud` on starts at the IPv4 base (548
+/// bytes, or the link's MTU if smaller) on both sides and discovers the link's
+/// MTU up to 1452 (RFC 8899, [`PmtudConfig::default`]); the others use the link's
+/// MTU.
+///
+/// # Panics
+/// If `links` is empty or an MTU is below [`atbus_core::config::MIN_MTU`].
+pub fn pair_for_links(
+    links: &[crate::LinkConfig],
+    scheduler: atbus_core::Scheduler,
+) -> (AtbusTransport, AtbusTransport) {
+    let mtus: Vec<usize> = links.iter().map(|l| l.mtu).collect();
+    let (mut client, mut server) = pair_scheduled(&mtus, scheduler);
+    enable_pmtud(links, &mut client, &mut server);
+    (client, server)
+}
+
+/// Turns PMTUD on, on both sides, for the paths whose link says `pmtud=on`:
+/// they start at the IPv4 base (or the link's MTU if smaller).
+pub fn enable_pmtud(
+    links: &[crate::LinkConfig],
+    client: &mut AtbusTransport,
+    server: &mut AtbusTransport,
+) {
+    for (path, link) in links.iter().enumerate() {
+        if link.pmtud {
+            let config = PmtudConfig {
+                base: link.mtu.min(IPV4_BASE),
+                ..PmtudConfig::default()
+            };
+            for side in [&mut *client, &mut *server] {
+                side.set_pmtud(path, Some(config));
+            }
+        }
+    }
+}
+
 impl AtbusTransport {
+    /// Turns PMTUD on (or off) for `path`, now and on its reconnections (see
+    /// [`Endpoint::set_pmtud`]: the path's MTU becomes `config.base`).
+    pub fn set_pmtud(&mut self, path: usize, config: Option<PmtudConfig>) {
+        if let (Some(slot), Some(&connection)) = (self.pmtud.get_mut(path), self.paths.get(path)) {
+            *slot = config;
+            self.endpoint.set_pmtud(stamp(self.now), connection, config);
+        }
+    }
+
     /// The endpoint, for inspection.
     pub fn endpoint(&self) -> &Endpoint {
         &self.endpoint
@@ -206,6 +257,7 @@ impl AtbusTransport {
             }
             self.paths[path] = connection;
             self.reconnects += 1;
+            self.endpoint.set_pmtud(now, connection, self.pmtud[path]);
         }
     }
 }

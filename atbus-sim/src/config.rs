@@ -55,8 +55,13 @@ pub struct LinkConfig {
     pub queue_bytes: usize,
     /// Windows `[start, end)` of virtual time during which the link is down.
     pub outages: Vec<(Duration, Duration)>,
-    /// Whether the endpoint should run path-MTU discovery on this path. The link
-    /// itself ignores it.
+    /// Changes of [`mtu`](Self::mtu) during the run: from each instant on, the
+    /// link carries datagrams of at most that many bytes (a route change). In any
+    /// order; the latest instant reached wins.
+    pub mtu_changes: Vec<(Duration, usize)>,
+    /// Whether the endpoint should run path-MTU discovery on this path: it starts
+    /// at the base (548, or the link's `mtu` if smaller) and discovers the link's
+    /// MTU up to 1452. The link itself ignores it.
     pub pmtud: bool,
 }
 
@@ -74,6 +79,7 @@ impl Default for LinkConfig {
             bandwidth_bps: None,
             queue_bytes: DEFAULT_QUEUE_BYTES,
             outages: Vec::new(),
+            mtu_changes: Vec::new(),
             pmtud: false,
         }
     }
@@ -144,7 +150,7 @@ impl LinkConfig {
                 });
             }
         }
-        if self.mtu == 0 {
+        if self.mtu == 0 || self.mtu_changes.iter().any(|&(_, mtu)| mtu == 0) {
             return Err(ConfigError::ZeroMtu);
         }
         if self.bandwidth_bps == Some(0) {
@@ -154,6 +160,16 @@ impl LinkConfig {
             return Err(ConfigError::EmptyOutage { start, end });
         }
         Ok(())
+    }
+
+    /// The largest datagram the link carries at `now`: [`mtu`](Self::mtu), or the
+    /// latest of [`mtu_changes`](Self::mtu_changes) at or before `now`.
+    pub fn mtu_at(&self, now: Duration) -> usize {
+        self.mtu_changes
+            .iter()
+            .filter(|&&(at, _)| at <= now)
+            .max_by_key(|&&(at, _)| at)
+            .map_or(self.mtu, |&(_, mtu)| mtu)
     }
 
     /// Whether the link is down at some instant of `[from, to]`.

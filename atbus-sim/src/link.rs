@@ -238,7 +238,7 @@ impl Link {
     }
 
     fn schedule(&mut self, now: Duration, datagram: Bytes) -> Result<Duration, DropReason> {
-        if datagram.len() > self.config.mtu {
+        if datagram.len() > self.config.mtu_at(now) {
             return Err(DropReason::Mtu);
         }
         if self.config.down_during(now, now) {

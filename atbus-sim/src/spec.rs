@@ -12,9 +12,10 @@
 //! | `bw` | [`bandwidth_bps`](LinkConfig::bandwidth_bps) | bits/s: `bps`, `kbit`, `mbit`, `gbit` (decimal; `kbps` … `gbps` too) or a bare number |
 //! | `queue` | [`queue_bytes`](LinkConfig::queue_bytes) | bytes: `b`, `kb`, `mb` (binary: `1kb` = 1024) or a bare number |
 //! | `down` | one window of [`outages`](LinkConfig::outages); may repeat | `START-END`, two durations (`2s-5s`) |
+//! | `mtu_at` | one of [`mtu_changes`](LinkConfig::mtu_changes); may repeat | `TIME:BYTES`, from that instant on the link's MTU (`10s:1200`) |
 //! | `pmtud` | [`pmtud`](LinkConfig::pmtud) | `on` or `off` |
 //!
-//! Units are case-insensitive. Every key but `down` may appear once.
+//! Units are case-insensitive. Every key but `down` and `mtu_at` may appear once.
 //!
 //! ```
 //! use std::time::Duration;
@@ -80,11 +81,15 @@ const BANDWIDTH: &str = "a rate such as 20mbit, 500kbit or 1gbit";
 const QUEUE: &str = "a size such as 64kb, 1mb or 1500";
 const OUTAGE: &str = "a window START-END such as 2s-5s";
 const SWITCH: &str = "on or off";
+const MTU_AT: &str = "an instant and a number of bytes such as 10s:1200";
 
-const KEYS: [&str; 12] = [
+const KEYS: [&str; 13] = [
     "delay", "jitter", "loss", "burst", "dup", "reorder", "corrupt", "mtu", "bw", "queue", "down",
-    "pmtud",
+    "mtu_at", "pmtud",
 ];
+
+/// Keys that may appear more than once.
+const REPEATABLE: [&str; 2] = ["down", "mtu_at"];
 
 impl FromStr for LinkConfig {
     type Err = SpecError;
@@ -106,7 +111,7 @@ impl FromStr for LinkConfig {
             if !KEYS.contains(&key) {
                 return Err(SpecError::UnknownKey(key.to_owned()));
             }
-            if key != "down" {
+            if !REPEATABLE.contains(&key) {
                 if seen.contains(&key) {
                     return Err(SpecError::RepeatedKey(key.to_owned()));
                 }
@@ -137,10 +142,12 @@ fn set(config: &mut LinkConfig, key: &str, value: &str) -> Result<(), SpecError>
             let burst = fraction(value).filter(|n| *n >= 1.0 && n.is_finite());
             config.burst = Some(burst.ok_or(bad(BURST))?);
         }
-        "mtu" => {
-            let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-            let mtu = value.parse::<usize>().ok().filter(|_| digits);
-            config.mtu = mtu.filter(|&n| n > 0).ok_or(bad(MTU))?;
+        "mtu" => config.mtu = bytes(value).ok_or(bad(MTU))?,
+        "mtu_at" => {
+            let (at, mtu) = value.split_once(':').ok_or(bad(MTU_AT))?;
+            let at = duration(at.trim()).ok_or(bad(MTU_AT))?;
+            let mtu = bytes(mtu.trim()).ok_or(bad(MTU_AT))?;
+            config.mtu_changes.push((at, mtu));
         }
         "bw" => {
             let (number, unit) = split_unit(value);
@@ -184,6 +191,12 @@ fn set(config: &mut LinkConfig, key: &str, value: &str) -> Result<(), SpecError>
         _ => return Err(SpecError::UnknownKey(key.to_owned())),
     }
     Ok(())
+}
+
+/// A positive number of bytes written in decimal digits only.
+fn bytes(value: &str) -> Option<usize> {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    value.parse::<usize>().ok().filter(|&n| digits && n > 0)
 }
 
 /// Splits `30ms` into `("30", "ms")`, the unit lower-cased.
@@ -329,6 +342,11 @@ impl fmt::Display for LinkConfig {
             write_duration(f, start)?;
             f.write_str("-")?;
             write_duration(f, end)?;
+        }
+        for &(at, mtu) in &self.mtu_changes {
+            f.write_str(",mtu_at=")?;
+            write_duration(f, at)?;
+            write!(f, ":{mtu}")?;
         }
         if self.pmtud {
             f.write_str(",pmtud=on")?;

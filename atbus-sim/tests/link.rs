@@ -106,6 +106,23 @@ fn jitter_push_back_holds_a_datagram_behind_its_predecessor() {
 }
 
 #[test]
+fn the_mtu_changes_at_the_instants_of_mtu_at() {
+    let mut link = new_link("mtu=1400,mtu_at=10ms:1200", 1);
+    assert!(matches!(
+        link.send(MS, numbered(0, 1400)),
+        Fate::InFlight { .. }
+    ));
+    assert_eq!(
+        link.send(10 * MS, numbered(1, 1201)),
+        Fate::Dropped(DropReason::Mtu)
+    );
+    assert!(matches!(
+        link.send(10 * MS, numbered(2, 1200)),
+        Fate::InFlight { .. }
+    ));
+}
+
+#[test]
 fn datagram_larger_than_the_mtu_is_dropped_and_counted() {
     let mut link = new_link("mtu=1200", 1);
     assert!(matches!(

@@ -44,7 +44,7 @@ fn unspecified_keys_take_the_defaults() {
 fn full_example_sets_every_field() {
     let config = parse(
         "delay=30ms,jitter=5ms,loss=2%,burst=3,dup=0.1%,reorder=1%,corrupt=0.1%,\
-         mtu=1200,bw=20mbit,queue=64kb,down=2s-5s,pmtud=on",
+         mtu=1200,bw=20mbit,queue=64kb,down=2s-5s,mtu_at=3s:1000,pmtud=on",
     );
     let expected = LinkConfig {
         delay: 30 * MS,
@@ -58,6 +58,7 @@ fn full_example_sets_every_field() {
         bandwidth_bps: Some(20_000_000),
         queue_bytes: 65536,
         outages: vec![(Duration::from_secs(2), Duration::from_secs(5))],
+        mtu_changes: vec![(Duration::from_secs(3), 1000)],
         pmtud: true,
     };
     assert_eq!(config, expected);
@@ -129,6 +130,28 @@ fn down_may_repeat_and_pmtud_is_a_switch() {
         ]
     );
     assert!(parse("pmtud=on").pmtud);
+    let config = parse("mtu=1400,mtu_at=10s:1200,mtu_at=2.5s:9000");
+    assert_eq!(
+        config.mtu_changes,
+        vec![(Duration::from_secs(10), 1200), (2500 * MS, 9000)]
+    );
+    assert_eq!(config.mtu_at(Duration::ZERO), 1400);
+    assert_eq!(config.mtu_at(2500 * MS), 9000);
+    assert_eq!(config.mtu_at(Duration::from_secs(11)), 1200);
+    for bad in [
+        "mtu_at=10s",
+        "mtu_at=10s:0",
+        "mtu_at=x:1200",
+        "mtu_at=1s:12a",
+    ] {
+        assert!(
+            matches!(
+                parse_err(bad),
+                SpecError::BadValue { ref key, .. } if key == "mtu_at"
+            ),
+            "{bad}"
+        );
+    }
     assert!(!parse("pmtud=off").pmtud);
     assert!(!parse("").pmtud);
 }
@@ -262,9 +285,16 @@ fn valid_config() -> impl Strategy<Value = LinkConfig> {
             any::<bool>(),
         ),
         prop::collection::vec((duration(), duration()), 0..3),
+        prop::collection::vec((duration(), 1usize..100_000), 0..3),
     )
         .prop_map(
-            |((delay, jitter, loss, burst), (dup, reorder, corrupt, mtu), rest, windows)| {
+            |(
+                (delay, jitter, loss, burst),
+                (dup, reorder, corrupt, mtu),
+                rest,
+                windows,
+                mtu_changes,
+            )| {
                 let (bandwidth_bps, queue_bytes, pmtud) = rest;
                 let loss = match burst {
                     Some(n) => loss.min(n / (n + 1.0)),
@@ -286,6 +316,7 @@ fn valid_config() -> impl Strategy<Value = LinkConfig> {
                     bandwidth_bps,
                     queue_bytes,
                     outages,
+                    mtu_changes,
                     pmtud,
                 }
             },

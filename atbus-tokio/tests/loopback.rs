@@ -42,6 +42,32 @@ async fn udp_transfer_arrives_in_order() {
 }
 
 #[tokio::test]
+async fn a_udp_path_discovers_an_mtu_above_the_ipv4_base() {
+    // PMTUD is on by default: the path starts at 548 bytes and probes upward;
+    // loopback carries the configured maximum, 1452.
+    let server = server(&["udp://127.0.0.1:0"]).await;
+    let client = transfer(&server, &addresses(&server), 200, 3000).await;
+    let mtu = tokio::time::timeout(LIMIT, async {
+        loop {
+            let stats = client.stats().await.unwrap();
+            let mtu = stats.paths[0].info.mtu;
+            if mtu > atbus_core::connection::pmtud::IPV4_BASE {
+                break mtu;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the MTU grew in time");
+    assert_eq!(mtu, atbus_core::connection::pmtud::DEFAULT_MAX);
+    let stats = client.stats().await.unwrap();
+    let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
+    assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
+    client.close().await;
+    server.close().await;
+}
+
+#[tokio::test]
 async fn udp_over_ipv6_transfer_arrives_in_order() {
     let Ok(server) =
         Node::bind(NodeConfig::new("server").listen("udp://[::1]:0".parse().unwrap())).await

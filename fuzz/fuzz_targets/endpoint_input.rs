@@ -194,6 +194,8 @@ fn config() -> EndpointConfig {
     config.early_data_limit = EARLY_DATA_LIMIT;
     config.early_data_total = EARLY_DATA_TOTAL;
     config.max_streams_per_peer = 8;
+    // Path MTU discovery on: pongs carrying `pmtud_received_size` reach it.
+    config.pmtud = Some(atbus_core::connection::pmtud::PmtudConfig::default());
     config
 }
 

@@ -21,6 +21,7 @@ use crate::stream::{Assembler, RecvMeta, SendBuffer, SendMeta};
 use crate::time::Timestamp;
 use congestion::{CongestionController, FixedWindow};
 use pacing::Pacer;
+use pmtud::{Pmtud, PmtudConfig};
 use recovery::InFlight;
 use rtt::RttEstimator;
 
@@ -98,6 +99,8 @@ pub struct ConnectionInfo {
     pub peer: Option<PeerId>,
     /// Largest datagram it sends.
     pub mtu: usize,
+    /// Path MTU discovery's counters, if it runs on this connection.
+    pub pmtud: Option<pmtud::PmtudStats>,
     /// Smoothed RTT.
     pub srtt: Duration,
     /// Minimum RTT seen, if any sample was taken.
@@ -160,8 +163,9 @@ pub(crate) struct Connection {
     pub stamp: Timestamp,
     /// The newest timepoint received (echoed in ACKs).
     pub echo: i64,
-    /// Timepoints of pings to answer.
-    pub pongs: VecDeque<i64>,
+    /// Pings to answer: timepoint, and the size of the datagram that carried a
+    /// padded one (a PMTUD probe; 0 otherwise), for `pmtud_received_size`.
+    pub pongs: VecDeque<(i64, i32)>,
     /// A ping to send, and the timepoint of the one outstanding.
     pub ping_due: bool,
     pub ping_outstanding: Option<Timestamp>,
@@ -194,10 +198,28 @@ pub(crate) struct Connection {
     pub weight: u32,
     /// Fragments received in the input being handled.
     pub rx_fragments: u64,
+    /// Path MTU discovery asked for (datagram connections): the connection's
+    /// `mtu` is the base; the state machine starts with the handshake's end.
+    pub pmtud_config: Option<PmtudConfig>,
+    /// Path MTU discovery running (established datagram connection).
+    pub pmtud: Option<Pmtud>,
+    /// Probes sent and not yet answered: timepoint and size, oldest first (at most
+    /// [`MAX_PROBES_REMEMBERED`]).
+    pub probes: VecDeque<(i64, usize)>,
 }
+
+/// Unanswered PMTUD probes a connection remembers (a late answer to an older
+/// one still counts while searching).
+pub const MAX_PROBES_REMEMBERED: usize = 8;
 
 impl Connection {
     pub fn new(kind: ConnectionKind, role: Role, config: &EndpointConfig, now: Timestamp) -> Self {
+        let pmtud_config = match kind {
+            ConnectionKind::Datagram { mtu } => {
+                config.pmtud.map(|p| PmtudConfig { base: mtu, ..p })
+            }
+            ConnectionKind::Stream => None,
+        };
         let (mtu, cc, decoder): (usize, Box<dyn CongestionController>, _) = match kind {
             ConnectionKind::Datagram { mtu } => (
                 mtu,
@@ -254,7 +276,62 @@ impl Connection {
             copies: VecDeque::new(),
             weight: 1,
             rx_fragments: 0,
+            pmtud_config,
+            pmtud: None,
+            probes: VecDeque::new(),
         }
+    }
+
+    /// Starts path MTU discovery if it was asked for and is not running yet
+    /// (called when the handshake completes: probes never precede it).
+    pub fn start_pmtud(&mut self, now: Timestamp) {
+        if self.pmtud.is_some() || !self.is_lossy() {
+            return;
+        }
+        if let Some(config) = self.pmtud_config {
+            self.pmtud = Some(Pmtud::new(config, now));
+            self.apply_mtu();
+        }
+    }
+
+    /// Sets the MTU; the controller and the pacer follow.
+    pub fn set_mtu(&mut self, mtu: usize) {
+        self.mtu = mtu;
+        self.cc.on_mtu(mtu);
+        self.pacer.set_burst(pacing::burst_for_mtu(mtu));
+    }
+
+    /// Follows PMTUD's MTU after any of its inputs: the controller and pacer learn
+    /// the new size; when it went down, the ranges of datagrams larger than the new
+    /// MTU sent before `now` are taken out of flight (without a congestion signal:
+    /// the MTU dropped them, not congestion) and returned, to be resent cut to the
+    /// new size at once rather than after their timeouts.
+    pub fn apply_mtu(&mut self) -> Vec<recovery::SentRange> {
+        let Some(mtu) = self.pmtud.as_ref().map(Pmtud::current_mtu) else {
+            return Vec::new();
+        };
+        if mtu == self.mtu {
+            return Vec::new();
+        }
+        let lowered = mtu < self.mtu;
+        self.set_mtu(mtu);
+        if !lowered {
+            return Vec::new();
+        }
+        let ranges = self.in_flight.drain();
+        let mut sizes: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &ranges {
+            *sizes.entry(r.packet).or_default() += r.bytes;
+        }
+        let mut cut = Vec::new();
+        for range in ranges {
+            if sizes[&range.packet] > mtu {
+                cut.push(range);
+            } else {
+                self.in_flight.on_sent(range);
+            }
+        }
+        cut
     }
 
     /// Whether the connection retransmits (datagram kind).
@@ -302,6 +379,7 @@ impl Connection {
             state: self.state,
             peer: self.peer,
             mtu: self.mtu,
+            pmtud: self.pmtud.as_ref().map(Pmtud::stats),
             srtt: self.rtt.smoothed(),
             min_rtt: self.rtt.min(),
             rto: self.rto(),

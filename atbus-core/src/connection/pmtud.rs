@@ -169,7 +169,14 @@ struct Suspicion {
     started: Timestamp,
     /// Neither answered by then: inconclusive (the path may be down altogether).
     deadline: Timestamp,
+    /// Pairs sent so far, including this one.
+    round: u32,
 }
+
+/// Pairs of confirmation probes whose base probe alone must be answered before a
+/// suspicion is a black hole: with one, a randomly lost MTU-sized probe (5 % on a
+/// lossy path) would drop the MTU to the base; with two, 0.25 %.
+pub const CONFIRMATION_ROUNDS: u32 = 2;
 
 /// The DPLPMTUD state machine of one datagram path. See the
 /// [module documentation](self).
@@ -199,6 +206,11 @@ pub struct Pmtud {
     failed: usize,
     /// `failed` for the search that follows the base confirmation.
     next_search_ceiling: usize,
+    /// The MTU a black hole fell back from: the search after the fallback probes it
+    /// first, so that a false alarm (congestion that dropped the large probes of
+    /// the confirmation while the small one fitted in the queue) costs one probe,
+    /// not the raise interval at a smaller MTU.
+    recheck: Option<usize>,
     /// Consecutive losses of probes of the current size.
     probe_count: u32,
     outstanding: Option<Outstanding>,
@@ -208,6 +220,8 @@ pub struct Pmtud {
     next_id: u64,
     /// Consecutive losses of datagrams larger than the base.
     large_losses: u32,
+    /// Send time of the newest suspicious loss counted in `large_losses`.
+    newest_large_lost: Timestamp,
     /// Send time of the newest datagram larger than the base that got through.
     newest_large_delivered: Timestamp,
     /// Losses of datagrams sent before this instant (the last fallback) are old news.
@@ -229,12 +243,14 @@ impl Pmtud {
             mtu: config.base,
             failed: config.max + 1,
             next_search_ceiling: config.max + 1,
+            recheck: None,
             probe_count: 0,
             outstanding: None,
             suspicion: None,
             next_probe_at: now,
             next_id: 0,
             large_losses: 0,
+            newest_large_lost: Timestamp::ZERO,
             newest_large_delivered: Timestamp::ZERO,
             fallback_at: Timestamp::ZERO,
             stats: PmtudStats::default(),
@@ -338,6 +354,9 @@ impl Pmtud {
         if self.mtu >= self.config.max {
             return None;
         }
+        if let Some(size) = self.recheck.filter(|&r| r > self.mtu) {
+            return Some(size);
+        }
         if self.failed > self.config.max {
             return Some(self.config.max);
         }
@@ -364,8 +383,20 @@ impl Pmtud {
                 return;
             }
             if size == self.config.base && suspicion.to_send == 0 {
-                // Only the base got through: a black hole. The base is confirmed
-                // already, so the new search starts at once.
+                if suspicion.round < CONFIRMATION_ROUNDS {
+                    // Only the base got through: once more, in case the larger
+                    // probe was lost at random.
+                    self.suspicion = Some(Suspicion {
+                        to_send: 2,
+                        started: now,
+                        deadline: now + self.config.probe_timeout,
+                        round: suspicion.round + 1,
+                        ..suspicion
+                    });
+                    return;
+                }
+                // Only the base got through, every time: a black hole. The base is
+                // confirmed already, so the new search starts at once.
                 self.on_black_hole_signal(now);
                 self.state = PmtudState::Searching;
                 self.failed = self.next_search_ceiling;
@@ -395,6 +426,9 @@ impl Pmtud {
             PmtudState::Searching => {
                 if size > self.mtu {
                     self.mtu = size;
+                }
+                if self.recheck.is_some_and(|r| size >= r) {
+                    self.recheck = None;
                 }
                 if size >= self.failed {
                     // The failure was a run of random losses after all.
@@ -435,6 +469,9 @@ impl Pmtud {
             }
             PmtudState::Searching => {
                 self.failed = self.failed.min(size);
+                if self.recheck == Some(size) {
+                    self.recheck = None;
+                }
                 if self.candidate().is_none() {
                     self.complete(now);
                 }
@@ -500,7 +537,13 @@ impl Pmtud {
         {
             return false;
         }
-        self.large_losses += 1;
+        // Datagrams sent together (one flight, lost to one burst or one lost
+        // acknowledgement) count once: the threshold wants losses spread over
+        // time, as a black hole gives.
+        if sent_at > self.newest_large_lost {
+            self.newest_large_lost = sent_at;
+            self.large_losses += 1;
+        }
         if self.large_losses >= self.config.black_hole_threshold {
             self.on_black_hole_signal(now);
             return true;
@@ -514,6 +557,7 @@ impl Pmtud {
                 to_send: 2,
                 started: now,
                 deadline: now + self.config.probe_timeout,
+                round: 1,
             });
         }
         false
@@ -527,10 +571,10 @@ impl Pmtud {
         if self.mtu <= self.config.base && self.state != PmtudState::Searching {
             return;
         }
-        self.next_search_ceiling = if self.mtu > self.config.base {
-            self.mtu
+        (self.next_search_ceiling, self.recheck) = if self.mtu > self.config.base {
+            (self.mtu, Some(self.mtu))
         } else {
-            self.config.max + 1
+            (self.config.max + 1, None)
         };
         self.mtu = self.config.base;
         self.state = PmtudState::Base;
@@ -767,14 +811,45 @@ mod tests {
         let second = pmtud.next_probe(at(100)).unwrap();
         assert_eq!((first.size, second.size), (1452, IPV4_BASE));
         assert!(pmtud.next_probe(at(100)).is_none());
-        // The base answer comes back alone: black hole, and the base is confirmed,
-        // so the search below 1452 starts at once.
+        // The base answer comes back alone: one more pair, in case the large probe
+        // was lost at random...
         pmtud.on_probe_acked(at(140), IPV4_BASE);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.stats().black_holes, 0);
+        let first = pmtud.next_probe(at(140)).unwrap();
+        let second = pmtud.next_probe(at(140)).unwrap();
+        assert_eq!((first.size, second.size), (1452, IPV4_BASE));
+        // ...and alone again: black hole, and the base is confirmed, so the search
+        // below 1452 starts at once.
+        pmtud.on_probe_acked(at(180), IPV4_BASE);
         assert_eq!(pmtud.current_mtu(), IPV4_BASE);
         assert_eq!(pmtud.state(), PmtudState::Searching);
         assert_eq!(pmtud.stats().black_holes, 1);
-        let probe = pmtud.next_probe(at(140)).unwrap();
+        // The old MTU is probed once more (a false alarm would end here), then
+        // the search goes below it.
+        let now = at(180);
+        for _ in 0..config().max_probes {
+            let probe = pmtud.next_probe(now).unwrap();
+            assert_eq!(probe.size, 1452);
+            pmtud.on_probe_lost(now, probe.size);
+        }
+        let probe = pmtud.next_probe(now).unwrap();
         assert_eq!(probe.size, IPV4_BASE + (1452 - IPV4_BASE) / 2);
+    }
+
+    #[test]
+    fn a_false_black_hole_is_undone_by_one_probe_of_the_old_mtu() {
+        let (mut pmtud, t) = complete_at_max();
+        let at = |ms: u64| t + Duration::from_millis(ms);
+        pmtud.on_black_hole_signal(at(0));
+        assert_eq!(pmtud.current_mtu(), IPV4_BASE);
+        let base = pmtud.next_probe(at(0)).unwrap();
+        pmtud.on_probe_acked(at(40), base.size);
+        let probe = pmtud.next_probe(at(40)).unwrap();
+        assert_eq!(probe.size, 1452);
+        pmtud.on_probe_acked(at(80), probe.size);
+        assert_eq!(pmtud.current_mtu(), 1452);
+        assert_eq!(pmtud.state(), PmtudState::SearchComplete);
     }
 
     #[test]

@@ -63,6 +63,7 @@ use bytes::Bytes;
 
 use crate::config::{ConnectionKind, EndpointConfig, MIN_MTU, Scheduler};
 use crate::connection::pacing::Pacer;
+use crate::connection::pmtud::PmtudConfig;
 use crate::connection::{Connection, ConnectionInfo, ConnectionState, Role};
 use crate::event::{CloseCode, CloseReason, CommandId, ConnectionId, Event, Output, PeerId};
 use crate::handshake::{self, AcceptAll, Authenticator, HandshakeKind, Hello};
@@ -223,6 +224,8 @@ enum TimerKey {
     Linger(PeerId),
     /// The pacer lets the connection send again.
     Pace(ConnectionId),
+    /// Path MTU discovery: a probe is due or timed out.
+    Pmtud(ConnectionId),
 }
 
 /// The local node's protocol state; see the [module documentation](self).
@@ -576,6 +579,41 @@ impl Endpoint {
         self.bind(connection, peer);
         self.queue_hello(connection);
         Ok(connection)
+    }
+
+    /// Turns path MTU discovery on (`Some`) or off (`None`) for a datagram
+    /// connection, overriding [`EndpointConfig::pmtud`]. On: the connection's MTU
+    /// becomes `config.base` (what the adapter knows every path carries: 548 for
+    /// UDP over IPv4, 1232 over IPv6) and the search up to `config.max` starts once
+    /// the handshake has completed (at once if it has). Off: the MTU stays where
+    /// discovery left it. Returns false (and changes nothing) for an unknown or
+    /// stream connection, or a base below [`MIN_MTU`].
+    pub fn set_pmtud(
+        &mut self,
+        now: Timestamp,
+        connection: ConnectionId,
+        config: Option<PmtudConfig>,
+    ) -> bool {
+        self.advance(now);
+        let now = self.now;
+        let Some(c) = self.connections.get_mut(&connection) else {
+            return false;
+        };
+        if !c.is_lossy() || config.is_some_and(|p| p.base < MIN_MTU) {
+            return false;
+        }
+        c.pmtud_config = config;
+        c.pmtud = None;
+        c.probes.clear();
+        if let Some(p) = config {
+            c.set_mtu(p.base);
+        }
+        if c.state == ConnectionState::Established {
+            c.start_pmtud(now);
+            self.dirty.insert(connection);
+        }
+        self.update_timers(connection);
+        true
     }
 
     /// Registers a connection the peer opened (a new UDP 4-tuple, an accepted TCP
@@ -1094,7 +1132,7 @@ impl Endpoint {
                     }
                 }
                 TimerKey::Expire(peer, stream) => self.on_expire_timer(peer, stream),
-                TimerKey::Pace(c) => {
+                TimerKey::Pace(c) | TimerKey::Pmtud(c) => {
                     self.dirty.insert(c);
                 }
                 TimerKey::Linger(peer) => {
@@ -1203,6 +1241,12 @@ impl Endpoint {
                 None => self.timers.cancel(TimerKey::Loss(id)),
             }
         }
+        match c.pmtud.as_ref().and_then(|p| p.next_timeout()) {
+            Some(at) if c.state == ConnectionState::Established => {
+                self.timers.set(TimerKey::Pmtud(id), at)
+            }
+            _ => self.timers.cancel(TimerKey::Pmtud(id)),
+        }
         if self.config.ack_delay > Duration::ZERO {
             match c.ack_pending.values().min() {
                 Some(&since) => self
@@ -1221,6 +1265,7 @@ impl Endpoint {
             TimerKey::Idle(id),
             TimerKey::Handshake(id),
             TimerKey::Pace(id),
+            TimerKey::Pmtud(id),
         ] {
             self.timers.cancel(key);
         }

@@ -1,6 +1,7 @@
 //! Input handling: datagrams and stream bytes, frames, packets, acknowledgements,
 //! the handshake and control messages.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atbus_proto::{Frames, decode_content, pb};
@@ -9,7 +10,7 @@ use prost::Message as _;
 
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
-use crate::connection::recovery::{MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES};
+use crate::connection::recovery::{MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES, SentRange};
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
@@ -209,8 +210,17 @@ impl Endpoint {
                     if c.pongs.len() >= 4 {
                         c.pongs.pop_front();
                     }
-                    c.pongs.push_back(ping.timepoint_microseconds);
+                    // A padded ping is a PMTUD probe: say what size arrived.
+                    let received = if ping.pmtud_padding.is_empty() {
+                        0
+                    } else {
+                        i32::try_from(wire_len).unwrap_or(i32::MAX)
+                    };
+                    c.pongs.push_back((ping.timepoint_microseconds, received));
                 }
+            }
+            Some(pb::frame_message::Body::Pong(pong)) if pong.pmtud_received_size > 0 => {
+                self.on_probe_answer(id, pong.timepoint_microseconds, pong.pmtud_received_size);
             }
             Some(pb::frame_message::Body::Pong(pong)) => {
                 let now = self.now;
@@ -784,6 +794,7 @@ impl Endpoint {
         let early = match self.connections.get_mut(&id) {
             Some(c) => {
                 c.state = ConnectionState::Established;
+                c.start_pmtud(self.now);
                 self.early_total -= c.early_bytes;
                 c.early_bytes = 0;
                 std::mem::take(&mut c.early)
@@ -860,6 +871,7 @@ impl Endpoint {
         self.set_identity(peer, &hello);
         if let Some(c) = self.connections.get_mut(&id) {
             c.state = ConnectionState::Established;
+            c.start_pmtud(self.now);
         }
         self.announce(id, peer, hello, restarted);
         self.mark_peer_dirty(peer);
@@ -976,6 +988,11 @@ impl Endpoint {
             }
             for range in &settled.ranges {
                 c.cc.on_acked(now, range.sent_at, range.bytes);
+            }
+            if let Some(pmtud) = c.pmtud.as_mut() {
+                for (sent_at, size) in per_datagram(&settled.ranges) {
+                    pmtud.on_packet_acked(sent_at, size);
+                }
             }
             if progress || !settled.ranges.is_empty() {
                 c.rto_backoff = 0;
@@ -1109,9 +1126,30 @@ impl Endpoint {
             c.reorder_factor = 1;
             c.recoveries_since_reorder = 0;
         }
+        let mut lost = lost;
+        if let Some(pmtud) = c.pmtud.as_mut() {
+            for (sent_at, size) in per_datagram(&lost) {
+                pmtud.on_packet_lost(now, sent_at, size);
+            }
+            // A black hole lowers the MTU: what flew in larger datagrams goes back
+            // too, to be resent cut to the new size.
+            lost.extend(c.apply_mtu());
+        }
         let peer = c.peer;
         self.record(id, Sample::Lost { packets });
-        for range in lost {
+        self.give_back(id, peer, lost);
+        self.dirty.insert(id);
+    }
+
+    /// Returns ranges taken out of flight to their streams' send buffers, to be
+    /// resent.
+    pub(super) fn give_back(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        ranges: Vec<SentRange>,
+    ) {
+        for range in ranges {
             let send = if range.stream == -1 {
                 self.connections.get_mut(&id).map(|c| &mut c.control_send)
             } else {
@@ -1123,6 +1161,38 @@ impl Endpoint {
                 send.on_frame_lost(range.start, range.end, range.reset);
             }
         }
+    }
+
+    /// A pong answering a PMTUD probe (`received`: the size the peer got).
+    fn on_probe_answer(&mut self, id: ConnectionId, timepoint: i64, received: i32) {
+        let now = self.now;
+        let Some(c) = self.connections.get_mut(&id) else {
+            return;
+        };
+        let received = usize::try_from(received).unwrap_or(0);
+        // The largest probe of that timepoint the answer covers (two probes of a
+        // black-hole check leave at the same instant); the peer's figure is
+        // never trusted beyond what was sent.
+        let Some(index) = c
+            .probes
+            .iter()
+            .enumerate()
+            .filter(|(_, (t, size))| *t == timepoint && *size <= received)
+            .max_by_key(|(_, (_, size))| *size)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        let Some((_, size)) = c.probes.remove(index) else {
+            return;
+        };
+        let Some(pmtud) = c.pmtud.as_mut() else {
+            return;
+        };
+        pmtud.on_probe_acked(now, size);
+        let cut = c.apply_mtu();
+        let peer = c.peer;
+        self.give_back(id, peer, cut);
         self.dirty.insert(id);
     }
 }
@@ -1172,4 +1242,14 @@ impl RecvBudget<'_> {
             *self.headroom = None;
         }
     }
+}
+
+/// The datagrams that carried `ranges`: send time and the bytes of their frames
+/// among `ranges` (at most the datagram's size), by packet number.
+fn per_datagram(ranges: &[SentRange]) -> Vec<(Timestamp, usize)> {
+    let mut datagrams: BTreeMap<u64, (Timestamp, usize)> = BTreeMap::new();
+    for r in ranges {
+        datagrams.entry(r.packet).or_insert((r.sent_at, 0)).1 += r.bytes;
+    }
+    datagrams.into_values().collect()
 }

@@ -331,6 +331,35 @@ pub(crate) fn finish_connection_frame(
     buf.freeze()
 }
 
+/// The PMTUD probe connection `c` has to send at `now`, if any: a datagram
+/// holding only a ping padded to the probe's size. Outside the congestion window
+/// and never retransmitted: the state machine alone decides what a lost one
+/// means. Probe losses (timeouts) are found here too.
+fn pmtud_probe(c: &mut crate::connection::Connection, now: Timestamp) -> Option<Bytes> {
+    if c.state != ConnectionState::Established {
+        return None;
+    }
+    let timeout = (c.rtt.smoothed() * 3).max(c.rtt.retransmit_timeout(0));
+    let pmtud = c.pmtud.as_mut()?;
+    pmtud.set_probe_timeout(timeout);
+    pmtud.poll_timeout(now);
+    let probe = pmtud.next_probe(now)?;
+    let tp = timepoint(now);
+    let Some(frame) = crate::connection::pmtud::probe_ping(tp, probe.size) else {
+        // One of the rare sizes no frame has: count it lost at once.
+        pmtud.on_probe_lost(now, probe.size);
+        return None;
+    };
+    let mut buf = BytesMut::with_capacity(probe.size);
+    encode_frame(&frame, &mut buf);
+    if c.probes.len() >= crate::connection::MAX_PROBES_REMEMBERED {
+        c.probes.pop_front();
+    }
+    c.probes.push_back((tp, probe.size));
+    c.stats.sent_pings += 1;
+    Some(buf.freeze())
+}
+
 /// Copies of ranges a connection may hold for the redundant scheduler.
 const MAX_COPIES: usize = 16 * 1024;
 
@@ -361,6 +390,26 @@ impl Endpoint {
                 c.copies.pop_front();
             }
             self.dirty.insert(o);
+        }
+    }
+
+    /// Accounts for a probe datagram of connection `id` and hands it out.
+    fn sent_probe(&mut self, id: ConnectionId, data: Bytes) -> Transmit {
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.packets_sent += 1;
+            c.last_sent = self.now;
+            c.stats.sent_packets += 1;
+            c.stats.sent_bytes += data.len() as u64;
+        }
+        let sample = Sample::Sent {
+            bytes: data.len() as u64,
+            fragments: 0,
+        };
+        self.record(id, sample);
+        self.update_timers(id);
+        Transmit {
+            connection: id,
+            data,
         }
     }
 
@@ -399,17 +448,21 @@ impl Endpoint {
                 data,
             });
         }
+        if let Some(data) = pmtud_probe(c, now) {
+            return Some(self.sent_probe(id, data));
+        }
         let limit = c.mtu;
         let packet = c.packets_sent;
         let fragments_before = c.stats.sent_fragments;
         let mut buf = BytesMut::with_capacity(limit);
         let tp = timepoint(now);
         let mut probes = false;
-        while let Some(&t) = c.pongs.front() {
+        while let Some(&(t, received)) = c.pongs.front() {
             let frame = pb::FrameMessage {
                 head: None,
                 body: Some(pb::frame_message::Body::Pong(pb::PingData {
                     timepoint_microseconds: t,
+                    pmtud_received_size: received,
                     ..Default::default()
                 })),
             };

@@ -319,6 +319,7 @@ impl<R: Runtime> Driver<R> {
             self.dropped_datagrams += 1;
             return;
         };
+        self.start_udp_pmtud(now, connection, &remote);
         self.pending_accepts.insert(connection);
         self.by_remote.insert((socket, remote.clone()), connection);
         self.conns.insert(
@@ -367,6 +368,19 @@ impl<R: Runtime> Driver<R> {
             connection,
             CloseReason::new(CloseCode::PeerReset, "malformed input"),
         );
+    }
+
+    /// Turns path MTU discovery on for a new datagram connection to `remote` if
+    /// it is a UDP one (see [`NodeConfig::udp_pmtud`](crate::NodeConfig::udp_pmtud)).
+    pub(super) fn start_udp_pmtud(
+        &mut self,
+        now: Timestamp,
+        connection: ConnectionId,
+        remote: &Remote,
+    ) {
+        if let Some(config) = crate::udp::udp_pmtud(remote, self.config.udp_pmtud) {
+            self.endpoint.set_pmtud(now, connection, Some(config));
+        }
     }
 
     pub(super) fn kind_of(&self, address: &Address) -> ConnectionKind {
@@ -447,6 +461,7 @@ impl<R: Runtime> Driver<R> {
                         _ => ("unixgram", UNIX_DATAGRAM_MTU),
                     };
                     let index = self.add_datagram_socket(socket, false, scheme, mtu);
+                    self.start_udp_pmtud(now, connection, &remote);
                     self.by_remote.insert((index, remote.clone()), connection);
                     socket_of_path = Some((index, remote.clone()));
                     Link::Datagram {

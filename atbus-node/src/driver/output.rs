@@ -264,6 +264,7 @@ impl<R: Runtime> Driver<R> {
                                 p.connection = Some(connection);
                             }
                             self.reconnects += 1;
+                            self.start_udp_pmtud(now, connection, &remote);
                             self.by_remote.insert((socket, remote.clone()), connection);
                             self.conns.insert(
                                 connection,
