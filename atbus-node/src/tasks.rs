@@ -45,6 +45,10 @@ pub(crate) enum NetInput<R: Runtime> {
         path: u64,
         result: io::Result<(R::Reader, R::Writer)>,
     },
+    /// A connector's hello on a shm listener ring.
+    ShmAccepted {
+        link: crate::shm::ShmLink,
+    },
 }
 
 /// A transport opened towards a peer.
@@ -59,6 +63,11 @@ pub(crate) enum Dialed<R: Runtime> {
     Stream {
         reader: R::Reader,
         writer: R::Writer,
+        address: Address,
+    },
+    /// A shared-memory connection (its rings are created).
+    Shm {
+        link: crate::shm::ShmLink,
         address: Address,
     },
 }
@@ -276,12 +285,9 @@ pub(crate) async fn dial<R: Runtime>(
                 address,
             })
         }
-        Address::Shm(_) => Err(fail(
-            &address,
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "shm:// is not supported yet by the runtime adapters",
-            ),
-        )),
+        Address::Shm(name) => match crate::shm::dial(name) {
+            Ok(link) => Ok(Dialed::Shm { link, address }),
+            Err(err) => Err(fail(&address, err)),
+        },
     }
 }

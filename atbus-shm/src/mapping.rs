@@ -391,3 +391,16 @@ mod tests {
         assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
     }
 }
+
+/// Whether process `pid` is alive (exists and is not a zombie), read from
+/// `/proc/<pid>/stat`. Used by the adapters to notice a peer killed without a word.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) S ...": the state follows the last ')'.
+    match stat.rfind(')') {
+        Some(end) => !matches!(stat[end + 1..].trim_start().chars().next(), Some('Z' | 'X')),
+        None => true,
+    }
+}

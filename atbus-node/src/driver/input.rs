@@ -22,12 +22,6 @@ impl<R: Runtime> Driver<R> {
                     let _ = reply.try_send(Err(NodeError::Closed));
                     return;
                 }
-                if let Some(shm) = addresses.iter().find(|a| matches!(a, Address::Shm(_))) {
-                    let _ = reply.try_send(Err(NodeError::Unsupported(format!(
-                        "{shm}: the shm transport"
-                    ))));
-                    return;
-                }
                 let request = self.next_request;
                 self.next_request += 1;
                 self.dial_requests.insert(request, reply);
@@ -241,23 +235,21 @@ impl<R: Runtime> Driver<R> {
                 remote,
                 ..
             } => {
-                if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
-                    self.dropped_datagrams += 1;
-                    return;
+                self.accept_stream(now, remote, |driver, connection| {
+                    driver.add_stream(reader, writer, connection)
+                });
+            }
+            NetInput::ShmAccepted { link } => {
+                let remote = link.remote.clone();
+                let rings = link.ring_paths();
+                let accepted = self.accept_stream(now, remote, |driver, connection| {
+                    driver.add_shm_stream(link, connection)
+                });
+                if !accepted {
+                    for ring in rings {
+                        let _ = std::fs::remove_file(ring);
+                    }
                 }
-                let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
-                    return;
-                };
-                let handle = self.add_stream(reader, writer, connection);
-                self.pending_accepts.insert(connection);
-                self.conns.insert(
-                    connection,
-                    Conn {
-                        link: Link::Stream { handle },
-                        remote,
-                        dialed: None,
-                    },
-                );
             }
             NetInput::StreamData { handle, data } => {
                 if let Some(slot) = self.streams.get(&handle) {
@@ -279,6 +271,34 @@ impl<R: Runtime> Driver<R> {
             NetInput::Dialed { request, results } => self.on_dialed(now, request, results),
             NetInput::Redialed { path, result } => self.on_redialed(now, path, result),
         }
+    }
+
+    /// Accepts a stream connection (bounded by `max_pending_accepts`); `add` makes
+    /// its slot. Returns whether it was accepted.
+    fn accept_stream(
+        &mut self,
+        now: Timestamp,
+        remote: String,
+        add: impl FnOnce(&mut Self, ConnectionId) -> u64,
+    ) -> bool {
+        if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
+            self.dropped_datagrams += 1;
+            return false;
+        }
+        let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
+            return false;
+        };
+        let handle = add(self, connection);
+        self.pending_accepts.insert(connection);
+        self.conns.insert(
+            connection,
+            Conn {
+                link: Link::Stream { handle },
+                remote,
+                dialed: None,
+            },
+        );
+        true
     }
 
     pub(super) fn on_datagram(
@@ -387,11 +407,14 @@ impl<R: Runtime> Driver<R> {
                 Ok(d) => dialed.push(d),
                 Err((address, source)) => {
                     for d in dialed {
-                        if let Dialed::Datagram {
-                            own_path: Some(p), ..
-                        } = d
-                        {
-                            let _ = std::fs::remove_file(p);
+                        match d {
+                            Dialed::Datagram {
+                                own_path: Some(p), ..
+                            } => {
+                                let _ = std::fs::remove_file(p);
+                            }
+                            Dialed::Shm { link, .. } => link.remove_rings(),
+                            _ => {}
                         }
                     }
                     let _ = reply.try_send(Err(NodeError::Dial { address, source }));
@@ -402,9 +425,9 @@ impl<R: Runtime> Driver<R> {
         let mut peer: Option<PeerId> = None;
         for d in dialed {
             let address = match &d {
-                Dialed::Datagram { address, .. } | Dialed::Stream { address, .. } => {
-                    address.clone()
-                }
+                Dialed::Datagram { address, .. }
+                | Dialed::Stream { address, .. }
+                | Dialed::Shm { address, .. } => address.clone(),
             };
             let kind = self.kind_of(&address);
             let created = match peer {
@@ -448,6 +471,13 @@ impl<R: Runtime> Driver<R> {
                 Dialed::Stream { reader, writer, .. } => Link::Stream {
                     handle: self.add_stream(reader, writer, connection),
                 },
+                Dialed::Shm { link, .. } => {
+                    // The node's close removes the rings before it answers.
+                    self.unix_paths.extend(link.ring_paths());
+                    Link::Stream {
+                        handle: self.add_shm_stream(link, connection),
+                    }
+                }
             };
             self.conns.insert(
                 connection,
