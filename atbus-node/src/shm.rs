@@ -87,7 +87,8 @@ fn reader_config() -> ReaderConfig {
 fn io_error(err: atbus_shm::OpenError) -> io::Error {
     match err {
         atbus_shm::OpenError::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, err),
-        atbus_shm::OpenError::ReaderAttached { .. } | atbus_shm::OpenError::AlreadyExists { .. } => {
+        atbus_shm::OpenError::ReaderAttached { .. }
+        | atbus_shm::OpenError::AlreadyExists { .. } => {
             io::Error::new(io::ErrorKind::AddrInUse, err)
         }
         other => io::Error::other(other),
@@ -224,7 +225,7 @@ pub(crate) fn spawn_listener<R: Runtime>(
         }
     };
     std::thread::Builder::new()
-        .name(format!("atbus-shm-listen"))
+        .name("atbus-shm-listen".into())
         .spawn(run)
         .map(drop)
 }
@@ -298,7 +299,10 @@ fn read_loop<R: Runtime>(
         if !data.is_empty() {
             let batch = Bytes::from(std::mem::take(&mut data));
             if net
-                .send_blocking(NetInput::StreamData { handle, data: batch })
+                .send_blocking(NetInput::StreamData {
+                    handle,
+                    data: batch,
+                })
                 .is_err()
             {
                 break;

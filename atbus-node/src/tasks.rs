@@ -45,6 +45,11 @@ pub(crate) enum NetInput<R: Runtime> {
         path: u64,
         result: io::Result<(R::Reader, R::Writer)>,
     },
+    /// A dropped shm path, dialled again.
+    ShmRedialed {
+        path: u64,
+        result: io::Result<crate::shm::ShmLink>,
+    },
     /// A connector's hello on a shm listener ring.
     ShmAccepted {
         link: crate::shm::ShmLink,
@@ -67,7 +72,7 @@ pub(crate) enum Dialed<R: Runtime> {
     },
     /// A shared-memory connection (its rings are created).
     Shm {
-        link: crate::shm::ShmLink,
+        link: Box<crate::shm::ShmLink>,
         address: Address,
     },
 }
@@ -286,7 +291,10 @@ pub(crate) async fn dial<R: Runtime>(
             })
         }
         Address::Shm(name) => match crate::shm::dial(name) {
-            Ok(link) => Ok(Dialed::Shm { link, address }),
+            Ok(link) => Ok(Dialed::Shm {
+                link: Box::new(link),
+                address,
+            }),
             Err(err) => Err(fail(&address, err)),
         },
     }

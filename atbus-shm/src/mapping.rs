@@ -377,21 +377,6 @@ impl Drop for RawMap {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_validated() {
-        assert!(validate_name("atbus-1.node_a").is_ok());
-        for bad in ["", ".hidden", "a/b", "..", "a b", "é"] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-        assert!(validate_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
-        assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
-    }
-}
-
 /// Whether process `pid` is alive (exists and is not a zombie), read from
 /// `/proc/<pid>/stat`. Used by the adapters to notice a peer killed without a word.
 pub fn process_alive(pid: u32) -> bool {
@@ -402,5 +387,29 @@ pub fn process_alive(pid: u32) -> bool {
     match stat.rfind(')') {
         Some(end) => !matches!(stat[end + 1..].trim_start().chars().next(), Some('Z' | 'X')),
         None => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+    }
+
+    #[test]
+    fn names_are_validated() {
+        assert!(validate_name("atbus-1.node_a").is_ok());
+        for bad in ["", ".hidden", "a/b", "..", "a b", "é"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN)).is_ok());
+        assert!(validate_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());
     }
 }

@@ -269,7 +269,23 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             NetInput::Dialed { request, results } => self.on_dialed(now, request, results),
-            NetInput::Redialed { path, result } => self.on_redialed(now, path, result),
+            NetInput::Redialed { path, result } => {
+                let add = result.map(|(reader, writer)| {
+                    move |driver: &mut Self, connection| {
+                        driver.add_stream(reader, writer, connection)
+                    }
+                });
+                self.on_redialed(now, path, add);
+            }
+            NetInput::ShmRedialed { path, result } => {
+                let add = result.map(|link| {
+                    move |driver: &mut Self, connection| {
+                        driver.unix_paths.extend(link.ring_paths());
+                        driver.add_shm_stream(link, connection)
+                    }
+                });
+                self.on_redialed(now, path, add);
+            }
         }
     }
 
@@ -475,7 +491,7 @@ impl<R: Runtime> Driver<R> {
                     // The node's close removes the rings before it answers.
                     self.unix_paths.extend(link.ring_paths());
                     Link::Stream {
-                        handle: self.add_shm_stream(link, connection),
+                        handle: self.add_shm_stream(*link, connection),
                     }
                 }
             };
@@ -510,11 +526,12 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// A re-dialled stream path: `result` holds what makes its slot.
     pub(super) fn on_redialed(
         &mut self,
         now: Timestamp,
         path: u64,
-        result: io::Result<(R::Reader, R::Writer)>,
+        result: io::Result<impl FnOnce(&mut Self, ConnectionId) -> u64>,
     ) {
         let Some(p) = self.dialed.get_mut(&path) else {
             return;
@@ -522,7 +539,7 @@ impl<R: Runtime> Driver<R> {
         p.dialing = false;
         let peer = p.peer;
         match result {
-            Ok((reader, writer)) => {
+            Ok(add) => {
                 let Ok(connection) =
                     self.endpoint
                         .add_connection(now, peer, ConnectionKind::Stream)
@@ -533,7 +550,7 @@ impl<R: Runtime> Driver<R> {
                 let remote = p.address.to_string();
                 p.connection = Some(connection);
                 self.reconnects += 1;
-                let handle = self.add_stream(reader, writer, connection);
+                let handle = add(self, connection);
                 self.conns.insert(
                     connection,
                     Conn {

@@ -452,7 +452,11 @@ impl<R: Runtime> Driver<R> {
     fn new_stream_slot(
         &mut self,
         connection: ConnectionId,
-    ) -> (u64, async_channel::Receiver<()>, async_channel::Receiver<Bytes>) {
+    ) -> (
+        u64,
+        async_channel::Receiver<()>,
+        async_channel::Receiver<Bytes>,
+    ) {
         let handle = self.next_handle;
         self.next_handle += 1;
         let (stop, stopped) = async_channel::bounded(1);
