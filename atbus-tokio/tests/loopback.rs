@@ -96,10 +96,12 @@ async fn connecting_to_nothing_or_binding_twice_fails_clearly() {
         "{err}"
     );
     let err = client
-        .connect(&["shm://ring".parse().unwrap()])
+        .connect(&[format!("shm://{}", shm_name("nothing"))
+            .parse::<Address>()
+            .unwrap()])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
 #[tokio::test]
@@ -684,6 +686,11 @@ async fn shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close() {
     let name = shm_name("transfer");
     let url = format!("shm://{name}");
     let server = server(&[&url]).await;
+    // A live listener's ring is in use.
+    let err = Node::bind(NodeConfig::new("again").listen(url.parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already has a reader"), "{err}");
     // Small messages, then messages larger than the ring's 64 KiB record limit
     // (split into records, reassembled by the stream decoder).
     let small = transfer(&server, &[url.parse().unwrap()], 5000, 64).await;
