@@ -23,7 +23,7 @@ pub enum BenchTransport {
     Unix,
     /// A Unix datagram socket in a temporary directory.
     Unixgram,
-    /// Shared memory (not supported yet).
+    /// A shared-memory ring (`shm://`), named after this process.
     Shm,
     /// Two endpoints in this process, joined without sockets.
     Mem,
@@ -130,12 +130,6 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
         (None, None) => Budget::Messages(DEFAULT_MESSAGES),
     };
     let mut outcome = match args.transport {
-        BenchTransport::Shm => {
-            return Err(Failure(
-                "the shm transport is not supported yet by the runtime adapters".into(),
-                2,
-            ));
-        }
         BenchTransport::Mem => mem(args.size, budget)?,
         transport => runtime::block_on(args.runtime, sockets(transport, args, budget))?,
     };
@@ -195,7 +189,12 @@ async fn sockets(
             };
             format!("{scheme}://{}", dir.join("bench.sock").display())
         }
-        BenchTransport::Shm | BenchTransport::Mem => unreachable!("handled by the caller"),
+        BenchTransport::Shm => format!(
+            "shm://atbus-bench-{}-{:x}",
+            std::process::id(),
+            atbus_node::config::random_session_id()
+        ),
+        BenchTransport::Mem => unreachable!("handled by the caller"),
     };
     let mut server_config = NodeConfig::new("bench-server");
     server_config.dedicated_thread = args.io_thread;

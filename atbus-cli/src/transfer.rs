@@ -23,7 +23,7 @@ const SEND_BATCH: usize = 64;
 /// Arguments of `atbus recv`.
 #[derive(Debug, clap::Args)]
 pub struct RecvArgs {
-    /// Address to listen on (udp://, tcp://, unix://, unixgram://); repeat for
+    /// Address to listen on (udp://, tcp://, unix://, unixgram://, shm://); repeat for
     /// several. Each bound address is printed on stderr as `listening URL` (port 0
     /// shows the port chosen).
     #[arg(long = "listen", value_name = "ADDR", required = true)]

@@ -361,18 +361,20 @@ fn errors_say_what_went_wrong_and_exit_non_zero() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not an address URL"));
 
+    // No listener on this ring: the dial fails and says which address.
+    let missing = format!("shm://atbus-test-cli-missing-{}", std::process::id());
     let shm = atbus()
-        .args(["send", "--connect", "shm://ring", "--in"])
+        .args(["send", "--connect", &missing, "--in"])
         .arg(&input)
         .output()
         .unwrap();
     assert_eq!(shm.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&shm.stderr).contains("not supported yet"));
+    assert!(String::from_utf8_lossy(&shm.stderr).contains(&missing[6..]));
 }
 
 #[test]
 fn bench_reports_rate_throughput_and_latency_as_json() {
-    for transport in ["mem", "udp", "tcp", "unix"] {
+    for transport in ["mem", "udp", "tcp", "unix", "shm"] {
         let out = atbus()
             .args([
                 "bench",
@@ -400,12 +402,6 @@ fn bench_reports_rate_throughput_and_latency_as_json() {
             );
         }
     }
-    let shm = atbus()
-        .args(["bench", "--transport", "shm"])
-        .output()
-        .unwrap();
-    assert_eq!(shm.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&shm.stderr).contains("not supported yet"));
 }
 
 #[test]
@@ -447,4 +443,75 @@ fn a_sender_with_the_wrong_token_is_told_it_was_rejected() {
     assert!(accepted.status.success(), "{accepted:?}");
     assert!(wait(&mut receiver, "recv").success());
     assert_eq!(std::fs::read(&input).unwrap(), std::fs::read(&out).unwrap());
+}
+
+/// A shm ring name unique to this test process and call.
+fn shm_name(tag: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("atbus-test-cli-{tag}-{}-{n}", std::process::id())
+}
+
+/// Ring files under /dev/shm whose name starts with `prefix`.
+fn shm_files(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+#[test]
+fn a_file_arrives_byte_identical_over_shm_with_tokio_and_smol() {
+    let name = shm_name("file");
+    let url = format!("shm://{name}");
+    round_trip(&[&url], "tokio", 1_000_003, |a| a);
+    round_trip(&[&url], "smol", 300_001, |a| a);
+    assert_eq!(shm_files(&name), Vec::<String>::new());
+}
+
+/// The receiver notices a sender killed with SIGKILL (its process is gone), keeps
+/// a clean prefix of the data, and exits with an error once the peer is given up
+/// (no connection left and the peer linger elapsed); every ring is removed.
+#[test]
+fn a_sender_killed_mid_transfer_over_shm_leaves_a_clean_prefix() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let name = shm_name("kill");
+    let url = format!("shm://{name}");
+    let out = dir.path().join("out.bin");
+    let (mut receiver, addresses) = start_recv(&[&url], &out, "tokio");
+    let mut sender = atbus()
+        .args(["send", "--connect", &addresses[0], "--message-size", "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Half the data goes in; the sender stays alive waiting for the rest.
+    let input = {
+        let path = make_input(dir.path(), 400_000);
+        std::fs::read(path).unwrap()
+    };
+    let mut stdin = sender.stdin.take().unwrap();
+    stdin.write_all(&input[..200_000]).unwrap();
+    stdin.flush().unwrap();
+    let start = Instant::now();
+    while std::fs::metadata(&out).map_or(0, |m| m.len()) < 100_000 {
+        assert!(start.elapsed() < LIMIT, "nothing arrived");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sender.kill().unwrap(); // SIGKILL
+    sender.wait().unwrap();
+    drop(stdin);
+    let status = wait(&mut receiver, "recv");
+    assert!(!status.success(), "recv must report the lost sender");
+    let received = std::fs::read(&out).unwrap();
+    assert!(received.len() >= 100_000 && received.len() <= 200_000);
+    assert!(
+        input[..received.len()] == received[..],
+        "not a prefix of the input"
+    );
+    assert_eq!(shm_files(&name), Vec::<String>::new());
 }

@@ -14,6 +14,7 @@
 //! - [`node`]: the application's handle ([`Node`]): connect, send with backpressure
 //!   from the core's window, receive events, stats, close;
 //! - [`runtime`]: the small [`Runtime`] trait an adapter implements;
+//! - `shm`: the `shm://name` transport (rings of `atbus-shm`, served by threads);
 //! - [`udp`]: batched UDP system calls (`recvmmsg`, GRO, GSO) through `quinn-udp`;
 //! - [`histogram`]: message-latency buckets used by the tools.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod node;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod runtime;
+mod shm;
 mod tasks;
 #[cfg(feature = "testing")]
 pub mod testing;

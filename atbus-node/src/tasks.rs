@@ -47,6 +47,15 @@ pub(crate) enum NetInput<R: Runtime> {
         path: u64,
         result: io::Result<(R::Reader, R::Writer)>,
     },
+    /// A dropped shm path, dialled again.
+    ShmRedialed {
+        path: u64,
+        result: io::Result<crate::shm::ShmLink>,
+    },
+    /// A connector's hello on a shm listener ring.
+    ShmAccepted {
+        link: crate::shm::ShmLink,
+    },
 }
 
 /// A transport opened towards a peer.
@@ -61,6 +70,11 @@ pub(crate) enum Dialed<R: Runtime> {
     Stream {
         reader: R::Reader,
         writer: R::Writer,
+        address: Address,
+    },
+    /// A shared-memory connection (its rings are created).
+    Shm {
+        link: Box<crate::shm::ShmLink>,
         address: Address,
     },
 }
@@ -295,13 +309,13 @@ pub(crate) async fn dial<R: Runtime>(
                 address,
             })
         }
-        Address::Shm(_) => Err(fail(
-            &address,
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "shm:// is not supported yet by the runtime adapters",
-            ),
-        )),
+        Address::Shm(name) => match crate::shm::dial(name) {
+            Ok(link) => Ok(Dialed::Shm {
+                link: Box::new(link),
+                address,
+            }),
+            Err(err) => Err(fail(&address, err)),
+        },
     }
 }
 

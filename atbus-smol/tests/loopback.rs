@@ -119,10 +119,12 @@ fn connecting_to_nothing_or_binding_twice_fails_clearly() {
             "{err}"
         );
         let err = client
-            .connect(&["shm://ring".parse().unwrap()])
+            .connect(&[format!("shm://{}", shm_name("nothing"))
+                .parse::<Address>()
+                .unwrap()])
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(err.to_string().contains("does not exist"), "{err}");
     })
 }
 
@@ -364,5 +366,33 @@ fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots() {
             stats.paths
         );
         client.close().await;
+    })
+}
+
+/// A shm ring name unique to this test process and call.
+fn shm_name(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("atbus-test-smol-{tag}-{}-{n}", std::process::id())
+}
+
+#[test]
+fn shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close() {
+    run(async {
+        let name = shm_name("transfer");
+        let url = format!("shm://{name}");
+        let server = server(&[&url]).await;
+        let small = transfer(&server, &[url.parse().unwrap()], 5000, 64).await;
+        let large = transfer(&server, &[url.parse().unwrap()], 50, 100_000).await;
+        small.close().await;
+        large.close().await;
+        server.close().await;
+        let left: Vec<String> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&name))
+            .collect();
+        assert_eq!(left, Vec::<String>::new());
     })
 }

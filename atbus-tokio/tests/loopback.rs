@@ -122,10 +122,12 @@ async fn connecting_to_nothing_or_binding_twice_fails_clearly() {
         "{err}"
     );
     let err = client
-        .connect(&["shm://ring".parse().unwrap()])
+        .connect(&[format!("shm://{}", shm_name("nothing"))
+            .parse::<Address>()
+            .unwrap()])
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("not supported yet"), "{err}");
+    assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
 #[tokio::test]
@@ -685,4 +687,55 @@ async fn commands_travel_on_the_control_stream() {
     .unwrap();
     assert_eq!(command.id, atbus_tokio::CommandId::User(150));
     assert_eq!(&command.payload[..], b"reload please");
+}
+
+/// A shm ring name unique to this test process and call.
+fn shm_name(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("atbus-test-tokio-{tag}-{}-{n}", std::process::id())
+}
+
+/// Files under /dev/shm whose name starts with `prefix`.
+fn shm_files(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close() {
+    let name = shm_name("transfer");
+    let url = format!("shm://{name}");
+    let server = server(&[&url]).await;
+    // A live listener's ring is in use.
+    let err = Node::bind(NodeConfig::new("again").listen(url.parse().unwrap()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already has a reader"), "{err}");
+    // Small messages, then messages larger than the ring's 64 KiB record limit
+    // (split into records, reassembled by the stream decoder).
+    let small = transfer(&server, &[url.parse().unwrap()], 5000, 64).await;
+    let large = transfer(&server, &[url.parse().unwrap()], 50, 100_000).await;
+    small.close().await;
+    large.close().await;
+    server.close().await;
+    assert_eq!(shm_files(&name), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn connecting_to_a_missing_shm_listener_fails_clearly() {
+    let name = shm_name("missing");
+    let client = Node::bind(NodeConfig::new("client")).await.unwrap();
+    let err = client
+        .connect(&[format!("shm://{name}").parse().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    assert_eq!(shm_files(&name), Vec::<String>::new());
 }

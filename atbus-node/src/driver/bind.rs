@@ -17,6 +17,8 @@ pub(super) enum BoundSocket {
     UnixDatagram(std::os::unix::net::UnixDatagram, PathBuf),
     Tcp(std::net::TcpListener),
     Unix(std::os::unix::net::UnixListener, PathBuf),
+    /// A shm listener ring and its name.
+    Shm(atbus_shm::Reader, String),
 }
 
 /// Binds every listen address with the standard library (so that errors such as
@@ -71,11 +73,10 @@ pub(crate) fn bind_all(listen: &[Address]) -> Result<Vec<Bound>, NodeError> {
                     socket: BoundSocket::UnixDatagram(s, path.clone()),
                 }
             }
-            Address::Shm(_) => {
-                return Err(NodeError::Unsupported(format!(
-                    "{address}: the shm transport"
-                )));
-            }
+            Address::Shm(name) => Bound {
+                local: address.clone(),
+                socket: BoundSocket::Shm(crate::shm::bind(name).map_err(fail)?, name.clone()),
+            },
         };
         bound.push(b);
     }

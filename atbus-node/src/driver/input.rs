@@ -22,12 +22,6 @@ impl<R: Runtime> Driver<R> {
                     let _ = reply.try_send(Err(NodeError::Closed));
                     return;
                 }
-                if let Some(shm) = addresses.iter().find(|a| matches!(a, Address::Shm(_))) {
-                    let _ = reply.try_send(Err(NodeError::Unsupported(format!(
-                        "{shm}: the shm transport"
-                    ))));
-                    return;
-                }
                 let request = self.next_request;
                 self.next_request += 1;
                 self.dial_requests.insert(request, reply);
@@ -250,23 +244,21 @@ impl<R: Runtime> Driver<R> {
                 remote,
                 ..
             } => {
-                if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
-                    self.dropped_datagrams += 1;
-                    return;
+                self.accept_stream(now, remote, |driver, connection| {
+                    driver.add_stream(reader, writer, connection)
+                });
+            }
+            NetInput::ShmAccepted { link } => {
+                let remote = link.remote.clone();
+                let rings = link.ring_paths();
+                let accepted = self.accept_stream(now, remote, |driver, connection| {
+                    driver.add_shm_stream(link, connection)
+                });
+                if !accepted {
+                    for ring in rings {
+                        let _ = std::fs::remove_file(ring);
+                    }
                 }
-                let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
-                    return;
-                };
-                let handle = self.add_stream(reader, writer, connection);
-                self.pending_accepts.insert(connection);
-                self.conns.insert(
-                    connection,
-                    Conn {
-                        link: Link::Stream { handle },
-                        remote,
-                        dialed: None,
-                    },
-                );
             }
             NetInput::StreamData { handle, data } => {
                 if let Some(slot) = self.streams.get(&handle) {
@@ -286,8 +278,52 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             NetInput::Dialed { request, results } => self.on_dialed(now, request, results),
-            NetInput::Redialed { path, result } => self.on_redialed(now, path, result),
+            NetInput::Redialed { path, result } => {
+                let add = result.map(|(reader, writer)| {
+                    move |driver: &mut Self, connection| {
+                        driver.add_stream(reader, writer, connection)
+                    }
+                });
+                self.on_redialed(now, path, add);
+            }
+            NetInput::ShmRedialed { path, result } => {
+                let add = result.map(|link| {
+                    move |driver: &mut Self, connection| {
+                        driver.unix_paths.extend(link.ring_paths());
+                        driver.add_shm_stream(link, connection)
+                    }
+                });
+                self.on_redialed(now, path, add);
+            }
         }
+    }
+
+    /// Accepts a stream connection (bounded by `max_pending_accepts`); `add` makes
+    /// its slot. Returns whether it was accepted.
+    fn accept_stream(
+        &mut self,
+        now: Timestamp,
+        remote: String,
+        add: impl FnOnce(&mut Self, ConnectionId) -> u64,
+    ) -> bool {
+        if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
+            self.dropped_datagrams += 1;
+            return false;
+        }
+        let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
+            return false;
+        };
+        let handle = add(self, connection);
+        self.pending_accepts.insert(connection);
+        self.conns.insert(
+            connection,
+            Conn {
+                link: Link::Stream { handle },
+                remote,
+                dialed: None,
+            },
+        );
+        true
     }
 
     pub(super) fn on_datagram(
@@ -410,11 +446,14 @@ impl<R: Runtime> Driver<R> {
                 Ok(d) => dialed.push(d),
                 Err((address, source)) => {
                     for d in dialed {
-                        if let Dialed::Datagram {
-                            own_path: Some(p), ..
-                        } = d
-                        {
-                            let _ = std::fs::remove_file(p);
+                        match d {
+                            Dialed::Datagram {
+                                own_path: Some(p), ..
+                            } => {
+                                let _ = std::fs::remove_file(p);
+                            }
+                            Dialed::Shm { link, .. } => link.remove_rings(),
+                            _ => {}
                         }
                     }
                     let _ = reply.try_send(Err(NodeError::Dial { address, source }));
@@ -425,9 +464,9 @@ impl<R: Runtime> Driver<R> {
         let mut peer: Option<PeerId> = None;
         for d in dialed {
             let address = match &d {
-                Dialed::Datagram { address, .. } | Dialed::Stream { address, .. } => {
-                    address.clone()
-                }
+                Dialed::Datagram { address, .. }
+                | Dialed::Stream { address, .. }
+                | Dialed::Shm { address, .. } => address.clone(),
             };
             let kind = self.kind_of(&address);
             let created = match peer {
@@ -472,6 +511,13 @@ impl<R: Runtime> Driver<R> {
                 Dialed::Stream { reader, writer, .. } => Link::Stream {
                     handle: self.add_stream(reader, writer, connection),
                 },
+                Dialed::Shm { link, .. } => {
+                    // The node's close removes the rings before it answers.
+                    self.unix_paths.extend(link.ring_paths());
+                    Link::Stream {
+                        handle: self.add_shm_stream(*link, connection),
+                    }
+                }
             };
             self.conns.insert(
                 connection,
@@ -504,11 +550,12 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// A re-dialled stream path: `result` holds what makes its slot.
     pub(super) fn on_redialed(
         &mut self,
         now: Timestamp,
         path: u64,
-        result: io::Result<(R::Reader, R::Writer)>,
+        result: io::Result<impl FnOnce(&mut Self, ConnectionId) -> u64>,
     ) {
         let Some(p) = self.dialed.get_mut(&path) else {
             return;
@@ -516,7 +563,7 @@ impl<R: Runtime> Driver<R> {
         p.dialing = false;
         let peer = p.peer;
         match result {
-            Ok((reader, writer)) => {
+            Ok(add) => {
                 let Ok(connection) =
                     self.endpoint
                         .add_connection(now, peer, ConnectionKind::Stream)
@@ -527,7 +574,7 @@ impl<R: Runtime> Driver<R> {
                 let remote = p.address.to_string();
                 p.connection = Some(connection);
                 self.reconnects += 1;
-                let handle = self.add_stream(reader, writer, connection);
+                let handle = add(self, connection);
                 self.conns.insert(
                     connection,
                     Conn {

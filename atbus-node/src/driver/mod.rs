@@ -357,6 +357,16 @@ impl<R: Runtime> Driver<R> {
                         Err(_) => self.io_errors += 1,
                     }
                 }
+                BoundSocket::Shm(reader, name) => {
+                    // The listener ring goes when the node closes.
+                    self.unix_paths.extend(crate::shm::ring_path(&name));
+                    let (stop, stopped) = async_channel::bounded(1);
+                    self.listener_stops.push(stop);
+                    let net = self.net_tx.clone();
+                    if crate::shm::spawn_listener(reader, name, net, stopped).is_err() {
+                        self.io_errors += 1;
+                    }
+                }
             }
         }
     }
@@ -406,10 +416,7 @@ impl<R: Runtime> Driver<R> {
         writer: R::Writer,
         connection: ConnectionId,
     ) -> u64 {
-        let handle = self.next_handle;
-        self.next_handle += 1;
-        let (stop, stopped) = async_channel::bounded(1);
-        let (queue, queued) = async_channel::bounded(self.config.write_queue.max(1));
+        let (handle, stopped, queued) = self.new_stream_slot(connection);
         self.rt.spawn(tasks::stream_reader(
             reader,
             handle,
@@ -417,6 +424,43 @@ impl<R: Runtime> Driver<R> {
             stopped,
         ));
         self.rt.spawn(tasks::stream_writer(writer, queued));
+        handle
+    }
+
+    /// A shm connection: a stream served by its reader and writer threads.
+    fn add_shm_stream(&mut self, link: crate::shm::ShmLink, connection: ConnectionId) -> u64 {
+        let (handle, stopped, queued) = self.new_stream_slot(connection);
+        let net = self.net_tx.clone();
+        if crate::shm::spawn_connection(link, handle, net, stopped, queued).is_err() {
+            // No thread: the connection ends at once.
+            self.io_errors += 1;
+            let now = self.now();
+            let _ = self.endpoint.close_connection(
+                now,
+                connection,
+                atbus_core::CloseReason::new(
+                    atbus_core::CloseCode::PeerReset,
+                    "no thread for the shm connection",
+                ),
+            );
+        }
+        handle
+    }
+
+    /// Registers a stream connection's slot: its handle, the receiver its reader
+    /// watches for the stop, and the write queue its writer drains.
+    fn new_stream_slot(
+        &mut self,
+        connection: ConnectionId,
+    ) -> (
+        u64,
+        async_channel::Receiver<()>,
+        async_channel::Receiver<Bytes>,
+    ) {
+        let handle = self.next_handle;
+        self.next_handle += 1;
+        let (stop, stopped) = async_channel::bounded(1);
+        let (queue, queued) = async_channel::bounded(self.config.write_queue.max(1));
         self.streams.insert(
             handle,
             StreamSlot {
@@ -426,7 +470,7 @@ impl<R: Runtime> Driver<R> {
                 _stop: stop,
             },
         );
-        handle
+        (handle, stopped, queued)
     }
 
     // ----- inputs -----

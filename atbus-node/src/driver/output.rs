@@ -287,6 +287,11 @@ impl<R: Runtime> Driver<R> {
                     let rt = self.rt.clone();
                     let net = self.net_tx.clone();
                     self.rt.spawn(async move {
+                        if let Address::Shm(name) = &address {
+                            let result = crate::shm::dial(name);
+                            let _ = net.send(NetInput::ShmRedialed { path, result }).await;
+                            return;
+                        }
                         let result = tasks::dial_stream(&rt, &address).await;
                         let _ = net.send(NetInput::Redialed { path, result }).await;
                     });
