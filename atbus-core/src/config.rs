@@ -65,8 +65,8 @@ pub struct EndpointConfig {
     pub congestion_algorithm: CongestionAlgorithm,
     /// An optional cap on the data this endpoint sends, in bytes per second over all
     /// its connections: a token bucket charged with every datagram carrying data and
-    /// consulted with each connection's own pacer (`docs/congestion.md`). `None`: no
-    /// cap.
+    /// consulted with each connection's own pacer (`docs/congestion.md`). `None` (or
+    /// `Some(0)`): no cap.
     pub rate_limit: Option<u64>,
     /// How long an acknowledgement may wait for data to ride along with.
     pub ack_delay: Duration,

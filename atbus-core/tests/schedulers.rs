@@ -231,3 +231,39 @@ fn no_path_sends_what_the_peer_already_acknowledged() {
     }
     assert!(checked > 300);
 }
+
+/// A rate cap of zero means no cap (it must not let one datagram out and then
+/// block the data for ever), and weighted round robin keeps its shares when a
+/// redundant stream runs next to the round-robin one.
+#[test]
+fn a_zero_rate_cap_is_no_cap_and_mixed_schedulers_keep_the_weights() {
+    let mut a_config = config("client", 1);
+    a_config.scheduler = Scheduler::RoundRobin;
+    a_config.rate_limit = Some(0);
+    let (mut net, first) = Net::pair(a_config, config("server", 2), DATAGRAM);
+    let now = net.now;
+    let a2 = net.a.add_connection(now, first.a_peer, DATAGRAM).unwrap();
+    let b2 = net.b.accept(now, DATAGRAM).unwrap();
+    net.links.push(common::Link {
+        a: a2,
+        b: b2,
+        kind: DATAGRAM,
+    });
+    assert!(net.run_until(|n| n.connected_peer(Side::B, b2).is_some()));
+    let (peer, c1) = (first.a_peer, first.a_conn);
+    net.a.set_connection_weight(c1, 3).unwrap();
+    net.a
+        .set_stream_scheduler(peer, 2, Some(Scheduler::Redundant))
+        .unwrap();
+    for round in 0..30u64 {
+        for i in 0..12u64 {
+            send(&mut net, peer, 1, payload(1000, round * 100 + i));
+        }
+        send(&mut net, peer, 2, payload(300, round));
+        net.run_for(Duration::from_millis(200));
+    }
+    assert_eq!(net.payloads(Side::B, 1).len(), 360);
+    assert_eq!(net.payloads(Side::B, 2).len(), 30);
+    let (n1, n2) = (count(&net, c1, 1) as f64, count(&net, a2, 1) as f64);
+    assert!((n1 / n2 / 3.0 - 1.0).abs() < 0.2, "datagrams {n1}:{n2}");
+}

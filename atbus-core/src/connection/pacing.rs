@@ -16,8 +16,8 @@
 //! **Per-endpoint cap.** An endpoint with a rate cap owns one more `Pacer`, fed the
 //! cap as its rate and charged with every datagram of every connection: a datagram
 //! leaves when both its connection's pacer and the endpoint's allow it, and the
-//! connection's next send time is the later of the two. A single connection may
-//! instead pace at [`capped`]`(rate, cap)`.
+//! connection's next send time is the later of the two (pacing each connection at
+//! `min(rate, cap)` instead would let two connections send twice the cap).
 
 use std::time::Duration;
 
@@ -146,15 +146,6 @@ pub fn burst_for_mtu(mtu: usize) -> u64 {
     u64::try_from(mtu.saturating_mul(BURST_PACKETS)).unwrap_or(u64::MAX)
 }
 
-/// A connection's pacing rate under a per-endpoint cap: the smaller of the two, or
-/// whichever is set. `None` means unpaced.
-pub fn capped(rate: Option<u64>, cap: Option<u64>) -> Option<u64> {
-    match (rate, cap) {
-        (Some(rate), Some(cap)) => Some(rate.min(cap)),
-        (rate, cap) => rate.or(cap),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -276,11 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn an_endpoint_cap_is_a_second_pacer_or_the_smaller_rate() {
-        assert_eq!(capped(Some(10), Some(5)), Some(5));
-        assert_eq!(capped(None, Some(5)), Some(5));
-        assert_eq!(capped(Some(10), None), Some(10));
-        assert_eq!(capped(None, None), None);
+    fn an_endpoint_cap_is_a_second_pacer() {
         // Two connections at 600 kB/s each under a 1 MB/s endpoint cap: the cap
         // holds, and neither exceeds its own rate.
         let (rate, cap) = (600_000, 1_000_000);

@@ -52,6 +52,9 @@ pub struct SentRange {
     pub retransmit: bool,
     /// Number of the datagram (or transmit) that carried it.
     pub packet: u64,
+    /// Length of that whole datagram (it may carry other streams' frames too);
+    /// 0 until the datagram is complete.
+    pub datagram: usize,
 }
 
 /// What an acknowledgement settled on this connection.
@@ -88,6 +91,17 @@ impl InFlight {
             self.reset_only.insert((range.stream, seq));
         }
         self.ranges.insert(seq, range);
+    }
+
+    /// Records the length of datagram `packet`, just completed, on its ranges
+    /// (the newest in flight).
+    pub fn set_datagram_len(&mut self, packet: u64, len: usize) {
+        for range in self.ranges.values_mut().rev() {
+            if range.packet != packet {
+                break;
+            }
+            range.datagram = len;
+        }
     }
 
     /// Bytes in flight.
@@ -295,6 +309,7 @@ mod tests {
             bytes: 100,
             retransmit: false,
             packet: sent_ms,
+            datagram: 0,
         }
     }
 

@@ -1244,12 +1244,18 @@ impl RecvBudget<'_> {
     }
 }
 
-/// The datagrams that carried `ranges`: send time and the bytes of their frames
-/// among `ranges` (at most the datagram's size), by packet number.
+/// The datagrams that carried `ranges`: send time and length (the whole
+/// datagram's, or the bytes of its frames among `ranges` if not known), by packet
+/// number.
 fn per_datagram(ranges: &[SentRange]) -> Vec<(Timestamp, usize)> {
     let mut datagrams: BTreeMap<u64, (Timestamp, usize)> = BTreeMap::new();
     for r in ranges {
-        datagrams.entry(r.packet).or_insert((r.sent_at, 0)).1 += r.bytes;
+        let entry = datagrams.entry(r.packet).or_insert((r.sent_at, 0));
+        entry.1 = if r.datagram > 0 {
+            r.datagram
+        } else {
+            entry.1 + r.bytes
+        };
     }
     datagrams.into_values().collect()
 }

@@ -111,6 +111,7 @@ pub(crate) fn write_data_frame(
             bytes: len,
             retransmit: false,
             packet,
+            datagram: 0,
         };
         return Some((range, 0));
     }
@@ -242,6 +243,7 @@ pub(crate) fn write_data_frame(
         bytes: len,
         retransmit: any_retransmit,
         packet,
+        datagram: 0,
     };
     Some((range, specs.len()))
 }
@@ -254,12 +256,17 @@ fn ack_ranges<M: Footprint>(
     max: usize,
 ) -> Vec<(u64, u64)> {
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(max);
-    let newest_first = recent.into_iter().flatten().rev();
-    for range in newest_first.filter_map(|&o| asm.received_range_at(o)) {
+    // Each range is looked up once (an offset inside one already found is
+    // skipped): the walks cover disjoint ranges, so their cost is bounded by the
+    // assembler's pieces, whatever the offsets.
+    for &offset in recent.into_iter().flatten().rev() {
         if out.len() >= max {
             break;
         }
-        if !out.contains(&range) {
+        if out.iter().any(|&(lo, hi)| lo <= offset && offset < hi) {
+            continue;
+        }
+        if let Some(range) = asm.received_range_at(offset) {
             out.push(range);
         }
     }
@@ -597,13 +604,14 @@ impl Endpoint {
         // Pacing: data waits for the pacer (acknowledgements and pongs do not), and
         // for the endpoint's rate cap if it has one.
         let pace = c.pacing_rate();
-        let cap = self.config.rate_limit;
+        let cap = self.config.rate_limit.filter(|&rate| rate > 0);
         let paced_out = match pace {
             Some(rate) => c.pacer.next_send_time(now, c.mtu, rate),
             None => None,
         }
         .max(cap.and_then(|cap| self.rate_cap.next_send_time(now, c.mtu, cap)));
         let mut fresh: Vec<(i64, u64, u64)> = Vec::new();
+        let mut wrote_round_robin = false;
         let may_send_data = paced_out.is_none()
             && (c.state == ConnectionState::Established
                 || (c.role == Role::Initiator
@@ -691,6 +699,7 @@ impl Endpoint {
                             fresh.push((sid, sent.0.start, sent.0.end));
                         }
                         record(c, sent);
+                        wrote_round_robin |= scheduler == Scheduler::RoundRobin;
                         progress = true;
                         p.cursor = sid.saturating_add(1);
                     }
@@ -715,6 +724,10 @@ impl Endpoint {
             buf.extend_from_slice(&acks);
         }
         if buf.is_empty() {
+            if c.pmtud.is_some() {
+                // Polling PMTUD may have moved its deadline without a probe.
+                self.update_timers(id);
+            }
             return None;
         }
         if wrote_data || probes {
@@ -732,9 +745,12 @@ impl Endpoint {
                 self.rate_cap.on_sent(now, buf.len(), cap);
             }
             // The next connection's turn (round robin), once this one has sent
-            // its weight's worth in its turn.
+            // its weight's worth of round-robin data in its turn.
             let weight = c.weight;
-            if let Some(p) = peer.and_then(|p| self.peers.get_mut(&p)) {
+            if let Some(p) = peer
+                .filter(|_| wrote_round_robin)
+                .and_then(|p| self.peers.get_mut(&p))
+            {
                 if let Some(i) = p.connections.iter().position(|&x| x == id) {
                     let its_turn = p.turn % p.connections.len() == i;
                     p.turn_sent = if its_turn { p.turn_sent + 1 } else { 1 };
@@ -753,6 +769,7 @@ impl Endpoint {
                 }
             }
         }
+        c.in_flight.set_datagram_len(packet, buf.len());
         c.packets_sent += 1;
         c.last_sent = now;
         c.stats.sent_packets += 1;
