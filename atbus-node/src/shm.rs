@@ -248,12 +248,24 @@ pub(crate) fn spawn_connection<R: Runtime>(
     } = link;
     let alive = Arc::new(AtomicBool::new(true));
     let writer_alive = alive.clone();
-    std::thread::Builder::new()
-        .name("atbus-shm-write".into())
-        .spawn(move || write_loop(writer, queue, &writer_alive))?;
+    let reader_alive = alive.clone();
+    let ring_names = rings.clone();
     let spawned = std::thread::Builder::new()
-        .name("atbus-shm-read".into())
-        .spawn(move || read_loop(reader, peer_pid, &rings, handle, &net, &stop, &alive));
+        .name("atbus-shm-write".into())
+        .spawn(move || write_loop(writer, queue, &writer_alive))
+        .and_then(|_| {
+            std::thread::Builder::new()
+                .name("atbus-shm-read".into())
+                .spawn(move || {
+                    read_loop(reader, peer_pid, &rings, handle, &net, &stop, &reader_alive);
+                })
+        });
+    if spawned.is_err() {
+        // No reader will end the connection: stop the writer (if it started) and
+        // remove the rings here.
+        alive.store(false, Ordering::Release);
+        remove_rings(&ring_names);
+    }
     spawned.map(drop)
 }
 

@@ -289,7 +289,7 @@ impl<R: Runtime> Driver<R> {
             NetInput::ShmRedialed { path, result } => {
                 let add = result.map(|link| {
                     move |driver: &mut Self, connection| {
-                        driver.unix_paths.extend(link.ring_paths());
+                        driver.remember_ring_paths(link.ring_paths());
                         driver.add_shm_stream(link, connection)
                     }
                 });
@@ -513,7 +513,7 @@ impl<R: Runtime> Driver<R> {
                 },
                 Dialed::Shm { link, .. } => {
                     // The node's close removes the rings before it answers.
-                    self.unix_paths.extend(link.ring_paths());
+                    self.remember_ring_paths(link.ring_paths());
                     Link::Stream {
                         handle: self.add_shm_stream(*link, connection),
                     }

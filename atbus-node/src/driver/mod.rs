@@ -306,6 +306,14 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Remembers the ring files of a dialled shm connection, to remove at close
+    /// if its reader has not; the files already removed are forgotten, so a node
+    /// that re-dials for ever keeps a bounded list.
+    fn remember_ring_paths(&mut self, paths: Vec<PathBuf>) {
+        self.unix_paths.retain(|path| path.exists());
+        self.unix_paths.extend(paths);
+    }
+
     fn wake_instant(&self, paused: bool) -> Instant {
         let now = Instant::now();
         let mut at = self
