@@ -2491,14 +2491,7 @@ fn reconnecting_to_a_restarted_server_starts_its_streams_afresh() {
             )
             .unwrap();
         net.drain(Side::A);
-        let now = net.now;
-        let a_conn = net.a.add_connection(now, first.a_peer, kind).unwrap();
-        let b_conn = net.b.accept(now, kind).unwrap();
-        net.links.push(common::Link {
-            a: a_conn,
-            b: b_conn,
-            kind,
-        });
+        let (a_conn, _) = net.add_path(first.a_peer, kind);
         for i in 0..2 {
             send(&mut net, Side::A, first.a_peer, 1, payload(50, 50 + i));
         }
@@ -2760,17 +2753,7 @@ fn truncated_ack_ranges_cause_no_resends_on_a_reliable_path() {
     let mut b_config = config("server", 2);
     b_config.max_ack_ranges = 2;
     let (mut net, first) = Net::pair(config("client", 1), b_config, DATAGRAM);
-    let now = net.now;
-    let s_a = net
-        .a
-        .add_connection(now, first.a_peer, ConnectionKind::Stream)
-        .unwrap();
-    let s_b = net.b.accept(now, ConnectionKind::Stream).unwrap();
-    net.links.push(common::Link {
-        a: s_a,
-        b: s_b,
-        kind: ConnectionKind::Stream,
-    });
+    let (s_a, s_b) = net.add_path(first.a_peer, ConnectionKind::Stream);
     assert!(net.run_until(|n| n.connected_peer(Side::B, s_b).is_some()));
     net.settle();
     let d_a = first.a_conn;
@@ -2815,14 +2798,7 @@ fn min_rtt_pacing_does_not_spill_a_light_flow_to_the_slow_path() {
         let mut a_config = config("client", 1);
         a_config.congestion_algorithm = algo;
         let (mut net, first) = Net::pair(a_config, config("server", 2), DATAGRAM);
-        let now = net.now;
-        let a2 = net.a.add_connection(now, first.a_peer, DATAGRAM).unwrap();
-        let b2 = net.b.accept(now, DATAGRAM).unwrap();
-        net.links.push(common::Link {
-            a: a2,
-            b: b2,
-            kind: DATAGRAM,
-        });
+        let (a2, b2) = net.add_path(first.a_peer, DATAGRAM);
         // The second path is 40 ms slower each way.
         net.fate = Box::new(move |d| {
             if (d.from == Side::A && d.connection == a2)
@@ -2966,14 +2942,7 @@ fn a_late_hello_of_an_older_session_leaves_the_current_one_alone() {
         .events(Side::B)
         .any(|e| matches!(e, Event::PeerLost { peer, .. } if *peer == pair.b_peer));
     // The live session 6 opens another path.
-    let now = net.now;
-    let a2 = net.a.add_connection(now, pair.a_peer, DATAGRAM).unwrap();
-    let b2 = net.b.accept(now, DATAGRAM).unwrap();
-    net.links.push(common::Link {
-        a: a2,
-        b: b2,
-        kind: DATAGRAM,
-    });
+    let (_, b2) = net.add_path(pair.a_peer, DATAGRAM);
     net.run_for(Duration::from_secs(1));
     let info = net.b.connection_info(b2).map(|i| i.state);
     assert!(!lost, "a stale hello of session 5 dropped session 6's peer");

@@ -24,14 +24,7 @@ fn two_paths(a_scheduler: Scheduler, extra: Duration) -> (Net, PeerId, Connectio
     let mut a_config = config("client", 1);
     a_config.scheduler = a_scheduler;
     let (mut net, first) = Net::pair(a_config, config("server", 2), DATAGRAM);
-    let now = net.now;
-    let a2 = net.a.add_connection(now, first.a_peer, DATAGRAM).unwrap();
-    let b2 = net.b.accept(now, DATAGRAM).unwrap();
-    net.links.push(common::Link {
-        a: a2,
-        b: b2,
-        kind: DATAGRAM,
-    });
+    let (a2, b2) = net.add_path(first.a_peer, DATAGRAM);
     if !extra.is_zero() {
         net.fate = Box::new(move |d| {
             if (d.from == Side::A && d.connection == a2)
@@ -241,14 +234,7 @@ fn a_zero_rate_cap_is_no_cap_and_mixed_schedulers_keep_the_weights() {
     a_config.scheduler = Scheduler::RoundRobin;
     a_config.rate_limit = Some(0);
     let (mut net, first) = Net::pair(a_config, config("server", 2), DATAGRAM);
-    let now = net.now;
-    let a2 = net.a.add_connection(now, first.a_peer, DATAGRAM).unwrap();
-    let b2 = net.b.accept(now, DATAGRAM).unwrap();
-    net.links.push(common::Link {
-        a: a2,
-        b: b2,
-        kind: DATAGRAM,
-    });
+    let (a2, b2) = net.add_path(first.a_peer, DATAGRAM);
     assert!(net.run_until(|n| n.connected_peer(Side::B, b2).is_some()));
     let (peer, c1) = (first.a_peer, first.a_conn);
     net.a.set_connection_weight(c1, 3).unwrap();

@@ -219,6 +219,18 @@ impl Net {
         (peer, a, b)
     }
 
+    /// `A` opens another connection to `peer` (multi-path), `B` accepts it;
+    /// returns both ends. Nothing is drained yet.
+    pub fn add_path(&mut self, peer: PeerId, kind: ConnectionKind) -> (ConnectionId, ConnectionId) {
+        let a = self
+            .a
+            .add_connection(self.now, peer, kind)
+            .expect("add_connection");
+        let b = self.b.accept(self.now, kind).expect("accept");
+        self.links.push(Link { a, b, kind });
+        (a, b)
+    }
+
     /// Runs until both sides report `PeerConnected` for the newest link.
     pub fn establish(&mut self, kind: ConnectionKind) -> Pair {
         let (a_peer, a_conn, b_conn) = self.connect(kind);
