@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use atbus_node::testing::{payload, receive_numbered, send_numbered};
-use atbus_smol::{Address, Event, Node, NodeConfig, PeerId, SendOptions};
+use atbus_smol::{Address, Node, NodeConfig, PeerId, SendOptions};
 use smol::future;
 
 fn run<T>(test: impl std::future::Future<Output = T>) -> T {
@@ -200,20 +200,7 @@ fn a_dropped_tcp_connection_is_redialled_and_the_transfer_completes() {
                 }
                 client.finish(peer, 1).await.unwrap();
             };
-            let receiving = async {
-                let mut next = 0;
-                loop {
-                    match server.recv().await.unwrap() {
-                        Event::Message { message, .. } => {
-                            assert_eq!(message.payload, payload(next, 1500), "message {next}");
-                            next += 1;
-                        }
-                        Event::StreamFinished { .. } => break,
-                        _ => {}
-                    }
-                }
-                assert_eq!(next, count);
-            };
+            let receiving = receive_numbered(&server, count, 1500);
             future::zip(sending, receiving).await;
         };
         timeout(LIMIT, run).await.expect("in time");
@@ -299,20 +286,7 @@ fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives() {
             }
             client.finish(peer, 1).await.unwrap();
         };
-        let receiving = async {
-            let mut next = 0;
-            loop {
-                match server.recv().await.unwrap() {
-                    Event::Message { message, .. } => {
-                        assert_eq!(message.payload, payload(next, 1500), "message {next}");
-                        next += 1;
-                    }
-                    Event::StreamFinished { .. } => break,
-                    _ => {}
-                }
-            }
-            assert_eq!(next, count);
-        };
+        let receiving = receive_numbered(&server, count, 1500);
         timeout(LIMIT, future::zip(sending, receiving))
             .await
             .expect("in time");

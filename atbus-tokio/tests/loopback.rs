@@ -198,20 +198,7 @@ async fn a_dropped_tcp_connection_is_redialled_and_the_transfer_completes() {
             }
             client.finish(peer, 1).await.unwrap();
         };
-        let receiving = async {
-            let mut next = 0;
-            loop {
-                match server.recv().await.unwrap() {
-                    Event::Message { message, .. } => {
-                        assert_eq!(message.payload, payload(next, 1500), "message {next}");
-                        next += 1;
-                    }
-                    Event::StreamFinished { .. } => break,
-                    _ => {}
-                }
-            }
-            assert_eq!(next, count);
-        };
+        let receiving = receive_numbered(&server, count, 1500);
         tokio::join!(sending, receiving);
     };
     tokio::time::timeout(LIMIT, run).await.expect("in time");
@@ -294,20 +281,7 @@ async fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives() {
             }
             client.finish(peer, 1).await.unwrap();
         };
-        let receiving = async {
-            let mut next = 0;
-            loop {
-                match server.recv().await.unwrap() {
-                    Event::Message { message, .. } => {
-                        assert_eq!(message.payload, payload(next, 1500), "message {next}");
-                        next += 1;
-                    }
-                    Event::StreamFinished { .. } => break,
-                    _ => {}
-                }
-            }
-            assert_eq!(next, count);
-        };
+        let receiving = receive_numbered(&server, count, 1500);
         tokio::join!(sending, receiving);
     };
     tokio::time::timeout(LIMIT, run).await.expect("in time");
@@ -453,20 +427,7 @@ async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives()
         }
         client.finish(peer, 1).await.unwrap();
     };
-    let receiving = async {
-        let mut next = 0;
-        loop {
-            match server.recv().await.unwrap() {
-                Event::Message { message, .. } => {
-                    assert_eq!(message.payload, payload(next, 2000), "message {next}");
-                    next += 1;
-                }
-                Event::StreamFinished { .. } => break,
-                _ => {}
-            }
-        }
-        assert_eq!(next, count);
-    };
+    let receiving = receive_numbered(&server, count, 2000);
     tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
         .await
         .expect("in time");
@@ -493,20 +454,7 @@ async fn send_many_queues_batches_in_order_past_a_full_window() {
         }
         client.finish(peer, 1).await.unwrap();
     };
-    let receiving = async {
-        let mut next = 0;
-        loop {
-            match server.recv().await.unwrap() {
-                Event::Message { message, .. } => {
-                    assert_eq!(message.payload, payload(next, 900), "message {next}");
-                    next += 1;
-                }
-                Event::StreamFinished { .. } => break,
-                _ => {}
-            }
-        }
-        assert_eq!(next, batches * per_batch);
-    };
+    let receiving = receive_numbered(&server, batches * per_batch, 900);
     tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
         .await
         .expect("in time");
@@ -619,20 +567,7 @@ async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes() 
         }
         client.finish(peer, 1).await.unwrap();
     };
-    let receiving = async {
-        let mut next = 0;
-        loop {
-            match server.recv().await.unwrap() {
-                Event::Message { message, .. } => {
-                    assert_eq!(message.payload, payload(next, 1000), "message {next}");
-                    next += 1;
-                }
-                Event::StreamFinished { .. } => break,
-                _ => {}
-            }
-        }
-        assert_eq!(next, count);
-    };
+    let receiving = receive_numbered(&server, count, 1000);
     tokio::time::timeout(LIMIT, async { tokio::join!(sending, receiving) })
         .await
         .expect("in time");
