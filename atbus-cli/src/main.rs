@@ -50,34 +50,8 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct SimArgs {
-    /// A path: comma-separated key=value (delay=30ms, jitter=5ms, loss=2%, burst=N,
-    /// dup=0.1%, reorder=1%, corrupt=0.1%, mtu=1200, bw=20mbit, queue=64kb,
-    /// down=2s-5s (repeatable), mtu_at=10s:1200 (the link's MTU from 10 s on;
-    /// repeatable), pmtud=on (the endpoint starts at 548 and discovers the link's
-    /// MTU, up to 1452)). Repeat for several paths. Default: one path, delay=25ms.
-    #[arg(long = "path", value_name = "SPEC")]
-    paths: Vec<String>,
-    /// Messages the client sends.
-    #[arg(long, default_value_t = 100)]
-    messages: u64,
-    /// Message size in bytes: N, or MIN-MAX drawn uniformly.
-    #[arg(long, default_value = "1000", value_name = "N|MIN-MAX")]
-    size: String,
-    /// Time between two sends (us, ms, s); 0 sends everything at once.
-    #[arg(long, default_value = "10ms", value_name = "DUR")]
-    interval: String,
-    /// Streams the messages are spread over (round robin).
-    #[arg(long, default_value_t = 1)]
-    streams: u32,
-    /// The receiver echoes each message; latency is the round trip.
-    #[arg(long)]
-    echo: bool,
-    /// Seed of every random draw (payloads, links).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Virtual time after which the run stops.
-    #[arg(long, default_value = "600s", value_name = "DUR")]
-    time_limit: String,
+    #[command(flatten)]
+    scenario: atbus_sim::ScenarioFlags,
     /// Multi-path scheduler of both endpoints: min-rtt, redundant or round-robin.
     #[arg(long, default_value = "min-rtt", value_name = "S")]
     scheduler: String,
@@ -133,16 +107,8 @@ fn report(command: &str, result: Result<ExitCode, transfer::Failure>) -> ExitCod
 }
 
 fn sim(args: &SimArgs) -> Result<ExitCode, String> {
-    let scenario = atbus_sim::ScenarioFlags {
-        paths: args.paths.clone(),
-        messages: args.messages,
-        size: args.size.clone(),
-        interval: args.interval.clone(),
-        streams: args.streams,
-        echo: args.echo,
-        seed: args.seed,
-        time_limit: args.time_limit.clone(),
-    }
+    let scenario = args
+        .scenario
     .scenario()?;
     let min_mtu = atbus_core::config::MIN_MTU;
     if let Some(path) = scenario.paths.iter().find(|p| p.mtu < min_mtu) {

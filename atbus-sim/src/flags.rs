@@ -8,23 +8,49 @@ use crate::{LinkConfig, Scenario, SizeRange};
 /// A scenario as command-line flags spell it: `--path SPEC...`, `--messages`,
 /// `--size N|MIN-MAX`, `--interval DUR`, `--streams`, `--echo`, `--seed`,
 /// `--time-limit DUR`.
+///
+/// With the `clap` feature it is a [`clap::Args`], so every command taking a
+/// scenario (`atbus sim`, the peer comparison) flattens this one definition: same
+/// names, help, defaults and parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ScenarioFlags {
-    /// Path SPECs (none: one default path).
+    /// A path: comma-separated key=value (delay=30ms, jitter=5ms, loss=2%, burst=N,
+    /// dup=0.1%, reorder=1%, corrupt=0.1%, mtu=1200, bw=20mbit, queue=64kb,
+    /// down=2s-5s (repeatable), mtu_at=10s:1200 (the link's MTU from 10 s on;
+    /// repeatable), pmtud=on (the endpoint starts at 548 and discovers the link's
+    /// MTU, up to 1452)). Repeat for several paths. Default: one path, delay=25ms.
+    #[cfg_attr(feature = "clap", arg(long = "path", value_name = "SPEC"))]
     pub paths: Vec<String>,
     /// Messages the client sends.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 100))]
     pub messages: u64,
-    /// `N` or `MIN-MAX` bytes.
+    /// Message size in bytes: N, or MIN-MAX drawn uniformly.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value = "1000", value_name = "N|MIN-MAX")
+    )]
     pub size: String,
-    /// Time between two sends (`0`, or a number with us / ms / s).
+    /// Time between two sends (us, ms, s); 0 sends everything at once.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value = "10ms", value_name = "DUR")
+    )]
     pub interval: String,
-    /// Streams the messages are spread over.
+    /// Streams the messages are spread over (round robin).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
     pub streams: u32,
-    /// The receiver echoes every message.
+    /// The receiver echoes each message; latency is the round trip.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub echo: bool,
-    /// Seed of every random draw.
+    /// Seed of every random draw (payloads, links).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 1))]
     pub seed: u64,
     /// Virtual time after which the run stops.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, default_value = "600s", value_name = "DUR")
+    )]
     pub time_limit: String,
 }
 

@@ -28,32 +28,9 @@ struct Args {
     /// The transport: atbus, kcp or quinn.
     #[arg(long, default_value = "atbus")]
     transport: Peer,
-    /// The path: comma-separated key=value (delay=30ms, jitter=5ms, loss=2%, burst=N,
-    /// dup=0.1%, reorder=1%, corrupt=0.1%, mtu=1200, bw=20mbit, queue=64kb,
-    /// down=2s-5s). Default: delay=25ms. KCP and quinn are single-path: give one.
-    #[arg(long = "path", value_name = "SPEC")]
-    paths: Vec<String>,
-    /// Messages the client sends.
-    #[arg(long, default_value_t = 100)]
-    messages: u64,
-    /// Message size in bytes: N, or MIN-MAX drawn uniformly.
-    #[arg(long, default_value = "1000", value_name = "N|MIN-MAX")]
-    size: String,
-    /// Time between two sends (us, ms, s); 0 sends everything at once.
-    #[arg(long, default_value = "10ms", value_name = "DUR")]
-    interval: String,
-    /// Streams the messages are spread over (round robin).
-    #[arg(long, default_value_t = 1)]
-    streams: u32,
-    /// The receiver echoes each message; latency is the round trip.
-    #[arg(long)]
-    echo: bool,
-    /// Seed of every random draw (payloads, links).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Virtual time after which the run stops.
-    #[arg(long, default_value = "600s", value_name = "DUR")]
-    time_limit: String,
+    // The scenario (KCP and quinn are single-path: give one --path).
+    #[command(flatten)]
+    scenario: atbus_sim::ScenarioFlags,
     /// Print one JSON object instead of a summary.
     #[arg(long)]
     json: bool,
@@ -84,22 +61,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn scenario(args: &Args) -> Result<atbus_sim::Scenario, String> {
-    atbus_sim::ScenarioFlags {
-        paths: args.paths.clone(),
-        messages: args.messages,
-        size: args.size.clone(),
-        interval: args.interval.clone(),
-        streams: args.streams,
-        echo: args.echo,
-        seed: args.seed,
-        time_limit: args.time_limit.clone(),
-    }
-    .scenario()
-}
-
 fn run(args: &Args) -> Result<ExitCode, String> {
-    let scenario = scenario(args)?;
+    let scenario = args.scenario.scenario()?;
     let settings = Settings {
         kcp: KcpConfig {
             send_window: args.kcp_window,
@@ -386,9 +349,9 @@ fn plot_all(
         "{} x {} B every {}{}, {}, {}",
         scenario.messages,
         scenario.size,
-        args.interval,
+        args.scenario.interval,
         if scenario.echo { " echoed" } else { "" },
-        args.paths.first().map_or("delay=25ms", String::as_str),
+        args.scenario.paths.first().map_or("delay=25ms", String::as_str),
         seeds
     );
     plot::latency_ccdf(file, &title, &series)?;
