@@ -107,9 +107,7 @@ fn report(command: &str, result: Result<ExitCode, transfer::Failure>) -> ExitCod
 }
 
 fn sim(args: &SimArgs) -> Result<ExitCode, String> {
-    let scenario = args
-        .scenario
-    .scenario()?;
+    let scenario = args.scenario.scenario()?;
     let min_mtu = atbus_core::config::MIN_MTU;
     if let Some(path) = scenario.paths.iter().find(|p| p.mtu < min_mtu) {
         return Err(format!(

@@ -1,6 +1,8 @@
 //! Runtime-neutral pieces of the adapters' loopback tests (the `testing`
-//! feature): numbered payloads, and the two halves of a transfer, to run
-//! together under each runtime's own timeout.
+//! feature): numbered payloads, the two halves of a transfer, and the
+//! [`scenarios`] every adapter runs through [`loopback_tests!`](crate::loopback_tests).
+
+pub mod scenarios;
 
 use bytes::Bytes;
 

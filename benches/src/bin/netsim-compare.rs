@@ -351,7 +351,10 @@ fn plot_all(
         scenario.size,
         args.scenario.interval,
         if scenario.echo { " echoed" } else { "" },
-        args.scenario.paths.first().map_or("delay=25ms", String::as_str),
+        args.scenario
+            .paths
+            .first()
+            .map_or("delay=25ms", String::as_str),
         seeds
     );
     plot::latency_ccdf(file, &title, &series)?;

@@ -1,0 +1,747 @@
+//! The adapters' loopback scenarios, written once against [`Runtime`]: each is an
+//! `async fn(R)` that binds nodes on real loopback sockets, drives them and panics
+//! on any failure. [`loopback_tests!`](crate::loopback_tests) turns every one into
+//! a `#[test]` of the adapter crate that invokes it, so tokio and smol run the
+//! same list. Every wait is bounded by [`LIMIT`].
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::future;
+
+use super::{payload, receive_numbered, send_numbered};
+use crate::runtime::Runtime;
+use crate::{Address, CommandId, Event, Node, NodeConfig, PeerId, SendOptions};
+
+/// How long any scenario waits for a transfer or an event before failing.
+pub const LIMIT: Duration = Duration::from_secs(30);
+
+/// `fut`'s output, or a panic if it takes longer than [`LIMIT`].
+async fn within<R: Runtime, T>(rt: &R, fut: impl Future<Output = T>) -> T {
+    let deadline = rt.sleep_until(Instant::now() + LIMIT);
+    future::or(async { Some(fut.await) }, async {
+        deadline.await;
+        None
+    })
+    .await
+    .expect("finished in time")
+}
+
+/// Waits `duration` on the runtime's timer.
+async fn sleep<R: Runtime>(rt: &R, duration: Duration) {
+    rt.sleep_until(Instant::now() + duration).await
+}
+
+fn bind<R: Runtime + Clone>(rt: &R, config: NodeConfig) -> Result<Node, crate::NodeError> {
+    Node::start(config, rt.clone())
+}
+
+fn server<R: Runtime + Clone>(rt: &R, listen: &[&str]) -> Node {
+    let mut config = NodeConfig::new("server");
+    for a in listen {
+        config = config.listen(a.parse().unwrap());
+    }
+    bind(rt, config).expect("bind")
+}
+
+fn addresses(node: &Node) -> Vec<Address> {
+    node.local_addresses().to_vec()
+}
+
+/// Sends `count` messages of `size` bytes from a new client to `server` over
+/// `addresses`, finishes the stream, and checks every message arrives once, in
+/// order. Returns the client (dropping it closes its connections).
+async fn transfer<R: Runtime + Clone>(
+    rt: &R,
+    server: &Node,
+    addresses: &[Address],
+    count: u32,
+    size: usize,
+) -> Node {
+    let client = bind(rt, NodeConfig::new("client")).expect("bind");
+    let peer = client.connect(addresses).await.expect("connect");
+    let sending = send_numbered(&client, peer, count, size);
+    let receiving = receive_numbered(server, count, size);
+    within(rt, future::zip(sending, receiving)).await;
+    client
+}
+
+/// Sends messages `0..count` of `size` bytes on stream 1, calling `midway` after
+/// message `count / 2`, and receives them at `server` once and in order.
+async fn transfer_around<R: Runtime + Clone, M: Future<Output = ()>>(
+    rt: &R,
+    client: &Node,
+    peer: PeerId,
+    server: &Node,
+    (count, size): (u32, usize),
+    midway: impl FnOnce() -> M,
+) {
+    let sending = async {
+        let mut midway = Some(midway);
+        for i in 0..count {
+            client
+                .send(peer, 1, payload(i, size), SendOptions::default())
+                .await
+                .unwrap();
+            if i == count / 2 {
+                if let Some(midway) = midway.take() {
+                    midway().await;
+                }
+            }
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = receive_numbered(server, count, size);
+    within(rt, future::zip(sending, receiving)).await;
+}
+
+/// A ring name unique to this test process and call.
+fn shm_name(tag: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("atbus-test-{tag}-{}-{n}", std::process::id())
+}
+
+/// Files under /dev/shm whose name starts with `prefix`.
+fn shm_files(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A byte stream a [`CuttableProxy`] can pipe and cut.
+trait Pipe: Read + Write + Send + Sized + 'static {
+    fn duplicate(&self) -> std::io::Result<Self>;
+    fn cut(&self);
+}
+
+impl Pipe for TcpStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn cut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Pipe for UnixStream {
+    fn duplicate(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+    fn cut(&self) {
+        let _ = self.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A stream proxy on threads whose connections can be cut, like a network
+/// failure.
+struct CuttableProxy<S> {
+    live: Arc<Mutex<Vec<S>>>,
+}
+
+impl<S: Pipe> CuttableProxy<S> {
+    /// Accepts with `accept` (on a thread of its own) and pipes each client to
+    /// a new connection made by `connect`.
+    fn start(
+        mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+        connect: impl Fn() -> std::io::Result<S> + Send + 'static,
+    ) -> CuttableProxy<S> {
+        let live = Arc::new(Mutex::new(Vec::new()));
+        let registry = live.clone();
+        std::thread::spawn(move || {
+            loop {
+                let Ok(client) = accept() else { return };
+                let Ok(server) = connect() else { continue };
+                let (Ok(c2), Ok(s2)) = (client.duplicate(), server.duplicate()) else {
+                    continue;
+                };
+                let (Ok(c3), Ok(s3)) = (client.duplicate(), server.duplicate()) else {
+                    continue;
+                };
+                registry.lock().unwrap().extend([client, server]);
+                for (mut from, mut to) in [(c2, s2), (s3, c3)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        to.cut();
+                    });
+                }
+            }
+        });
+        CuttableProxy { live }
+    }
+
+    /// Cuts every connection through the proxy.
+    fn cut(&self) {
+        for stream in self.live.lock().unwrap().drain(..) {
+            stream.cut();
+        }
+    }
+}
+
+/// A UDP relay on threads that can black-hole everything for a while: its
+/// address, and the switch.
+fn pausable_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+    let address = front.local_addr().unwrap();
+    let blocked = Arc::new(AtomicBool::new(false));
+    let client = Arc::new(Mutex::new(None));
+    for forward in [true, false] {
+        let (front, back, blocked, client) =
+            (front.clone(), back.clone(), blocked.clone(), client.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            let (from, to) = if forward {
+                (&front, &back)
+            } else {
+                (&back, &front)
+            };
+            while let Ok((n, source)) = from.recv_from(&mut buf) {
+                if forward {
+                    *client.lock().unwrap() = Some(source);
+                }
+                if blocked.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let dest = if forward {
+                    Some(target)
+                } else {
+                    *client.lock().unwrap()
+                };
+                if let Some(dest) = dest {
+                    let _ = to.send_to(&buf[..n], dest);
+                }
+            }
+        });
+    }
+    (address, blocked)
+}
+
+/// 2000 messages of 3000 B over UDP arrive once and in order.
+pub async fn udp_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["udp://127.0.0.1:0"]);
+    let client = transfer(&rt, &server, &addresses(&server), 2000, 3000).await;
+    client.close().await;
+    server.close().await;
+}
+
+/// PMTUD is on by default: the path starts at 548 bytes and probes upward;
+/// loopback carries the configured maximum, 1452.
+pub async fn a_udp_path_discovers_an_mtu_above_the_ipv4_base<R: Runtime + Clone>(rt: R) {
+    use atbus_core::connection::pmtud::{DEFAULT_MAX, IPV4_BASE};
+    let server = server(&rt, &["udp://127.0.0.1:0"]);
+    let client = transfer(&rt, &server, &addresses(&server), 200, 3000).await;
+    let mtu = within(&rt, async {
+        loop {
+            let mtu = client.stats().await.unwrap().paths[0].info.mtu;
+            if mtu > IPV4_BASE {
+                break mtu;
+            }
+            future::yield_now().await;
+        }
+    })
+    .await;
+    assert_eq!(mtu, DEFAULT_MAX);
+    let stats = client.stats().await.unwrap();
+    let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
+    assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
+    client.close().await;
+    server.close().await;
+}
+
+/// A transfer over IPv6 loopback (skipped where there is none).
+pub async fn udp_over_ipv6_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) {
+    let Ok(server) = bind(
+        &rt,
+        NodeConfig::new("server").listen("udp://[::1]:0".parse().unwrap()),
+    ) else {
+        eprintln!("no IPv6 loopback here; skipped");
+        return;
+    };
+    transfer(&rt, &server, &addresses(&server), 500, 2000).await;
+}
+
+/// 2000 messages of 3000 B over TCP arrive once and in order.
+pub async fn tcp_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    transfer(&rt, &server, &addresses(&server), 2000, 3000).await;
+}
+
+/// Transfers over a Unix stream socket and a Unix datagram socket.
+pub async fn unix_stream_and_datagram_transfers_arrive_in_order<R: Runtime + Clone>(rt: R) {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = format!("unix://{}", dir.path().join("s.sock").display());
+    let dgram = format!("unixgram://{}", dir.path().join("d.sock").display());
+    let server = server(&rt, &[&stream, &dgram]);
+    transfer(&rt, &server, &[stream.parse().unwrap()], 1000, 5000).await;
+    transfer(&rt, &server, &[dgram.parse().unwrap()], 1000, 5000).await;
+}
+
+/// A peer reached over UDP and TCP at once sends on both paths.
+pub async fn multi_path_udp_and_tcp_peer_uses_both_paths<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
+    let client = transfer(&rt, &server, &addresses(&server), 3000, 2000).await;
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.paths.len(), 2, "{stats:?}");
+    assert!(stats.paths.iter().all(|p| p.info.stats.sent_packets > 0));
+}
+
+/// Binding a taken address, dialling a closed port or a missing ring: clear
+/// errors.
+pub async fn connecting_to_nothing_or_binding_twice_fails_clearly<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let taken = addresses(&server)[0].clone();
+    let err = bind(&rt, NodeConfig::new("x").listen(taken)).unwrap_err();
+    assert!(err.to_string().contains("cannot listen on"), "{err}");
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let err = client
+        .connect(&["tcp://127.0.0.1:1".parse().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("cannot connect to tcp://127.0.0.1:1"),
+        "{err}"
+    );
+    let nothing: Address = format!("shm://{}", shm_name("nothing")).parse().unwrap();
+    let err = client.connect(&[nothing]).await.unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+}
+
+/// Malformed datagrams during a transfer are counted and dropped.
+pub async fn garbage_datagrams_are_dropped_and_the_node_keeps_serving<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["udp://127.0.0.1:0"]);
+    let Address::Udp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let flood = async {
+        for i in 0..2000u32 {
+            let mut junk = vec![0xffu8; (i as usize * 7) % 1400 + 1];
+            junk[0] = 3; // version 3, then a huge varint length
+            let _ = garbage.send_to(&junk, target);
+            if i % 50 == 0 {
+                future::yield_now().await;
+            }
+        }
+    };
+    let to = addresses(&server);
+    let (client, ()) = future::zip(transfer(&rt, &server, &to, 1000, 1000), flood).await;
+    drop(client);
+    let stats = server.stats().await.unwrap();
+    let malformed: u64 = stats.paths.iter().map(|p| p.info.stats.malformed).sum();
+    assert!(malformed > 0 || stats.dropped_datagrams > 0, "{stats:?}");
+}
+
+/// A huge declared length and a truncated frame close only their own TCP
+/// connections.
+pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let Address::Tcp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let mut hostile = TcpStream::connect(target).unwrap();
+    hostile
+        .write_all(&[3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 1, 2, 3])
+        .unwrap();
+    let mut truncated = TcpStream::connect(target).unwrap();
+    truncated.write_all(&[3, 40, 1, 2]).unwrap();
+    drop(truncated);
+    transfer(&rt, &server, &addresses(&server), 500, 1000).await;
+    drop(hostile);
+}
+
+/// Closing the only TCP connection mid-transfer: it is redialled and nothing is
+/// lost.
+pub async fn a_dropped_tcp_connection_is_redialled_and_the_transfer_completes<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    transfer_around(&rt, &client, peer, &server, (3000, 1500), || async {
+        let stats = client.stats().await.unwrap();
+        client
+            .close_connection(stats.paths[0].connection)
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
+
+/// The dedicated I/O thread option serves like the shared runtime.
+pub async fn a_node_on_a_dedicated_thread_serves_like_any_other<R: Runtime + Clone>(rt: R) {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.dedicated_thread = true;
+    let server = bind(&rt, config).unwrap();
+    transfer(&rt, &server, &addresses(&server), 1000, 1000).await;
+}
+
+/// A TCP connection cut by the network mid-transfer: redialled, nothing lost.
+pub async fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives<R: Runtime + Clone>(
+    rt: R,
+) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let Address::Tcp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = listener.local_addr().unwrap();
+    let proxy = CuttableProxy::start(
+        move || listener.accept().map(|(s, _)| s),
+        move || TcpStream::connect(target),
+    );
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client.connect(&[Address::Tcp(front)]).await.unwrap();
+    transfer_around(&rt, &client, peer, &server, (4000, 1500), || async {
+        proxy.cut()
+    })
+    .await;
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
+
+/// A Unix stream connection cut mid-transfer: redialled, nothing lost.
+pub async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("server.sock");
+    let front = dir.path().join("proxy.sock");
+    let server = server(&rt, &[&format!("unix://{}", target.display())]);
+    let listener = UnixListener::bind(&front).unwrap();
+    let proxy = CuttableProxy::start(
+        move || listener.accept().map(|(s, _)| s),
+        move || UnixStream::connect(&target),
+    );
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client
+        .connect(&[format!("unix://{}", front.display()).parse().unwrap()])
+        .await
+        .unwrap();
+    transfer_around(&rt, &client, peer, &server, (3000, 2000), || async {
+        proxy.cut()
+    })
+    .await;
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
+
+/// Garbage from 32 ports cannot hold the pending-accept slots against a real
+/// client.
+pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Runtime + Clone>(
+    rt: R,
+) {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.max_pending_accepts = 4;
+    let server = bind(&rt, config).unwrap();
+    let to = addresses(&server);
+    let Address::Udp(target) = to[0] else {
+        unreachable!()
+    };
+    let flooders: Vec<_> = (0..32)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooding = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let junk = vec![(i % 7) as u8 + 1; i % 900 + 1];
+                let _ = flooders[i % 32].send_to(&junk, target);
+                i += 1;
+                if i % 32 == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        })
+    };
+    // Kept alive until the stats are read: dropping it closes its connection.
+    let client = transfer(&rt, &server, &to, 1000, 1000).await;
+    stop.store(true, Ordering::Relaxed);
+    flooding.join().unwrap();
+    let stats = server.stats().await.unwrap();
+    assert!(stats.dropped_datagrams > 0, "{stats:?}");
+    // The real client's connection is the one established; garbage from the end
+    // of the flood may still hold (at most) the pending-accept slots or be
+    // flushing its close.
+    use atbus_core::ConnectionState;
+    let count = |state| stats.paths.iter().filter(|p| p.info.state == state).count();
+    assert_eq!(count(ConnectionState::Established), 1, "{:?}", stats.paths);
+    assert!(
+        count(ConnectionState::Handshaking) <= 4,
+        "{:?}",
+        stats.paths
+    );
+    client.close().await;
+}
+
+/// A reader that pauses now and then, with an event queue of 8: the node waits
+/// for it and loses nothing.
+pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + Clone>(rt: R) {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.event_capacity = 8;
+    let server = bind(&rt, config).unwrap();
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let count = 3000u32;
+    let sending = async {
+        for i in 0..count {
+            client
+                .send(peer, 1, payload(i, 700), SendOptions::default())
+                .await
+                .unwrap();
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = async {
+        let mut next = 0;
+        loop {
+            match server.recv().await.unwrap() {
+                Event::Message { message, .. } => {
+                    assert_eq!(message.payload, payload(next, 700), "message {next}");
+                    next += 1;
+                    if next % 200 == 0 {
+                        sleep(&rt, Duration::from_millis(20)).await;
+                    }
+                }
+                Event::StreamFinished { .. } => break,
+                _ => {}
+            }
+        }
+        assert_eq!(next, count);
+    };
+    within(&rt, future::zip(sending, receiving)).await;
+}
+
+/// `send_many` batches queue past a full 64 KiB stream window, in order.
+pub async fn send_many_queues_batches_in_order_past_a_full_window<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let mut config = NodeConfig::new("client");
+    config.endpoint.stream_send_window = 64 * 1024;
+    let client = bind(&rt, config).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let (batches, per_batch) = (50u32, 100u32);
+    let sending = async {
+        for b in 0..batches {
+            let batch = (0..per_batch)
+                .map(|i| payload(b * per_batch + i, 900))
+                .collect();
+            client
+                .send_many(peer, 1, batch, SendOptions::default())
+                .await
+                .unwrap();
+        }
+        client.finish(peer, 1).await.unwrap();
+    };
+    let receiving = receive_numbered(&server, batches * per_batch, 900);
+    within(&rt, future::zip(sending, receiving)).await;
+}
+
+/// A UDP port that never answers: the handshake times out with a clear error.
+pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(300);
+    let client = bind(&rt, config).unwrap();
+    let err = client
+        .connect(&[Address::Udp(silent.local_addr().unwrap())])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("timed out"), "{err}");
+}
+
+/// A wrong token is rejected with a clear error; the right one is accepted.
+pub async fn a_peer_without_the_right_token_is_rejected_clearly<R: Runtime + Clone>(rt: R) {
+    let mut config = NodeConfig::new("server").listen("tcp://127.0.0.1:0".parse().unwrap());
+    config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
+    let server = bind(&rt, config).unwrap();
+    let mut wrong = NodeConfig::new("intruder");
+    wrong.endpoint.token = Bytes::from_static(b"guess");
+    let intruder = bind(&rt, wrong).unwrap();
+    let err = intruder.connect(&addresses(&server)).await.unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
+    let mut right = NodeConfig::new("client");
+    right.endpoint.token = Bytes::from_static(b"secret");
+    let client = bind(&rt, right).unwrap();
+    client.connect(&addresses(&server)).await.unwrap();
+}
+
+/// A 900 ms outage closes the UDP path (idle timeout 400 ms); it is renewed and
+/// the transfer completes.
+pub async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let short = |mut config: NodeConfig| {
+        config.endpoint.idle_timeout = Duration::from_millis(400);
+        config.endpoint.keepalive_interval = Duration::from_millis(100);
+        config
+    };
+    let server = bind(
+        &rt,
+        short(NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap())),
+    )
+    .unwrap();
+    let Address::Udp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let (relay, blocked) = pausable_relay(target);
+    let client = bind(&rt, short(NodeConfig::new("client"))).unwrap();
+    let peer = client.connect(&[Address::Udp(relay)]).await.unwrap();
+    transfer_around(&rt, &client, peer, &server, (2000, 1000), || async {
+        blocked.store(true, Ordering::Relaxed);
+        sleep(&rt, Duration::from_millis(900)).await;
+        blocked.store(false, Ordering::Relaxed);
+    })
+    .await;
+    assert!(client.stats().await.unwrap().reconnects >= 1);
+}
+
+/// Socket files go at close; a live one is "in use", a stale one is replaced.
+pub async fn unix_socket_files_are_removed_at_close_and_stale_ones_replaced<R: Runtime + Clone>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let stream = dir.path().join("s.sock");
+    let dgram = dir.path().join("d.sock");
+    let listen = [
+        format!("unix://{}", stream.display()),
+        format!("unixgram://{}", dgram.display()),
+    ];
+    let node = server(&rt, &[&listen[0], &listen[1]]);
+    let err = bind(
+        &rt,
+        NodeConfig::new("again").listen(listen[0].parse().unwrap()),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("in use"), "{err}");
+    node.close().await;
+    assert!(!stream.exists() && !dgram.exists());
+    // Files left behind by a process that is gone are replaced.
+    drop(UnixListener::bind(&stream).unwrap());
+    drop(std::os::unix::net::UnixDatagram::bind(&dgram).unwrap());
+    let node = server(&rt, &[&listen[0], &listen[1]]);
+    transfer(&rt, &node, &[listen[0].parse().unwrap()], 100, 100).await;
+}
+
+/// A user command reaches the peer on the control stream.
+pub async fn commands_travel_on_the_control_stream<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["udp://127.0.0.1:0"]);
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    client
+        .send_command(
+            peer,
+            CommandId::User(150),
+            Bytes::from_static(b"reload please"),
+        )
+        .await
+        .unwrap();
+    let command = within(&rt, async {
+        loop {
+            if let Some(Event::Command { command, .. }) = server.recv().await {
+                return command;
+            }
+        }
+    })
+    .await;
+    assert_eq!(command.id, CommandId::User(150));
+    assert_eq!(&command.payload[..], b"reload please");
+}
+
+/// Small and oversized messages over shm; a live ring is in use; the rings are
+/// removed at close.
+pub async fn shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let name = shm_name("transfer");
+    let url = format!("shm://{name}");
+    let server = server(&rt, &[&url]);
+    let err = bind(&rt, NodeConfig::new("again").listen(url.parse().unwrap())).unwrap_err();
+    assert!(err.to_string().contains("already has a reader"), "{err}");
+    // Small messages, then messages larger than the ring's 64 KiB record limit
+    // (split into records, reassembled by the stream decoder).
+    let small = transfer(&rt, &server, &[url.parse().unwrap()], 5000, 64).await;
+    let large = transfer(&rt, &server, &[url.parse().unwrap()], 50, 100_000).await;
+    small.close().await;
+    large.close().await;
+    server.close().await;
+    assert_eq!(shm_files(&name), Vec::<String>::new());
+}
+
+/// Dialling a ring nobody listens on names it in the error and leaves no file.
+pub async fn connecting_to_a_missing_shm_listener_fails_clearly<R: Runtime + Clone>(rt: R) {
+    let name = shm_name("missing");
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let err = client
+        .connect(&[format!("shm://{name}").parse().unwrap()])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(&name), "{err}");
+    assert_eq!(shm_files(&name), Vec::<String>::new());
+}
+
+/// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
+/// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
+/// that blocks on the scenario inside its runtime.
+#[macro_export]
+macro_rules! loopback_tests {
+    ($run:ident) => {
+        $crate::loopback_tests!(@each $run;
+            udp_transfer_arrives_in_order,
+            a_udp_path_discovers_an_mtu_above_the_ipv4_base,
+            udp_over_ipv6_transfer_arrives_in_order,
+            tcp_transfer_arrives_in_order,
+            unix_stream_and_datagram_transfers_arrive_in_order,
+            multi_path_udp_and_tcp_peer_uses_both_paths,
+            connecting_to_nothing_or_binding_twice_fails_clearly,
+            garbage_datagrams_are_dropped_and_the_node_keeps_serving,
+            truncated_and_oversized_frames_on_tcp_close_only_that_connection,
+            a_dropped_tcp_connection_is_redialled_and_the_transfer_completes,
+            a_node_on_a_dedicated_thread_serves_like_any_other,
+            a_cut_tcp_connection_is_redialled_and_data_in_flight_survives,
+            a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives,
+            a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots,
+            a_slow_reader_pauses_the_node_without_losing_messages,
+            send_many_queues_batches_in_order_past_a_full_window,
+            connecting_to_a_silent_udp_port_times_out_clearly,
+            a_peer_without_the_right_token_is_rejected_clearly,
+            a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes,
+            unix_socket_files_are_removed_at_close_and_stale_ones_replaced,
+            commands_travel_on_the_control_stream,
+            shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close,
+            connecting_to_a_missing_shm_listener_fails_clearly,
+        );
+    };
+    (@each $run:ident; $($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                $run($crate::testing::scenarios::$name)
+            }
+        )*
+    };
+}
