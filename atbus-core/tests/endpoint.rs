@@ -2953,3 +2953,44 @@ fn a_late_hello_of_an_older_session_leaves_the_current_one_alone() {
         "the stale connection is refused"
     );
 }
+
+/// The control stream runs before any peer budget exists: out-of-order pieces
+/// carrying large labels, one offset each, must stay within its own bound
+/// (labels included), not 16 Ki pieces × their labels.
+#[test]
+fn labelled_pieces_on_the_control_stream_stay_within_its_bound() {
+    for kind in [DATAGRAM, ConnectionKind::Stream] {
+        let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), kind);
+        let before = net.b.buffered_bytes();
+        let dropped_before = net
+            .b
+            .connection_info(pair.b_conn)
+            .unwrap()
+            .stats
+            .dropped_over_limit;
+        for i in 0..500u64 {
+            // Offsets 1, 3, 5, ...: offset 0 (the next control message) never comes.
+            let data = empty_messages_frame(-1, 1 + 2 * i, 1, 4000);
+            let now = net.now;
+            let input = match kind {
+                ConnectionKind::Stream => Input::StreamData {
+                    connection: pair.b_conn,
+                    data,
+                },
+                _ => Input::Datagram {
+                    connection: pair.b_conn,
+                    data,
+                },
+            };
+            net.b.handle_input(now, input);
+            net.drain(Side::B);
+            let held = net.b.buffered_bytes() - before;
+            assert!(held <= 64 * 1024, "{kind:?}: control stream holds {held} B");
+        }
+        let stats = net.b.connection_info(pair.b_conn).unwrap().stats;
+        assert!(
+            stats.dropped_over_limit > dropped_before,
+            "{kind:?}: the pieces past the bound were refused"
+        );
+    }
+}

@@ -39,6 +39,7 @@ pub struct StreamDecoder {
     buf: BytesMut,
     limits: DecodeLimits,
     failed: Option<FrameError>,
+    last_pinned: usize,
 }
 
 impl StreamDecoder {
@@ -48,6 +49,7 @@ impl StreamDecoder {
             buf: BytesMut::new(),
             limits,
             failed: None,
+            last_pinned: 0,
         }
     }
 
@@ -66,6 +68,15 @@ impl StreamDecoder {
     /// Bytes buffered and not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Bytes of buffer the last frame returned by [`next_frame`](Self::next_frame)
+    /// keeps alive at least: its slices share the buffer's allocation, which held
+    /// this much from the frame's start when it was split off. A caller that
+    /// retains a small part of a frame should copy it out when this is much
+    /// larger, or the part pins the whole allocation.
+    pub fn last_frame_pinned(&self) -> usize {
+        self.last_pinned
     }
 
     /// The limits this decoder enforces.
@@ -90,6 +101,7 @@ impl StreamDecoder {
             Err(err) if err.is_truncated() => return Ok(None),
             Err(err) => return Err(self.fail(err)),
         };
+        self.last_pinned = self.buf.capacity();
         let frame = self.buf.split_to(header.frame_len()).freeze();
         match decode_checked(frame, header, &self.limits) {
             Ok(msg) => Ok(Some(msg)),

@@ -318,3 +318,25 @@ fn a_group_cannot_hide_fragments_from_the_limit() {
     let err = decode_frame(&bytes, &limits).unwrap_err();
     assert!(matches!(err, FrameError::Malformed(_)), "{err}");
 }
+
+#[test]
+fn a_small_frame_read_with_a_large_one_reports_the_buffer_it_pins() {
+    let small = data_frame(b"tiny");
+    let large = data_frame(&vec![7u8; 60_000]);
+    let mut bytes = BytesMut::new();
+    encode_frame(&small, &mut bytes);
+    let small_len = bytes.len();
+    encode_frame(&large, &mut bytes);
+    let mut decoder = StreamDecoder::new(DecodeLimits::default());
+    decoder.extend(&bytes);
+    assert_eq!(decoder.next_frame().unwrap(), Some(small));
+    // The small frame shares the allocation holding the large one too.
+    assert!(
+        decoder.last_frame_pinned() >= bytes.len(),
+        "{} < {}",
+        decoder.last_frame_pinned(),
+        bytes.len()
+    );
+    assert_eq!(decoder.next_frame().unwrap(), Some(large));
+    assert!(decoder.last_frame_pinned() >= bytes.len() - small_len);
+}

@@ -352,7 +352,8 @@ impl Endpoint {
 
     /// Payload bytes the endpoint holds for all peers: received and undelivered, and
     /// queued and unacknowledged, plus early data and control-stream buffers (at
-    /// most [`CONTROL_WINDOW`](crate::connection::CONTROL_WINDOW) per connection).
+    /// most four [`CONTROL_WINDOW`](crate::connection::CONTROL_WINDOW)s per
+    /// connection, labels and tokens included).
     pub fn buffered_bytes(&self) -> usize {
         let peers: usize = self
             .peers

@@ -29,11 +29,26 @@ const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 /// within twice what the receive limits count.
 const PIN_RATIO: usize = 2;
 
+/// Copies out a packet's content that is small next to the `pinned` bytes of
+/// buffer it shares (see [`PIN_RATIO`]), so that retaining the content retains
+/// only what the limits count.
+fn unpin(frame: &mut pb::FrameMessage, pinned: usize) {
+    if let Some(pb::frame_message::Body::Packet(p)) = frame.body.as_mut() {
+        if p.content.len().saturating_mul(PIN_RATIO) < pinned {
+            p.content = Bytes::copy_from_slice(&p.content);
+        }
+    }
+}
+
 /// The over-limit headroom is this many maximum messages: one message's payload
 /// plus its bookkeeping, which is at most twice its payload when its fragments
 /// hold at least 32 bytes (what senders cut; a peer cutting finer cannot
 /// complete a maximum message while the peer is at its limit).
 const HEADROOM_FACTOR: usize = 3;
+
+/// Bytes (payload and bookkeeping, labels and tokens included) a connection's
+/// control stream may hold before its messages complete: four control windows.
+pub(super) const CONTROL_BUFFER_LIMIT: usize = 4 * CONTROL_WINDOW as usize;
 
 /// Unopened streams one connection remembers to acknowledge as empty.
 const MAX_REFUSED_ACKS: usize = 1024;
@@ -113,8 +128,9 @@ impl Endpoint {
                 break;
             };
             match decoder.next_frame() {
-                Ok(Some(frame)) => {
+                Ok(Some(mut frame)) => {
                     let len = frame.encoded_len();
+                    unpin(&mut frame, decoder.last_frame_pinned());
                     self.on_frame(id, frame, len);
                 }
                 Ok(None) => break,
@@ -184,6 +200,9 @@ impl Endpoint {
                 if c.early_bytes + size <= limit && self.early_total + size <= total {
                     c.early_bytes += size;
                     self.early_total += size;
+                    // Held for a while: it must not pin the rest of the datagram.
+                    let mut frame = frame;
+                    unpin(&mut frame, usize::MAX);
                     c.early.push(frame);
                     return;
                 }
@@ -354,9 +373,16 @@ impl Endpoint {
                     fin: fin && fragment.close_reason.is_some(),
                 };
                 let before = asm.footprint();
+                // What storing it may cost at most.
+                let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
+                if budget.is_none() && before + cost > CONTROL_BUFFER_LIMIT {
+                    // The control stream has no peer budget (it runs before the
+                    // handshake binds one): its own bound covers labels and
+                    // tokens too, not just the offsets its window counts.
+                    dropped += 1;
+                    continue;
+                }
                 if let Some(budget) = budget.as_mut() {
-                    // What storing it may cost at most.
-                    let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
                     let in_order = start <= asm.acknowledge_offset();
                     if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
                         dropped += 1;
