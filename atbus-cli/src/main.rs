@@ -138,7 +138,16 @@ fn sim(args: &SimArgs) -> Result<ExitCode, String> {
             ));
         }
         let stagger = atbus_sim::flags::parse_duration("flow stagger", &args.flow_stagger)?;
-        let starts: Vec<_> = (0..args.flows as u32).map(|i| stagger * i).collect();
+        let starts = (0..args.flows as u32)
+            .map(|i| stagger.checked_mul(i))
+            .collect::<Option<Vec<_>>>()
+            .filter(|starts| starts.iter().all(|&s| s < scenario.time_limit))
+            .ok_or_else(|| {
+                format!(
+                    "--flow-stagger {}: the last flow would start after the time limit",
+                    args.flow_stagger
+                )
+            })?;
         let (client, server) = atbus_sim::flows::flows(&mtus, &starts, |c| {
             c.scheduler = scheduler;
             c.congestion_algorithm = congestion;

@@ -57,7 +57,7 @@ pub struct SendArgs {
     /// The file to send (stdin by default).
     #[arg(long = "in", value_name = "FILE")]
     input: Option<PathBuf>,
-    /// Bytes per message.
+    /// Bytes per message: 1 to the receiver's message size limit (16 MiB).
     #[arg(long, default_value_t = 1024)]
     message_size: usize,
     /// Multi-path scheduler: min-rtt, redundant or round-robin.
@@ -243,8 +243,13 @@ pub fn send(args: &SendArgs) -> Result<ExitCode, Failure> {
         .scheduler
         .parse()
         .map_err(|e: atbus_node::UnknownScheduler| Failure::usage(e.to_string()))?;
-    if args.message_size == 0 {
-        return Err(Failure::usage("--message-size must be at least 1"));
+    // The receiver (`atbus recv`) keeps the default limit: a larger message
+    // could never be delivered.
+    let limit = atbus_core::EndpointConfig::new("", 0).max_message_size;
+    if args.message_size == 0 || args.message_size > limit {
+        return Err(Failure::usage(format!(
+            "--message-size must be between 1 and {limit} bytes (the receiver's message size limit)"
+        )));
     }
     let mut input: Box<dyn Read + Send> = match &args.input {
         Some(path) => Box::new(
@@ -261,7 +266,6 @@ pub fn send(args: &SendArgs) -> Result<ExitCode, Failure> {
         if let Some(token) = &args.token {
             config.endpoint.token = Bytes::from(token.clone().into_bytes());
         }
-        config.endpoint.max_message_size = config.endpoint.max_message_size.max(args.message_size);
         let node = runtime::start(args.runtime, config)
             .await
             .map_err(|e| Failure::runtime(e.to_string()))?;

@@ -121,11 +121,41 @@ fn sim_rejects_bad_arguments_with_a_clear_error() {
         &["--interval", "5 parsecs"],
         &["--path", "mtu=50"],
         &["--scheduler", "fastest"],
+        &[
+            "--flows",
+            "2",
+            "--streams",
+            "2",
+            "--flow-stagger",
+            "18446744073709551615s",
+        ],
     ] {
         let out = atbus().arg("sim").args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("atbus sim:"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn send_rejects_a_message_size_the_receiver_cannot_take() {
+    for size in ["0", "16777217", "18446744073709551615"] {
+        let out = atbus()
+            .args([
+                "send",
+                "--connect",
+                "udp://127.0.0.1:9",
+                "--message-size",
+                size,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--message-size {size}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("--message-size must be between 1 and 16777216"),
+            "{stderr}"
+        );
     }
 }
 
