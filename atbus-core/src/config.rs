@@ -81,6 +81,12 @@ pub struct EndpointConfig {
     /// How long a peer with no connection keeps its streams and queued messages,
     /// waiting for a reconnection, before it is dropped.
     pub peer_linger: Duration,
+    /// Most peers the endpoint holds when it accepts a new one (peers it dials are
+    /// not refused). At the limit, the oldest peer without a connection (one
+    /// lingering) is dropped to make room; if every peer is connected, the hello
+    /// is refused (`PEER_RESET`, "too many peers"). With `peer_receive_limit` it
+    /// bounds what peers can make the endpoint hold.
+    pub max_peers: usize,
     /// Limits applied to every frame decoded.
     pub decode_limits: DecodeLimits,
     /// Whether traffic is counted in the windowed statistics (`atbus_core::stats`,
@@ -126,6 +132,7 @@ impl EndpointConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             peer_linger: Duration::from_secs(300),
+            max_peers: 4096,
             decode_limits: DecodeLimits::default(),
             record_stats: true,
             pmtud: None,

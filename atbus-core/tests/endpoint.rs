@@ -2994,3 +2994,50 @@ fn labelled_pieces_on_the_control_stream_stay_within_its_bound() {
         );
     }
 }
+
+/// `max_peers`: a new association past the limit is refused while every peer is
+/// connected; once one only lingers, it is dropped to make room.
+#[test]
+fn past_max_peers_a_lingering_peer_makes_room_and_otherwise_the_hello_is_refused() {
+    let mut b = config("server", 2);
+    b.max_peers = 2;
+    let mut net = Net::new(config("client", 1), b);
+    let first = net.establish(DATAGRAM);
+    let second = net.establish(DATAGRAM);
+    assert_ne!(first.b_peer, second.b_peer);
+    // A third association: both peers are connected, so it is refused.
+    let (_, a_conn, _) = net.connect(DATAGRAM);
+    net.run_for(Duration::from_secs(1));
+    let refused = net.events(Side::A).any(|e| {
+        matches!(e, Event::ConnectionClosed { connection, reason, .. }
+            if *connection == a_conn && reason.message.contains("too many peers"))
+    });
+    assert!(refused, "{:?}", net.events(Side::A).collect::<Vec<_>>());
+    assert!(net.b.peer_info(first.b_peer).is_some());
+    // The first peer loses its connection and lingers: the next one takes its
+    // place.
+    let now = net.now;
+    let reason = atbus_core::CloseReason::new(atbus_core::CloseCode::Shutdown, "bye");
+    net.a.close_connection(now, first.a_conn, reason).unwrap();
+    net.run_for(Duration::from_secs(1));
+    assert!(
+        net.b
+            .peer_info(first.b_peer)
+            .unwrap()
+            .connections
+            .is_empty()
+    );
+    let fourth = net.establish(DATAGRAM);
+    assert!(
+        net.b.peer_info(first.b_peer).is_none(),
+        "the lingering peer was dropped"
+    );
+    assert!(net.b.peer_info(second.b_peer).is_some());
+    assert!(net.b.peer_info(fourth.b_peer).is_some());
+    assert!(
+        net.count_events(
+            Side::B,
+            |e| matches!(e, Event::PeerLost { peer, .. } if *peer == first.b_peer)
+        ) == 1
+    );
+}

@@ -478,6 +478,31 @@ impl Endpoint {
         id
     }
 
+    /// Whether a new peer may be accepted under
+    /// [`max_peers`](EndpointConfig::max_peers): at the limit, the oldest peer
+    /// without a connection is dropped to make room; false if there is none.
+    fn make_room_for_peer(&mut self) -> bool {
+        if self.peers.len() < self.config.max_peers.max(1) {
+            return true;
+        }
+        let lingering = self
+            .peers
+            .iter()
+            .find(|(_, p)| p.connections.is_empty())
+            .map(|(&id, _)| id);
+        match lingering {
+            Some(peer) => {
+                let reason = CloseReason::new(
+                    CloseCode::Shutdown,
+                    "dropped to make room for a new peer (max_peers)",
+                );
+                self.drop_peer(peer, reason);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Records the identity a handshake told for `peer`.
     fn set_identity(&mut self, peer: PeerId, hello: &Hello) {
         if let Some(p) = self.peers.get_mut(&peer) {

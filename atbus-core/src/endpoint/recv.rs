@@ -771,13 +771,18 @@ impl Endpoint {
             let reason = CloseReason::new(CloseCode::PeerReset, why);
             this.close(id, reason, false, true);
         };
+        let too_many = "too many peers: this node holds its maximum";
         let peer = if number == 0 {
+            if !self.make_room_for_peer() {
+                return refuse(self, too_many);
+            }
             self.allocate_peer(None)
         } else if numbered_by == 0 {
             let key = (hello.node_name.clone(), hello.session_id, number);
             match self.associations.get(&key).copied() {
                 // Another path of an association the node opened: it joins.
                 Some(peer) => peer,
+                None if !self.make_room_for_peer() => return refuse(self, too_many),
                 None => self.allocate_peer(Some(key)),
             }
         } else {
