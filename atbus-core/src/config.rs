@@ -132,7 +132,7 @@ impl EndpointConfig {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             peer_linger: Duration::from_secs(300),
-            max_peers: 4096,
+            max_peers: 65_536,
             decode_limits: DecodeLimits::default(),
             record_stats: true,
             pmtud: None,
