@@ -12,6 +12,9 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use rangemap::RangeSet;
 
+/// Separate selectively acknowledged ranges a send buffer remembers at most.
+const MAX_SACKED_RANGES: usize = 4096;
+
 use crate::time::Timestamp;
 
 /// One queued message.
@@ -381,7 +384,7 @@ impl<M> SendBuffer<M> {
         if acknowledged <= self.base {
             return AckOutcome::default();
         }
-        let newly = acknowledged - self.base - self.acked_units_below(acknowledged);
+        let newly = acknowledged - self.base - self.acked_units_in(self.base, acknowledged);
         self.base = acknowledged;
         self.acked.remove(0..acknowledged);
         self.lost.remove(0..acknowledged);
@@ -399,16 +402,27 @@ impl<M> SendBuffer<M> {
         if start >= end {
             return 0;
         }
-        let before = self.acked_units_below(end) - self.acked_units_below(start);
+        let before = self.acked_units_in(start, end);
+        if before == 0 && self.acked.len() >= MAX_SACKED_RANGES {
+            // A new island past the bound: ignored (selective acknowledgements
+            // only spare retransmissions; the cumulative one still counts), so a
+            // peer acknowledging every other unit cannot grow the set without end.
+            return 0;
+        }
         self.acked.insert(start..end);
         self.lost.remove(start..end);
         (end - start) - before
     }
 
-    fn acked_units_below(&self, offset: u64) -> u64 {
+    /// Units of `[start, end)` already selectively acknowledged: visits only the
+    /// ranges overlapping it.
+    fn acked_units_in(&self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
         self.acked
-            .overlapping(0..offset.max(1))
-            .map(|r| r.end.min(offset).saturating_sub(r.start))
+            .overlapping(start..end)
+            .map(|r| r.end.min(end) - r.start.max(start))
             .sum()
     }
 
@@ -493,6 +507,31 @@ mod tests {
             sent.push((offset, end, data, fin));
         }
         sent
+    }
+
+    #[test]
+    fn selective_acknowledgements_of_every_other_unit_stay_bounded_and_counted() {
+        let mut buf = buffer();
+        let units = 4 * MAX_SACKED_RANGES as u64;
+        buf.push(Bytes::from(vec![7u8; units as usize - 1]), 1, None)
+            .unwrap();
+        send_all(&mut buf, 1000);
+        let mut newly = 0;
+        for u in (1..units).step_by(2) {
+            newly += buf.on_range_acknowledged(u, u + 1);
+        }
+        assert_eq!(buf.acked.len(), MAX_SACKED_RANGES);
+        assert_eq!(newly, MAX_SACKED_RANGES as u64);
+        // Repeats count nothing; a range joining remembered ones still counts.
+        assert_eq!(buf.on_range_acknowledged(1, 2), 0);
+        assert_eq!(buf.on_range_acknowledged(0, 4), 2);
+        // The cumulative acknowledgement counts only what was not counted before.
+        let outcome = buf.on_acknowledged(units).unwrap();
+        assert_eq!(
+            outcome.newly_acknowledged,
+            units - MAX_SACKED_RANGES as u64 - 2
+        );
+        assert_eq!(buf.acked.len(), 0);
     }
 
     #[test]
