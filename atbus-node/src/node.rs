@@ -93,6 +93,9 @@ pub struct NodeStats {
     pub io_errors: u64,
     /// Stream connections re-dialled and datagram connections renewed.
     pub reconnects: u64,
+    /// Stream connections closed because their peer did not read: more than the
+    /// reliable window plus 1 MiB waited to be written.
+    pub backlog_closes: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
 }

@@ -196,7 +196,7 @@ impl<R: Runtime> Driver<R> {
         self.flush();
         // Hand what waits in the driver to the writers; they finish on their own.
         for slot in self.streams.values_mut() {
-            while let Some(data) = slot.overflow.pop_front() {
+            while let Some(data) = slot.next_held() {
                 if slot.writer.try_send(data).is_err() {
                     break;
                 }

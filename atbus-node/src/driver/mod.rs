@@ -110,7 +110,41 @@ struct StreamSlot {
     connection: ConnectionId,
     writer: async_channel::Sender<Bytes>,
     overflow: VecDeque<Bytes>,
+    /// Bytes in `overflow`.
+    overflow_bytes: usize,
     _stop: async_channel::Sender<()>,
+}
+
+/// What may wait for a stream writer beyond the core's reliable window (ACKs,
+/// pongs, control frames) before the connection counts as not read by its peer.
+const BACKLOG_SLACK: usize = 1 << 20;
+
+impl StreamSlot {
+    /// Queues `data` behind what already waits for the writer; false once the
+    /// backlog passes `limit` bytes (the peer is not reading).
+    fn hold(&mut self, data: Bytes, limit: usize) -> bool {
+        self.overflow_bytes += data.len();
+        self.overflow.push_back(data);
+        self.overflow_bytes <= limit
+    }
+
+    /// The oldest waiting bytes.
+    fn next_held(&mut self) -> Option<Bytes> {
+        let data = self.overflow.pop_front()?;
+        self.overflow_bytes -= data.len();
+        Some(data)
+    }
+
+    /// Puts back what the writer could not take.
+    fn hold_first(&mut self, data: Bytes) {
+        self.overflow_bytes += data.len();
+        self.overflow.push_front(data);
+    }
+
+    fn drop_held(&mut self) {
+        self.overflow.clear();
+        self.overflow_bytes = 0;
+    }
 }
 
 enum Link {
@@ -188,6 +222,7 @@ pub(crate) struct Driver<R: Runtime> {
     deadline: Timestamp,
     dropped_datagrams: u64,
     io_errors: u64,
+    backlog_closes: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
     closing: bool,
@@ -235,6 +270,7 @@ impl<R: Runtime> Driver<R> {
             deadline: Timestamp::NEVER,
             dropped_datagrams: 0,
             io_errors: 0,
+            backlog_closes: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
             closing: false,
@@ -475,6 +511,7 @@ impl<R: Runtime> Driver<R> {
                 connection,
                 writer: queue,
                 overflow: VecDeque::new(),
+                overflow_bytes: 0,
                 _stop: stop,
             },
         );
@@ -482,4 +519,33 @@ impl<R: Runtime> Driver<R> {
     }
 
     // ----- inputs -----
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_backlog_counts_its_bytes_and_reports_passing_the_limit() {
+        let (writer, _queued) = async_channel::bounded(1);
+        let (stop, _stopped) = async_channel::bounded(1);
+        let mut slot = StreamSlot {
+            connection: ConnectionId(1),
+            writer,
+            overflow: VecDeque::new(),
+            overflow_bytes: 0,
+            _stop: stop,
+        };
+        assert!(slot.hold(Bytes::from(vec![0; 600]), 1000));
+        assert!(slot.hold(Bytes::from(vec![1; 400]), 1000));
+        assert_eq!(slot.overflow_bytes, 1000);
+        let first = slot.next_held().unwrap();
+        assert_eq!((first[0], slot.overflow_bytes), (0, 400));
+        slot.hold_first(first);
+        assert_eq!(slot.overflow_bytes, 1000);
+        assert!(!slot.hold(Bytes::from_static(b"x"), 1000), "past the limit");
+        slot.drop_held();
+        assert_eq!((slot.overflow.len(), slot.overflow_bytes), (0, 0));
+        assert!(slot.next_held().is_none());
+    }
 }

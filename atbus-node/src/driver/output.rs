@@ -56,17 +56,32 @@ impl<R: Runtime> Driver<R> {
                     return;
                 };
                 // Byte streams must be written whole and in order: what the writer
-                // cannot take yet waits here (bounded by the core's reliable window).
-                if slot.overflow.is_empty() {
+                // cannot take yet waits here. Data is bounded by the core's reliable
+                // window; past it and a slack for control frames the peer is not
+                // reading, and the connection is closed rather than grow the queue.
+                let limit = self
+                    .endpoint
+                    .config()
+                    .reliable_window
+                    .saturating_add(BACKLOG_SLACK);
+                let within = if slot.overflow.is_empty() {
                     match slot.writer.try_send(transmit.data) {
-                        Ok(()) => {}
-                        Err(async_channel::TrySendError::Full(data)) => {
-                            slot.overflow.push_back(data)
-                        }
-                        Err(async_channel::TrySendError::Closed(_)) => {}
+                        Ok(()) | Err(async_channel::TrySendError::Closed(_)) => true,
+                        Err(async_channel::TrySendError::Full(data)) => slot.hold(data, limit),
                     }
                 } else {
-                    slot.overflow.push_back(transmit.data);
+                    slot.hold(transmit.data, limit)
+                };
+                if !within {
+                    slot.drop_held();
+                    let connection = slot.connection;
+                    self.backlog_closes += 1;
+                    let now = self.now();
+                    let reason = CloseReason::new(
+                        CloseCode::PeerReset,
+                        format!("the peer is not reading: over {limit} bytes wait to be written"),
+                    );
+                    let _ = self.endpoint.close_connection(now, connection, reason);
                 }
             }
         }
@@ -77,15 +92,15 @@ impl<R: Runtime> Driver<R> {
             self.io_errors += slot.flush();
         }
         for slot in self.streams.values_mut() {
-            while let Some(data) = slot.overflow.pop_front() {
+            while let Some(data) = slot.next_held() {
                 match slot.writer.try_send(data) {
                     Ok(()) => {}
                     Err(async_channel::TrySendError::Full(data)) => {
-                        slot.overflow.push_front(data);
+                        slot.hold_first(data);
                         break;
                     }
                     Err(async_channel::TrySendError::Closed(_)) => {
-                        slot.overflow.clear();
+                        slot.drop_held();
                         break;
                     }
                 }
@@ -376,6 +391,7 @@ impl<R: Runtime> Driver<R> {
             dropped_datagrams: self.dropped_datagrams,
             io_errors: self.io_errors,
             reconnects: self.reconnects,
+            backlog_closes: self.backlog_closes,
             buffered_bytes: self.endpoint.buffered_bytes(),
         }
     }
