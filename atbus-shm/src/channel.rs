@@ -430,9 +430,9 @@ impl Writer {
     /// how many were sent, at least one; call again with the rest. Errors are
     /// those of the first message ([`SendError::Full`] if none fits now).
     pub fn try_send_batch<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> Result<usize, SendError> {
-        let sent =
-            self.state
-                .try_send_batch(&*self.map, self.geo, messages, clock_ms(), |_| {})?;
+        let sent = self
+            .state
+            .try_send_batch(&*self.map, self.geo, messages, clock_ms(), |_| {})?;
         self.wake_reader();
         Ok(sent)
     }

@@ -261,14 +261,8 @@ fn loom_writer_killed_mid_batch_while_the_reader_polls() {
                 // Commits a batch record of two items, then stamps and writes
                 // a record of the third and dies before committing it.
                 let mut w = WriterState::new();
-                let sent = w.send_batch_dying_after(
-                    &*m,
-                    m.geo,
-                    &[[1u8; 8], [2; 8], [3; 8]],
-                    0,
-                    1,
-                    |_| {},
-                );
+                let sent =
+                    w.send_batch_dying_after(&*m, m.geo, &[[1u8; 8], [2; 8], [3; 8]], 0, 1, |_| {});
                 assert_eq!(sent, Ok(2));
             })
         };
@@ -279,7 +273,11 @@ fn loom_writer_killed_mid_batch_while_the_reader_polls() {
         for step in 0..4 {
             got.extend(take(&mut reader, &m, step * TIMEOUT));
         }
-        assert_eq!(got, vec![vec![1; 8], vec![2; 8]], "the committed record, once");
+        assert_eq!(
+            got,
+            vec![vec![1; 8], vec![2; 8]],
+            "the committed record, once"
+        );
         assert_eq!(m.counter(field::EXPIRED_CLAIMS), 1);
         assert!(m.is_clear(reader.head()));
     });

@@ -40,8 +40,8 @@
 use crate::error::{RecvError, SendError};
 use crate::layout::field;
 use crate::layout::{
-    ITEM_CONSUMED, Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, free_word,
-    item_word, record_size,
+    ITEM_CONSUMED, Layout, POISON, RECORD_HEADER, Record, STAMP_MASK, age_ms, free_word, item_word,
+    record_size,
 };
 use crate::sync::{AtomicU64, Ordering};
 
@@ -194,14 +194,15 @@ impl WriterState {
             let dying = records == commits;
             let result = if count == 1 {
                 let payload = rest[0].as_ref();
-                self.reserve(region, geo, payload.len()).and_then(|reserved| {
-                    let stamped = reserved.stamp(region, now_ms)?;
-                    if dying {
-                        stamped.write(region, |at| region.write_payload(at, payload));
-                        return Err(SendError::Timeout);
-                    }
-                    stamped.commit(region, payload)
-                })
+                self.reserve(region, geo, payload.len())
+                    .and_then(|reserved| {
+                        let stamped = reserved.stamp(region, now_ms)?;
+                        if dying {
+                            stamped.write(region, |at| region.write_payload(at, payload));
+                            return Err(SendError::Timeout);
+                        }
+                        stamped.commit(region, payload)
+                    })
             } else {
                 self.reserve_bytes(region, geo, total).and_then(|reserved| {
                     let stamped = reserved.stamp(region, now_ms)?;
@@ -311,7 +312,12 @@ impl WriterState {
 /// How many of `messages` (the first of record size `first`) go into one
 /// record of at most `limit` payload bytes, and the record's payload length
 /// (for one message: its own length; for several: the items' total).
-fn batch_prefix<M: AsRef<[u8]>>(geo: Geometry, messages: &[M], first: u64, limit: u64) -> (usize, u64) {
+fn batch_prefix<M: AsRef<[u8]>>(
+    geo: Geometry,
+    messages: &[M],
+    first: u64,
+    limit: u64,
+) -> (usize, u64) {
     let mut total = first;
     let mut count = 1;
     for message in &messages[1..] {
@@ -336,7 +342,9 @@ fn write_items<R: Region, M: AsRef<[u8]>>(region: &R, mut at: u64, items: &[M]) 
     for item in items {
         let item = item.as_ref();
         let len = item.len() as u64;
-        region.data_word(at).store(item_word(len), Ordering::Relaxed);
+        region
+            .data_word(at)
+            .store(item_word(len), Ordering::Relaxed);
         region.write_payload(at + RECORD_HEADER, item);
         at += record_size(len);
     }
@@ -622,9 +630,7 @@ impl ReaderState {
                         let at = offset + RECORD_HEADER + self.item;
                         let item = region.data_word(at).load(Ordering::Relaxed);
                         let item_len = item & !ITEM_CONSUMED;
-                        if item_len > geo.max_message
-                            || self.item + record_size(item_len) > len
-                        {
+                        if item_len > geo.max_message || self.item + record_size(item_len) > len {
                             return Err(RecvError::Corrupt {
                                 position: head + RECORD_HEADER + self.item,
                                 word: item,
@@ -923,7 +929,10 @@ mod tests {
             send_batch(&mut w, &m, &batch, usize::MAX),
             Ok(vec![8, 24, 48, 72, 96])
         );
-        assert_eq!(m.field(field::TAIL).load(Ordering::Relaxed), 8 + 16 + 4 * 24);
+        assert_eq!(
+            m.field(field::TAIL).load(Ordering::Relaxed),
+            8 + 16 + 4 * 24
+        );
         assert_eq!(
             Record::decode(m.data_word(0).load(Ordering::Relaxed)),
             Some(Record::Batch { len: 16 + 4 * 24 })
@@ -947,13 +956,19 @@ mod tests {
         );
         // The failed attempt claimed the padding of the last 8 bytes.
         assert_eq!(m.field(field::TAIL).load(Ordering::Relaxed), 256);
-        assert_eq!(send_batch(&mut w, &m, &batch, usize::MAX), Err(SendError::Full));
+        assert_eq!(
+            send_batch(&mut w, &m, &batch, usize::MAX),
+            Err(SendError::Full)
+        );
         for _ in 0..7 {
             assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [3; 24]);
         }
         assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
         // The next record pads the last 8 bytes and starts the next lap.
-        assert_eq!(send_batch(&mut w, &m, &batch[..2], usize::MAX), Ok(vec![264, 296]));
+        assert_eq!(
+            send_batch(&mut w, &m, &batch[..2], usize::MAX),
+            Ok(vec![264, 296])
+        );
         assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [3; 24]);
         assert_eq!(recv(&mut r, &m, 0).unwrap().unwrap(), [3; 24]);
         assert!(m.is_clear(r.head()));
@@ -963,7 +978,10 @@ mod tests {
         );
         // A message over the limit ends the batch before it.
         let mixed: [&[u8]; 3] = [&[1; 8], &[2; 8], &[0; 65]];
-        assert_eq!(send_batch(&mut w, &m, &mixed, usize::MAX).map(|p| p.len()), Ok(2));
+        assert_eq!(
+            send_batch(&mut w, &m, &mixed, usize::MAX).map(|p| p.len()),
+            Ok(2)
+        );
     }
 
     #[test]
