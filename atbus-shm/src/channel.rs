@@ -422,15 +422,17 @@ impl Writer {
         Ok(position)
     }
 
-    /// Sends a prefix of `messages` with one claim on the tail for all of them
-    /// (each record still committed on its own: a writer killed mid-batch leaves
-    /// whole records and a torn rest the reader skips). Returns how many were
-    /// sent, at least one; call again with the rest. Errors are those of the
-    /// first message ([`SendError::Full`] if none fits now).
+    /// Sends a prefix of `messages` in batch records: as many messages as fit
+    /// in one record (up to `max_message` + 8 bytes of items) are claimed,
+    /// written and committed at once, for as many records as the ring has room
+    /// for. A writer killed mid-record loses that record's messages, none of
+    /// which were committed; the reader skips it as one torn record. Returns
+    /// how many were sent, at least one; call again with the rest. Errors are
+    /// those of the first message ([`SendError::Full`] if none fits now).
     pub fn try_send_batch<M: AsRef<[u8]>>(&mut self, messages: &[M]) -> Result<usize, SendError> {
-        let (_, sent) = self
+        let sent = self
             .state
-            .try_send_batch(&*self.map, self.geo, messages, clock_ms())?;
+            .try_send_batch(&*self.map, self.geo, messages, clock_ms(), |_| {})?;
         self.wake_reader();
         Ok(sent)
     }

@@ -29,7 +29,7 @@ use crate::error::OpenError;
 /// The first bytes of every channel: `b"ATBUSSHM"` as a little-endian `u64`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"ATBUSSHM");
 /// The layout version this crate reads and writes.
-pub const VERSION: u64 = 1;
+pub const VERSION: u64 = 2;
 /// Bytes before the data area.
 pub const HEADER_BYTES: usize = 4096;
 /// Records start at multiples of this many bytes.
@@ -136,6 +136,9 @@ pub(crate) enum Record {
     Skipped { len: u64 },
     /// A word of a torn gap the reader is recovering (see `ring.rs`).
     Poison,
+    /// A committed batch record: `len` bytes of items, each an item word (see
+    /// [`item_word`]) followed by its payload padded to 8 bytes.
+    Batch { len: u64 },
 }
 
 const KIND_MASK: u64 = 0b111;
@@ -144,6 +147,7 @@ const KIND_COMMITTED: u64 = 2;
 const KIND_PADDING: u64 = 3;
 const KIND_SKIPPED: u64 = 4;
 const KIND_POISON: u64 = 5;
+const KIND_BATCH: u64 = 6;
 const LEN_SHIFT: u32 = 3;
 const LEN_BITS: u32 = 27;
 const STAMP_SHIFT: u32 = 30;
@@ -165,6 +169,7 @@ impl Record {
             Record::Committed { len } => (KIND_COMMITTED, len, 0),
             Record::Padding { len } => (KIND_PADDING, len, 0),
             Record::Skipped { len } => (KIND_SKIPPED, len, 0),
+            Record::Batch { len } => (KIND_BATCH, len, 0),
         };
         kind | ((len & MAX_LEN) << LEN_SHIFT) | ((stamp & STAMP_MASK) << STAMP_SHIFT)
     }
@@ -180,12 +185,24 @@ impl Record {
             KIND_PADDING if stamp == 0 => Some(Record::Padding { len }),
             KIND_SKIPPED if stamp == 0 => Some(Record::Skipped { len }),
             KIND_POISON if word == POISON => Some(Record::Poison),
+            KIND_BATCH if stamp == 0 => Some(Record::Batch { len }),
             _ => None,
         }
     }
 }
 
 /// The free word of lap `lap`.
+/// The consumed mark of an item word: set by the reader when it consumes the
+/// item, so a restarted reader resumes inside a partly consumed batch record.
+pub(crate) const ITEM_CONSUMED: u64 = 1 << 63;
+
+/// The word heading one item of a batch record: its payload length (the rest of
+/// the word zero until the reader sets [`ITEM_CONSUMED`]).
+#[inline]
+pub(crate) fn item_word(len: u64) -> u64 {
+    len
+}
+
 #[inline]
 pub(crate) fn free_word(lap: u64) -> u64 {
     lap << 3
@@ -217,6 +234,7 @@ mod tests {
             Record::Committed { len: 64 },
             Record::Padding { len: 0 },
             Record::Skipped { len: 12345 },
+            Record::Batch { len: 65544 },
         ] {
             assert_eq!(Record::decode(r.word()), Some(r));
         }
@@ -225,7 +243,8 @@ mod tests {
     #[test]
     fn unknown_kinds_are_rejected() {
         assert_eq!(Record::decode(0), Some(Record::Free { lap: 0 }));
-        assert_eq!(Record::decode(6), None);
+        assert_eq!(Record::decode(6), Some(Record::Batch { len: 0 }));
+        assert_eq!(Record::decode(6 | (1 << 40)), None);
         assert_eq!(Record::decode(7), None);
         assert_eq!(Record::decode(POISON | (1 << 3)), None);
         assert_eq!(Record::decode(KIND_COMMITTED | (1 << 40)), None);

@@ -295,6 +295,7 @@ impl Mapping {
         }
     }
 
+    #[inline]
     fn word(&self, byte: usize) -> &AtomicU64 {
         debug_assert!(byte % 8 == 0 && byte + 8 <= self.len);
         // SAFETY: in bounds and 8-aligned (the mapping is page aligned); shared

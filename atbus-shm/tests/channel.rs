@@ -106,11 +106,14 @@ fn foreign_or_newer_files_are_refused() {
         .write(true)
         .open(format!("/dev/shm/{}", name.0))
         .unwrap();
-    file.write_at(&2u64.to_le_bytes(), 8).unwrap();
-    assert!(matches!(
-        Writer::open(&name.0),
-        Err(OpenError::VersionMismatch { found: 2, .. })
-    ));
+    // A newer layout, and version 1 (before batch records), are both refused.
+    for version in [3u64, 1] {
+        file.write_at(&version.to_le_bytes(), 8).unwrap();
+        assert!(matches!(
+            Writer::open(&name.0),
+            Err(OpenError::VersionMismatch { found, expected: 2, .. }) if found == version
+        ));
+    }
     file.write_at(b"NOTATBUS", 0).unwrap();
     assert!(matches!(
         Writer::open(&name.0),
