@@ -209,7 +209,9 @@ mod tests {
         let tx_batching = UdpBatching::new(&tx).unwrap();
         let segments = tx_batching.max_segments().min(4);
         let size = 1200;
-        let contents: Vec<u8> = (0..segments * size - 100).map(|i| (i / size) as u8).collect();
+        let contents: Vec<u8> = (0..segments * size - 100)
+            .map(|i| (i / size) as u8)
+            .collect();
         tx_batching
             .try_send(&tx, rx.local_addr().unwrap(), &contents, size)
             .unwrap();
