@@ -51,8 +51,10 @@ pub struct UdpBatching {
 }
 
 impl UdpBatching {
-    /// Probes the socket's offloads (GSO, GRO) and sets the options batching needs.
-    pub fn new<'a>(socket: impl Into<UdpSockRef<'a>>) -> io::Result<Self> {
+    /// Probes the socket's offloads (GSO, GRO), sets the options batching needs and
+    /// asks for socket buffers of [`SOCKET_BUFFER`] bytes (see [`grow_buffers`]).
+    pub fn new(socket: &std::net::UdpSocket) -> io::Result<Self> {
+        grow_buffers(socket, SOCKET_BUFFER);
         Ok(UdpBatching {
             state: UdpSocketState::new(socket.into())?,
         })
@@ -119,6 +121,26 @@ impl UdpBatching {
     }
 }
 
+/// Bytes asked for the send and the receive buffer of a UDP socket. The system
+/// defaults (208 KiB on Linux) hold about 140 datagrams of 1452 B: a burst of a few
+/// GSO sends overflows the receiver's buffer while its task is not running, and
+/// every datagram lost there costs a retransmission and a congestion response.
+/// The kernel caps the request at its limit (`net.core.rmem_max` / `wmem_max`).
+pub const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Asks for send and receive buffers of `bytes` (best effort: a buffer that cannot
+/// grow stays as it was). Returns the receive buffer size the kernel reports.
+pub fn grow_buffers(socket: &std::net::UdpSocket, bytes: usize) -> Option<usize> {
+    let sock = socket2::SockRef::from(socket);
+    if sock.recv_buffer_size().is_ok_and(|have| have < bytes) {
+        let _ = sock.set_recv_buffer_size(bytes);
+    }
+    if sock.send_buffer_size().is_ok_and(|have| have < bytes) {
+        let _ = sock.set_send_buffer_size(bytes);
+    }
+    sock.recv_buffer_size().ok()
+}
+
 /// `EMSGSIZE`: a datagram larger than the path (or the interface) carries.
 fn is_message_too_long(err: &io::Error) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -161,6 +183,49 @@ mod tests {
             udp_pmtud(&Remote::Ip("[::1]:1".parse().unwrap()), None),
             None
         );
+    }
+
+    #[test]
+    fn socket_buffers_grow_and_never_shrink() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let before = socket2::SockRef::from(&socket).recv_buffer_size().unwrap();
+        // Asking for less than the socket has leaves it alone.
+        assert_eq!(grow_buffers(&socket, 1024), Some(before));
+        // Asking for more grows it, up to the system's cap (never below the start).
+        let after = grow_buffers(&socket, SOCKET_BUFFER).unwrap();
+        assert!(after >= before);
+    }
+
+    /// A GSO run (as many segments as the socket offers, one without GSO) sent
+    /// through the batching path comes back split into its datagrams, GRO or not.
+    #[test]
+    fn a_gso_run_arrives_as_its_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // Blocking with a bound: the receive waits for the kernel, never forever.
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let rx_batching = UdpBatching::new(&rx).unwrap();
+        let tx_batching = UdpBatching::new(&tx).unwrap();
+        let segments = tx_batching.max_segments().min(4);
+        let size = 1200;
+        let contents: Vec<u8> = (0..segments * size - 100)
+            .map(|i| (i / size) as u8)
+            .collect();
+        tx_batching
+            .try_send(&tx, rx.local_addr().unwrap(), &contents, size)
+            .unwrap();
+        let mut scratch = RecvScratch::new();
+        let mut out = Vec::new();
+        while out.len() < segments {
+            rx_batching.try_recv(&rx, &mut scratch, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), segments);
+        for (i, (from, datagram)) in out.iter().enumerate() {
+            assert_eq!(*from, Remote::Ip(tx.local_addr().unwrap()));
+            let expected = &contents[i * size..((i + 1) * size).min(contents.len())];
+            assert_eq!(&datagram[..], expected, "datagram {i}");
+        }
     }
 
     #[test]

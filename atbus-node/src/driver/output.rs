@@ -43,7 +43,12 @@ impl<R: Runtime> Driver<R> {
                     return;
                 };
                 // Queued, then written in `flush` after the whole drain, so that runs
-                // of datagrams to one remote leave in one GSO system call.
+                // of datagrams to one remote leave in one GSO system call. A drain can
+                // yield more than the queue holds (a congestion window of datagrams):
+                // a full queue is written out before it drops anything.
+                if slot.queue.len() >= self.config.write_queue {
+                    self.io_errors += slot.flush();
+                }
                 if slot.queue.len() < self.config.write_queue {
                     slot.queue.push_back((remote.clone(), transmit.data));
                 } else {
