@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use atbus_node::testing::{payload, receive_numbered, send_numbered};
+use atbus_node::testing::{payload, receive_numbered, receive_numbered_batched, send_numbered};
 use atbus_smol::{Address, Node, NodeConfig, PeerId, SendOptions};
 use smol::future;
 
@@ -65,6 +65,27 @@ fn udp_over_ipv6_transfer_arrives_in_order() {
             return;
         };
         transfer(&server, &addresses(&server), 500, 2000).await;
+    })
+}
+
+/// Small messages over TCP and a Unix stream, received with `recv_many`: every
+/// message once and in order, no batch empty or above its bound.
+#[test]
+fn small_messages_received_in_batches_arrive_once_in_order() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let unix = format!("unix://{}", dir.path().join("s.sock").display());
+        let server = server(&["tcp://127.0.0.1:0", &unix]).await;
+        for address in addresses(&server) {
+            let client = Node::bind(NodeConfig::new("client")).await.expect("bind");
+            let peer = client.connect(&[address]).await.expect("connect");
+            let sending = send_numbered(&client, peer, 5000, 64);
+            let receiving = receive_numbered_batched(&server, 5000, 64, 64);
+            timeout(LIMIT, future::zip(sending, receiving))
+                .await
+                .expect("transfer finished in time");
+            client.close().await;
+        }
     })
 }
 
