@@ -45,7 +45,7 @@ pub async fn receive_numbered_batched(server: &Node, count: u32, size: usize, ma
     'receive: loop {
         let taken = server.recv_many(&mut events, max).await;
         assert!(
-            taken >= 1 && taken <= max,
+            (1..=max).contains(&taken),
             "batch of {taken} for at most {max}"
         );
         assert_eq!(taken, events.len());
