@@ -91,6 +91,9 @@ struct Outcome {
     stats: atbus_core::stats::StatsSnapshot,
 }
 
+/// Events taken from the receiving node per wake-up.
+const RECV_BATCH: usize = 1024;
+
 /// Messages per `send_many` for payloads of `size` bytes.
 fn batch_len(size: usize) -> usize {
     (SEND_BATCH_BYTES / size.max(1)).clamp(SEND_BATCH_MIN, SEND_BATCH_MAX)
@@ -237,17 +240,21 @@ async fn sockets(
         let receiving = async {
             let mut latency = LatencyHistogram::new();
             let (mut messages, mut bytes) = (0u64, 0u64);
-            while let Some(event) = server.recv().await {
-                match event {
-                    Event::Message { message, .. } => {
-                        messages += 1;
-                        bytes += message.payload.len() as u64;
-                        if let Some(l) = latency_of(&message.payload, epoch) {
-                            latency.record(l);
+            // Events are taken a batch per wake-up (`recv_many`).
+            let mut events = Vec::with_capacity(RECV_BATCH);
+            'receive: while server.recv_many(&mut events, RECV_BATCH).await > 0 {
+                for event in events.drain(..) {
+                    match event {
+                        Event::Message { message, .. } => {
+                            messages += 1;
+                            bytes += message.payload.len() as u64;
+                            if let Some(l) = latency_of(&message.payload, epoch) {
+                                latency.record(l);
+                            }
                         }
+                        Event::StreamFinished { .. } => break 'receive,
+                        _ => {}
                     }
-                    Event::StreamFinished { .. } => break,
-                    _ => {}
                 }
             }
             (messages, bytes, latency, epoch.elapsed())

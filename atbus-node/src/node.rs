@@ -385,6 +385,34 @@ impl Node {
         event
     }
 
+    /// Waits for the next event, then appends it and every further event already
+    /// queued, up to `max` in all, to `out`: one wake-up for a batch of messages
+    /// instead of one per message (events keep their order, each is handed over
+    /// once). Returns how many were appended; 0 once the node is closed and drained
+    /// (or if `max` is 0). Bounded by `max`: the caller sizes its batch.
+    pub async fn recv_many(&self, out: &mut Vec<Event>, max: usize) -> usize {
+        if max == 0 {
+            return 0;
+        }
+        let Ok(first) = self.events.recv().await else {
+            self.after_recv();
+            return 0;
+        };
+        out.push(first);
+        let mut taken = 1;
+        while taken < max {
+            match self.events.try_recv() {
+                Ok(event) => {
+                    out.push(event);
+                    taken += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.after_recv();
+        taken
+    }
+
     fn after_recv(&self) {
         if self.paused.load(Ordering::Relaxed) && self.events.len() < self.event_capacity / 2 {
             let _ = self.commands.try_send(Command::Wake);

@@ -33,18 +33,48 @@ pub async fn send_numbered(client: &Node, peer: PeerId, count: u32, size: usize)
 /// of `size` bytes, each once and in order. Panics otherwise.
 pub async fn receive_numbered(server: &Node, count: u32, size: usize) {
     let mut next = 0;
-    loop {
-        match server.recv().await.expect("event") {
-            Event::Message {
-                stream, message, ..
-            } => {
-                assert_eq!(stream, 1);
-                assert_eq!(message.payload, payload(next, size), "message {next}");
-                next += 1;
+    while !check_numbered(server.recv().await.expect("event"), &mut next, size) {}
+    assert_eq!(next, count);
+}
+
+/// [`receive_numbered`] through [`Node::recv_many`], `max` events per call: also
+/// checks that no batch is empty or longer than `max`. Returns the number of
+/// batches taken.
+pub async fn receive_numbered_batched(server: &Node, count: u32, size: usize, max: usize) -> usize {
+    let mut next = 0;
+    let mut batches = 0;
+    let mut events = Vec::new();
+    'receive: loop {
+        let taken = server.recv_many(&mut events, max).await;
+        assert!(
+            (1..=max).contains(&taken),
+            "batch of {taken} for at most {max}"
+        );
+        assert_eq!(taken, events.len());
+        batches += 1;
+        for event in events.drain(..) {
+            if check_numbered(event, &mut next, size) {
+                break 'receive;
             }
-            Event::StreamFinished { stream: 1, .. } => break,
-            _ => {}
         }
     }
     assert_eq!(next, count);
+    batches
+}
+
+/// Checks one event of [`receive_numbered`]: message `next` on stream 1 (then
+/// counts it), or the end of stream 1 (returns true).
+fn check_numbered(event: Event, next: &mut u32, size: usize) -> bool {
+    match event {
+        Event::Message {
+            stream, message, ..
+        } => {
+            assert_eq!(stream, 1);
+            assert_eq!(message.payload, payload(*next, size), "message {next}");
+            *next += 1;
+            false
+        }
+        Event::StreamFinished { stream: 1, .. } => true,
+        _ => false,
+    }
 }

@@ -131,6 +131,14 @@ pub struct SendBuffer<M> {
     finished: bool,
     /// Payload bytes of `messages`.
     buffered: usize,
+    /// Messages ever popped from the front of `messages`: `cursor - popped` is an
+    /// index into it.
+    popped: usize,
+    /// Absolute index (counting popped messages) of the message holding `next_new`,
+    /// kept by [`Self::mark_sent`]: the in-order send path finds its message without
+    /// a binary search. Only a hint: [`Self::message_at`] checks it and falls back
+    /// to the search when it does not hold `next_new`.
+    cursor: usize,
 }
 
 impl<M> SendBuffer<M> {
@@ -149,6 +157,8 @@ impl<M> SendBuffer<M> {
             reset_unsent: false,
             finished: false,
             buffered: 0,
+            popped: 0,
+            cursor: 0,
         }
     }
 
@@ -287,8 +297,33 @@ impl<M> SendBuffer<M> {
     }
 
     fn message_at(&self, offset: u64) -> Option<&QueuedMessage<M>> {
+        if let Some(hinted) = self
+            .cursor
+            .checked_sub(self.popped)
+            .and_then(|index| self.messages.get(index))
+            .filter(|m| m.start <= offset && offset < m.end())
+        {
+            return Some(hinted);
+        }
         let index = self.messages.partition_point(|m| m.end() <= offset);
         self.messages.get(index).filter(|m| m.start <= offset)
+    }
+
+    /// Moves the cursor forward to the message holding `next_new` (one step per
+    /// message sent in order; a search if the hint fell behind the front).
+    fn advance_cursor(&mut self) {
+        let mut index = match self.cursor.checked_sub(self.popped) {
+            Some(index) if index < self.messages.len() => index,
+            _ => self.messages.partition_point(|m| m.end() <= self.next_new),
+        };
+        while self
+            .messages
+            .get(index)
+            .is_some_and(|m| m.end() <= self.next_new)
+        {
+            index += 1;
+        }
+        self.cursor = self.popped + index;
     }
 
     /// The next range to send: the lowest lost range first, then new data.
@@ -356,6 +391,7 @@ impl<M> SendBuffer<M> {
         self.lost.remove(start..end);
         if start <= self.next_new && end > self.next_new {
             self.next_new = end.min(self.end);
+            self.advance_cursor();
         }
     }
 
@@ -431,6 +467,7 @@ impl<M> SendBuffer<M> {
         while self.messages.front().is_some_and(|m| m.end() <= self.base) {
             if let Some(m) = self.messages.pop_front() {
                 self.buffered -= m.data.len();
+                self.popped += 1;
             }
             released += 1;
         }
@@ -471,6 +508,7 @@ impl<M> SendBuffer<M> {
         {
             if let Some(m) = self.messages.pop_front() {
                 self.buffered -= m.data.len();
+                self.popped += 1;
             }
             messages += 1;
         }
@@ -480,6 +518,7 @@ impl<M> SendBuffer<M> {
         let reset_to = self.messages.front().map_or(self.end, |m| m.start);
         self.base = reset_to;
         self.next_new = self.next_new.max(reset_to);
+        self.advance_cursor();
         self.acked.remove(0..reset_to);
         self.lost.remove(0..reset_to);
         self.reset = Some(reset_to);
@@ -553,6 +592,62 @@ mod tests {
         assert_eq!(piece(&buf, 0, 100), Some((40, 60)));
         buf.on_acknowledged(100).unwrap();
         assert_eq!(piece(&buf, 0, 100), None);
+    }
+
+    /// The send cursor finds the same message as the binary search it replaces,
+    /// through in-order sends, acknowledgements releasing messages, losses and
+    /// expiry (a fixed pseudo-random mix of them).
+    #[test]
+    fn the_send_cursor_agrees_with_the_search() {
+        let mut buf = SendBuffer::new(1 << 20);
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            state >> 33
+        };
+        let mut at = 0u64;
+        for step in 0..5000u32 {
+            match next() % 8 {
+                0..=2 => {
+                    let len = (next() % 40) as usize;
+                    let deadline =
+                        (next() % 4 == 0).then(|| Timestamp::from_micros(u64::from(step)));
+                    let _ = buf.push(Bytes::from(vec![1u8; len]), step, deadline);
+                }
+                3..=5 => {
+                    if let Some(p) = buf.next_pending() {
+                        let end = p.offset + 1 + next() % 30;
+                        let offset = p.offset;
+                        buf.mark_sent(offset, end);
+                    }
+                }
+                6 => {
+                    let sent = buf.next_new() - buf.base();
+                    if sent > 0 {
+                        let _ = buf.on_acknowledged(buf.base() + next() % (sent + 1));
+                    }
+                }
+                _ => {
+                    if next() % 4 == 0 {
+                        at += 1;
+                        let _ = buf.expire(Timestamp::from_micros(at * 50));
+                    } else if buf.next_new() > buf.base() {
+                        let from = buf.base() + next() % (buf.next_new() - buf.base());
+                        buf.on_lost(from, from + 1 + next() % 20);
+                    }
+                }
+            }
+            let offset = buf.next_new();
+            let index = buf.messages.partition_point(|m| m.end() <= offset);
+            let searched = buf.messages.get(index).filter(|m| m.start <= offset);
+            assert_eq!(
+                buf.message_at(offset).map(|m| (m.start, m.meta)),
+                searched.map(|m| (m.start, m.meta)),
+                "step {step}"
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_lite::future;
 
-use super::{payload, receive_numbered, send_numbered};
+use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
 use crate::runtime::Runtime;
 use crate::{Address, CommandId, Event, Node, NodeConfig, PeerId, SendOptions};
 
@@ -270,6 +270,22 @@ pub async fn udp_over_ipv6_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) 
         return;
     };
     transfer(&rt, &server, &addresses(&server), 500, 2000).await;
+}
+
+/// Small messages over TCP and a Unix stream, received with `recv_many`: every
+/// message once and in order, no batch empty or above its bound.
+pub async fn small_messages_received_in_batches_arrive_once_in_order<R: Runtime + Clone>(rt: R) {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix://{}", dir.path().join("s.sock").display());
+    let server = server(&rt, &["tcp://127.0.0.1:0", &unix]);
+    for address in addresses(&server) {
+        let client = bind(&rt, NodeConfig::new("client")).expect("bind");
+        let peer = client.connect(&[address]).await.expect("connect");
+        let sending = send_numbered(&client, peer, 5000, 64);
+        let receiving = receive_numbered_batched(&server, 5000, 64, 64);
+        within(&rt, future::zip(sending, receiving)).await;
+        client.close().await;
+    }
 }
 
 /// 2000 messages of 3000 B over TCP arrive once and in order.
@@ -715,6 +731,7 @@ macro_rules! loopback_tests {
             a_udp_path_discovers_an_mtu_above_the_ipv4_base,
             udp_over_ipv6_transfer_arrives_in_order,
             tcp_transfer_arrives_in_order,
+            small_messages_received_in_batches_arrive_once_in_order,
             unix_stream_and_datagram_transfers_arrive_in_order,
             multi_path_udp_and_tcp_peer_uses_both_paths,
             connecting_to_nothing_or_binding_twice_fails_clearly,
