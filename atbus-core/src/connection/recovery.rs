@@ -78,6 +78,8 @@ pub struct InFlight {
     reset_only: BTreeSet<(i64, u64)>,
     next_seq: u64,
     bytes: usize,
+    /// The retransmission timeout declared a range lost and no probe has left since.
+    probe_due: bool,
 }
 
 impl InFlight {
@@ -199,6 +201,7 @@ impl InFlight {
             if !Self::is_lost(range, now, rto, newest_delivered, rack_rtt, reorder_window) {
                 break;
             }
+            self.probe_due |= now >= range.sent_at + rto;
             lost.push(self.remove(seq).expect("present"));
         }
         lost
@@ -215,6 +218,21 @@ impl InFlight {
         now >= range.sent_at + rto
             || (range.sent_at + reorder_window < newest_delivered
                 && now >= range.sent_at + rack_rtt + reorder_window)
+    }
+
+    /// Whether the retransmission timeout declared something lost since the last
+    /// [`InFlight::probe_sent`]. The next transmit may then exceed the congestion
+    /// window by one datagram (RFC 6298 §5.4 retransmits the earliest segment on a
+    /// timeout, RFC 9002 §6.2.4 sends probes whatever the window): otherwise a window
+    /// full of lost datagrams, shrunk by the loss, holds the retransmission back
+    /// until enough further timeouts, each longer, have emptied it.
+    pub fn probe_due(&self) -> bool {
+        self.probe_due
+    }
+
+    /// A transmit carried data after a timeout: the probe is sent.
+    pub fn probe_sent(&mut self) {
+        self.probe_due = false;
     }
 
     /// When [`InFlight::detect_lost`] must run next, if anything is in flight.
@@ -371,6 +389,27 @@ mod tests {
             f.loss_deadline(rto, Timestamp::ZERO, Duration::ZERO, Duration::ZERO),
             Some(at(300))
         );
+    }
+
+    #[test]
+    fn only_a_timeout_makes_a_probe_due_until_one_is_sent() {
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 1));
+        f.on_sent(range(1, 20, 30, 10));
+        let rto = Duration::from_millis(200);
+        let rtt = Duration::from_millis(50);
+        let window = Duration::from_millis(5);
+        // Declared lost by the time-ordered rule: no probe.
+        let lost = f.detect_lost(at(60), rto, at(10), rtt, window);
+        assert_eq!(lost.len(), 2);
+        assert!(!f.probe_due());
+        // The last one by the timeout: a probe may leave past the window.
+        let lost = f.detect_lost(at(210), rto, at(10), rtt, window);
+        assert_eq!(lost.len(), 1);
+        assert!(f.probe_due());
+        f.probe_sent();
+        assert!(!f.probe_due());
     }
 
     #[test]

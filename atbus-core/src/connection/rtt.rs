@@ -4,7 +4,8 @@
 //! is the seed's empirical optimum, `factor × smoothed RTT` (factor 1.2), raised to
 //! `smoothed RTT + variance_weight × RTT variance` when the path is jittery so that
 //! delay noise does not fire spurious retransmissions, clamped to a floor and a
-//! ceiling, and doubled per consecutive timeout of the same range (RFC 6298 §5.5).
+//! ceiling, and multiplied by `backoff_factor` per consecutive timeout (1 by
+//! default: no backoff, see [`RtoConfig::backoff_factor`]; RFC 6298 §5.5 doubles).
 
 use std::time::Duration;
 
@@ -22,7 +23,16 @@ pub struct RtoConfig {
     pub floor: Duration,
     /// Nor longer than this, backoff included.
     pub ceiling: Duration,
-    /// Consecutive timeouts double the timeout at most this many times.
+    /// Consecutive timeouts multiply the timeout by this factor each; values below
+    /// 1 or not numbers count as 1. RFC 6298 §5.5 doubles; atbus keeps the
+    /// timeout (1): a timeout sends one probe datagram past the window, so an
+    /// unbacked timeout sends at most one datagram per 1.2 RTT, the echoed
+    /// timepoints give unambiguous RTT samples from the first acknowledgement of a
+    /// slower path, and on a link that loses datagrams in bursts a doubled timeout
+    /// only spaces the probes so that each meets the same burst (measured in
+    /// docs/comparison.md, scenario (c)).
+    pub backoff_factor: f64,
+    /// Consecutive timeouts multiply the timeout at most this many times.
     pub max_backoff_exponent: u32,
 }
 
@@ -34,6 +44,7 @@ impl Default for RtoConfig {
             variance_weight: 4.0,
             floor: Duration::from_millis(5),
             ceiling: Duration::from_secs(10),
+            backoff_factor: 1.0,
             max_backoff_exponent: 3,
         }
     }
@@ -117,9 +128,21 @@ impl RttEstimator {
             self.smoothed
                 .saturating_add(scale(self.variance, c.variance_weight, c.ceiling));
         let base = scaled.max(jittery).max(c.floor).min(c.ceiling);
-        let doublings = backoff.min(c.max_backoff_exponent);
-        base.saturating_mul(2u32.saturating_pow(doublings))
-            .min(c.ceiling)
+        let steps = backoff.min(c.max_backoff_exponent).min(64);
+        let factor = if c.backoff_factor.is_nan() {
+            1.0
+        } else {
+            c.backoff_factor.max(1.0)
+        };
+        if steps == 0 {
+            return base;
+        }
+        // In whole nanoseconds, so that a factor of 2 doubles exactly.
+        let nanos = base.as_nanos() as f64 * factor.powi(steps as i32);
+        if nanos >= c.ceiling.as_nanos() as f64 {
+            return c.ceiling;
+        }
+        Duration::from_nanos(nanos.round() as u64).min(c.ceiling)
     }
 }
 
@@ -173,8 +196,43 @@ mod tests {
     }
 
     #[test]
+    fn default_keeps_the_timeout_across_consecutive_timeouts() {
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        for _ in 0..50 {
+            rtt.on_sample(ms(100));
+        }
+        assert_eq!(rtt.retransmit_timeout(0), ms(120));
+        assert_eq!(rtt.retransmit_timeout(3), ms(120));
+    }
+
+    #[test]
+    fn backoff_factor_one_and_a_half_and_odd_factors() {
+        let mut config = RtoConfig {
+            backoff_factor: 1.5,
+            ..RtoConfig::default()
+        };
+        let mut rtt = RttEstimator::new(config);
+        for _ in 0..50 {
+            rtt.on_sample(ms(100));
+        }
+        assert_eq!(rtt.retransmit_timeout(2), ms(270));
+        for odd in [f64::NAN, -1.0, 0.5] {
+            config.backoff_factor = odd;
+            let mut rtt = RttEstimator::new(config);
+            rtt.on_sample(ms(100));
+            assert_eq!(rtt.retransmit_timeout(5), rtt.retransmit_timeout(0));
+        }
+        config.backoff_factor = f64::INFINITY;
+        assert_eq!(
+            RttEstimator::new(config).retransmit_timeout(1),
+            config.ceiling
+        );
+    }
+
+    #[test]
     fn backoff_doubles_up_to_the_ceiling() {
         let config = RtoConfig {
+            backoff_factor: 2.0,
             ceiling: ms(1000),
             max_backoff_exponent: 6,
             ..RtoConfig::default()

@@ -560,9 +560,14 @@ impl Endpoint {
             acked_streams.push(stream);
         }
 
-        // Data, within the congestion window.
+        // Data, within the congestion window, or one datagram past it after a
+        // retransmission timeout (see `InFlight::probe_due`).
         let data_limit = limit - acks.len();
-        let window = c.cc.window();
+        let window = if c.in_flight.probe_due() {
+            c.cc.window().max(c.in_flight.bytes() + limit)
+        } else {
+            c.cc.window()
+        };
         let mut wrote_data = false;
         let range_now = now;
         let mut record = |c: &mut crate::connection::Connection,
@@ -711,6 +716,9 @@ impl Endpoint {
             c.ack_pending.remove(stream);
             c.ack_recent.remove(stream);
             c.refused_acks.remove(stream);
+        }
+        if wrote_data {
+            c.in_flight.probe_sent();
         }
         let send_acks = !acks.is_empty() && (ack_due || wrote_data || probes || !buf.is_empty());
         if send_acks {
