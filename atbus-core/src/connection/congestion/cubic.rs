@@ -206,6 +206,31 @@ impl Cubic {
             && lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
     }
 
+    /// Whether the latest RTT shows a queue longer than the reduced window needs:
+    /// in congestion avoidance, a queueing delay of at least `(1 − β) / β` of the
+    /// minimum RTT means `β × window` still covers the bandwidth-delay product, so
+    /// reducing now loses no throughput and shortens the queue before it overflows.
+    /// Flows sharing a bottleneck see the same queue and reduce together, as at a
+    /// synchronized loss; the one with the larger window gives up more.
+    fn queue_too_long(&self) -> bool {
+        if self.in_slow_start() {
+            return false;
+        }
+        let Some(min) = self.min_rtt else {
+            return false;
+        };
+        let hystart = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
+        let threshold = min.mul_f64((1.0 - BETA) / BETA).max(hystart);
+        self.latest_rtt >= min.saturating_add(threshold)
+    }
+
+    /// A reduction for a standing queue ([`queue_too_long`](Self::queue_too_long)):
+    /// as for a loss, but not undoable (no loss to prove spurious).
+    fn reduce_for_delay(&mut self, now: Timestamp) {
+        self.reduce(now, 0);
+        self.episode.begin_final(now);
+    }
+
     /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
     fn start_epoch(&mut self, now: Timestamp) {
         self.epoch_start = Some(now);
@@ -269,6 +294,10 @@ impl CongestionController for Cubic {
         }
         self.round_acked[0] = self.round_acked[0].saturating_add(bytes as u64);
         if self.in_recovery(sent_at) {
+            return;
+        }
+        if self.queue_too_long() {
+            self.reduce_for_delay(now);
             return;
         }
         if !self.utilization.window_limited(self.window()) {

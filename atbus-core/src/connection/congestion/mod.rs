@@ -301,6 +301,16 @@ impl<S: Copy> Episode<S> {
         self.spurious = 0;
     }
 
+    /// A new episode begins at `now` that no spurious loss can undo: the signal
+    /// that started it was not a loss (a standing queue), so there is nothing to
+    /// prove spurious.
+    pub(crate) fn begin_final(&mut self, now: Timestamp) {
+        self.start = Some(now);
+        self.saved = None;
+        self.lost = 0;
+        self.spurious = 0;
+    }
+
     /// One retransmission proved spurious. Returns the saved state when that makes
     /// every loss of the episode spurious; the episode then ends, and cannot be
     /// undone twice.
