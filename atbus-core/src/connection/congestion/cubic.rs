@@ -30,6 +30,10 @@ const LOSS_FRACTION_DIVISOR: u64 = 50;
 /// Losses in this round and the last that make a burst (see [`LOSS_FRACTION_DIVISOR`]):
 /// in a small window one random loss is already more than 2 %.
 const BURST_LOSSES: u64 = 3;
+/// A queue holding this fraction of the delay it had when it last overflowed is
+/// too long ([`Cubic::queue_too_long`]), when that is less than `(1 − β) / β` of
+/// the minimum RTT.
+const FULL_QUEUE_FRACTION: f64 = 0.75;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -103,6 +107,9 @@ pub struct Cubic {
     round_acked: [u64; 2],
     /// Losses (ranges), this round and the last.
     round_losses: [u64; 2],
+    /// The queueing delay (latest − minimum RTT) at the last congestion loss: how
+    /// much delay the bottleneck queue holds when it overflows.
+    full_queue: Option<Duration>,
 }
 
 impl Cubic {
@@ -131,6 +138,7 @@ impl Cubic {
             round_lost: [0; 2],
             round_acked: [0; 2],
             round_losses: [0; 2],
+            full_queue: None,
         }
     }
 
@@ -220,7 +228,11 @@ impl Cubic {
             return false;
         };
         let hystart = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
-        let threshold = min.mul_f64((1.0 - BETA) / BETA).max(hystart);
+        let mut threshold = min.mul_f64((1.0 - BETA) / BETA);
+        if let Some(full) = self.full_queue {
+            threshold = threshold.min(full.mul_f64(FULL_QUEUE_FRACTION));
+        }
+        let threshold = threshold.max(hystart);
         self.latest_rtt >= min.saturating_add(threshold)
     }
 
@@ -321,6 +333,9 @@ impl CongestionController for Cubic {
         self.round_lost[0] = self.round_lost[0].saturating_add(bytes as u64);
         self.round_losses[0] = self.round_losses[0].saturating_add(1);
         if self.episode.on_lost(sent_at) && self.is_congestion() {
+            if let Some(min) = self.min_rtt {
+                self.full_queue = Some(self.latest_rtt.saturating_sub(min));
+            }
             self.reduce(now, 1);
         }
     }
