@@ -110,6 +110,11 @@ pub struct Cubic {
     /// The queueing delay (latest − minimum RTT) at the last congestion loss: how
     /// much delay the bottleneck queue holds when it overflows.
     full_queue: Option<Duration>,
+    /// Whether the queue fell below the standing-queue threshold since the last
+    /// reduction for a standing queue: one such reduction per queue build-up, so a
+    /// flow that measured the true minimum RTT does not keep reducing under a queue
+    /// that a later flow (whose minimum includes it) holds.
+    queue_armed: bool,
 }
 
 impl Cubic {
@@ -139,6 +144,7 @@ impl Cubic {
             round_acked: [0; 2],
             round_losses: [0; 2],
             full_queue: None,
+            queue_armed: true,
         }
     }
 
@@ -220,7 +226,7 @@ impl Cubic {
     /// reducing now loses no throughput and shortens the queue before it overflows.
     /// Flows sharing a bottleneck see the same queue and reduce together, as at a
     /// synchronized loss; the one with the larger window gives up more.
-    fn queue_too_long(&self) -> bool {
+    fn queue_too_long(&mut self) -> bool {
         if self.in_slow_start() {
             return false;
         }
@@ -233,7 +239,11 @@ impl Cubic {
             threshold = threshold.min(full.mul_f64(FULL_QUEUE_FRACTION));
         }
         let threshold = threshold.max(hystart);
-        self.latest_rtt >= min.saturating_add(threshold)
+        if self.latest_rtt < min.saturating_add(threshold) {
+            self.queue_armed = true;
+            return false;
+        }
+        std::mem::take(&mut self.queue_armed)
     }
 
     /// A reduction for a standing queue ([`queue_too_long`](Self::queue_too_long)):
@@ -487,6 +497,8 @@ mod tests {
         }
         cc.on_rtt_sample(at(0), &estimator);
         cc.on_lost(at(0), at(0), MTU);
+        // The queue drains: no further reduction for a standing queue.
+        sample(&mut cc, at(0), ms(rtt));
         assert_eq!(cc.window(), 70_000);
         assert_eq!(cc.w_max(), 100_000);
         assert!(!cc.in_slow_start());
@@ -577,7 +589,8 @@ mod tests {
         cc.on_spurious_loss();
         cc.on_spurious_loss();
         assert_eq!(cc.window(), window);
-        // The curve continues where it was.
+        // The curve continues where it was (once the queue is gone).
+        sample(&mut cc, at(2_150), ms(100));
         let before = cc.window();
         run_avoidance(&mut cc, 2_200, 3_200, 100);
         assert!(cc.window() > before);
@@ -676,6 +689,64 @@ mod tests {
         let window = cc.window();
         queueing(&mut cc, at(2_000));
         cc.on_lost(at(2_010), at(1_990), MTU);
+        assert!(cc.window() < window);
+    }
+
+    #[test]
+    fn a_standing_queue_reduces_the_window_once_per_build_up() {
+        // Minimum RTT 40 ms: a queue of 0.43 × 40 ≈ 17 ms or more is too long.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 1_000, 40);
+        let window = cc.window();
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(40));
+        // 15 ms of queue: not yet.
+        estimator.on_sample(ms(55));
+        cc.on_rtt_sample(at(1_000), &estimator);
+        cc.on_acked(at(1_000), at(990), MTU);
+        assert!(cc.window() >= window);
+        // 20 ms: reduced by β, and not undone by a spurious retransmission.
+        estimator.on_sample(ms(60));
+        cc.on_rtt_sample(at(1_010), &estimator);
+        cc.on_acked(at(1_010), at(1_000), MTU);
+        let reduced = cc.window();
+        assert!((reduced as f64 - 0.7 * window as f64).abs() < 2.0 * MTU as f64);
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), reduced);
+        // The same queue, still standing on later acknowledgements: no second
+        // reduction until the queue has drained once.
+        for i in 0..20 {
+            cc.on_acked(at(1_100 + i * 10), at(1_060 + i * 10), MTU);
+        }
+        assert!(cc.window() >= reduced);
+        estimator.on_sample(ms(41));
+        cc.on_rtt_sample(at(1_400), &estimator);
+        cc.on_acked(at(1_400), at(1_360), MTU);
+        estimator.on_sample(ms(60));
+        cc.on_rtt_sample(at(1_410), &estimator);
+        let before = cc.window();
+        cc.on_acked(at(1_410), at(1_370), MTU);
+        assert!(cc.window() < before);
+    }
+
+    #[test]
+    fn a_queue_that_overflowed_short_sets_the_standing_queue_threshold() {
+        // Minimum RTT 100 ms, a loss with 20 ms of queue: 0.43 × 100 ms would never
+        // be reached, 3/4 of 20 ms = 15 ms is.
+        let mut cc = Cubic::new(config(100), MTU);
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(100));
+        estimator.on_sample(ms(120));
+        cc.on_rtt_sample(at(0), &estimator);
+        cc.on_lost(at(0), at(0), MTU);
+        let window = cc.window();
+        estimator.on_sample(ms(110));
+        cc.on_rtt_sample(at(200), &estimator);
+        cc.on_acked(at(200), at(100), MTU);
+        assert!(cc.window() >= window);
+        estimator.on_sample(ms(116));
+        cc.on_rtt_sample(at(210), &estimator);
+        cc.on_acked(at(210), at(110), MTU);
         assert!(cc.window() < window);
     }
 
