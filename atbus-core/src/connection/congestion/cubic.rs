@@ -700,8 +700,8 @@ mod tests {
         let window = cc.window();
         let mut estimator = RttEstimator::new(RtoConfig::default());
         estimator.on_sample(ms(40));
-        // 15 ms of queue: not yet.
-        estimator.on_sample(ms(55));
+        // 14 ms of queue: not yet (the threshold is 3/4 of the 20 ms at the loss).
+        estimator.on_sample(ms(54));
         cc.on_rtt_sample(at(1_000), &estimator);
         cc.on_acked(at(1_000), at(990), MTU);
         assert!(cc.window() >= window);
