@@ -115,6 +115,52 @@ pub struct Cubic {
     /// flow that measured the true minimum RTT does not keep reducing under a queue
     /// that a later flow (whose minimum includes it) holds.
     queue_armed: bool,
+    /// The standing RTT: the least RTT sample of the last half round trip or so,
+    /// what the queue adds without the jitter of single samples.
+    standing: StandingRtt,
+    /// The RTT's mean deviation (RFC 6298 `RTTVAR`).
+    rtt_variance: Duration,
+}
+
+/// The minimum of the RTT samples over a sliding span of about half a smoothed
+/// RTT (two buckets of that length: the current one and the one before): a queue
+/// that stands raises every sample, jitter only some, so its minimum stays near
+/// the path's delay (Copa's standing RTT).
+#[derive(Debug, Clone, Copy, Default)]
+struct StandingRtt {
+    bucket_start: Option<Timestamp>,
+    current: Option<Duration>,
+    previous: Option<Duration>,
+}
+
+impl StandingRtt {
+    fn on_sample(&mut self, now: Timestamp, rtt: Duration, srtt: Duration) {
+        let span = srtt / 4;
+        match self.bucket_start {
+            Some(start) if now.saturating_since(start) < span => {}
+            Some(start) => {
+                // Samples more than a bucket old leave; a gap of two buckets
+                // leaves nothing of the previous one either.
+                self.previous = if now.saturating_since(start) < span * 2 {
+                    self.current
+                } else {
+                    None
+                };
+                self.current = None;
+                self.bucket_start = Some(now);
+            }
+            None => self.bucket_start = Some(now),
+        }
+        self.current = Some(self.current.map_or(rtt, |c| c.min(rtt)));
+    }
+
+    /// The least sample of the span.
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Cubic {
@@ -145,6 +191,8 @@ impl Cubic {
             round_losses: [0; 2],
             full_queue: None,
             queue_armed: true,
+            standing: StandingRtt::default(),
+            rtt_variance: Duration::ZERO,
         }
     }
 
@@ -234,12 +282,22 @@ impl Cubic {
             return false;
         };
         let hystart = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
-        let mut threshold = min.mul_f64((1.0 - BETA) / BETA);
-        if let Some(full) = self.full_queue {
-            threshold = threshold.min(full.mul_f64(FULL_QUEUE_FRACTION));
-        }
+        // Only once a congestion loss has shown how much delay the bottleneck's
+        // queue holds: delay alone can be jitter (a radio link, a busy host).
+        let Some(full) = self.full_queue else {
+            return false;
+        };
+        let threshold = min
+            .mul_f64((1.0 - BETA) / BETA)
+            .min(full.mul_f64(FULL_QUEUE_FRACTION));
         let threshold = threshold.max(hystart);
-        if self.latest_rtt < min.saturating_add(threshold) {
+        // Jitter as large as the threshold would pass for a queue whatever the
+        // window: the signal is for paths whose delay varies by queueing only.
+        if self.rtt_variance.saturating_mul(4) >= threshold {
+            return false;
+        }
+        let standing = self.standing.get().unwrap_or(self.latest_rtt);
+        if standing < min.saturating_add(threshold) {
             self.queue_armed = true;
             return false;
         }
@@ -379,9 +437,11 @@ impl CongestionController for Cubic {
         self.utilization.on_sent(bytes_in_flight);
     }
 
-    fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
+    fn on_rtt_sample(&mut self, now: Timestamp, rtt: &RttEstimator) {
         self.srtt = rtt.smoothed();
         self.latest_rtt = rtt.latest();
+        self.standing.on_sample(now, rtt.latest(), rtt.smoothed());
+        self.rtt_variance = rtt.variance();
         self.min_rtt = rtt.min();
         if self.ssthresh == usize::MAX {
             self.hystart.on_rtt_sample(rtt.latest());
@@ -692,6 +752,18 @@ mod tests {
         assert!(cc.window() < window);
     }
 
+    /// RTT samples of `rtt` every 5 ms from `from` to `to` (ms), each with an
+    /// acknowledgement of one datagram sent one RTT earlier.
+    fn standing(cc: &mut Cubic, estimator: &mut RttEstimator, from: u64, to: u64, rtt: u64) {
+        let mut now = from;
+        while now < to {
+            estimator.on_sample(ms(rtt));
+            cc.on_rtt_sample(at(now), estimator);
+            cc.on_acked(at(now), at(now.saturating_sub(rtt)), MTU);
+            now += 5;
+        }
+    }
+
     #[test]
     fn a_standing_queue_reduces_the_window_once_per_build_up() {
         // Minimum RTT 40 ms: a queue of 0.43 × 40 ≈ 17 ms or more is too long.
@@ -701,32 +773,44 @@ mod tests {
         let mut estimator = RttEstimator::new(RtoConfig::default());
         estimator.on_sample(ms(40));
         // 14 ms of queue: not yet (the threshold is 3/4 of the 20 ms at the loss).
-        estimator.on_sample(ms(54));
-        cc.on_rtt_sample(at(1_000), &estimator);
-        cc.on_acked(at(1_000), at(990), MTU);
+        standing(&mut cc, &mut estimator, 1_000, 1_100, 54);
         assert!(cc.window() >= window);
-        // 20 ms: reduced by β, and not undone by a spurious retransmission.
-        estimator.on_sample(ms(60));
-        cc.on_rtt_sample(at(1_010), &estimator);
-        cc.on_acked(at(1_010), at(1_000), MTU);
+        // 20 ms standing: reduced by β once, and not undone by a spurious
+        // retransmission.
+        standing(&mut cc, &mut estimator, 1_100, 1_200, 60);
         let reduced = cc.window();
-        assert!((reduced as f64 - 0.7 * window as f64).abs() < 2.0 * MTU as f64);
+        assert!(
+            reduced < window && reduced as f64 > 0.7 * window as f64 - 2.0 * MTU as f64,
+            "{window} -> {reduced}"
+        );
         cc.on_spurious_loss();
         assert_eq!(cc.window(), reduced);
-        // The same queue, still standing on later acknowledgements: no second
-        // reduction until the queue has drained once.
-        for i in 0..20 {
-            cc.on_acked(at(1_100 + i * 10), at(1_060 + i * 10), MTU);
-        }
+        // The same queue, still standing: no second reduction until the queue has
+        // drained once.
+        standing(&mut cc, &mut estimator, 1_200, 1_400, 60);
         assert!(cc.window() >= reduced);
-        estimator.on_sample(ms(41));
-        cc.on_rtt_sample(at(1_400), &estimator);
-        cc.on_acked(at(1_400), at(1_360), MTU);
-        estimator.on_sample(ms(60));
-        cc.on_rtt_sample(at(1_410), &estimator);
+        standing(&mut cc, &mut estimator, 1_400, 1_500, 41);
         let before = cc.window();
-        cc.on_acked(at(1_410), at(1_370), MTU);
+        standing(&mut cc, &mut estimator, 1_500, 1_600, 60);
         assert!(cc.window() < before);
+    }
+
+    #[test]
+    fn jitter_without_a_standing_queue_does_not_reduce_the_window() {
+        // Samples alternating between the minimum and 30 ms above it (more than
+        // the 17 ms a standing queue needs): the least of each half round trip
+        // is the minimum, so no reduction.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 1_000, 40);
+        let window = cc.window();
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        for i in 0..100u64 {
+            let rtt = if i % 3 == 0 { 40 } else { 70 };
+            estimator.on_sample(ms(rtt));
+            cc.on_rtt_sample(at(1_000 + i * 4), &estimator);
+            cc.on_acked(at(1_000 + i * 4), at(960 + i * 4), MTU);
+        }
+        assert!(cc.window() >= window, "{window} -> {}", cc.window());
     }
 
     #[test]
@@ -740,13 +824,9 @@ mod tests {
         cc.on_rtt_sample(at(0), &estimator);
         cc.on_lost(at(0), at(0), MTU);
         let window = cc.window();
-        estimator.on_sample(ms(110));
-        cc.on_rtt_sample(at(200), &estimator);
-        cc.on_acked(at(200), at(100), MTU);
+        standing(&mut cc, &mut estimator, 200, 400, 110);
         assert!(cc.window() >= window);
-        estimator.on_sample(ms(116));
-        cc.on_rtt_sample(at(210), &estimator);
-        cc.on_acked(at(210), at(110), MTU);
+        standing(&mut cc, &mut estimator, 400, 600, 116);
         assert!(cc.window() < window);
     }
 
