@@ -70,6 +70,26 @@ fn one_percent_random_loss_does_not_collapse_the_window() {
     assert!(report.paths[0].cwnd_bytes >= 20 * 1200, "{report}");
 }
 
+/// Delay jitter is not a queue: the standing-queue signal uses the least RTT of
+/// each half round trip, so a jittery path still fills (a per-sample signal cut
+/// the window at every high sample: 10 MB took 75 s on the first path here).
+#[test]
+fn jitter_does_not_pass_for_a_standing_queue() {
+    // Jitter comparable to the standing-queue threshold (5 ms on a 20 ms RTT)
+    // still costs a fifth of the throughput: the signal is then off only by its
+    // RTT-variance guard (docs/congestion.md).
+    for (spec, least) in [
+        ("delay=25ms,jitter=20ms,bw=20mbit,queue=256kb", 0.85),
+        ("delay=10ms,jitter=2ms,bw=20mbit,queue=64kb", 0.85),
+        ("delay=10ms,jitter=5ms,bw=20mbit,queue=64kb", 0.70),
+    ] {
+        let report = bulk(spec, 5_000, |_| {});
+        assert_eq!(report.delivered, 5_000, "{spec}\n{report}");
+        let g = goodput(&report, 20e6);
+        assert!(g >= least, "{spec}: goodput {g:.3}\n{report}");
+    }
+}
+
 /// The client's send rate in bytes per second over the run.
 fn send_rate(report: &Report) -> f64 {
     report.paths[0].sent_bytes as f64 / (report.sim_duration_ms / 1000.0)
@@ -111,34 +131,51 @@ fn the_endpoint_rate_cap_holds_cubic_below_it() {
     );
 }
 
-/// Two flows over one bottleneck, the second starting 2 s after the first; both
-/// send 15 MB (15,000 messages of 1000 B, on streams 0 and 1: flow = stream % 2).
-fn two_flows() -> Report {
-    let path: LinkConfig = "delay=20ms,bw=20mbit,queue=64kb".parse().expect("valid");
+/// `n` flows over one path `spec`, flow `i` starting `i × stagger` after the first,
+/// each sending `per_flow` messages of 1000 B (stream s on flow s % n). Returns the
+/// report and the smallest over the largest per-flow goodput, each flow's goodput
+/// being over its own first-to-last delivery.
+fn flows_run(spec: &str, n: u32, stagger: Duration, per_flow: u64) -> (Report, f64) {
+    let path: LinkConfig = spec.parse().expect("valid SPEC");
     let scenario = Scenario {
         paths: vec![path.clone()],
-        messages: 30_000,
+        messages: per_flow * u64::from(n),
         size: SizeRange {
             min: 1000,
             max: 1000,
         },
         interval: Duration::ZERO,
-        streams: 2,
+        streams: n,
         echo: false,
         seed: 1,
         time_limit: Duration::from_secs(600),
     };
-    let starts = [Duration::ZERO, Duration::from_secs(2)];
+    let starts: Vec<Duration> = (0..n).map(|i| stagger * i).collect();
     let (c, s) = atbus_sim::flows::flows(&[path.mtu], &starts, |_| {});
     let report = run(&scenario, c, s);
-    assert_eq!(report.delivered, 30_000, "{report}");
-    report
+    assert_eq!(report.delivered, scenario.messages, "{report}");
+    assert_eq!(report.flows.len(), n as usize);
+    let rates: Vec<f64> = report.flows.iter().map(|f| f.goodput_bps).collect();
+    let ratio =
+        rates.iter().copied().fold(f64::MAX, f64::min) / rates.iter().copied().fold(0.0, f64::max);
+    (report, ratio)
+}
+
+/// Two flows over one bottleneck, the second starting 2 s after the first; both
+/// send 15 MB (15,000 messages of 1000 B, on streams 0 and 1: flow = stream % 2).
+fn two_flows() -> Report {
+    flows_run(
+        "delay=20ms,bw=20mbit,queue=64kb",
+        2,
+        Duration::from_secs(2),
+        15_000,
+    )
+    .0
 }
 
 #[test]
 fn two_flows_share_one_bottleneck_and_fill_it() {
     let report = two_flows();
-    assert_eq!(report.flows.len(), 2);
     assert!(
         report.flows.iter().all(|f| f.payload_bytes == 15_000_000),
         "{report}"
@@ -148,14 +185,54 @@ fn two_flows_share_one_bottleneck_and_fill_it() {
     assert!(drop_rate(&report) < 0.02, "{report}");
 }
 
-/// Issue 5's fairness target, NOT met yet: over its own span the first flow gets
-/// 14.2 Mbit/s and the second 10.8 (ratio 0.76; 0.61 while both run). Run with
-/// `--ignored` to check progress; see docs/benchmarks.md.
+/// Issue 5's fairness target on its link: two flows split 20 Mbit/s within 20 %
+/// (the smaller goodput at least 0.8 of the larger), whether they start together
+/// or the second joins 0.5 to 5 s later, and three flows started up to 1 s apart
+/// too; the total keeps the link full.
 #[test]
-#[ignore = "open: two CUBIC flows do not yet converge to within 20 % (docs/benchmarks.md)"]
 fn two_flows_split_the_bottleneck_within_20_percent() {
-    let report = two_flows();
-    let [a, b] = [&report.flows[0], &report.flows[1]];
-    let ratio = a.goodput_bps.min(b.goodput_bps) / a.goodput_bps.max(b.goodput_bps);
-    assert!(ratio >= 0.8, "ratio {ratio:.3}\n{report}");
+    let link = "delay=20ms,bw=20mbit,queue=64kb";
+    for (n, stagger_ms) in [
+        (2, 0),
+        (2, 500),
+        (2, 1000),
+        (2, 2000),
+        (2, 5000),
+        (3, 0),
+        (3, 500),
+        (3, 1000),
+    ] {
+        let (report, ratio) = flows_run(link, n, Duration::from_millis(stagger_ms), 15_000);
+        let context = format!("{n} flows, stagger {stagger_ms} ms: ratio {ratio:.3}");
+        assert!(ratio >= 0.8, "{context}\n{report}");
+        assert!(goodput(&report, 20e6) >= 0.85, "{context}\n{report}");
+        assert!(drop_rate(&report) < 0.02, "{context}\n{report}");
+    }
+}
+
+/// The same on other links: 10 Mbit/s with 100 ms RTT and a 32 KB queue (two flows,
+/// up to 5 s apart) and 50 Mbit/s with 20 ms RTT and a 128 KB queue (two flows
+/// started together; staggered, 0.79–0.80 there: not met, docs/benchmarks.md), and
+/// 20 Mbit/s behind queues longer than the RTT (but at most 64 KB).
+#[test]
+fn two_flows_split_other_bottlenecks_within_20_percent() {
+    for (link, mbit, stagger_ms) in [
+        ("delay=50ms,bw=10mbit,queue=32kb", 10.0, 0),
+        ("delay=50ms,bw=10mbit,queue=32kb", 10.0, 500),
+        ("delay=50ms,bw=10mbit,queue=32kb", 10.0, 1000),
+        ("delay=50ms,bw=10mbit,queue=32kb", 10.0, 2000),
+        ("delay=50ms,bw=10mbit,queue=32kb", 10.0, 5000),
+        ("delay=10ms,bw=50mbit,queue=128kb", 50.0, 0),
+        // Queues holding more delay than the whole RTT: a late flow's minimum RTT
+        // includes the first one's queue, and it must not take over the link.
+        ("delay=5ms,bw=20mbit,queue=64kb", 20.0, 1000),
+        ("delay=10ms,bw=20mbit,queue=64kb", 20.0, 2000),
+        // Not met: ("delay=20ms,bw=20mbit,queue=256kb", 20.0, 2000) gives 0.755,
+        // its queue's delay swings too much for the RTT-variance guard.
+    ] {
+        let (report, ratio) = flows_run(link, 2, Duration::from_millis(stagger_ms), 15_000);
+        let context = format!("{link}, stagger {stagger_ms} ms: ratio {ratio:.3}");
+        assert!(ratio >= 0.8, "{context}\n{report}");
+        assert!(goodput(&report, mbit * 1e6) >= 0.85, "{context}\n{report}");
+    }
 }

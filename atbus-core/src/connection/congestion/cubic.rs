@@ -30,6 +30,10 @@ const LOSS_FRACTION_DIVISOR: u64 = 50;
 /// Losses in this round and the last that make a burst (see [`LOSS_FRACTION_DIVISOR`]):
 /// in a small window one random loss is already more than 2 %.
 const BURST_LOSSES: u64 = 3;
+/// A queue holding this fraction of the delay it had when it last overflowed is
+/// too long ([`Cubic::queue_too_long`]), when that is less than `(1 − β) / β` of
+/// the minimum RTT.
+const FULL_QUEUE_FRACTION: f64 = 0.75;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -103,6 +107,60 @@ pub struct Cubic {
     round_acked: [u64; 2],
     /// Losses (ranges), this round and the last.
     round_losses: [u64; 2],
+    /// The queueing delay (latest − minimum RTT) at the last congestion loss: how
+    /// much delay the bottleneck queue holds when it overflows.
+    full_queue: Option<Duration>,
+    /// Whether the queue fell below the standing-queue threshold since the last
+    /// reduction for a standing queue: one such reduction per queue build-up, so a
+    /// flow that measured the true minimum RTT does not keep reducing under a queue
+    /// that a later flow (whose minimum includes it) holds.
+    queue_armed: bool,
+    /// The standing RTT: the least RTT sample of the last half round trip or so,
+    /// what the queue adds without the jitter of single samples.
+    standing: StandingRtt,
+    /// The RTT's mean deviation (RFC 6298 `RTTVAR`).
+    rtt_variance: Duration,
+}
+
+/// The minimum of the RTT samples over a sliding span of about half a smoothed
+/// RTT (two buckets of that length: the current one and the one before): a queue
+/// that stands raises every sample, jitter only some, so its minimum stays near
+/// the path's delay (Copa's standing RTT).
+#[derive(Debug, Clone, Copy, Default)]
+struct StandingRtt {
+    bucket_start: Option<Timestamp>,
+    current: Option<Duration>,
+    previous: Option<Duration>,
+}
+
+impl StandingRtt {
+    fn on_sample(&mut self, now: Timestamp, rtt: Duration, srtt: Duration) {
+        let span = srtt / 4;
+        match self.bucket_start {
+            Some(start) if now.saturating_since(start) < span => {}
+            Some(start) => {
+                // Samples more than a bucket old leave; a gap of two buckets
+                // leaves nothing of the previous one either.
+                self.previous = if now.saturating_since(start) < span * 2 {
+                    self.current
+                } else {
+                    None
+                };
+                self.current = None;
+                self.bucket_start = Some(now);
+            }
+            None => self.bucket_start = Some(now),
+        }
+        self.current = Some(self.current.map_or(rtt, |c| c.min(rtt)));
+    }
+
+    /// The least sample of the span.
+    fn get(&self) -> Option<Duration> {
+        match (self.current, self.previous) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Cubic {
@@ -131,6 +189,10 @@ impl Cubic {
             round_lost: [0; 2],
             round_acked: [0; 2],
             round_losses: [0; 2],
+            full_queue: None,
+            queue_armed: true,
+            standing: StandingRtt::default(),
+            rtt_variance: Duration::ZERO,
         }
     }
 
@@ -206,6 +268,49 @@ impl Cubic {
             && lost.saturating_mul(LOSS_FRACTION_DIVISOR) > lost.saturating_add(acked)
     }
 
+    /// Whether the latest RTT shows a queue longer than the reduced window needs:
+    /// in congestion avoidance, a queueing delay of at least `(1 − β) / β` of the
+    /// minimum RTT means `β × window` still covers the bandwidth-delay product, so
+    /// reducing now loses no throughput and shortens the queue before it overflows.
+    /// Flows sharing a bottleneck see the same queue and reduce together, as at a
+    /// synchronized loss; the one with the larger window gives up more.
+    fn queue_too_long(&mut self) -> bool {
+        if self.in_slow_start() {
+            return false;
+        }
+        let Some(min) = self.min_rtt else {
+            return false;
+        };
+        let hystart = (min / MIN_RTT_DIVISOR).clamp(MIN_RTT_THRESH, MAX_RTT_THRESH);
+        // Only once a congestion loss has shown how much delay the bottleneck's
+        // queue holds: delay alone can be jitter (a radio link, a busy host).
+        let Some(full) = self.full_queue else {
+            return false;
+        };
+        let threshold = min
+            .mul_f64((1.0 - BETA) / BETA)
+            .min(full.mul_f64(FULL_QUEUE_FRACTION));
+        let threshold = threshold.max(hystart);
+        // Jitter as large as the threshold would pass for a queue whatever the
+        // window: the signal is for paths whose delay varies by queueing only.
+        if self.rtt_variance.saturating_mul(4) >= threshold {
+            return false;
+        }
+        let standing = self.standing.get().unwrap_or(self.latest_rtt);
+        if standing < min.saturating_add(threshold) {
+            self.queue_armed = true;
+            return false;
+        }
+        std::mem::take(&mut self.queue_armed)
+    }
+
+    /// A reduction for a standing queue ([`queue_too_long`](Self::queue_too_long)):
+    /// as for a loss, but not undoable (no loss to prove spurious).
+    fn reduce_for_delay(&mut self, now: Timestamp) {
+        self.reduce(now, 0);
+        self.episode.begin_final(now);
+    }
+
     /// RFC 9438 §4.2: the epoch begins at the first growth after a reduction.
     fn start_epoch(&mut self, now: Timestamp) {
         self.epoch_start = Some(now);
@@ -271,6 +376,10 @@ impl CongestionController for Cubic {
         if self.in_recovery(sent_at) {
             return;
         }
+        if self.queue_too_long() {
+            self.reduce_for_delay(now);
+            return;
+        }
         if !self.utilization.window_limited(self.window()) {
             // RFC 9438 §5.8: no growth while application-limited, and the curve
             // does not advance either.
@@ -292,6 +401,9 @@ impl CongestionController for Cubic {
         self.round_lost[0] = self.round_lost[0].saturating_add(bytes as u64);
         self.round_losses[0] = self.round_losses[0].saturating_add(1);
         if self.episode.on_lost(sent_at) && self.is_congestion() {
+            if let Some(min) = self.min_rtt {
+                self.full_queue = Some(self.latest_rtt.saturating_sub(min));
+            }
             self.reduce(now, 1);
         }
     }
@@ -325,9 +437,11 @@ impl CongestionController for Cubic {
         self.utilization.on_sent(bytes_in_flight);
     }
 
-    fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
+    fn on_rtt_sample(&mut self, now: Timestamp, rtt: &RttEstimator) {
         self.srtt = rtt.smoothed();
         self.latest_rtt = rtt.latest();
+        self.standing.on_sample(now, rtt.latest(), rtt.smoothed());
+        self.rtt_variance = rtt.variance();
         self.min_rtt = rtt.min();
         if self.ssthresh == usize::MAX {
             self.hystart.on_rtt_sample(rtt.latest());
@@ -443,6 +557,8 @@ mod tests {
         }
         cc.on_rtt_sample(at(0), &estimator);
         cc.on_lost(at(0), at(0), MTU);
+        // The queue drains: no further reduction for a standing queue.
+        sample(&mut cc, at(0), ms(rtt));
         assert_eq!(cc.window(), 70_000);
         assert_eq!(cc.w_max(), 100_000);
         assert!(!cc.in_slow_start());
@@ -533,7 +649,8 @@ mod tests {
         cc.on_spurious_loss();
         cc.on_spurious_loss();
         assert_eq!(cc.window(), window);
-        // The curve continues where it was.
+        // The curve continues where it was (once the queue is gone).
+        sample(&mut cc, at(2_150), ms(100));
         let before = cc.window();
         run_avoidance(&mut cc, 2_200, 3_200, 100);
         assert!(cc.window() > before);
@@ -632,6 +749,84 @@ mod tests {
         let window = cc.window();
         queueing(&mut cc, at(2_000));
         cc.on_lost(at(2_010), at(1_990), MTU);
+        assert!(cc.window() < window);
+    }
+
+    /// RTT samples of `rtt` every 5 ms from `from` to `to` (ms), each with an
+    /// acknowledgement of one datagram sent one RTT earlier.
+    fn standing(cc: &mut Cubic, estimator: &mut RttEstimator, from: u64, to: u64, rtt: u64) {
+        let mut now = from;
+        while now < to {
+            estimator.on_sample(ms(rtt));
+            cc.on_rtt_sample(at(now), estimator);
+            cc.on_acked(at(now), at(now.saturating_sub(rtt)), MTU);
+            now += 5;
+        }
+    }
+
+    #[test]
+    fn a_standing_queue_reduces_the_window_once_per_build_up() {
+        // Minimum RTT 40 ms: a queue of 0.43 × 40 ≈ 17 ms or more is too long.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 1_000, 40);
+        let window = cc.window();
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(40));
+        // 14 ms of queue: not yet (the threshold is 3/4 of the 20 ms at the loss).
+        standing(&mut cc, &mut estimator, 1_000, 1_100, 54);
+        assert!(cc.window() >= window);
+        // 20 ms standing: reduced by β once, and not undone by a spurious
+        // retransmission.
+        standing(&mut cc, &mut estimator, 1_100, 1_200, 60);
+        let reduced = cc.window();
+        assert!(
+            reduced < window && reduced as f64 > 0.7 * window as f64 - 2.0 * MTU as f64,
+            "{window} -> {reduced}"
+        );
+        cc.on_spurious_loss();
+        assert_eq!(cc.window(), reduced);
+        // The same queue, still standing: no second reduction until the queue has
+        // drained once.
+        standing(&mut cc, &mut estimator, 1_200, 1_400, 60);
+        assert!(cc.window() >= reduced);
+        standing(&mut cc, &mut estimator, 1_400, 1_500, 41);
+        let before = cc.window();
+        standing(&mut cc, &mut estimator, 1_500, 1_600, 60);
+        assert!(cc.window() < before);
+    }
+
+    #[test]
+    fn jitter_without_a_standing_queue_does_not_reduce_the_window() {
+        // Samples alternating between the minimum and 30 ms above it (more than
+        // the 17 ms a standing queue needs): the least of each half round trip
+        // is the minimum, so no reduction.
+        let mut cc = after_one_loss(40);
+        run_avoidance(&mut cc, 0, 1_000, 40);
+        let window = cc.window();
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        for i in 0..100u64 {
+            let rtt = if i % 3 == 0 { 40 } else { 70 };
+            estimator.on_sample(ms(rtt));
+            cc.on_rtt_sample(at(1_000 + i * 4), &estimator);
+            cc.on_acked(at(1_000 + i * 4), at(960 + i * 4), MTU);
+        }
+        assert!(cc.window() >= window, "{window} -> {}", cc.window());
+    }
+
+    #[test]
+    fn a_queue_that_overflowed_short_sets_the_standing_queue_threshold() {
+        // Minimum RTT 100 ms, a loss with 20 ms of queue: 0.43 × 100 ms would never
+        // be reached, 3/4 of 20 ms = 15 ms is.
+        let mut cc = Cubic::new(config(100), MTU);
+        let mut estimator = RttEstimator::new(RtoConfig::default());
+        estimator.on_sample(ms(100));
+        estimator.on_sample(ms(120));
+        cc.on_rtt_sample(at(0), &estimator);
+        cc.on_lost(at(0), at(0), MTU);
+        let window = cc.window();
+        standing(&mut cc, &mut estimator, 200, 400, 110);
+        assert!(cc.window() >= window);
+        standing(&mut cc, &mut estimator, 400, 600, 116);
         assert!(cc.window() < window);
     }
 
