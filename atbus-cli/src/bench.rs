@@ -120,8 +120,14 @@ fn latency_of(payload: &[u8], epoch: Instant) -> Option<Duration> {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
-    if args.size == 0 {
-        return Err(Failure("--size must be at least 1".into(), 2));
+    // Both nodes keep the default message size limit: a larger message could
+    // never be sent (and the receiving half would wait for it forever).
+    let limit = atbus_core::EndpointConfig::new("", 0).max_message_size;
+    if args.size == 0 || args.size > limit {
+        return Err(Failure(
+            format!("--size must be between 1 and {limit} bytes (the message size limit)"),
+            2,
+        ));
     }
     let budget = match (&args.messages, &args.duration) {
         (Some(n), _) => Budget::Messages(*n),

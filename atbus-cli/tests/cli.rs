@@ -138,6 +138,27 @@ fn sim_rejects_bad_arguments_with_a_clear_error() {
 }
 
 #[test]
+fn bench_rejects_a_message_size_over_the_limit_instead_of_hanging() {
+    for size in ["0", "17000000"] {
+        let out = atbus()
+            .args([
+                "bench",
+                "--transport",
+                "udp",
+                "--size",
+                size,
+                "--messages",
+                "1",
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--size {size}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--size must be between 1 and"), "{stderr}");
+    }
+}
+
+#[test]
 fn send_rejects_a_message_size_the_receiver_cannot_take() {
     for size in ["0", "16777217", "18446744073709551615"] {
         let out = atbus()
