@@ -34,6 +34,8 @@ const BURST_LOSSES: u64 = 3;
 /// too long ([`Cubic::queue_too_long`]), when that is less than `(1 − β) / β` of
 /// the minimum RTT.
 const FULL_QUEUE_FRACTION: f64 = 0.75;
+/// The standing-queue signal applies to windows of at least this many datagrams.
+const QUEUE_SIGNAL_MIN_PACKETS: usize = 16;
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -275,7 +277,11 @@ impl Cubic {
     /// Flows sharing a bottleneck see the same queue and reduce together, as at a
     /// synchronized loss; the one with the larger window gives up more.
     fn queue_too_long(&mut self) -> bool {
-        if self.in_slow_start() {
+        // Not in slow start, nor below `QUEUE_SIGNAL_MIN_PACKETS` datagrams: a
+        // window that small cannot hold a bottleneck's queue, and on a lossy path
+        // whose delay wanders (a radio link) the cut only adds to the loss
+        // response.
+        if self.in_slow_start() || self.window() < QUEUE_SIGNAL_MIN_PACKETS * self.mtu {
             return false;
         }
         let Some(min) = self.min_rtt else {
