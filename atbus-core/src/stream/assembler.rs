@@ -76,6 +76,12 @@ pub struct Assembler<M> {
     window: u64,
     /// Non-overlapping stored pieces, by start offset; all lie at or above `head`.
     chunks: BTreeMap<u64, Chunk<M>>,
+    /// Chunks appended by the in-order fast path, contiguous, in order, all below
+    /// `ack` and above every key of `chunks`. Kept out of the B-tree because a
+    /// B-tree insert and `pop_first` per message shift the leaf's entries (a
+    /// memmove each); any operation that needs the general structure first
+    /// [spills](Self::spill) them into `chunks`.
+    in_order: VecDeque<(u64, Chunk<M>)>,
     /// Complete messages below `head`, settled by a reset but not popped yet.
     ready: VecDeque<AssembledMessage<M>>,
     /// Start of the first message still in `chunks`; everything below is settled.
@@ -233,6 +239,7 @@ impl<M: Footprint> Assembler<M> {
         Self {
             window,
             chunks: BTreeMap::new(),
+            in_order: VecDeque::new(),
             ready: VecDeque::new(),
             head: 0,
             ack: 0,
@@ -293,6 +300,7 @@ impl<M: Footprint> Assembler<M> {
             return self.append_in_order(offset, end, data, is_final, meta);
         }
 
+        self.spill();
         let mut meta = meta;
         if lo == offset {
             if let Some(chunk) = self.chunks.get_mut(&offset) {
@@ -362,6 +370,7 @@ impl<M: Footprint> Assembler<M> {
                 final_offset,
             });
         }
+        self.spill();
         let old_head = self.head;
         let ends_cleanly = self.unit_is_end(offset - 1) == Some(true);
         let mut delivered_units = 0;
@@ -446,13 +455,14 @@ impl<M: Footprint> Assembler<M> {
         }
         let end = self.complete_ends.pop_front()?;
         let chunks = &mut self.chunks;
+        let in_order = &mut self.in_order;
         let mut done = false;
         let mut freed = 0;
         let pieces = iter::from_fn(|| {
             if done {
                 return None;
             }
-            let (_, chunk) = chunks.pop_first()?;
+            let (_, chunk) = chunks.pop_first().or_else(|| in_order.pop_front())?;
             done = chunk.is_final;
             freed += charge(&chunk.meta);
             Some(chunk)
@@ -570,6 +580,7 @@ impl<M: Footprint> Assembler<M> {
                 received_max_offset: self.received_max,
             });
         }
+        self.spill();
         if final_offset > self.head && self.unit_is_end(final_offset - 1) == Some(false) {
             return Err(FinishError::NotMessageEnd { final_offset });
         }
@@ -618,7 +629,10 @@ impl<M: Footprint> Assembler<M> {
             is_final,
             meta,
         };
-        self.store((offset, chunk), end);
+        self.buffered += chunk.data.len();
+        self.overhead += charge(&chunk.meta);
+        self.received_max = end;
+        self.in_order.push_back((offset, chunk));
         if is_final {
             self.complete_ends.push_back(end);
         }
@@ -633,6 +647,12 @@ impl<M: Footprint> Assembler<M> {
         let (&start, chunk) = self.chunks.range(..=unit).next_back()?;
         let end = start + chunk.span();
         (unit < end).then_some(chunk.is_final && unit + 1 == end)
+    }
+
+    /// Moves the fast path's chunks into the B-tree, so that the general code sees
+    /// every stored chunk. Each chunk moves at most once.
+    fn spill(&mut self) {
+        self.chunks.extend(self.in_order.drain(..));
     }
 
     fn store(&mut self, chunk: (u64, Chunk<M>), end: u64) {
