@@ -27,6 +27,12 @@ use bytes::{Bytes, BytesMut};
 ///   message that arrived in several non-empty pieces, and not at all otherwise.
 /// - `insert` costs `O((k + 1) log n)` and `pop_message` `O(k log n)`, for `n` stored
 ///   chunks and `k` chunks touched; no work is per byte except that one copy.
+/// - In-order fast path: a fragment starting exactly at
+///   [`acknowledge_offset`](Self::acknowledge_offset) while nothing is stored above
+///   it (the common case on a loss-free path) is appended to a queue outside the
+///   B-tree in `O(1)`, and popped from it in `O(1)`: no gap walk, no B-tree entry
+///   shifting. Any other operation first moves the queue into the B-tree (each chunk
+///   at most once), so behaviour and limits are the same on both paths.
 ///
 /// # Memory and back-pressure
 ///
@@ -899,14 +905,20 @@ mod tests {
         let mut rx = Assembler::new(BIG);
         assert_eq!(rx.insert(0, bytes("abc"), false, Some(1)), accepted(3));
         // Same start again: a duplicate, first copy (and meta) kept.
-        assert_eq!(rx.insert(0, bytes("xyz"), false, Some(9)), InsertOutcome::Duplicate);
+        assert_eq!(
+            rx.insert(0, bytes("xyz"), false, Some(9)),
+            InsertOutcome::Duplicate
+        );
         // Overlapping the fast-path data and extending it.
         assert_eq!(rx.insert(1, bytes("BCdef"), true, None), accepted(4));
         assert_eq!(rx.acknowledge_offset(), 7);
         assert_eq!(pop_all(&mut rx), [(0, Some(1), bytes("abcdef"))]);
         assert_eq!(rx.stats().duplicate_units, 3 + 2);
         // Below the delivery point: old.
-        assert_eq!(rx.insert(0, bytes("abcdef"), true, None), InsertOutcome::Old);
+        assert_eq!(
+            rx.insert(0, bytes("abcdef"), true, None),
+            InsertOutcome::Old
+        );
         assert_eq!(rx.insert(7, bytes("g"), true, None), accepted(2));
         assert_eq!(pop_all(&mut rx), [(7, None, bytes("g"))]);
     }
