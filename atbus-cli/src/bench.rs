@@ -91,6 +91,9 @@ struct Outcome {
     stats: atbus_core::stats::StatsSnapshot,
     /// Losses seen by each side (`None` for `mem`, which has no nodes).
     losses: Option<Losses>,
+    /// UDP receive-buffer overflows on the whole machine during the run (see
+    /// [`udp_rcvbuf_errors`]).
+    kernel_rcvbuf_errors: Option<u64>,
 }
 
 /// Where datagrams went missing: before the sockets (in a node) or as the core
@@ -170,6 +173,22 @@ impl Losses {
 /// Events taken from the receiving node per wake-up.
 const RECV_BATCH: usize = 1024;
 
+/// The machine's UDP receive-buffer overflows so far (`RcvbufErrors` of the `Udp:`
+/// lines of `/proc/net/snmp`; Linux only, `None` elsewhere). The kernel counts one
+/// per socket buffer dropped: with GRO, one drop can be a run of many datagrams.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    rcvbuf_errors_of(&snmp)
+}
+
+/// `RcvbufErrors` read from the text of `/proc/net/snmp`.
+fn rcvbuf_errors_of(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 /// Messages per `send_many` for payloads of `size` bytes.
 fn batch_len(size: usize) -> usize {
     (SEND_BATCH_BYTES / size.max(1)).clamp(SEND_BATCH_MIN, SEND_BATCH_MAX)
@@ -240,6 +259,7 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
                 "latency_us": { "p50": p50, "p99": p99, "max": max },
                 "stats": atbus_sim::StatsReport::from_snapshot(&outcome.stats),
                 "losses": outcome.losses.as_ref().map(Losses::to_json),
+                "kernel_rcvbuf_errors": outcome.kernel_rcvbuf_errors,
             })
         );
     } else {
@@ -293,6 +313,7 @@ async fn sockets(
     let client = runtime::start(args.runtime, client_config)
         .await
         .map_err(|e| fail(&e))?;
+    let rcvbuf_errors_before = udp_rcvbuf_errors();
     let result = async {
         let peer = client
             .connect(server.local_addresses())
@@ -363,6 +384,9 @@ async fn sockets(
                 server: NodeLosses::of(&server_stats),
             }),
             stats: client_stats.windows,
+            kernel_rcvbuf_errors: rcvbuf_errors_before
+                .zip(udp_rcvbuf_errors())
+                .map(|(before, after)| after.saturating_sub(before)),
         })
     }
     .await;
@@ -470,5 +494,22 @@ fn mem(size: usize, budget: Budget) -> Result<Outcome, Failure> {
         latency,
         stats: client.snapshot(now()),
         losses: None,
+        kernel_rcvbuf_errors: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rcvbuf_errors_are_read_from_the_udp_lines() {
+        let snmp = "Tcp: RtoAlgorithm RcvbufErrors\nTcp: 1 99\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 25541410 659209 27366237 53519327 27366236 0\n\
+                    UdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 7\n";
+        assert_eq!(rcvbuf_errors_of(snmp), Some(27_366_236));
+        assert_eq!(rcvbuf_errors_of("Udp: InDatagrams\nUdp: 5\n"), None);
+        assert_eq!(rcvbuf_errors_of(""), None);
+    }
 }
