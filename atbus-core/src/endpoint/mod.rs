@@ -263,6 +263,9 @@ pub struct Endpoint {
     /// The per-endpoint rate cap's bucket (`config.rate_limit`), shared by every
     /// connection.
     rate_cap: Pacer,
+    /// Where transmits are encoded (see `send::TRANSMIT_CHUNK`): each is split off
+    /// it, so that datagrams share an allocation instead of one each.
+    transmit_buf: bytes::BytesMut,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -310,6 +313,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             // No minimum burst: the cap holds to within one datagram.
             rate_cap: Pacer::new(0),
+            transmit_buf: bytes::BytesMut::new(),
         }
     }
 
