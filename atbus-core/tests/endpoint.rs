@@ -3062,7 +3062,11 @@ fn send_many_queues_in_order_and_keeps_what_does_not_fit() {
             Err(SendError::WouldBlock)
         );
         assert_eq!(queue.len(), 6, "{kind:?}");
-        assert_eq!(queue.front(), Some(&expected[4]), "the first one not queued");
+        assert_eq!(
+            queue.front(),
+            Some(&expected[4]),
+            "the first one not queued"
+        );
         while !queue.is_empty() {
             let writable = net.count_events(Side::A, |e| matches!(e, Event::Writable { .. }));
             assert!(net.run_until(|n| {
@@ -3079,7 +3083,11 @@ fn send_many_queues_in_order_and_keeps_what_does_not_fit() {
         }
         assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == expected.len()));
         net.settle();
-        assert_eq!(net.payloads(Side::B, 1), expected, "{kind:?}: in order, once each");
+        assert_eq!(
+            net.payloads(Side::B, 1),
+            expected,
+            "{kind:?}: in order, once each"
+        );
     }
 }
 

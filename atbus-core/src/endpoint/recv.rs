@@ -407,9 +407,8 @@ impl Endpoint {
                         continue;
                     }
                 }
-                let at_run = is_final
-                    && run_end == Some(start)
-                    && start == asm.acknowledge_offset();
+                let at_run =
+                    is_final && run_end == Some(start) && start == asm.acknowledge_offset();
                 let whole_in_order = at_run && !fragment.data.is_empty();
                 let data = if !small(fragment.data.len()) {
                     fragment.data

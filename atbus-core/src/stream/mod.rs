@@ -67,15 +67,14 @@ impl RecvMeta {
         token: Bytes,
         close_reason: Option<CloseReason>,
     ) -> Self {
-        let extra = (!labels.is_empty() || !token.is_empty() || close_reason.is_some()).then(
-            || {
+        let extra =
+            (!labels.is_empty() || !token.is_empty() || close_reason.is_some()).then(|| {
                 Box::new(RecvExtra {
                     labels,
                     token,
                     close_reason,
                 })
-            },
-        );
+            });
         RecvMeta {
             packet_type,
             fin,
