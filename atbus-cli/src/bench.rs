@@ -201,9 +201,16 @@ fn stamp_now(epoch: Instant) -> u64 {
 
 /// A payload of `size` bytes that starts with its send time `nanos` (when it fits).
 fn stamped(size: usize, nanos: u64) -> Bytes {
-    let mut data = vec![0x5au8; size];
+    stamped_block(size, 1, nanos)
+}
+
+/// `count` messages of `size` bytes back to back, each stamped with `nanos`.
+fn stamped_block(size: usize, count: usize, nanos: u64) -> Bytes {
+    let mut data = vec![0x5au8; size * count];
     if size >= STAMP {
-        data[..STAMP].copy_from_slice(&nanos.to_le_bytes());
+        for message in data.chunks_exact_mut(size) {
+            message[..STAMP].copy_from_slice(&nanos.to_le_bytes());
+        }
     }
     Bytes::from(data)
 }
@@ -327,10 +334,15 @@ async fn sockets(
             while budget.more(sent, epoch) {
                 // One clock read per batch: its messages leave together.
                 let nanos = stamp_now(epoch);
-                let mut batch = Vec::with_capacity(batch_len);
-                while batch.len() < batch_len && budget.more(sent + batch.len() as u64, epoch) {
-                    batch.push(stamped(size, nanos));
+                let mut count = 0;
+                while count < batch_len && budget.more(sent + count as u64, epoch) {
+                    count += 1;
                 }
+                // One allocation per batch: the messages are slices of it.
+                let block = stamped_block(size, count, nanos);
+                let batch: Vec<Bytes> = (0..count)
+                    .map(|i| block.slice(i * size..(i + 1) * size))
+                    .collect();
                 let n = batch.len() as u64;
                 client
                     .send_many(peer, 1, batch, SendOptions::default())
