@@ -201,6 +201,11 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
                     // arrived, and wait (bounded) for it to be acknowledged.
                     let _ = node.finish(peer, FILE_STREAM).await;
                     let _ = runtime::timeout(SETTLE_LIMIT, node.wait_settled(peer)).await;
+                    // The sender closes first: only it knows that everything it sent
+                    // is acknowledged. If our last acknowledgement was lost, closing
+                    // now would leave it retransmitting to no one; staying (bounded)
+                    // until it goes lets its retransmission be acknowledged again.
+                    wait_for_departure(&node, peer).await;
                     let stats = node.stats().await.ok();
                     node.close().await;
                     if args.json {
@@ -220,6 +225,28 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
             }
         }
     })
+}
+
+/// Waits, at most [`SETTLE_LIMIT`], until `peer` closes its connection to us or is
+/// gone; events meanwhile are dropped.
+async fn wait_for_departure(node: &Node, peer: PeerId) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, node.recv()).await {
+            None | Some(None) => return,
+            Some(Some(
+                Event::ConnectionClosed {
+                    peer: Some(p),
+                    by_peer: true,
+                    ..
+                }
+                | Event::PeerUnreachable { peer: p }
+                | Event::PeerLost { peer: p, .. },
+            )) if p == peer => return,
+            Some(Some(_)) => {}
+        }
+    }
 }
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> std::io::Result<Vec<u8>> {
@@ -314,6 +341,17 @@ async fn send_file(
     node.finish(peer, FILE_STREAM)
         .await
         .map_err(|e| Failure::runtime(format!("finish failed: {e}")))?;
+    if std::env::var_os("ATBUS_STALL_DEBUG").is_some() {
+        loop {
+            match runtime::timeout(Duration::from_secs(2), node.wait_acknowledged(peer)).await {
+                Some(_) => break,
+                None => {
+                    let s = node.stats().await.ok();
+                    eprintln!("STALL send: {s:#?}");
+                }
+            }
+        }
+    }
     node.wait_acknowledged(peer)
         .await
         .map_err(|e| Failure::runtime(format!("the data was not acknowledged: {e}")))?;
