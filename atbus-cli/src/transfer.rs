@@ -341,17 +341,6 @@ async fn send_file(
     node.finish(peer, FILE_STREAM)
         .await
         .map_err(|e| Failure::runtime(format!("finish failed: {e}")))?;
-    if std::env::var_os("ATBUS_STALL_DEBUG").is_some() {
-        loop {
-            match runtime::timeout(Duration::from_secs(2), node.wait_acknowledged(peer)).await {
-                Some(_) => break,
-                None => {
-                    let s = node.stats().await.ok();
-                    eprintln!("STALL send: {s:#?}");
-                }
-            }
-        }
-    }
     node.wait_acknowledged(peer)
         .await
         .map_err(|e| Failure::runtime(format!("the data was not acknowledged: {e}")))?;

@@ -333,8 +333,7 @@ fn the_receiver_stays_until_the_sender_knows_its_last_data_arrived() {
                 return Some(data.to_vec());
             }
             let frames: Result<Vec<pb::FrameMessage>, _> =
-                Frames::new(bytes::Bytes::copy_from_slice(data), DecodeLimits::default())
-                    .collect();
+                Frames::new(bytes::Bytes::copy_from_slice(data), DecodeLimits::default()).collect();
             let Ok(frames) = frames else {
                 return Some(data.to_vec());
             };
@@ -350,9 +349,9 @@ fn the_receiver_stays_until_the_sender_knows_its_last_data_arrived() {
             }
             let tail_ack = |f: &pb::FrameMessage| {
                 matches!(&f.body, Some(pb::frame_message::Body::Acknowledge(a))
-                    if a.acknowledge.as_ref().is_some_and(|a| {
-                        a.stream_id == STREAM && a.acknowledge_offset >= LEN as i64
-                    }))
+                if a.acknowledge.as_ref().is_some_and(|a| {
+                    a.stream_id == STREAM && a.acknowledge_offset >= LEN as i64
+                }))
             };
             let kept: Vec<_> = frames.iter().filter(|f| !tail_ack(f)).collect();
             if kept.len() == frames.len() {
