@@ -227,8 +227,9 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
     })
 }
 
-/// Waits, at most [`SETTLE_LIMIT`], until `peer` closes its connection to us or is
-/// gone; events meanwhile are dropped.
+/// Waits, at most [`SETTLE_LIMIT`], until a connection with `peer` closes (the
+/// sender closing, or its stream connection ending) or the peer is gone; events
+/// meanwhile are dropped.
 async fn wait_for_departure(node: &Node, peer: PeerId) {
     let deadline = Instant::now() + SETTLE_LIMIT;
     loop {
@@ -236,11 +237,7 @@ async fn wait_for_departure(node: &Node, peer: PeerId) {
         match runtime::timeout(left, node.recv()).await {
             None | Some(None) => return,
             Some(Some(
-                Event::ConnectionClosed {
-                    peer: Some(p),
-                    by_peer: true,
-                    ..
-                }
+                Event::ConnectionClosed { peer: Some(p), .. }
                 | Event::PeerUnreachable { peer: p }
                 | Event::PeerLost { peer: p, .. },
             )) if p == peer => return,
