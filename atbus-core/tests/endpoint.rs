@@ -2995,6 +2995,64 @@ fn labelled_pieces_on_the_control_stream_stay_within_its_bound() {
     }
 }
 
+/// (From review) out-of-order pieces that fill the control stream's bound must not
+/// wedge it: the pieces that fill the holes below them are in order and are still
+/// taken, so the stream drains instead of refusing its own retransmissions forever.
+#[test]
+fn a_full_control_stream_still_takes_the_pieces_that_fill_its_holes() {
+    for kind in [DATAGRAM, ConnectionKind::Stream] {
+        let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), kind);
+        let before = net.b.buffered_bytes();
+        let feed = |net: &mut Net, data: Bytes| {
+            let now = net.now;
+            let input = match kind {
+                ConnectionKind::Stream => Input::StreamData {
+                    connection: pair.b_conn,
+                    data,
+                },
+                _ => Input::Datagram {
+                    connection: pair.b_conn,
+                    data,
+                },
+            };
+            net.b.handle_input(now, input);
+            net.drain(Side::B);
+        };
+        let dropped = |net: &Net| {
+            net.b
+                .connection_info(pair.b_conn)
+                .unwrap()
+                .stats
+                .dropped_over_limit
+        };
+        // Small messages at odd offsets until the bound refuses more.
+        let mut sent = 0u64;
+        while dropped(&net) == 0 && sent < 2000 {
+            feed(&mut net, empty_messages_frame(-1, 1 + 2 * sent, 1, 100));
+            sent += 1;
+        }
+        assert!(dropped(&net) > 0, "{kind:?}: the bound was never reached");
+        let stored = sent - 1;
+        let full = net.b.buffered_bytes() - before;
+        // The holes at the even offsets arrive, in order: each is taken, and what
+        // it completes is delivered.
+        let refused = dropped(&net);
+        for i in 0..=stored {
+            feed(&mut net, empty_messages_frame(-1, 2 * i, 1, 100));
+        }
+        assert_eq!(
+            dropped(&net),
+            refused,
+            "{kind:?}: an in-order piece was refused"
+        );
+        let held = net.b.buffered_bytes() - before;
+        assert!(
+            held < full / 4,
+            "{kind:?}: the control stream still holds {held} B of {full} B"
+        );
+    }
+}
+
 /// `max_peers`: a new association past the limit is refused while every peer is
 /// connected; once one only lingers, it is dropped to make room.
 #[test]

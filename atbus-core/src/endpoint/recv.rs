@@ -393,15 +393,24 @@ impl Endpoint {
                 let before = asm.footprint();
                 // What storing it may cost at most.
                 let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
-                if budget.is_none() && before + cost > CONTROL_BUFFER_LIMIT {
-                    // The control stream has no peer budget (it runs before the
-                    // handshake binds one): its own bound covers labels and
-                    // tokens too, not just the offsets its window counts.
+                let in_order = start <= asm.acknowledge_offset();
+                // The control stream has no peer budget (it runs before the
+                // handshake binds one): its own bound covers labels and tokens too,
+                // not just the offsets its window counts. Out-of-order pieces get
+                // one bound; a piece at the in-order edge may use a second one, so
+                // the retransmissions that fill the holes under a full stream are
+                // still taken and the stream drains (a hostile peer's in-order
+                // pieces of an unfinished message stop at twice the bound).
+                let bound = if in_order {
+                    2 * CONTROL_BUFFER_LIMIT
+                } else {
+                    CONTROL_BUFFER_LIMIT
+                };
+                if budget.is_none() && before + cost > bound {
                     dropped += 1;
                     continue;
                 }
                 if let Some(budget) = budget.as_mut() {
-                    let in_order = start <= asm.acknowledge_offset();
                     if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
                         dropped += 1;
                         continue;
