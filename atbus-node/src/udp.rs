@@ -127,12 +127,13 @@ impl UdpBatching {
 /// every datagram lost there costs a retransmission and a congestion response.
 /// The kernel caps the request at its limit (`net.core.rmem_max` / `wmem_max`).
 ///
-/// Kept at the Linux default for now: with 4 MiB (and with 1 MiB) a garbage
-/// flood from many ports queued so far ahead of a real peer's datagrams that the
-/// shared loopback scenario `a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots`
-/// did not finish its transfer in 30 s on smol (debug build); with 208 KiB it
-/// does in 10 s. Larger buffers wait for a driver that reads garbage faster.
-pub const SOCKET_BUFFER: usize = 208 << 10;
+/// A flood of garbage the driver cannot keep up with queues in this buffer ahead of
+/// real peers' datagrams: the deeper the buffer, the longer their wait. The driver
+/// therefore drops a new remote's datagram that does not start with a well-formed
+/// frame before making a connection for it (`driver/input.rs`): making and
+/// discarding a core connection per garbage datagram was what let a flood stall a
+/// real transfer past 30 s with this buffer (docs/adapters.md).
+pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Asks for send and receive buffers of `bytes` (best effort: a buffer that cannot
 /// grow stays as it was). Returns the receive buffer size the kernel reports.

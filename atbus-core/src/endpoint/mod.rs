@@ -252,6 +252,10 @@ pub struct Endpoint {
     events: VecDeque<Event>,
     /// Connections that may have something to send.
     dirty: BTreeSet<ConnectionId>,
+    /// Connections whose loss, PMTUD and ack timers are to be recomputed before
+    /// the timers are next read ([`Endpoint::flush_timers`]): a drain of many
+    /// received datagrams recomputes them once, not per datagram.
+    stale_timers: BTreeSet<ConnectionId>,
     /// Connections that held back their data for a faster path of their peer
     /// (min-RTT); they get another turn once the dirty ones are done.
     deferred: BTreeSet<ConnectionId>,
@@ -306,6 +310,7 @@ impl Endpoint {
             timers: TimerQueue::new(),
             events: VecDeque::new(),
             dirty: BTreeSet::new(),
+            stale_timers: BTreeSet::new(),
             deferred: BTreeSet::new(),
             no_defer: false,
             early_total: 0,
@@ -1100,6 +1105,7 @@ impl Endpoint {
     /// The next output: events first, then transmits, then the next deadline. Call
     /// it until it returns [`Output::Timeout`].
     pub fn poll_output(&mut self) -> Output {
+        self.flush_timers();
         if let Some(event) = self.events.pop_front() {
             return Output::Event(event);
         }
@@ -1128,6 +1134,7 @@ impl Endpoint {
 
     /// The next deadline, without draining anything.
     pub fn next_timeout(&mut self) -> Timestamp {
+        self.flush_timers();
         self.timers.next_deadline().unwrap_or(Timestamp::NEVER)
     }
 
@@ -1190,6 +1197,7 @@ impl Endpoint {
     }
 
     fn on_timeout(&mut self) {
+        self.flush_timers();
         let now = self.now;
         while let Some(key) = self.timers.pop_expired(now) {
             match key {
@@ -1304,6 +1312,15 @@ impl Endpoint {
             .and_then(|s| s.send.next_deadline())
         {
             self.timers.set(TimerKey::Expire(peer, stream), deadline);
+        }
+    }
+
+    /// Recomputes the timers of the connections marked stale by received input;
+    /// every reader of the timer queue calls it first, so the queue it reads is the
+    /// one per-datagram recomputation would have left.
+    fn flush_timers(&mut self) {
+        while let Some(id) = self.stale_timers.pop_first() {
+            self.update_timers(id);
         }
     }
 

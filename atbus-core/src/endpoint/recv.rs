@@ -165,7 +165,8 @@ impl Endpoint {
                 self.dirty.insert(id);
             }
         }
-        self.update_timers(id);
+        // Recomputed once before the timers are next read, not per datagram.
+        self.stale_timers.insert(id);
     }
 
     /// Whether a frame must wait for the handshake: an acceptor takes nothing but

@@ -345,6 +345,15 @@ impl<R: Runtime> Driver<R> {
             self.dropped_datagrams += 1;
             return;
         }
+        // A new remote's datagram must start with a well-formed frame (header and
+        // CRC32C) before a connection is made for it: building and discarding a
+        // connection per garbage datagram costs far more than reading it, and a
+        // flood the driver cannot keep up with queues in the socket's receive
+        // buffer ahead of real peers (docs/adapters.md).
+        if atbus_proto::decode_frame(&data, &self.config.endpoint.decode_limits).is_err() {
+            self.dropped_datagrams += 1;
+            return;
+        }
         let (scheme, mtu) = (slot.scheme, slot.mtu);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Datagram { mtu }) else {
             self.dropped_datagrams += 1;
