@@ -80,6 +80,14 @@ pub struct InFlight {
     bytes: usize,
     /// The retransmission timeout declared a range lost and no probe has left since.
     probe_due: bool,
+    /// The newest echoed timepoint of the acknowledgements seen, and the one before
+    /// it: a frame sent before the echo of an earlier acknowledgement, and settled
+    /// only now, arrived after a frame sent later (reordering).
+    echo_newest: Timestamp,
+    echo_before: Timestamp,
+    /// Loss detections since reordering was last seen, `None` if it never was or
+    /// [`REORDER_RESET_RECOVERIES`] detections ago.
+    since_reordering: Option<u32>,
 }
 
 impl InFlight {
@@ -143,6 +151,18 @@ impl InFlight {
         reset_settled: impl Fn(u64) -> bool,
     ) -> Settled {
         let mut settled = Settled::default();
+        // Acknowledgements of several streams built at once echo the same
+        // timepoint: the reference is the echo of an earlier acknowledgement.
+        if let Some(echo) = echo {
+            if echo > self.echo_newest {
+                self.echo_before = self.echo_newest;
+                self.echo_newest = echo;
+            }
+        }
+        let reference = match echo {
+            Some(echo) if echo < self.echo_newest => self.echo_newest,
+            _ => self.echo_before,
+        };
         // Ranges start in order; at or past the highest received end nothing more
         // can be covered, except a reset-only range.
         let horizon = received
@@ -176,6 +196,13 @@ impl InFlight {
             let Some(range) = self.remove(seq) else {
                 continue;
             };
+            if !range.retransmit && range.sent_at < reference {
+                // Sent before a frame an earlier acknowledgement reported, and
+                // not reported then: it arrived later than a newer frame. (A lost
+                // acknowledgement can also cause this; it only makes the
+                // reordering window the cautious one for a while.)
+                self.since_reordering = Some(0);
+            }
             if range.retransmit && echo.is_some_and(|echo| echo < range.sent_at) {
                 settled.spurious += 1;
             }
@@ -204,7 +231,21 @@ impl InFlight {
             self.probe_due |= now >= range.sent_at + rto;
             lost.push(self.remove(seq).expect("present"));
         }
+        if !lost.is_empty() {
+            self.since_reordering = self
+                .since_reordering
+                .map(|n| n + 1)
+                .filter(|&n| n < REORDER_RESET_RECOVERIES);
+        }
         lost
+    }
+
+    /// Whether an acknowledgement showed a frame arriving after a newer one, within
+    /// the last [`REORDER_RESET_RECOVERIES`] loss detections (RFC 8985's
+    /// `RACK.reord`). Until it does, the path is taken to keep send order and the
+    /// time-ordered rule needs no reordering window.
+    pub fn reordering_seen(&self) -> bool {
+        self.since_reordering.is_some()
     }
 
     fn is_lost(
