@@ -33,6 +33,10 @@ pub const MAX_REORDER_FACTOR: u32 = 4;
 /// good.
 pub const REORDER_RESET_RECOVERIES: u32 = 16;
 
+/// Ranges declared lost by the time-ordered rule remembered at most, to tell a
+/// spurious retransmission caused by reordering from one caused by a timeout.
+const MAX_RACK_LOST: usize = 1024;
+
 /// One stream range carried by one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SentRange {
@@ -88,6 +92,10 @@ pub struct InFlight {
     /// Loss detections since reordering was last seen, `None` if it never was or
     /// [`REORDER_RESET_RECOVERIES`] detections ago.
     since_reordering: Option<u32>,
+    /// `(stream, start, end)` of ranges the time-ordered rule declared lost (at
+    /// most [`MAX_RACK_LOST`], the oldest forgotten first): if a retransmission of
+    /// one proves spurious, the original arrived after a newer frame.
+    rack_lost: BTreeSet<(i64, u64, u64)>,
 }
 
 impl InFlight {
@@ -205,8 +213,24 @@ impl InFlight {
             }
             if range.retransmit && echo.is_some_and(|echo| echo < range.sent_at) {
                 settled.spurious += 1;
+                let overlapping = self
+                    .rack_lost
+                    .range((stream, 0, 0)..(stream, range.end.max(range.start + 1), 0))
+                    .any(|&(_, _, end)| end > range.start);
+                if overlapping {
+                    self.since_reordering = Some(0);
+                }
             }
             settled.ranges.push(range);
+        }
+        let done: Vec<_> = self
+            .rack_lost
+            .range((stream, 0, 0)..(stream, acknowledged, 0))
+            .filter(|&&(_, _, end)| end <= acknowledged)
+            .copied()
+            .collect();
+        for key in done {
+            self.rack_lost.remove(&key);
         }
         settled
     }
@@ -228,8 +252,16 @@ impl InFlight {
             if !Self::is_lost(range, now, rto, newest_delivered, rack_rtt, reorder_window) {
                 break;
             }
-            self.probe_due |= now >= range.sent_at + rto;
-            lost.push(self.remove(seq).expect("present"));
+            let timed_out = now >= range.sent_at + rto;
+            self.probe_due |= timed_out;
+            let range = self.remove(seq).expect("present");
+            if !timed_out && range.end > range.start {
+                self.rack_lost.insert((range.stream, range.start, range.end));
+                if self.rack_lost.len() > MAX_RACK_LOST {
+                    self.rack_lost.pop_first();
+                }
+            }
+            lost.push(range);
         }
         if !lost.is_empty() {
             self.since_reordering = self
