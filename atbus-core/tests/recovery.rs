@@ -33,7 +33,7 @@ fn longest_silence(a: EndpointConfig) -> (Duration, Duration) {
     let mut start = net.now;
     let mut rto = Duration::ZERO;
     for i in 0..800u64 {
-        if i == 115 {
+        if i == 200 {
             dropping.store(true, Ordering::Relaxed);
             start = net.now;
             rto = net.a.connection_info(pair.a_conn).unwrap().rto;
