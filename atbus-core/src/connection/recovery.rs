@@ -9,7 +9,8 @@
 //!   received, i.e. the send time of the newest frame that arrived. A range sent more
 //!   than a reordering window before that frame, and still unacknowledged, is lost:
 //!   this is the fast retransmit from the SACK hint, and it recovers a burst of holes
-//!   at once because the selective ranges say exactly which parts arrived;
+//!   at once because the selective ranges say exactly which parts arrived. The
+//!   window is 1 ms until reordering is seen ([`InFlight::reordering_seen`]);
 //! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
 //!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff).
 //!
@@ -438,6 +439,50 @@ mod tests {
         let lost = f.detect_lost(at(56), rto, at(10), rtt, window);
         assert_eq!(lost.iter().map(|r| r.start).collect::<Vec<_>>(), [0, 10]);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn reordering_is_seen_from_late_frames_and_rack_spurious_retransmissions_only() {
+        let rto = Duration::from_millis(100);
+        let rtt = Duration::from_millis(50);
+        let window = Duration::from_millis(1);
+        // A frame settled after a newer one was reported arrived late.
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 10));
+        f.on_sent(range(1, 20, 30, 20));
+        f.on_stream_ack(1, 0, &[(10, 20)], Some(at(10)), |_| false);
+        assert!(!f.reordering_seen());
+        f.on_stream_ack(1, 30, &[], Some(at(20)), |_| false);
+        assert!(f.reordering_seen());
+        // A retransmission the timeout made, proved spurious: a delay spike.
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        assert_eq!(f.detect_lost(at(100), rto, at(0), rtt, window).len(), 1);
+        f.on_sent(SentRange {
+            retransmit: true,
+            ..range(1, 0, 10, 100)
+        });
+        assert_eq!(f.on_stream_ack(1, 10, &[], Some(at(0)), |_| false).spurious, 1);
+        assert!(!f.reordering_seen());
+        // One the time-ordered rule made: the original came after a newer frame.
+        f.on_sent(range(1, 10, 20, 200));
+        f.on_sent(range(1, 20, 30, 210));
+        f.on_stream_ack(1, 10, &[(20, 30)], Some(at(210)), |_| false);
+        assert_eq!(f.detect_lost(at(260), rto, at(210), rtt, window).len(), 1);
+        f.on_sent(SentRange {
+            retransmit: true,
+            ..range(1, 10, 20, 260)
+        });
+        assert!(!f.reordering_seen());
+        assert_eq!(f.on_stream_ack(1, 30, &[], Some(at(210)), |_| false).spurious, 1);
+        assert!(f.reordering_seen());
+        // Forgotten after enough loss detections.
+        for i in 0..REORDER_RESET_RECOVERIES as u64 {
+            f.on_sent(range(1, 30 + i, 31 + i, 300 + i));
+            assert_eq!(f.detect_lost(at(500 + i), rto, at(0), rtt, window).len(), 1);
+        }
+        assert!(!f.reordering_seen());
     }
 
     #[test]
