@@ -119,7 +119,13 @@ fn hole_after_a_delay_spike() -> (Duration, u64) {
         }
         let now = net.now;
         net.a
-            .send(now, pair.a_peer, 1, payload(100, i), &SendOptions::default())
+            .send(
+                now,
+                pair.a_peer,
+                1,
+                payload(100, i),
+                &SendOptions::default(),
+            )
             .unwrap();
         net.run_for(Duration::from_millis(10));
     }

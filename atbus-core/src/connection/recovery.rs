@@ -257,7 +257,8 @@ impl InFlight {
             self.probe_due |= timed_out;
             let range = self.remove(seq).expect("present");
             if !timed_out && range.end > range.start {
-                self.rack_lost.insert((range.stream, range.start, range.end));
+                self.rack_lost
+                    .insert((range.stream, range.start, range.end));
                 if self.rack_lost.len() > MAX_RACK_LOST {
                     self.rack_lost.pop_first();
                 }
@@ -463,7 +464,10 @@ mod tests {
             retransmit: true,
             ..range(1, 0, 10, 100)
         });
-        assert_eq!(f.on_stream_ack(1, 10, &[], Some(at(0)), |_| false).spurious, 1);
+        assert_eq!(
+            f.on_stream_ack(1, 10, &[], Some(at(0)), |_| false).spurious,
+            1
+        );
         assert!(!f.reordering_seen());
         // One the time-ordered rule made: the original came after a newer frame.
         f.on_sent(range(1, 10, 20, 200));
@@ -475,7 +479,11 @@ mod tests {
             ..range(1, 10, 20, 260)
         });
         assert!(!f.reordering_seen());
-        assert_eq!(f.on_stream_ack(1, 30, &[], Some(at(210)), |_| false).spurious, 1);
+        assert_eq!(
+            f.on_stream_ack(1, 30, &[], Some(at(210)), |_| false)
+                .spurious,
+            1
+        );
         assert!(f.reordering_seen());
         // Forgotten after enough loss detections.
         for i in 0..REORDER_RESET_RECOVERIES as u64 {
