@@ -381,6 +381,7 @@ impl InFlight {
         for seq in seqs {
             self.remove(seq);
         }
+        self.rack_lost.retain(|&(s, _, _)| s != stream);
     }
 }
 
