@@ -937,7 +937,7 @@ mod tests {
         cc.on_acked(at(10), at(0), 1000);
         cc.on_mtu(548);
         assert_eq!(cc.window(), 15_520);
-        cc.on_persistent_congestion(at(20));
+        cc.on_persistent_congestion(at(1_000));
         assert_eq!(cc.window(), 2 * 548);
         cc.on_mtu(9000);
         assert_eq!(cc.window(), 18_000);
