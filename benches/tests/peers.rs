@@ -256,3 +256,46 @@ fn atbus_tail_is_below_kcp_and_quinn_on_bursty_loss() {
         assert!(atbus.1 < other.1, "max {atbus:?} vs {peer:?} {other:?}");
     }
 }
+
+/// Scenarios (a) and (b) of docs/comparison.md scaled down (1500 messages, seeds
+/// 1–4): atbus's pooled p99 is below KCP turbo's and quinn's on KCP's own test (10 %
+/// round-trip loss, 8 B echoed every 20 ms) and on the typical network (0.2 % loss,
+/// 50–90 ms RTT). With a reordering window of a quarter of the minimum RTT or the
+/// RTT variance on a path that never reorders, widened by retransmissions the
+/// timeout made spuriously, atbus's p99 here were 354.8 ms in (a) (quinn 344.7)
+/// and 74.3 ms in (b) (KCP 68.6). The maxima are not asserted: in (b) quinn's is
+/// lower at this scale (124.1 against 132.9 ms), see docs/comparison.md.
+#[test]
+fn atbus_p99_is_below_kcp_and_quinn_on_kcps_test_and_the_typical_network() {
+    let a = Scenario {
+        paths: vec!["delay=30ms,jitter=32.5ms,loss=5%".parse().unwrap()],
+        messages: 1500,
+        size: SizeRange { min: 8, max: 8 },
+        interval: Duration::from_millis(20),
+        streams: 1,
+        echo: true,
+        seed: 1,
+        time_limit: Duration::from_secs(600),
+    };
+    let b = Scenario {
+        paths: vec!["delay=25ms,jitter=20ms,loss=0.2%".parse().unwrap()],
+        size: SizeRange {
+            min: 100,
+            max: 1000,
+        },
+        interval: Duration::from_millis(10),
+        echo: false,
+        ..a.clone()
+    };
+    for scenario in [a, b] {
+        let atbus = pooled_tail(Peer::Atbus, &scenario, 1..=4);
+        for peer in [Peer::Kcp, Peer::Quinn] {
+            let other = pooled_tail(peer, &scenario, 1..=4);
+            assert!(
+                atbus.0 < other.0,
+                "p99 {atbus:?} vs {peer:?} {other:?} on {:?}",
+                scenario.paths
+            );
+        }
+    }
+}

@@ -362,10 +362,20 @@ impl Connection {
         self.rtt.retransmit_timeout(self.rto_backoff)
     }
 
-    /// The reordering window of the time-ordered loss rule: a quarter of the minimum
-    /// RTT, or the RTT variation if larger (jittery links), times the reordering
-    /// factor (raised by spurious losses, RFC 8985 §6.2), at most the smoothed RTT.
+    /// The reordering window of the time-ordered loss rule. 1 ms while no
+    /// reordering has been seen (an acknowledgement settling a frame sent before one
+    /// an earlier acknowledgement reported, or a spurious retransmission of a range
+    /// this rule declared lost; not one the timeout declared, which shows a delay
+    /// spike, not reordering; RFC 8985 §6.2 uses no window in recovery while
+    /// `RACK.reord` is false): a path that
+    /// keeps send order, however jittery, delivers nothing after a newer frame, so
+    /// a hole below a delivered frame is a loss. Once reordering is seen: a quarter
+    /// of the minimum RTT, or the RTT variation if larger (jittery links), times the
+    /// reordering factor (raised by spurious losses), at most the smoothed RTT.
     pub fn reorder_window(&self) -> Duration {
+        if !self.in_flight.reordering_seen() {
+            return Duration::from_millis(1);
+        }
         let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
         (quarter.max(self.rtt.variance()) * self.reorder_factor)
             .max(Duration::from_millis(1))

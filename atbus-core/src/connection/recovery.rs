@@ -9,7 +9,8 @@
 //!   received, i.e. the send time of the newest frame that arrived. A range sent more
 //!   than a reordering window before that frame, and still unacknowledged, is lost:
 //!   this is the fast retransmit from the SACK hint, and it recovers a burst of holes
-//!   at once because the selective ranges say exactly which parts arrived;
+//!   at once because the selective ranges say exactly which parts arrived. The
+//!   window is 1 ms until reordering is seen ([`InFlight::reordering_seen`]);
 //! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
 //!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff).
 //!
@@ -32,6 +33,10 @@ pub const MAX_REORDER_FACTOR: u32 = 4;
 /// recoveries), so that one episode of reordering does not widen the window for
 /// good.
 pub const REORDER_RESET_RECOVERIES: u32 = 16;
+
+/// Ranges declared lost by the time-ordered rule remembered at most, to tell a
+/// spurious retransmission caused by reordering from one caused by a timeout.
+const MAX_RACK_LOST: usize = 1024;
 
 /// One stream range carried by one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +85,18 @@ pub struct InFlight {
     bytes: usize,
     /// The retransmission timeout declared a range lost and no probe has left since.
     probe_due: bool,
+    /// The newest echoed timepoint of the acknowledgements seen, and the one before
+    /// it: a frame sent before the echo of an earlier acknowledgement, and settled
+    /// only now, arrived after a frame sent later (reordering).
+    echo_newest: Timestamp,
+    echo_before: Timestamp,
+    /// Loss detections since reordering was last seen, `None` if it never was or
+    /// [`REORDER_RESET_RECOVERIES`] detections ago.
+    since_reordering: Option<u32>,
+    /// `(stream, start, end)` of ranges the time-ordered rule declared lost (at
+    /// most [`MAX_RACK_LOST`], the oldest forgotten first): if a retransmission of
+    /// one proves spurious, the original arrived after a newer frame.
+    rack_lost: BTreeSet<(i64, u64, u64)>,
 }
 
 impl InFlight {
@@ -143,6 +160,18 @@ impl InFlight {
         reset_settled: impl Fn(u64) -> bool,
     ) -> Settled {
         let mut settled = Settled::default();
+        // Acknowledgements of several streams built at once echo the same
+        // timepoint: the reference is the echo of an earlier acknowledgement.
+        if let Some(echo) = echo {
+            if echo > self.echo_newest {
+                self.echo_before = self.echo_newest;
+                self.echo_newest = echo;
+            }
+        }
+        let reference = match echo {
+            Some(echo) if echo < self.echo_newest => self.echo_newest,
+            _ => self.echo_before,
+        };
         // Ranges start in order; at or past the highest received end nothing more
         // can be covered, except a reset-only range.
         let horizon = received
@@ -176,10 +205,33 @@ impl InFlight {
             let Some(range) = self.remove(seq) else {
                 continue;
             };
+            if !range.retransmit && range.sent_at < reference {
+                // Sent before a frame an earlier acknowledgement reported, and
+                // not reported then: it arrived later than a newer frame. (A lost
+                // acknowledgement can also cause this; it only makes the
+                // reordering window the cautious one for a while.)
+                self.since_reordering = Some(0);
+            }
             if range.retransmit && echo.is_some_and(|echo| echo < range.sent_at) {
                 settled.spurious += 1;
+                let overlapping = self
+                    .rack_lost
+                    .range((stream, 0, 0)..(stream, range.end.max(range.start + 1), 0))
+                    .any(|&(_, _, end)| end > range.start);
+                if overlapping {
+                    self.since_reordering = Some(0);
+                }
             }
             settled.ranges.push(range);
+        }
+        let done: Vec<_> = self
+            .rack_lost
+            .range((stream, 0, 0)..(stream, acknowledged, 0))
+            .filter(|&&(_, _, end)| end <= acknowledged)
+            .copied()
+            .collect();
+        for key in done {
+            self.rack_lost.remove(&key);
         }
         settled
     }
@@ -201,10 +253,33 @@ impl InFlight {
             if !Self::is_lost(range, now, rto, newest_delivered, rack_rtt, reorder_window) {
                 break;
             }
-            self.probe_due |= now >= range.sent_at + rto;
-            lost.push(self.remove(seq).expect("present"));
+            let timed_out = now >= range.sent_at + rto;
+            self.probe_due |= timed_out;
+            let range = self.remove(seq).expect("present");
+            if !timed_out && range.end > range.start {
+                self.rack_lost
+                    .insert((range.stream, range.start, range.end));
+                if self.rack_lost.len() > MAX_RACK_LOST {
+                    self.rack_lost.pop_first();
+                }
+            }
+            lost.push(range);
+        }
+        if !lost.is_empty() {
+            self.since_reordering = self
+                .since_reordering
+                .map(|n| n + 1)
+                .filter(|&n| n < REORDER_RESET_RECOVERIES);
         }
         lost
+    }
+
+    /// Whether an acknowledgement showed a frame arriving after a newer one, within
+    /// the last [`REORDER_RESET_RECOVERIES`] loss detections (RFC 8985's
+    /// `RACK.reord`). Until it does, the path is taken to keep send order and the
+    /// time-ordered rule needs no reordering window.
+    pub fn reordering_seen(&self) -> bool {
+        self.since_reordering.is_some()
     }
 
     fn is_lost(
@@ -306,6 +381,7 @@ impl InFlight {
         for seq in seqs {
             self.remove(seq);
         }
+        self.rack_lost.retain(|&(s, _, _)| s != stream);
     }
 }
 
@@ -365,6 +441,57 @@ mod tests {
         let lost = f.detect_lost(at(56), rto, at(10), rtt, window);
         assert_eq!(lost.iter().map(|r| r.start).collect::<Vec<_>>(), [0, 10]);
         assert!(f.is_empty());
+    }
+
+    #[test]
+    fn reordering_is_seen_from_late_frames_and_rack_spurious_retransmissions_only() {
+        let rto = Duration::from_millis(100);
+        let rtt = Duration::from_millis(50);
+        let window = Duration::from_millis(1);
+        // A frame settled after a newer one was reported arrived late.
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 10));
+        f.on_sent(range(1, 20, 30, 20));
+        f.on_stream_ack(1, 0, &[(10, 20)], Some(at(10)), |_| false);
+        assert!(!f.reordering_seen());
+        f.on_stream_ack(1, 30, &[], Some(at(20)), |_| false);
+        assert!(f.reordering_seen());
+        // A retransmission the timeout made, proved spurious: a delay spike.
+        let mut f = InFlight::default();
+        f.on_sent(range(1, 0, 10, 0));
+        assert_eq!(f.detect_lost(at(100), rto, at(0), rtt, window).len(), 1);
+        f.on_sent(SentRange {
+            retransmit: true,
+            ..range(1, 0, 10, 100)
+        });
+        assert_eq!(
+            f.on_stream_ack(1, 10, &[], Some(at(0)), |_| false).spurious,
+            1
+        );
+        assert!(!f.reordering_seen());
+        // One the time-ordered rule made: the original came after a newer frame.
+        f.on_sent(range(1, 10, 20, 200));
+        f.on_sent(range(1, 20, 30, 210));
+        f.on_stream_ack(1, 10, &[(20, 30)], Some(at(210)), |_| false);
+        assert_eq!(f.detect_lost(at(260), rto, at(210), rtt, window).len(), 1);
+        f.on_sent(SentRange {
+            retransmit: true,
+            ..range(1, 10, 20, 260)
+        });
+        assert!(!f.reordering_seen());
+        assert_eq!(
+            f.on_stream_ack(1, 30, &[], Some(at(210)), |_| false)
+                .spurious,
+            1
+        );
+        assert!(f.reordering_seen());
+        // Forgotten after enough loss detections.
+        for i in 0..REORDER_RESET_RECOVERIES as u64 {
+            f.on_sent(range(1, 30 + i, 31 + i, 300 + i));
+            assert_eq!(f.detect_lost(at(500 + i), rto, at(0), rtt, window).len(), 1);
+        }
+        assert!(!f.reordering_seen());
     }
 
     #[test]

@@ -36,6 +36,8 @@ const BURST_LOSSES: u64 = 3;
 const FULL_QUEUE_FRACTION: f64 = 0.75;
 /// The standing-queue signal applies to windows of at least this many datagrams.
 const QUEUE_SIGNAL_MIN_PACKETS: usize = 16;
+/// RFC 9002 §6.1.2: the timer granularity, the least RTT variance term of a PTO.
+const GRANULARITY: Duration = Duration::from_millis(1);
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -463,6 +465,19 @@ impl CongestionController for Cubic {
     }
 
     fn on_persistent_congestion(&mut self, now: Timestamp) {
+        // RFC 9002 §7.6.1: congestion is persistent when nothing was acknowledged
+        // for three PTOs; two timeouts in a row can come much sooner when the
+        // timeout does not back off (the tail of one burst of losses, one datagram
+        // after the other): that is one congestion event, already reduced for.
+        let pto = self
+            .srtt
+            .saturating_add(self.rtt_variance.saturating_mul(4).max(GRANULARITY));
+        if self
+            .last_ack
+            .is_some_and(|last| now.saturating_since(last) < pto.saturating_mul(3))
+        {
+            return;
+        }
         self.started = true;
         // RFC 9438 §4.8: the threshold follows the usual decrease, unless the losses
         // that revealed the congestion already reduced it at this instant...
@@ -888,6 +903,23 @@ mod tests {
     }
 
     #[test]
+    fn timeouts_soon_after_an_acknowledgement_are_not_persistent_congestion() {
+        // Acknowledged at 100 ms (RTT 50 ms): two timeouts in a row at 130 ms (the
+        // tail of one burst) are one congestion event, reduced for once.
+        let mut cc = Cubic::new(config(50), MTU);
+        sample(&mut cc, at(100), ms(50));
+        cc.on_acked(at(100), at(50), MTU);
+        cc.on_lost(at(130), at(60), MTU);
+        let reduced = cc.window();
+        cc.on_persistent_congestion(at(130));
+        assert_eq!(cc.window(), reduced);
+        // Nothing acknowledged for more than three PTOs (3 × (50 + 4 × 25) ms):
+        // persistent.
+        cc.on_persistent_congestion(at(600));
+        assert_eq!(cc.window(), 2 * MTU);
+    }
+
+    #[test]
     fn pacing_rate_is_twice_the_window_in_slow_start_and_five_quarters_after() {
         let mut cc = Cubic::new(config(10), MTU);
         assert_eq!(cc.pacing_rate(ms(100)), Some(200_000));
@@ -905,7 +937,7 @@ mod tests {
         cc.on_acked(at(10), at(0), 1000);
         cc.on_mtu(548);
         assert_eq!(cc.window(), 15_520);
-        cc.on_persistent_congestion(at(20));
+        cc.on_persistent_congestion(at(1_000));
         assert_eq!(cc.window(), 2 * 548);
         cc.on_mtu(9000);
         assert_eq!(cc.window(), 18_000);
