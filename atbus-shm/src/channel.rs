@@ -214,9 +214,17 @@ impl Reader {
     }
 
     /// Batch consume: hands every message committed now (at most `max`) to
-    /// `each`, consuming each one after `each` returns, without waiting. Returns
-    /// how many were delivered. Same guarantee as [`Received`]: a message is
-    /// consumed once `each` returned for it.
+    /// `each`, without waiting, and returns how many were delivered.
+    ///
+    /// Messages are consumed **per record taken**: the messages a call takes
+    /// from one batch record are walked by reference without a per-message
+    /// atomic and consumed together by one store once `each` returned for the
+    /// last of them (a plain record: once `each` returned for it). When the call
+    /// returns, everything it handed out is consumed. A reader that dies inside
+    /// the call re-delivers, after its restart, exactly the messages of the record
+    /// it was walking that this call had handed out (none of an earlier record),
+    /// and never loses one; a reader restarted after the call returned resumes at
+    /// the first message not handed out.
     pub fn try_recv_batch(
         &mut self,
         max: usize,
@@ -225,10 +233,23 @@ impl Reader {
         let mut delivered = 0;
         while delivered < max {
             match self.state.poll(&self.map, self.geo, clock_ms)? {
-                Poll::Ready(ready) => {
-                    each(self.map.payload(ready.payload_offset, ready.len));
+                Poll::Ready(mut ready) => {
+                    // Walk the record's items without a poll each; one consume
+                    // (one store) for all the items taken from it.
+                    let walked = loop {
+                        each(self.map.payload(ready.payload_offset, ready.len));
+                        delivered += 1;
+                        if delivered == max {
+                            break Ok(());
+                        }
+                        match self.state.next_item(&self.map, self.geo, ready) {
+                            Ok(Some(next)) => ready = next,
+                            Ok(None) => break Ok(()),
+                            Err(e) => break Err(e),
+                        }
+                    };
                     self.state.consume(&self.map, self.geo, ready);
-                    delivered += 1;
+                    walked?;
                 }
                 Poll::Empty | Poll::Pending { .. } => break,
             }

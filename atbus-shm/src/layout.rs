@@ -205,9 +205,9 @@ impl Record {
     }
 }
 
-/// The free word of lap `lap`.
 /// The consumed mark of an item word: set by the reader when it consumes the
-/// item, so a restarted reader resumes inside a partly consumed batch record.
+/// item **and every earlier item of its record** (one store for a batch taken
+/// at once), so a restarted reader resumes after the last marked item.
 pub(crate) const ITEM_CONSUMED: u64 = 1 << 63;
 
 /// The word heading one item of a batch record: its payload length (the rest of
@@ -217,6 +217,7 @@ pub(crate) fn item_word(len: u64) -> u64 {
     len
 }
 
+/// The free word of lap `lap`.
 #[inline]
 pub(crate) fn free_word(lap: u64) -> u64 {
     lap << 3

@@ -28,6 +28,25 @@ fn take(reader: &mut ReaderState, m: &Model, now: u64) -> Option<Vec<u8>> {
     }
 }
 
+/// Polls once at `now` and takes every item of a batch record at once (walked
+/// with `next_item`, consumed by one `consume` of the last); returns the payloads.
+fn take_record(reader: &mut ReaderState, m: &Model, now: u64) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    if let Poll::Ready(mut ready) = reader.poll(m, m.geo, || now).expect("no corruption") {
+        loop {
+            let mut out = Vec::new();
+            m.read_payload(ready.payload_offset, ready.len, &mut out);
+            got.push(out);
+            match reader.next_item(m, m.geo, ready).expect("no corruption") {
+                Some(next) => ready = next,
+                None => break,
+            }
+        }
+        reader.consume(m, m.geo, ready);
+    }
+    got
+}
+
 #[test]
 fn loom_two_writers_deliver_each_message_once_in_claim_order() {
     loom::model(|| {
@@ -230,14 +249,19 @@ fn loom_batch_races_a_single_writer_and_the_reader() {
             thread::spawn(move || WriterState::new().try_send(&*m, m.geo, &[3; 8], 0))
         };
         let mut reader = ReaderState::resume(&*m, TIMEOUT).with_publish_every(32);
-        let mut got = Vec::new();
-        if let Some(msg) = take(&mut reader, &m, 0) {
-            got.push(msg[0]);
-        }
+        // The reader takes each record at once (the batch's two items, one mark).
+        let mut got: Vec<u8> = take_record(&mut reader, &m, 0)
+            .iter()
+            .map(|x| x[0])
+            .collect();
         assert_eq!(batch.join().unwrap(), Ok(2));
         single.join().unwrap().unwrap();
-        while let Some(msg) = take(&mut reader, &m, 0) {
-            got.push(msg[0]);
+        loop {
+            let taken = take_record(&mut reader, &m, 0);
+            if taken.is_empty() {
+                break;
+            }
+            got.extend(taken.iter().map(|x| x[0]));
         }
         let mut sorted = got.clone();
         sorted.sort();
@@ -268,10 +292,10 @@ fn loom_writer_killed_mid_batch_while_the_reader_polls() {
         };
         let mut reader = ReaderState::resume(&*m, TIMEOUT);
         let mut got = Vec::new();
-        got.extend(take(&mut reader, &m, 0));
+        got.extend(take_record(&mut reader, &m, 0));
         writer.join().unwrap();
         for step in 0..4 {
-            got.extend(take(&mut reader, &m, step * TIMEOUT));
+            got.extend(take_record(&mut reader, &m, step * TIMEOUT));
         }
         assert_eq!(
             got,

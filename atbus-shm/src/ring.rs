@@ -515,6 +515,10 @@ pub(crate) struct ReaderState {
     /// In a batch record at the head: the payload offset of the next item to
     /// look at (items before it are consumed). Zero elsewhere.
     item: u64,
+    /// Set by `resume`: the first record this reader delivers may be a batch
+    /// record a previous reader partly consumed, so look for its last consumed
+    /// mark (a mark consumes its item and every item before it).
+    scan_marks: bool,
 }
 
 impl ReaderState {
@@ -530,6 +534,7 @@ impl ReaderState {
             published: head,
             publish_every: 0,
             item: 0,
+            scan_marks: true,
         }
     }
 
@@ -613,6 +618,7 @@ impl ReaderState {
                     }
                     span(len)?;
                     self.stall = None;
+                    self.scan_marks = false;
                     return Ok(Poll::Ready(Ready {
                         position: head,
                         payload_offset: offset + RECORD_HEADER,
@@ -626,26 +632,24 @@ impl ReaderState {
                     }
                     let size = span(len)?;
                     self.stall = None;
-                    // Items a previous reader consumed carry the mark.
-                    while self.item < len {
-                        let at = offset + RECORD_HEADER + self.item;
-                        let item = region.data_word(at).load(Ordering::Relaxed);
-                        let item_len = item & !ITEM_CONSUMED;
-                        if item_len > geo.max_message || self.item + record_size(item_len) > len {
-                            return Err(RecvError::Corrupt {
-                                position: head + RECORD_HEADER + self.item,
-                                word: item,
-                            });
+                    if self.scan_marks {
+                        // Resume after the last marked item (a restarted reader).
+                        self.scan_marks = false;
+                        let mut at = self.item;
+                        // A garbage item ends the scan; it is reported when reached.
+                        while let Ok(item) = self.item_at(region, geo, len, at) {
+                            at += record_size(item.len);
+                            let word = region.data_word(item.payload_offset - RECORD_HEADER);
+                            if word.load(Ordering::Relaxed) & ITEM_CONSUMED != 0 {
+                                self.item = at;
+                            }
+                            if at >= len {
+                                break;
+                            }
                         }
-                        if item & ITEM_CONSUMED == 0 {
-                            return Ok(Poll::Ready(Ready {
-                                position: head + RECORD_HEADER + self.item,
-                                payload_offset: at + RECORD_HEADER,
-                                len: item_len,
-                                batch: Some(len),
-                            }));
-                        }
-                        self.item += record_size(item_len);
+                    }
+                    if self.item < len {
+                        return self.item_at(region, geo, len, self.item).map(Poll::Ready);
                     }
                     // Every item consumed (a reader died before clearing).
                     header.store(Record::Skipped { len }.word(), Ordering::Relaxed);
@@ -812,18 +816,70 @@ impl ReaderState {
         }
     }
 
-    /// Consumes the record `poll` returned.
+    /// The item at payload offset `item` of the batch record (of payload length
+    /// `len`) at the head, checked against the record and `max_message`.
+    #[inline(always)]
+    fn item_at<R: Region>(
+        &self,
+        region: &R,
+        geo: Geometry,
+        len: u64,
+        item: u64,
+    ) -> Result<Ready, RecvError> {
+        let at = geo.offset(self.head) + RECORD_HEADER + item;
+        let word = region.data_word(at).load(Ordering::Relaxed);
+        let item_len = word & !ITEM_CONSUMED;
+        if item_len > geo.max_message || item + record_size(item_len) > len {
+            return Err(RecvError::Corrupt {
+                position: self.head + RECORD_HEADER + item,
+                word,
+            });
+        }
+        Ok(Ready {
+            position: self.head + RECORD_HEADER + item,
+            payload_offset: at + RECORD_HEADER,
+            len: item_len,
+            batch: Some(len),
+        })
+    }
+
+    /// The item after `ready` in the batch record at the head (`ready` being one
+    /// of its items, delivered but not yet consumed), without a poll: `None` after
+    /// the record's last item or for a plain record. Lets a batch receive walk a
+    /// record and consume every item it took with one `consume` of the last.
+    #[inline(always)]
+    pub(crate) fn next_item<R: Region>(
+        &self,
+        region: &R,
+        geo: Geometry,
+        ready: Ready,
+    ) -> Result<Option<Ready>, RecvError> {
+        let Some(len) = ready.batch else {
+            return Ok(None);
+        };
+        let next = ready.position + record_size(ready.len) - self.head - RECORD_HEADER;
+        if next >= len {
+            return Ok(None);
+        }
+        self.item_at(region, geo, len, next).map(Some)
+    }
+
+    /// Consumes the record `poll` returned or, for an item of a batch record,
+    /// that item and every earlier item of the record (`ready` may come from
+    /// `next_item`): one mark on the item word of `ready`, or, after the record's
+    /// last item, the record is marked `Skipped` and cleared.
     #[inline(always)]
     pub(crate) fn consume<R: Region>(&mut self, region: &R, geo: Geometry, ready: Ready) {
         let len = match ready.batch {
             None => ready.len,
             Some(len) => {
-                debug_assert_eq!(ready.position, self.head + RECORD_HEADER + self.item);
-                // Mark the item: a restarted reader resumes after it.
+                debug_assert!(ready.position >= self.head + RECORD_HEADER + self.item);
+                // Mark the item: a restarted reader resumes after it (and after
+                // every item before it, marked or not).
                 let item = region.data_word(ready.payload_offset - RECORD_HEADER);
-                item.store(item_word(ready.len) | ITEM_CONSUMED, Ordering::Relaxed);
-                self.item += record_size(ready.len);
+                self.item = ready.position + record_size(ready.len) - self.head - RECORD_HEADER;
                 if self.item < len {
+                    item.store(item_word(ready.len) | ITEM_CONSUMED, Ordering::Relaxed);
                     return;
                 }
                 len
@@ -1023,6 +1079,50 @@ mod tests {
         let mut r = ReaderState::resume(&m, TIMEOUT);
         assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
         assert_eq!(r.head(), 8 + 4 * 24);
+        assert!(m.is_clear(r.head()));
+    }
+
+    #[test]
+    fn items_taken_at_once_are_consumed_by_one_mark() {
+        let (m, mut w, mut r) = setup(512, 128);
+        let batch: Vec<Vec<u8>> = (1..=5u8).map(|i| vec![i; 10]).collect();
+        send_batch(&mut w, &m, &batch, usize::MAX).unwrap();
+        let walk = |r: &mut ReaderState, n: usize| {
+            let Poll::Ready(mut ready) = r.poll(&m, m.geo, || 0).unwrap() else {
+                panic!("committed")
+            };
+            let mut got = Vec::new();
+            for i in 0..n {
+                let mut out = Vec::new();
+                m.read_payload(ready.payload_offset, ready.len, &mut out);
+                got.push(out);
+                if i + 1 < n {
+                    ready = r.next_item(&m, m.geo, ready).unwrap().unwrap();
+                }
+            }
+            (ready, got)
+        };
+        // Walked three items, killed before consuming: all three come again.
+        let (_, got) = walk(&mut r, 3);
+        assert_eq!(got, batch[..3]);
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        let (third, got) = walk(&mut r, 3);
+        assert_eq!(got, batch[..3]);
+        r.consume(&m, m.geo, third);
+        // One store: only the third item's word carries the mark.
+        let marked = |at: u64| m.data_word(at).load(Ordering::Relaxed) & ITEM_CONSUMED != 0;
+        assert_eq!((marked(8), marked(32), marked(56)), (false, false, true));
+        assert_eq!(
+            r.next_item(&m, m.geo, third).unwrap().map(|x| x.position),
+            Some(80)
+        );
+        // A restarted reader resumes after the mark: items 4 and 5, once.
+        let mut r = ReaderState::resume(&m, TIMEOUT);
+        let (last, got) = walk(&mut r, 2);
+        assert_eq!(got, batch[3..]);
+        assert_eq!(r.next_item(&m, m.geo, last).unwrap(), None);
+        r.consume(&m, m.geo, last);
+        assert_eq!(recv(&mut r, &m, 0).unwrap(), None);
         assert!(m.is_clear(r.head()));
     }
 
@@ -1263,7 +1363,7 @@ mod tests {
             let mut next_id = 0u32;
             let mut expected = std::collections::BTreeMap::<u64, Vec<u8>>::new();
             let mut stalled: Vec<(Stamped, Vec<u8>)> = Vec::new();
-            let mut delivered = 0u32;
+            let mut delivered = 0usize;
             let message = |id: u32, len: usize| {
                 let mut v = id.to_le_bytes().to_vec();
                 v.resize(len, id as u8);
@@ -1345,16 +1445,40 @@ mod tests {
                     _ => {
                         let polled = r.poll(&m, m.geo, || now);
                         match polled.unwrap_or_else(|e| panic!("seed {seed}: {e}")) {
-                            Poll::Ready(ready) => {
-                                let (&first, _) = expected.iter().next().unwrap_or_else(|| {
-                                    panic!("seed {seed}: delivered {ready:?} unexpectedly")
-                                });
-                                assert_eq!(first, ready.position, "seed {seed}: skipped a message");
-                                let mut got = Vec::new();
-                                m.read_payload(ready.payload_offset, ready.len, &mut got);
-                                assert_eq!(expected.remove(&first).unwrap(), got, "seed {seed}");
-                                r.consume(&m, m.geo, ready);
-                                delivered += 1;
+                            Poll::Ready(mut ready) => {
+                                // Take up to four items of a batch record at once
+                                // (checked against the reference in order), then
+                                // consume them with one mark, or die holding them.
+                                let mut walked = vec![ready];
+                                for _ in 0..rng.below(4) {
+                                    match r.next_item(&m, m.geo, ready) {
+                                        Ok(Some(next)) => ready = next,
+                                        Ok(None) => break,
+                                        Err(e) => panic!("seed {seed}: {e}"),
+                                    }
+                                    walked.push(ready);
+                                }
+                                let mut refs = expected.iter();
+                                for item in &walked {
+                                    let (&position, message) = refs.next().unwrap_or_else(|| {
+                                        panic!("seed {seed}: delivered {item:?} unexpectedly")
+                                    });
+                                    assert_eq!(position, item.position, "seed {seed}: skipped");
+                                    let mut got = Vec::new();
+                                    m.read_payload(item.payload_offset, item.len, &mut got);
+                                    assert_eq!(message, &got, "seed {seed}");
+                                }
+                                if rng.below(16) == 0 {
+                                    // Killed before consuming: all come again.
+                                    r = ReaderState::resume(&m, TIMEOUT)
+                                        .with_publish_every(publish_every);
+                                } else {
+                                    r.consume(&m, m.geo, ready);
+                                    for item in &walked {
+                                        expected.remove(&item.position);
+                                    }
+                                    delivered += walked.len();
+                                }
                             }
                             Poll::Empty | Poll::Pending { .. } => {}
                         }

@@ -380,3 +380,45 @@ fn batches_cross_threads_in_order_and_are_consumed_in_batches() {
     // Found empty: the deferred head is published.
     assert_eq!(reader.stats().head, reader.stats().tail);
 }
+
+/// A batch taken at once is consumed at once: a reader restarted after a call
+/// resumes at the first message not handed out (nothing lost, nothing twice), and
+/// one that dies inside a call re-delivers exactly what that call had handed out
+/// from the record it was walking.
+#[test]
+fn batch_receive_is_exact_across_a_reader_restart_mid_record() {
+    let name = Name::new();
+    let mut reader = Reader::create(&name.0, SMALL, config()).unwrap();
+    let mut writer = Writer::open(&name.0).unwrap();
+    let messages: Vec<[u8; 4]> = (0..10u32).map(u32::to_le_bytes).collect();
+    // One batch record of ten items.
+    assert_eq!(writer.try_send_batch(&messages), Ok(10));
+    let mut got = Vec::new();
+    let taken = reader.try_recv_batch(4, |m| got.push(m.to_vec())).unwrap();
+    assert_eq!(taken, 4);
+    // Restart after the call returned: the next reader starts at message 4.
+    drop(reader);
+    let mut reader = Reader::open(&name.0, config()).unwrap();
+    // Dies inside the call after two more messages (a panic in `each`).
+    let mut dying = Vec::new();
+    let died = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        reader.try_recv_batch(usize::MAX, |m| {
+            dying.push(m.to_vec());
+            assert!(dying.len() < 3, "reader dies holding its third message");
+        })
+    }));
+    assert!(died.is_err());
+    assert_eq!(dying.len(), 3);
+    drop(reader);
+    let mut reader = Reader::open(&name.0, config()).unwrap();
+    let rest = reader
+        .try_recv_batch(usize::MAX, |m| got.push(m.to_vec()))
+        .unwrap();
+    assert_eq!(rest, 6, "the dead call's messages come again, nothing more");
+    assert_eq!(got, messages.iter().map(|m| m.to_vec()).collect::<Vec<_>>());
+    assert_eq!(
+        reader.try_recv_batch(usize::MAX, |_| panic!("empty")),
+        Ok(0)
+    );
+    assert_eq!(reader.stats().head, reader.stats().tail);
+}

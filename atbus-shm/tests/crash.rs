@@ -1,7 +1,9 @@
 //! Processes killed with SIGKILL at seeded points: writers mid-record and at
 //! random moments, the reader at random moments (then restarted). Every
 //! committed message must arrive exactly once, in per-writer order, except that
-//! the message a reader held when it was killed may be delivered once more.
+//! what a reader held when it was killed may be delivered once more: one
+//! message (`recv_timeout`), or the messages the killed `try_recv_batch` call had
+//! handed out from its current record (odd incarnations receive in batches).
 //!
 //! The test binary re-runs itself as the child processes (`child_process` with
 //! the `ATBUS_SHM_CHILD` environment variable). Set `ATBUS_SHM_CRASH_SEED` to
@@ -127,6 +129,9 @@ fn run_batch_writer(id: u32, writer: &mut Writer, progress: &File, expired: &mut
 }
 
 /// `reader NAME LOG DONE`
+/// At most this many messages per `try_recv_batch` call of a batch reader.
+const BATCH_RECV: usize = 16;
+
 fn run_reader(args: &[&str]) -> i32 {
     let (name, done) = (args[0], Path::new(args[2]));
     let mut log = OpenOptions::new()
@@ -145,9 +150,21 @@ fn run_reader(args: &[&str]) -> i32 {
             Err(e) => panic!("{e}"),
         }
     };
+    let batched = args[3] == "batch";
     while Instant::now() < deadline {
+        if batched {
+            // Logged inside the call: a kill before it returns re-delivers what
+            // it had handed out from its current record.
+            let taken = reader
+                .try_recv_batch(BATCH_RECV, |m| log.write_all(&m[..8]).unwrap())
+                .unwrap();
+            if taken > 0 {
+                continue;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
         // Logged before the guard is dropped: a kill in between re-delivers.
-        if let Some(m) = reader.recv_timeout(Duration::from_millis(20)).unwrap() {
+        else if let Some(m) = reader.recv_timeout(Duration::from_millis(20)).unwrap() {
             log.write_all(&m[..8]).unwrap();
             continue;
         }
@@ -275,8 +292,16 @@ fn killed_writers_and_reader_lose_and_duplicate_nothing() {
         })
         .collect();
     let done = path("done".into());
-    let spawn_reader =
-        |k: usize| spawn(&["reader", &scratch.name, &path(format!("log.{k}")), &done]);
+    let spawn_reader = |k: usize| {
+        let mode = if k % 2 == 1 { "batch" } else { "single" };
+        spawn(&[
+            "reader",
+            &scratch.name,
+            &path(format!("log.{k}")),
+            &done,
+            mode,
+        ])
+    };
     let mut incarnation = 0;
     let mut reader = Reaped(spawn_reader(incarnation));
     let mut next_reader_kill = 0;
@@ -332,13 +357,18 @@ fn killed_writers_and_reader_lose_and_duplicate_nothing() {
     };
     assert!(status.success(), "reader: {status}");
 
-    // Concatenate the incarnations' logs; the first entry of an incarnation may
-    // repeat the last one of its predecessor (killed before consuming it).
+    // Concatenate the incarnations' logs; an incarnation may begin by repeating
+    // the end of its predecessor's log: the message (or, for a batch reader, up
+    // to `BATCH_RECV` messages of one call) it held when it was killed.
     let mut all: Vec<(u32, u32)> = Vec::new();
     let mut redelivered = 0;
     for k in 0..=incarnation {
         let log = entries(Path::new(&path(format!("log.{k}"))));
-        let skip = usize::from(!log.is_empty() && all.last() == log.first());
+        let held = if k % 2 == 0 { BATCH_RECV } else { 1 };
+        let skip = (0..=held.min(log.len()).min(all.len()))
+            .rev()
+            .find(|&n| log[..n] == all[all.len() - n..])
+            .unwrap_or(0);
         redelivered += skip;
         all.extend_from_slice(&log[skip..]);
     }

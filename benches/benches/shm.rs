@@ -85,6 +85,20 @@ fn batched_reader(mut reader: Reader, received: Arc<AtomicU64>, stop: Arc<Atomic
     }
 }
 
+/// The rings' layout: the default (8 MiB ring), or a ring of
+/// `ATBUS_BENCH_RING` bytes (a power of two) to see the effect of the ring
+/// fitting in the caches.
+fn bench_layout() -> Layout {
+    let mut layout = Layout::default();
+    if let Some(ring) = std::env::var("ATBUS_BENCH_RING")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        layout.ring_size = ring;
+    }
+    layout
+}
+
 impl ShmPair {
     fn new(tag: &str, batched: bool) -> Self {
         let name = format!("atbus-bench-{}-{tag}", std::process::id());
@@ -93,7 +107,7 @@ impl ShmPair {
             wait: WaitStrategy::BusyPoll,
             ..ReaderConfig::default()
         };
-        let mut reader = Reader::create(&name, Layout::default(), config).expect("create");
+        let mut reader = Reader::create(&name, bench_layout(), config).expect("create");
         let writer = Writer::open(&name).expect("open");
         let received = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -324,7 +338,7 @@ fn shm_same_thread(c: &mut Criterion) {
     let name = format!("atbus-bench-{}-same-thread", std::process::id());
     let _ = atbus_shm::remove_force(&name);
     let mut reader =
-        Reader::create(&name, Layout::default(), ReaderConfig::default()).expect("create");
+        Reader::create(&name, bench_layout(), ReaderConfig::default()).expect("create");
     let mut writer = Writer::open(&name).expect("open");
     let message = [0x5au8; 64];
     let mut group = c.benchmark_group("message_64B");
@@ -338,6 +352,26 @@ fn shm_same_thread(c: &mut Criterion) {
                 let m = reader.try_recv().expect("recv").expect("committed");
                 black_box(m[0]);
             }
+        })
+    });
+    // The batched path's own cost: one `try_send_batch` of 1024 messages (two
+    // batch records), then `try_recv_batch` of them.
+    let batch = vec![message; 1024];
+    group.throughput(Throughput::Elements(batch.len() as u64));
+    group.bench_function("shm_same_thread_batch1024", |b| {
+        b.iter(|| {
+            let mut sent = 0;
+            while sent < batch.len() {
+                sent += writer
+                    .try_send_batch(black_box(&batch[sent..]))
+                    .expect("room");
+            }
+            let mut sum = 0u64;
+            let got = reader
+                .try_recv_batch(usize::MAX, |m| sum += u64::from(m[0]))
+                .expect("recv");
+            assert_eq!(got, batch.len());
+            black_box(sum);
         })
     });
     group.finish();
