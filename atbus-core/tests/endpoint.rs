@@ -3170,6 +3170,16 @@ fn send_many_checks_like_send() {
     assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == 1));
     net.settle();
     assert_eq!(net.payloads(Side::B, 1), vec![payload(10, 1)]);
+    // (From review) an empty batch opens no stream.
+    let streams = net.a.peer_info(pair.a_peer).unwrap().streams;
+    let now = net.now;
+    let mut empty = std::collections::VecDeque::new();
+    assert_eq!(
+        net.a
+            .send_many(now, pair.a_peer, 7, &mut empty, &SendOptions::default()),
+        Ok(())
+    );
+    assert_eq!(net.a.peer_info(pair.a_peer).unwrap().streams, streams);
 }
 
 #[test]
@@ -3196,4 +3206,15 @@ fn small_messages_of_one_packet_share_one_receive_buffer() {
         .filter(|w| w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr())
         .count();
     assert!(adjacent > got.len() / 2, "{adjacent} of {}", got.len());
+    // (From review) but blocks stay small: a message the application keeps pins at
+    // most 4 KiB, not the whole packet's worth of messages.
+    let mut run = got[0].len();
+    for w in got.windows(2) {
+        if w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr() {
+            run += w[1].len();
+        } else {
+            run = w[1].len();
+        }
+        assert!(run <= 4096, "a shared block of {run} B");
+    }
 }

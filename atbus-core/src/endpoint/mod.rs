@@ -778,7 +778,8 @@ impl Endpoint {
     /// marked once per call rather than once per message. It stops at the first
     /// error; on [`SendError::WouldBlock`] the messages not queued stay in
     /// `payloads` (the first of them is the one that did not fit), and
-    /// `Writable` is raised once it fits, as for `send`.
+    /// `Writable` is raised once it fits, as for `send`. An empty `payloads` is
+    /// `Ok` and changes nothing.
     pub fn send_many(
         &mut self,
         now: Timestamp,
@@ -787,6 +788,10 @@ impl Endpoint {
         payloads: &mut VecDeque<Bytes>,
         options: &SendOptions,
     ) -> Result<(), SendError> {
+        // Nothing to send changes nothing: no stream is opened for it.
+        if payloads.is_empty() {
+            return Ok(());
+        }
         self.send_from(now, peer, stream, payloads, options)
     }
 

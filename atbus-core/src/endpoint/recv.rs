@@ -46,6 +46,10 @@ fn unpin(frame: &mut pb::FrameMessage, pinned: usize) {
 /// complete a maximum message while the peer is at its limit).
 const HEADROOM_FACTOR: usize = 3;
 
+/// Bytes of a block that small whole messages of one packet are copied into
+/// together (see `on_packet`): what one message the application keeps can pin.
+const SHARED_BLOCK: usize = 4 * 1024;
+
 /// Bytes (payload and bookkeeping, labels and tokens included) a connection's
 /// control stream may hold before its messages complete: four control windows.
 pub(super) const CONTROL_BUFFER_LIMIT: usize = 4 * CONTROL_WINDOW as usize;
@@ -346,11 +350,12 @@ impl Endpoint {
                 }
             }
             // Small fragments are copied out (a slice would pin the whole
-            // datagram). Those that are whole messages delivered at once share one
-            // buffer, sized for every small fragment of the packet: one allocation
-            // per packet instead of one per message. Only messages handed to the
-            // application pin it (as a datagram slice would); what the reassembler
-            // holds is copied on its own, so its memory stays what it counts.
+            // datagram). Those that are whole messages delivered at once share
+            // blocks of up to `SHARED_BLOCK` bytes: one allocation per block instead
+            // of one per message. Only messages handed to the application pin a
+            // block, and a message it keeps pins at most that much; what the
+            // reassembler holds is copied on its own, so its memory stays what it
+            // counts.
             let small = |len: usize| len * PIN_RATIO < wire_len;
             let copied: usize = content
                 .fragment
@@ -419,12 +424,18 @@ impl Endpoint {
                 }
                 let at_run =
                     is_final && run_end == Some(start) && start == asm.acknowledge_offset();
-                let whole_in_order = at_run && !fragment.data.is_empty();
+                // Within the window: a whole message past it would be cut, and the
+                // reassembler must not keep a slice of the shared block.
+                let whole_in_order = at_run
+                    && !fragment.data.is_empty()
+                    && end.saturating_sub(asm.read_offset()) <= asm.window();
                 let data = if !small(fragment.data.len()) {
                     fragment.data
                 } else if whole_in_order {
-                    if block.capacity() == 0 {
-                        block.reserve(copied);
+                    if block.capacity() < fragment.data.len() {
+                        block = BytesMut::with_capacity(
+                            copied.min(SHARED_BLOCK).max(fragment.data.len()),
+                        );
                     }
                     block.extend_from_slice(&fragment.data);
                     block.split().freeze()

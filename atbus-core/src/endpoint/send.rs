@@ -385,6 +385,21 @@ fn transmit_room(buf: &mut BytesMut, limit: usize) {
     }
 }
 
+/// The transmit encoded in `buf` (which is left empty). A transmit small next to
+/// the largest one the connection could send (an ACK alone, a few small messages on
+/// a stream connection) is copied out rather than cut from the chunk: a queued
+/// transmit must not pin a whole chunk, and on stream connections, whose limit is a
+/// chunk, every transmit cut from the chunk would need a fresh one after it.
+fn take_transmit(buf: &mut BytesMut, limit: usize) -> Bytes {
+    if buf.len().saturating_mul(8) < limit {
+        let data = Bytes::copy_from_slice(buf);
+        buf.clear();
+        data
+    } else {
+        buf.split().freeze()
+    }
+}
+
 /// Copies of ranges a connection may hold for the redundant scheduler.
 const MAX_COPIES: usize = 16 * 1024;
 
@@ -764,7 +779,7 @@ impl Endpoint {
         if !fresh.is_empty() {
             self.share_copies(id, peer, &fresh);
         }
-        let data = buf.split().freeze();
+        let data = take_transmit(&mut buf, limit);
         self.transmit_buf = buf;
         let c = self.connections.get_mut(&id)?;
         if wrote_data {
@@ -845,7 +860,28 @@ mod tests {
         }
         assert!(first.iter().all(|&b| b == 1));
         assert!(second.iter().all(|&b| b == 2));
+        // (From review) a small transmit is copied out: it pins no chunk, and the
+        // chunk stays whole for the next one.
+        let mut buf = BytesMut::new();
+        transmit_room(&mut buf, TRANSMIT_CHUNK);
+        let chunk = buf.as_ptr();
+        buf.extend_from_slice(&[4u8; 60]);
+        let ack = take_transmit(&mut buf, TRANSMIT_CHUNK);
+        assert_eq!(&ack[..], &[4u8; 60]);
+        assert!(buf.is_empty());
+        transmit_room(&mut buf, TRANSMIT_CHUNK);
+        assert_eq!(buf.as_ptr(), chunk, "the chunk is reused, not replaced");
+        buf.extend_from_slice(&[5u8; 1452]);
+        let datagram = take_transmit(&mut buf, 1452);
+        assert_eq!(
+            datagram.as_ptr(),
+            chunk,
+            "a full-size transmit is cut, not copied"
+        );
+        drop(buf);
+        assert!(ack.iter().all(|&b| b == 4) && datagram.iter().all(|&b| b == 5));
         // A transmit larger than a chunk gets room too.
+        let mut buf = BytesMut::new();
         transmit_room(&mut buf, 3 * TRANSMIT_CHUNK);
         assert!(buf.capacity() >= 3 * TRANSMIT_CHUNK);
     }

@@ -77,6 +77,12 @@ use bytes::{Bytes, BytesMut};
 /// assert_eq!((msg.offset, msg.meta, &msg.payload[..]), (0, Some(7), &b"hello"[..]));
 /// assert_eq!(rx.acknowledge_offset(), 6);
 /// ```
+/// The most pieces the in-order fast path holds at once: a large message arriving
+/// in order as many small pieces goes on into the B-tree past this, so the fast
+/// path's queue (whose capacity is never given back while the stream lives, and
+/// which the charge per stored chunk does not count) stays a few KiB.
+const IN_ORDER_MAX: usize = 256;
+
 #[derive(Debug)]
 pub struct Assembler<M> {
     window: u64,
@@ -302,7 +308,11 @@ impl<M: Footprint> Assembler<M> {
             return InsertOutcome::BeyondWindow;
         }
 
-        if offset == self.ack && self.received_max == self.ack && limit == end {
+        if offset == self.ack
+            && self.received_max == self.ack
+            && limit == end
+            && self.in_order.len() < IN_ORDER_MAX
+        {
             return self.append_in_order(offset, end, data, is_final, meta);
         }
 
@@ -849,6 +859,27 @@ mod tests {
         rx.insert(8, data.clone(), false, None);
         rx.insert(14, Bytes::new(), true, None);
         assert_eq!(rx.pop_message().unwrap().payload.as_ptr(), data.as_ptr());
+    }
+
+    /// (From review) one large message arriving in order as tiny pieces must not
+    /// grow the fast path's queue, whose capacity outlives the message uncounted.
+    #[test]
+    fn a_large_message_in_tiny_in_order_pieces_keeps_the_fast_path_queue_small() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let pieces = 10_000u64;
+        for i in 0..pieces {
+            let last = i + 1 == pieces;
+            assert_eq!(
+                rx.insert(i, bytes("x"), last, None),
+                accepted(1 + last as u64)
+            );
+            assert!(rx.in_order.capacity() <= 2 * IN_ORDER_MAX, "piece {i}");
+        }
+        let message = rx.pop_message().unwrap();
+        assert_eq!(message.payload.len(), pieces as usize);
+        assert!(message.payload.iter().all(|&b| b == b'x'));
+        assert_eq!(rx.footprint(), 0);
+        assert!(rx.in_order.capacity() <= 2 * IN_ORDER_MAX);
     }
 
     #[test]
