@@ -12,6 +12,12 @@ use std::iter;
 
 use bytes::{Bytes, BytesMut};
 
+/// The most pieces the in-order fast path holds at once: a large message arriving
+/// in order as many small pieces goes on into the B-tree past this, so the fast
+/// path's queue (whose capacity is never given back while the stream lives, and
+/// which the charge per stored chunk does not count) stays a few KiB.
+const IN_ORDER_MAX: usize = 256;
+
 /// Reassembles the messages of one stream direction from fragments that may arrive
 /// duplicated, overlapping, cut differently and in any order.
 ///
@@ -77,12 +83,6 @@ use bytes::{Bytes, BytesMut};
 /// assert_eq!((msg.offset, msg.meta, &msg.payload[..]), (0, Some(7), &b"hello"[..]));
 /// assert_eq!(rx.acknowledge_offset(), 6);
 /// ```
-/// The most pieces the in-order fast path holds at once: a large message arriving
-/// in order as many small pieces goes on into the B-tree past this, so the fast
-/// path's queue (whose capacity is never given back while the stream lives, and
-/// which the charge per stored chunk does not count) stays a few KiB.
-const IN_ORDER_MAX: usize = 256;
-
 #[derive(Debug)]
 pub struct Assembler<M> {
     window: u64,
