@@ -235,6 +235,10 @@ pub struct Endpoint {
     now: Timestamp,
     connections: BTreeMap<ConnectionId, Connection>,
     peers: BTreeMap<PeerId, Peer>,
+    /// False once a search for a peer without a connection found none, until a
+    /// peer is added or loses a connection: at `max_peers` with every peer
+    /// connected, refusing a hello costs no scan of every peer.
+    maybe_lingering: bool,
     /// Peers by node name (several: simultaneous connections form separate
     /// associations).
     peers_by_name: BTreeMap<String, BTreeSet<PeerId>>,
@@ -300,6 +304,7 @@ impl Endpoint {
             now: Timestamp::ZERO,
             connections: BTreeMap::new(),
             peers: BTreeMap::new(),
+            maybe_lingering: true,
             peers_by_name: BTreeMap::new(),
             associations: BTreeMap::new(),
             retired_sessions: BTreeSet::new(),
@@ -477,6 +482,7 @@ impl Endpoint {
             )
         });
         self.associations.insert(association.clone(), id);
+        self.maybe_lingering = true;
         self.peers.insert(
             id,
             Peer {
@@ -494,11 +500,15 @@ impl Endpoint {
         if self.peers.len() < self.config.max_peers.max(1) {
             return true;
         }
+        if !self.maybe_lingering {
+            return false;
+        }
         let lingering = self
             .peers
             .iter()
             .find(|(_, p)| p.connections.is_empty())
             .map(|(&id, _)| id);
+        self.maybe_lingering = lingering.is_some();
         match lingering {
             Some(peer) => {
                 let reason = CloseReason::new(
@@ -1436,6 +1446,7 @@ impl Endpoint {
             }
         }
         p.connections.retain(|&c| c != id);
+        self.maybe_lingering = true;
         p.connections.is_empty()
     }
 

@@ -933,6 +933,7 @@ impl Endpoint {
             // connection under it). Nothing of the old streams may travel on.
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.connections.retain(|&c| c != id);
+                self.maybe_lingering = true;
             }
             if let Some(c) = self.connections.get_mut(&id) {
                 let control: Vec<_> = c
