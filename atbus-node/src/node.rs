@@ -56,6 +56,20 @@ pub enum NodeError {
     /// The peer is gone (lost, forgotten).
     #[error("the peer is gone")]
     PeerGone,
+    /// The peer closed its connections cleanly (`SHUTDOWN`: its node closed, or
+    /// its application closed the connection) and none is open or being re-dialled,
+    /// so what waits on it cannot complete. The peer's state lingers
+    /// (`peer_linger`): sending to it again re-dials it.
+    #[error(
+        "the peer closed its connections ({reason}); {unacknowledged_bytes} bytes sent to it are not acknowledged"
+    )]
+    PeerDeparted {
+        /// The reason the peer gave when it closed its last connection.
+        reason: CloseReason,
+        /// Payload bytes queued to it and not acknowledged (kept until the peer
+        /// comes back or is lost, then reported in `Event::PeerLost`).
+        unacknowledged_bytes: usize,
+    },
     /// The node was closed.
     #[error("the node is closed")]
     Closed,
@@ -165,6 +179,20 @@ pub(crate) enum Command {
         reply: Reply<()>,
     },
     Wake,
+}
+
+impl Command {
+    /// The peer a command sends something to (data, a finish, a command).
+    pub(crate) fn sends_to(&self) -> Option<PeerId> {
+        match self {
+            Command::Send { peer, .. }
+            | Command::SendMany { peer, .. }
+            | Command::TrySend { peer, .. }
+            | Command::Finish { peer, .. }
+            | Command::Control { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
 }
 
 /// A running node: listens, connects, sends and receives. Cloning the handle is
@@ -350,14 +378,18 @@ impl Node {
         .await?
     }
 
-    /// Waits until every payload byte queued to `peer` is acknowledged.
+    /// Waits until every payload byte queued to `peer` is acknowledged. Fails with
+    /// [`NodeError::PeerDeparted`] (and the bytes left unacknowledged) once the
+    /// peer has closed its connections cleanly and none is being re-dialled, and
+    /// with [`NodeError::PeerGone`] once the peer is lost.
     pub async fn wait_acknowledged(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Command::WaitAcknowledged { peer, reply })
             .await?
     }
 
     /// Waits until every stream with `peer` is finished both ways and settled
-    /// (everything sent acknowledged, everything received delivered).
+    /// (everything sent acknowledged, everything received delivered). Fails like
+    /// [`Node::wait_acknowledged`].
     pub async fn wait_settled(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Command::WaitSettled { peer, reply })
             .await?

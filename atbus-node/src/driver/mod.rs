@@ -168,6 +168,13 @@ struct DialedPath {
     backoff: Duration,
     retry_at: Option<Instant>,
     dialing: bool,
+    /// The peer closed this path's connection cleanly (`SHUTDOWN`): it is not
+    /// re-dialled on its own, only when the application sends to the peer again
+    /// (see [`Driver::recall`]); cleared once a handshake completes on it.
+    after_goodbye: bool,
+    /// An on-demand re-dial of a path after a goodbye waits until then (the
+    /// backoff of its failed attempts).
+    not_before: Instant,
 }
 
 /// Where the answer to an operation without a value goes.
@@ -218,6 +225,10 @@ pub(crate) struct Driver<R: Runtime> {
     next_path: u64,
     parked: HashMap<(PeerId, i64), VecDeque<Parked>>,
     settle_waiters: Vec<(PeerId, bool, Done)>,
+    /// Peers whose last connection the peer closed cleanly (`SHUTDOWN`), with its
+    /// reason: while none of their connections is open or being dialled, waits on
+    /// them fail with [`NodeError::PeerDeparted`].
+    departed: HashMap<PeerId, atbus_core::CloseReason>,
     closed_now: Vec<ConnectionId>,
     deadline: Timestamp,
     dropped_datagrams: u64,
@@ -266,6 +277,7 @@ impl<R: Runtime> Driver<R> {
             next_path: 0,
             parked: HashMap::new(),
             settle_waiters: Vec::new(),
+            departed: HashMap::new(),
             closed_now: Vec::new(),
             deadline: Timestamp::NEVER,
             dropped_datagrams: 0,
