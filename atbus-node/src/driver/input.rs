@@ -217,13 +217,8 @@ impl<R: Runtime> Driver<R> {
         for (_, _, reply) in self.settle_waiters.drain(..) {
             let _ = reply.try_send(Err(NodeError::Closed));
         }
-        // Socket files go before the answer: a process may exit right after it.
-        for path in self.unix_paths.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(reply) = reply {
-            let _ = reply.try_send(());
-        }
+        // Answered when the run loop ends, once the writers are done.
+        self.close_reply = reply;
         self.finished = true;
     }
 

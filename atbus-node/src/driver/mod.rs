@@ -236,6 +236,12 @@ pub(crate) struct Driver<R: Runtime> {
     backlog_closes: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
+    /// Each stream writer task holds a clone until it ends; `None` once closing.
+    writers_alive: Option<async_channel::Sender<()>>,
+    /// Closed once every stream writer has ended.
+    writers_done: async_channel::Receiver<()>,
+    /// The application's close, answered once the writers are done.
+    close_reply: Option<Reply<()>>,
     closing: bool,
     finished: bool,
 }
@@ -243,6 +249,7 @@ pub(crate) struct Driver<R: Runtime> {
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
+        let (writers_alive, writers_done) = async_channel::bounded(1);
         let mut endpoint_config = parts.config.endpoint.clone();
         endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
@@ -285,6 +292,9 @@ impl<R: Runtime> Driver<R> {
             backlog_closes: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
+            writers_alive: Some(writers_alive),
+            writers_done,
+            close_reply: None,
             closing: false,
             finished: false,
         }
@@ -349,8 +359,29 @@ impl<R: Runtime> Driver<R> {
             }
             self.service();
         }
-        for path in &self.unix_paths {
+        // What was handed to the stream writers (each connection's FINISH_CONNECTION
+        // last) reaches the sockets before the close is answered: a process may exit
+        // right after it, and its peers would see a lost connection instead of a
+        // goodbye. Bounded: a writer gives up WRITER_CLOSE_GRACE after its slot goes.
+        self.streams.clear();
+        self.writers_alive = None;
+        let writers_done = self.writers_done.clone();
+        let grace = self
+            .rt
+            .sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE + OVERFLOW_RETRY);
+        future::or(
+            async {
+                let _ = writers_done.recv().await;
+            },
+            grace,
+        )
+        .await;
+        // Socket files go before the answer, for the same reason.
+        for path in self.unix_paths.drain(..) {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(reply) = self.close_reply.take() {
+            let _ = reply.try_send(());
         }
     }
 
@@ -487,7 +518,12 @@ impl<R: Runtime> Driver<R> {
             rt.sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE)
                 .await;
         };
-        self.rt.spawn(tasks::stream_writer(writer, queued, abort));
+        let writing = tasks::stream_writer(writer, queued, abort);
+        let alive = self.writers_alive.clone();
+        self.rt.spawn(async move {
+            writing.await;
+            drop(alive);
+        });
         handle
     }
 
