@@ -436,6 +436,7 @@ pub async fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives<R: Ru
         proxy.cut()
     })
     .await;
+    within(&rt, client.wait_acknowledged(peer)).await.unwrap();
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
 
@@ -463,6 +464,7 @@ pub async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_surviv
         proxy.cut()
     })
     .await;
+    within(&rt, client.wait_acknowledged(peer)).await.unwrap();
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
 
