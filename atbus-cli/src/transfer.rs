@@ -349,9 +349,8 @@ async fn send_file(
     match runtime::timeout(SETTLE_LIMIT, node.wait_settled(peer)).await {
         // Everything is acknowledged: a receiver that went since has it all.
         Some(Ok(()))
-        | Some(Err(
-            atbus_node::NodeError::PeerGone | atbus_node::NodeError::PeerDeparted { .. },
-        )) => {}
+        | Some(Err(atbus_node::NodeError::PeerGone | atbus_node::NodeError::PeerDeparted { .. })) =>
+            {}
         Some(Err(e)) => return Err(Failure::runtime(format!("finishing failed: {e}"))),
         None => eprintln!(
             "atbus send: every message is acknowledged, but the receiver did not answer the \

@@ -386,7 +386,9 @@ impl<R: Runtime> Driver<R> {
             })
         };
         for (peer, ..) in &departed {
-            self.fail_parked(*peer, || departed_error(*peer).unwrap_or(NodeError::PeerGone));
+            self.fail_parked(*peer, || {
+                departed_error(*peer).unwrap_or(NodeError::PeerGone)
+            });
         }
         let endpoint = &self.endpoint;
         self.settle_waiters.retain(|(peer, full, reply)| {

@@ -810,7 +810,11 @@ pub async fn a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail<R: Run
     let peer = client.connect(&addresses(&server)).await.unwrap();
     server.close().await;
     goodbye_seen(&rt, &client).await;
-    assert_eq!(redial_attempts(&client).await, 0, "re-dialled after a goodbye");
+    assert_eq!(
+        redial_attempts(&client).await,
+        0,
+        "re-dialled after a goodbye"
+    );
     // Queued to the departed peer: sending re-dials it once, on demand.
     let batch = (0..3).map(|i| payload(i, 1000)).collect();
     let send = client.send_many(peer, 1, batch, SendOptions::default());
@@ -856,7 +860,11 @@ pub async fn a_connection_the_peer_closed_is_redialled_when_the_application_send
     .await;
     server.close_connection(first.1).await.unwrap();
     goodbye_seen(&rt, &client).await;
-    assert_eq!(redial_attempts(&client).await, 0, "re-dialled after a goodbye");
+    assert_eq!(
+        redial_attempts(&client).await,
+        0,
+        "re-dialled after a goodbye"
+    );
     transfer_around(&rt, &client, peer, &server, (200, 1000), || async {}).await;
     within(&rt, client.wait_acknowledged(peer)).await.unwrap();
     let stats = client.stats().await.unwrap();
