@@ -18,7 +18,8 @@ use futures_lite::future;
 use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
 use crate::runtime::Runtime;
 use crate::{
-    Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, PeerId, SendOptions,
+    Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, NodeStats, PeerId,
+    SendOptions,
 };
 
 /// How long any scenario waits for a transfer or an event before failing.
@@ -792,46 +793,72 @@ fn departed(result: Result<(), NodeError>) -> (CloseCode, usize) {
     }
 }
 
-/// Re-dial attempts a node has made: dials that connected plus dials that
-/// failed (a refused dial counts as a socket error).
-async fn redial_attempts(node: &Node) -> u64 {
-    let stats = node.stats().await.unwrap();
+/// Re-dial attempts a node has made over streams: dials that connected plus
+/// dials that failed (a refused dial counts as a socket error).
+fn stream_redials(stats: &NodeStats) -> u64 {
     stats.reconnects + stats.io_errors
+}
+
+/// Renewals of datagram paths (a datagram to a closed port may also count
+/// socket errors: not attempts).
+fn datagram_renewals(stats: &NodeStats) -> u64 {
+    stats.reconnects
+}
+
+/// `count` of `node`'s current stats.
+async fn counted(node: &Node, count: fn(&NodeStats) -> u64) -> u64 {
+    count(&node.stats().await.unwrap())
 }
 
 /// A peer whose node shut down is not re-dialled on its own: waits on it fail
 /// with `PeerDeparted` and report what is unacknowledged; each send to it again
-/// re-dials it once (then the waits fail again), nothing more.
+/// re-dials it once (then the waits fail again), nothing more. Over TCP.
 pub async fn a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail<R: Runtime + Clone>(
     rt: R,
 ) {
-    let server = server(&rt, &["tcp://127.0.0.1:0"]);
-    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    departed_peer(&rt, "tcp://127.0.0.1:0", stream_redials).await;
+}
+
+/// [`a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail`] over UDP: the
+/// path is not renewed after the goodbye; a send renews it once, and the
+/// renewal's handshake (300 ms limit here) times out.
+pub async fn a_udp_peer_that_shuts_down_is_not_renewed_and_waits_on_it_fail<R: Runtime + Clone>(
+    rt: R,
+) {
+    departed_peer(&rt, "udp://127.0.0.1:0", datagram_renewals).await;
+}
+
+/// The departed-peer scenario on `listen`; `attempts` counts re-dials.
+async fn departed_peer<R: Runtime + Clone>(rt: &R, listen: &str, attempts: fn(&NodeStats) -> u64) {
+    let server = server(rt, &[listen]);
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(300);
+    let client = bind(rt, config).unwrap();
     let peer = client.connect(&addresses(&server)).await.unwrap();
     server.close().await;
-    goodbye_seen(&rt, &client).await;
+    goodbye_seen(rt, &client).await;
     assert_eq!(
-        redial_attempts(&client).await,
+        counted(&client, attempts).await,
         0,
         "re-dialled after a goodbye"
     );
     // Queued to the departed peer: sending re-dials it once, on demand.
     let batch = (0..3).map(|i| payload(i, 1000)).collect();
     let send = client.send_many(peer, 1, batch, SendOptions::default());
-    within(&rt, send).await.unwrap();
-    let waited = within(&rt, client.wait_acknowledged(peer)).await;
+    within(rt, send).await.unwrap();
+    let waited = within(rt, client.wait_acknowledged(peer)).await;
     assert_eq!(departed(waited), (CloseCode::Shutdown, 3000));
-    assert_eq!(redial_attempts(&client).await, 1);
+    assert_eq!(counted(&client, attempts).await, 1);
     // Waiting again dials nothing and fails the same way.
-    let settled = within(&rt, client.wait_settled(peer)).await;
+    let settled = within(rt, client.wait_settled(peer)).await;
     assert_eq!(departed(settled), (CloseCode::Shutdown, 3000));
-    assert_eq!(redial_attempts(&client).await, 1);
+    assert_eq!(counted(&client, attempts).await, 1);
     // A new send is one more attempt (after the path's backoff).
     let send = client.send(peer, 1, payload(3, 1000), SendOptions::default());
-    within(&rt, send).await.unwrap();
-    let waited = within(&rt, client.wait_acknowledged(peer)).await;
+    within(rt, send).await.unwrap();
+    let waited = within(rt, client.wait_acknowledged(peer)).await;
     assert_eq!(departed(waited), (CloseCode::Shutdown, 4000));
-    assert_eq!(redial_attempts(&client).await, 2);
+    assert_eq!(counted(&client, attempts).await, 2);
     client.close().await;
 }
 
@@ -861,7 +888,7 @@ pub async fn a_connection_the_peer_closed_is_redialled_when_the_application_send
     server.close_connection(first.1).await.unwrap();
     goodbye_seen(&rt, &client).await;
     assert_eq!(
-        redial_attempts(&client).await,
+        counted(&client, stream_redials).await,
         0,
         "re-dialled after a goodbye"
     );
@@ -931,6 +958,7 @@ macro_rules! loopback_tests {
             truncated_and_oversized_frames_on_tcp_close_only_that_connection,
             a_dropped_tcp_connection_is_redialled_and_the_transfer_completes,
             a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail,
+            a_udp_peer_that_shuts_down_is_not_renewed_and_waits_on_it_fail,
             a_connection_the_peer_closed_is_redialled_when_the_application_sends_again,
             a_node_on_a_dedicated_thread_serves_like_any_other,
             a_cut_tcp_connection_is_redialled_and_data_in_flight_survives,
