@@ -275,7 +275,10 @@ impl Node {
     }
 
     /// Queues a message; waits while the stream's send window is full (the core's
-    /// window is the only buffer: nothing queues unbounded).
+    /// window is the only buffer: nothing queues unbounded). To a peer that closed
+    /// its connections cleanly, this re-dials it (see [`NodeError::PeerDeparted`]);
+    /// a wait for the window fails with `PeerDeparted` if that does not bring it
+    /// back.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -395,8 +398,9 @@ impl Node {
             .await?
     }
 
-    /// Closes one connection (the peer is told); a dialled stream connection is
-    /// re-dialled like a dropped one.
+    /// Closes one connection (the peer is told, `SHUTDOWN`); a dialled connection
+    /// is re-dialled like a dropped one. For the peer it is a goodbye: it does not
+    /// re-dial the connection until its application sends again.
     pub async fn close_connection(&self, connection: ConnectionId) -> Result<(), NodeError> {
         self.ask(|reply| Command::CloseConnection { connection, reply })
             .await?
@@ -457,7 +461,9 @@ impl Node {
     }
 
     /// Closes every connection (peers are told, SHUTDOWN), flushes what is queued
-    /// to the sockets, and stops the I/O task.
+    /// to the sockets, and stops the I/O task. Returns once the stream connections'
+    /// writers have written what was queued to them, the close frame last (at most
+    /// 5 s for a peer that does not read), so the process may exit right after.
     pub async fn close(&self) {
         let _ = self.ask(|reply| Command::Close { reply }).await;
     }
