@@ -200,6 +200,8 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
                     // Answer with our own finish, so the sender knows everything
                     // arrived, and wait (bounded) for it to be acknowledged.
                     let _ = node.finish(peer, FILE_STREAM).await;
+                    // Bounded; a sender that already closed fails it at once
+                    // (`PeerDeparted`).
                     let _ = runtime::timeout(SETTLE_LIMIT, node.wait_settled(peer)).await;
                     // The sender closes first: only it knows that everything it sent
                     // is acknowledged. If our last acknowledgement was lost, closing
@@ -345,7 +347,10 @@ async fn send_file(
     // Every payload byte is acknowledged; the receiver answers the finish with its
     // own, which settles the stream both ways.
     match runtime::timeout(SETTLE_LIMIT, node.wait_settled(peer)).await {
-        Some(Ok(())) | Some(Err(atbus_node::NodeError::PeerGone)) => {}
+        // Everything is acknowledged: a receiver that went since has it all.
+        Some(Ok(()))
+        | Some(Err(atbus_node::NodeError::PeerGone | atbus_node::NodeError::PeerDeparted { .. })) =>
+            {}
         Some(Err(e)) => return Err(Failure::runtime(format!("finishing failed: {e}"))),
         None => eprintln!(
             "atbus send: every message is acknowledged, but the receiver did not answer the \

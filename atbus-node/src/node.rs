@@ -56,6 +56,20 @@ pub enum NodeError {
     /// The peer is gone (lost, forgotten).
     #[error("the peer is gone")]
     PeerGone,
+    /// The peer closed its connections cleanly (`SHUTDOWN`: its node closed, or
+    /// its application closed the connection) and none is open or being re-dialled,
+    /// so what waits on it cannot complete. The peer's state lingers
+    /// (`peer_linger`): sending to it again re-dials it.
+    #[error(
+        "the peer closed its connections ({reason}); {unacknowledged_bytes} bytes sent to it are not acknowledged"
+    )]
+    PeerDeparted {
+        /// The reason the peer gave when it closed its last connection.
+        reason: CloseReason,
+        /// Payload bytes queued to it and not acknowledged (kept until the peer
+        /// comes back or is lost, then reported in `Event::PeerLost`).
+        unacknowledged_bytes: usize,
+    },
     /// The node was closed.
     #[error("the node is closed")]
     Closed,
@@ -167,6 +181,20 @@ pub(crate) enum Command {
     Wake,
 }
 
+impl Command {
+    /// The peer a command sends something to (data, a finish, a command).
+    pub(crate) fn sends_to(&self) -> Option<PeerId> {
+        match self {
+            Command::Send { peer, .. }
+            | Command::SendMany { peer, .. }
+            | Command::TrySend { peer, .. }
+            | Command::Finish { peer, .. }
+            | Command::Control { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+}
+
 /// A running node: listens, connects, sends and receives. Cloning the handle is
 /// not offered; share it behind an `Arc` (every method takes `&self`).
 ///
@@ -247,7 +275,10 @@ impl Node {
     }
 
     /// Queues a message; waits while the stream's send window is full (the core's
-    /// window is the only buffer: nothing queues unbounded).
+    /// window is the only buffer: nothing queues unbounded). To a peer that closed
+    /// its connections cleanly, this re-dials it (see [`NodeError::PeerDeparted`]);
+    /// a wait for the window fails with `PeerDeparted` if that does not bring it
+    /// back.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -350,21 +381,26 @@ impl Node {
         .await?
     }
 
-    /// Waits until every payload byte queued to `peer` is acknowledged.
+    /// Waits until every payload byte queued to `peer` is acknowledged. Fails with
+    /// [`NodeError::PeerDeparted`] (and the bytes left unacknowledged) once the
+    /// peer has closed its connections cleanly and none is being re-dialled, and
+    /// with [`NodeError::PeerGone`] once the peer is lost.
     pub async fn wait_acknowledged(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Command::WaitAcknowledged { peer, reply })
             .await?
     }
 
     /// Waits until every stream with `peer` is finished both ways and settled
-    /// (everything sent acknowledged, everything received delivered).
+    /// (everything sent acknowledged, everything received delivered). Fails like
+    /// [`Node::wait_acknowledged`].
     pub async fn wait_settled(&self, peer: PeerId) -> Result<(), NodeError> {
         self.ask(|reply| Command::WaitSettled { peer, reply })
             .await?
     }
 
-    /// Closes one connection (the peer is told); a dialled stream connection is
-    /// re-dialled like a dropped one.
+    /// Closes one connection (the peer is told, `SHUTDOWN`); a dialled connection
+    /// is re-dialled like a dropped one. For the peer it is a goodbye: it does not
+    /// re-dial the connection until its application sends again.
     pub async fn close_connection(&self, connection: ConnectionId) -> Result<(), NodeError> {
         self.ask(|reply| Command::CloseConnection { connection, reply })
             .await?
@@ -425,7 +461,9 @@ impl Node {
     }
 
     /// Closes every connection (peers are told, SHUTDOWN), flushes what is queued
-    /// to the sockets, and stops the I/O task.
+    /// to the sockets, and stops the I/O task. Returns once the stream connections'
+    /// writers have written what was queued to them, the close frame last (at most
+    /// 5 s for a peer that does not read), so the process may exit right after.
     pub async fn close(&self) {
         let _ = self.ask(|reply| Command::Close { reply }).await;
     }

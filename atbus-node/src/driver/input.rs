@@ -16,6 +16,9 @@ use super::*;
 impl<R: Runtime> Driver<R> {
     pub(super) fn on_command(&mut self, command: Command) {
         let now = self.now();
+        if let Some(peer) = command.sends_to() {
+            self.recall(peer);
+        }
         match command {
             Command::Connect { addresses, reply } => {
                 if self.closing {
@@ -214,13 +217,8 @@ impl<R: Runtime> Driver<R> {
         for (_, _, reply) in self.settle_waiters.drain(..) {
             let _ = reply.try_send(Err(NodeError::Closed));
         }
-        // Socket files go before the answer: a process may exit right after it.
-        for path in self.unix_paths.drain(..) {
-            let _ = std::fs::remove_file(path);
-        }
-        if let Some(reply) = reply {
-            let _ = reply.try_send(());
-        }
+        // Answered when the run loop ends, once the writers are done.
+        self.close_reply = reply;
         self.finished = true;
     }
 
@@ -541,6 +539,8 @@ impl<R: Runtime> Driver<R> {
                     backoff: self.config.reconnect_min,
                     retry_at: None,
                     dialing: false,
+                    after_goodbye: false,
+                    not_before: Instant::now(),
                 },
             );
         }
@@ -595,12 +595,58 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// The path's dial or connection failed: it is tried again after its backoff,
+    /// which doubles up to `reconnect_max`. A path the peer said goodbye on is not
+    /// tried again on its own: the backoff only delays the next on-demand attempt.
     pub(super) fn schedule_retry(&mut self, path: u64) {
         let max = self.config.reconnect_max;
         if let Some(p) = self.dialed.get_mut(&path) {
-            p.retry_at = Some(Instant::now() + p.backoff);
+            let at = Instant::now() + p.backoff;
             p.backoff = (p.backoff * 2).min(max);
+            if p.after_goodbye {
+                p.not_before = at;
+            } else {
+                p.retry_at = Some(at);
+            }
         }
+    }
+
+    /// The application sends to `peer` again: if it had said goodbye and no
+    /// connection to it is left, its dialled paths are re-dialled (each at most
+    /// once per backoff), so that what is queued can travel.
+    pub(super) fn recall(&mut self, peer: PeerId) {
+        if !self.departed.contains_key(&peer) || self.has_connection(peer) {
+            return;
+        }
+        let now = Instant::now();
+        for p in self.dialed.values_mut() {
+            if p.peer == peer
+                && p.after_goodbye
+                && p.connection.is_none()
+                && !p.dialing
+                && p.retry_at.is_none()
+            {
+                p.retry_at = Some(p.not_before.max(now));
+            }
+        }
+    }
+
+    /// Whether any connection is bound to `peer` (open or handshaking).
+    pub(super) fn has_connection(&self, peer: PeerId) -> bool {
+        self.endpoint
+            .peer_info(peer)
+            .is_some_and(|info| !info.connections.is_empty())
+    }
+
+    /// Why waits on `peer` fail now, if they do: it said goodbye, and no
+    /// connection to it is open, being dialled or due to be.
+    pub(super) fn departure(&self, peer: PeerId) -> Option<&CloseReason> {
+        let reason = self.departed.get(&peer)?;
+        let trying = self
+            .dialed
+            .values()
+            .any(|p| p.peer == peer && (p.dialing || p.retry_at.is_some()));
+        (!trying && !self.has_connection(peer)).then_some(reason)
     }
 
     // ----- the core's outputs -----

@@ -168,6 +168,13 @@ struct DialedPath {
     backoff: Duration,
     retry_at: Option<Instant>,
     dialing: bool,
+    /// The peer closed this path's connection cleanly (`SHUTDOWN`): it is not
+    /// re-dialled on its own, only when the application sends to the peer again
+    /// (see [`Driver::recall`]); cleared once a handshake completes on it.
+    after_goodbye: bool,
+    /// An on-demand re-dial of a path after a goodbye waits until then (the
+    /// backoff of its failed attempts).
+    not_before: Instant,
 }
 
 /// Where the answer to an operation without a value goes.
@@ -218,6 +225,10 @@ pub(crate) struct Driver<R: Runtime> {
     next_path: u64,
     parked: HashMap<(PeerId, i64), VecDeque<Parked>>,
     settle_waiters: Vec<(PeerId, bool, Done)>,
+    /// Peers whose last connection the peer closed cleanly (`SHUTDOWN`), with its
+    /// reason: while none of their connections is open or being dialled, waits on
+    /// them fail with [`NodeError::PeerDeparted`].
+    departed: HashMap<PeerId, atbus_core::CloseReason>,
     closed_now: Vec<ConnectionId>,
     deadline: Timestamp,
     dropped_datagrams: u64,
@@ -225,6 +236,12 @@ pub(crate) struct Driver<R: Runtime> {
     backlog_closes: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
+    /// Each stream writer task holds a clone until it ends; `None` once closing.
+    writers_alive: Option<async_channel::Sender<()>>,
+    /// Closed once every stream writer has ended.
+    writers_done: async_channel::Receiver<()>,
+    /// The application's close, answered once the writers are done.
+    close_reply: Option<Reply<()>>,
     closing: bool,
     finished: bool,
 }
@@ -232,6 +249,7 @@ pub(crate) struct Driver<R: Runtime> {
 impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
+        let (writers_alive, writers_done) = async_channel::bounded(1);
         let mut endpoint_config = parts.config.endpoint.clone();
         endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
@@ -266,6 +284,7 @@ impl<R: Runtime> Driver<R> {
             next_path: 0,
             parked: HashMap::new(),
             settle_waiters: Vec::new(),
+            departed: HashMap::new(),
             closed_now: Vec::new(),
             deadline: Timestamp::NEVER,
             dropped_datagrams: 0,
@@ -273,6 +292,9 @@ impl<R: Runtime> Driver<R> {
             backlog_closes: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
+            writers_alive: Some(writers_alive),
+            writers_done,
+            close_reply: None,
             closing: false,
             finished: false,
         }
@@ -337,8 +359,29 @@ impl<R: Runtime> Driver<R> {
             }
             self.service();
         }
-        for path in &self.unix_paths {
+        // What was handed to the stream writers (each connection's FINISH_CONNECTION
+        // last) reaches the sockets before the close is answered: a process may exit
+        // right after it, and its peers would see a lost connection instead of a
+        // goodbye. Bounded: a writer gives up WRITER_CLOSE_GRACE after its slot goes.
+        self.streams.clear();
+        self.writers_alive = None;
+        let writers_done = self.writers_done.clone();
+        let grace = self
+            .rt
+            .sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE + OVERFLOW_RETRY);
+        future::or(
+            async {
+                let _ = writers_done.recv().await;
+            },
+            grace,
+        )
+        .await;
+        // Socket files go before the answer, for the same reason.
+        for path in self.unix_paths.drain(..) {
             let _ = std::fs::remove_file(path);
+        }
+        if let Some(reply) = self.close_reply.take() {
+            let _ = reply.try_send(());
         }
     }
 
@@ -475,7 +518,12 @@ impl<R: Runtime> Driver<R> {
             rt.sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE)
                 .await;
         };
-        self.rt.spawn(tasks::stream_writer(writer, queued, abort));
+        let writing = tasks::stream_writer(writer, queued, abort);
+        let alive = self.writers_alive.clone();
+        self.rt.spawn(async move {
+            writing.await;
+            drop(alive);
+        });
         handle
     }
 

@@ -123,9 +123,11 @@ impl<R: Runtime> Driver<R> {
                 peer, connection, ..
             } => {
                 self.pending_accepts.remove(connection);
+                self.departed.remove(peer);
                 if let Some(path) = self.conns.get(connection).and_then(|c| c.dialed) {
                     if let Some(p) = self.dialed.get_mut(&path) {
                         p.backoff = self.config.reconnect_min;
+                        p.after_goodbye = false;
                     }
                 }
                 if let Some(reply) = self.connect_waiters.remove(peer) {
@@ -136,10 +138,16 @@ impl<R: Runtime> Driver<R> {
                 connection,
                 peer,
                 reason,
-                ..
+                by_peer,
             } => {
                 if self.discarded.remove(connection) {
                     return;
+                }
+                // The peer said goodbye: its node closed, or its application closed
+                // the connection. Not re-dialled until the application sends again.
+                let goodbye = *by_peer && reason.code == CloseCode::Shutdown;
+                if let (true, Some(peer)) = (goodbye, peer) {
+                    self.departed.insert(*peer, reason.clone());
                 }
                 self.closed_now.push(*connection);
                 self.pending_accepts.remove(connection);
@@ -167,8 +175,14 @@ impl<R: Runtime> Driver<R> {
                 } else if let (Some(path), false) = (path, self.closing) {
                     if let Some(p) = self.dialed.get_mut(&path) {
                         p.connection = None;
+                        if goodbye {
+                            p.after_goodbye = true;
+                            p.not_before = Instant::now();
+                        }
                     }
-                    self.schedule_retry(path);
+                    if !goodbye {
+                        self.schedule_retry(path);
+                    }
                 }
             }
             Event::Writable { peer, stream } => {
@@ -177,20 +191,8 @@ impl<R: Runtime> Driver<R> {
             }
             Event::PeerLost { peer, .. } => {
                 let peer = *peer;
-                let keys: Vec<_> = self
-                    .parked
-                    .keys()
-                    .filter(|(p, _)| *p == peer)
-                    .copied()
-                    .collect();
-                for key in keys {
-                    for parked in self.parked.remove(&key).unwrap_or_default() {
-                        let reply = match parked {
-                            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
-                        };
-                        let _ = reply.try_send(Err(NodeError::PeerGone));
-                    }
-                }
+                self.departed.remove(&peer);
+                self.fail_parked(peer, || NodeError::PeerGone);
                 if let Some(reply) = self.connect_waiters.remove(&peer) {
                     let _ = reply.try_send(Err(NodeError::PeerGone));
                 }
@@ -210,6 +212,24 @@ impl<R: Runtime> Driver<R> {
             _ => {}
         }
         self.forward(event);
+    }
+
+    /// Fails every send and finish parked on `peer` with `error()`.
+    pub(super) fn fail_parked(&mut self, peer: PeerId, error: impl Fn() -> NodeError) {
+        let keys: Vec<_> = self
+            .parked
+            .keys()
+            .filter(|(p, _)| *p == peer)
+            .copied()
+            .collect();
+        for key in keys {
+            for parked in self.parked.remove(&key).unwrap_or_default() {
+                let reply = match parked {
+                    Parked::Messages { reply, .. } | Parked::Finish { reply } => reply,
+                };
+                let _ = reply.try_send(Err(error()));
+            }
+        }
     }
 
     pub(super) fn retry_parked(&mut self, peer: PeerId, stream: i64) {
@@ -345,7 +365,31 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Answers the settle waiters that can be answered: settled, or the peer lost
+    /// or departed (see [`Driver::departure`]); sends parked on a departed peer
+    /// fail too, as their window cannot open.
     pub(super) fn check_waiters(&mut self) {
+        let departed: Vec<(PeerId, CloseReason, usize)> = self
+            .departed
+            .keys()
+            .filter_map(|&peer| {
+                let reason = self.departure(peer)?.clone();
+                let info = self.endpoint.peer_info(peer)?;
+                Some((peer, reason, info.send_buffered))
+            })
+            .collect();
+        let departed_error = |peer: PeerId| {
+            let (_, reason, bytes) = departed.iter().find(|(p, ..)| *p == peer)?;
+            Some(NodeError::PeerDeparted {
+                reason: reason.clone(),
+                unacknowledged_bytes: *bytes,
+            })
+        };
+        for (peer, ..) in &departed {
+            self.fail_parked(*peer, || {
+                departed_error(*peer).unwrap_or(NodeError::PeerGone)
+            });
+        }
         let endpoint = &self.endpoint;
         self.settle_waiters.retain(|(peer, full, reply)| {
             let result = match endpoint.peer_info(*peer) {
@@ -353,7 +397,7 @@ impl<R: Runtime> Driver<R> {
                 Some(info) if info.send_buffered == 0 && (!*full || info.streams == 0) => {
                     Some(Ok(()))
                 }
-                Some(_) => None,
+                Some(_) => departed_error(*peer).map(Err),
             };
             match result {
                 Some(result) => {

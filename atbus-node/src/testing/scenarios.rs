@@ -17,7 +17,10 @@ use futures_lite::future;
 
 use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
 use crate::runtime::Runtime;
-use crate::{Address, CommandId, Event, Node, NodeConfig, PeerId, SendOptions};
+use crate::{
+    Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, NodeStats, PeerId,
+    SendOptions,
+};
 
 /// How long any scenario waits for a transfer or an event before failing.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -434,6 +437,7 @@ pub async fn a_cut_tcp_connection_is_redialled_and_data_in_flight_survives<R: Ru
         proxy.cut()
     })
     .await;
+    within(&rt, client.wait_acknowledged(peer)).await.unwrap();
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
 
@@ -461,6 +465,7 @@ pub async fn a_cut_unix_stream_connection_is_redialled_and_data_in_flight_surviv
         proxy.cut()
     })
     .await;
+    within(&rt, client.wait_acknowledged(peer)).await.unwrap();
     assert!(client.stats().await.unwrap().reconnects >= 1);
 }
 
@@ -758,6 +763,148 @@ pub async fn commands_travel_on_the_control_stream<R: Runtime + Clone>(rt: R) {
     assert_eq!(&command.payload[..], b"reload please");
 }
 
+/// Waits until `node` sees the peer close a connection cleanly (`SHUTDOWN`, by
+/// the peer); other events are dropped.
+async fn goodbye_seen<R: Runtime>(rt: &R, node: &Node) {
+    within(rt, async {
+        loop {
+            match node.recv().await.expect("event") {
+                Event::ConnectionClosed {
+                    by_peer: true,
+                    reason,
+                    ..
+                } if reason.code == CloseCode::Shutdown => return,
+                _ => {}
+            }
+        }
+    })
+    .await
+}
+
+/// The `(reason, unacknowledged bytes)` of a [`NodeError::PeerDeparted`]; a
+/// panic for any other answer.
+fn departed(result: Result<(), NodeError>) -> (CloseCode, usize) {
+    match result {
+        Err(NodeError::PeerDeparted {
+            reason,
+            unacknowledged_bytes,
+        }) => (reason.code, unacknowledged_bytes),
+        other => panic!("expected PeerDeparted, got {other:?}"),
+    }
+}
+
+/// Re-dial attempts a node has made over streams: dials that connected plus
+/// dials that failed (a refused dial counts as a socket error).
+fn stream_redials(stats: &NodeStats) -> u64 {
+    stats.reconnects + stats.io_errors
+}
+
+/// Renewals of datagram paths (a datagram to a closed port may also count
+/// socket errors: not attempts).
+fn datagram_renewals(stats: &NodeStats) -> u64 {
+    stats.reconnects
+}
+
+/// `count` of `node`'s current stats.
+async fn counted(node: &Node, count: fn(&NodeStats) -> u64) -> u64 {
+    count(&node.stats().await.unwrap())
+}
+
+/// A peer whose node shut down is not re-dialled on its own: waits on it fail
+/// with `PeerDeparted` and report what is unacknowledged; each send to it again
+/// re-dials it once (then the waits fail again), nothing more. Over TCP.
+pub async fn a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail<R: Runtime + Clone>(
+    rt: R,
+) {
+    departed_peer(&rt, "tcp://127.0.0.1:0", stream_redials).await;
+}
+
+/// [`a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail`] over UDP: the
+/// path is not renewed after the goodbye; a send renews it once, and the
+/// renewal's handshake (300 ms limit here) times out.
+pub async fn a_udp_peer_that_shuts_down_is_not_renewed_and_waits_on_it_fail<R: Runtime + Clone>(
+    rt: R,
+) {
+    departed_peer(&rt, "udp://127.0.0.1:0", datagram_renewals).await;
+}
+
+/// The departed-peer scenario on `listen`; `attempts` counts re-dials.
+async fn departed_peer<R: Runtime + Clone>(rt: &R, listen: &str, attempts: fn(&NodeStats) -> u64) {
+    let server = server(rt, &[listen]);
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(300);
+    let client = bind(rt, config).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    server.close().await;
+    goodbye_seen(rt, &client).await;
+    assert_eq!(
+        counted(&client, attempts).await,
+        0,
+        "re-dialled after a goodbye"
+    );
+    // Queued to the departed peer: sending re-dials it once, on demand.
+    let batch = (0..3).map(|i| payload(i, 1000)).collect();
+    let send = client.send_many(peer, 1, batch, SendOptions::default());
+    within(rt, send).await.unwrap();
+    let waited = within(rt, client.wait_acknowledged(peer)).await;
+    assert_eq!(departed(waited), (CloseCode::Shutdown, 3000));
+    assert_eq!(counted(&client, attempts).await, 1);
+    // Waiting again dials nothing and fails the same way.
+    let settled = within(rt, client.wait_settled(peer)).await;
+    assert_eq!(departed(settled), (CloseCode::Shutdown, 3000));
+    assert_eq!(counted(&client, attempts).await, 1);
+    // A new send is one more attempt (after the path's backoff).
+    let send = client.send(peer, 1, payload(3, 1000), SendOptions::default());
+    within(rt, send).await.unwrap();
+    let waited = within(rt, client.wait_acknowledged(peer)).await;
+    assert_eq!(departed(waited), (CloseCode::Shutdown, 4000));
+    assert_eq!(counted(&client, attempts).await, 2);
+    client.close().await;
+}
+
+/// The peer's application closes the connection cleanly: it is not re-dialled
+/// on its own, but the next send re-dials the peer (still running) and the
+/// transfer completes, nothing lost. On the other side, a wait on the client
+/// once its node closed fails promptly instead of running into the linger time.
+pub async fn a_connection_the_peer_closed_is_redialled_when_the_application_sends_again<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let first = within(&rt, async {
+        loop {
+            if let Some(Event::PeerConnected {
+                peer, connection, ..
+            }) = server.recv().await
+            {
+                return (peer, connection);
+            }
+        }
+    })
+    .await;
+    server.close_connection(first.1).await.unwrap();
+    goodbye_seen(&rt, &client).await;
+    assert_eq!(
+        counted(&client, stream_redials).await,
+        0,
+        "re-dialled after a goodbye"
+    );
+    transfer_around(&rt, &client, peer, &server, (200, 1000), || async {}).await;
+    within(&rt, client.wait_acknowledged(peer)).await.unwrap();
+    let stats = client.stats().await.unwrap();
+    assert_eq!((stats.reconnects, stats.io_errors), (1, 0));
+    // The client goes: the server's wait on it (stream 1 is finished one way
+    // only) fails.
+    client.close().await;
+    goodbye_seen(&rt, &server).await;
+    let settled = within(&rt, server.wait_settled(first.0)).await;
+    assert_eq!(departed(settled).0, CloseCode::Shutdown);
+    server.close().await;
+}
+
 /// Small and oversized messages over shm; a live ring is in use; the rings are
 /// removed at close.
 pub async fn shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close<
@@ -810,6 +957,9 @@ macro_rules! loopback_tests {
             garbage_datagrams_are_dropped_and_the_node_keeps_serving,
             truncated_and_oversized_frames_on_tcp_close_only_that_connection,
             a_dropped_tcp_connection_is_redialled_and_the_transfer_completes,
+            a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail,
+            a_udp_peer_that_shuts_down_is_not_renewed_and_waits_on_it_fail,
+            a_connection_the_peer_closed_is_redialled_when_the_application_sends_again,
             a_node_on_a_dedicated_thread_serves_like_any_other,
             a_cut_tcp_connection_is_redialled_and_data_in_flight_survives,
             a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives,
