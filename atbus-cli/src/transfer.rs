@@ -238,14 +238,31 @@ async fn wait_for_departure(node: &Node, peer: PeerId) {
         let left = deadline.saturating_duration_since(Instant::now());
         match runtime::timeout(left, node.recv()).await {
             None | Some(None) => return,
-            Some(Some(
-                Event::ConnectionClosed { peer: Some(p), .. }
-                | Event::PeerUnreachable { peer: p }
-                | Event::PeerLost { peer: p, .. },
-            )) if p == peer => return,
+            Some(Some(Event::PeerUnreachable { peer: p } | Event::PeerLost { peer: p, .. }))
+                if p == peer =>
+            {
+                return;
+            }
+            // One path closing is not the sender leaving while another path of
+            // it is still open: it may still be waiting for our last ACK there.
+            Some(Some(Event::ConnectionClosed { peer: Some(p), .. })) if p == peer => {
+                if !has_open_path(node, peer).await {
+                    return;
+                }
+            }
             Some(Some(_)) => {}
         }
     }
+}
+
+/// Whether `peer` still has an established connection.
+async fn has_open_path(node: &Node, peer: PeerId) -> bool {
+    node.stats().await.is_ok_and(|stats| {
+        stats.paths.iter().any(|path| {
+            path.info.peer == Some(peer)
+                && path.info.state == atbus_core::ConnectionState::Established
+        })
+    })
 }
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> std::io::Result<Vec<u8>> {
