@@ -1174,6 +1174,7 @@ impl Endpoint {
         if !c.is_lossy() {
             return;
         }
+        let timed_out_before = c.in_flight.timed_out_at();
         let lost = c.in_flight.detect_lost(
             now,
             c.rto(),
@@ -1184,12 +1185,19 @@ impl Endpoint {
         if lost.is_empty() {
             return;
         }
+        let rto = c.rto();
         let mut last_packet = None;
         let mut packets = 0;
         for range in &lost {
             if last_packet != Some(range.packet) {
                 packets += 1;
                 last_packet = Some(range.packet);
+                let base = timed_out_before.map_or(range.sent_at, |at| at.max(range.sent_at));
+                if now >= base + rto {
+                    c.stats.lost_by_timeout += 1;
+                } else {
+                    c.stats.lost_by_rack += 1;
+                }
             }
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
