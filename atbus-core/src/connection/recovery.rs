@@ -14,11 +14,14 @@
 //! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
 //!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff). A timeout
 //!   declares only the oldest datagram lost, to be resent as a probe (RFC 9002
-//!   §6.2); the rest of the flight waits for an acknowledgement (which settles it,
-//!   or declares its holes lost by the time-ordered rule) or for a further `rto`
-//!   after the timeout. Declaring the whole flight lost would, when the receiver
-//!   only stalls (a descheduled task: every datagram is still coming), empty the
-//!   flight and resend a window of data that arrives anyway.
+//!   §6.2); until an acknowledgement settles something, the next timeout comes
+//!   no sooner than [`PROBE_SPACING`]` × rto` after it (and never before the
+//!   range's own `rto`). Meanwhile an acknowledgement settles the rest of the
+//!   flight or declares its holes lost by the time-ordered rule. Declaring the
+//!   whole timed-out flight lost at once would, when the receiver only stalls (a
+//!   descheduled task: every datagram is still coming), empty the flight and
+//!   resend a window of data that arrives anyway; while everything is lost, the
+//!   probes still leave at a steady period.
 //!
 //! Ranges are kept in send order, so both rules only look at the oldest ranges, and
 //! the next deadline is the oldest range's.
@@ -39,6 +42,12 @@ pub const MAX_REORDER_FACTOR: u32 = 4;
 /// recoveries), so that one episode of reordering does not widen the window for
 /// good.
 pub const REORDER_RESET_RECOVERIES: u32 = 16;
+
+/// After a timeout, the next one comes no sooner than this fraction of the
+/// timeout, until an acknowledgement settles something: four probes per timeout
+/// while nothing gets through (RFC 9002 sends two per PTO), instead of the
+/// whole timed-out flight at once.
+pub const PROBE_SPACING: f64 = 0.25;
 
 /// Ranges declared lost by the time-ordered rule remembered at most, to tell a
 /// spurious retransmission caused by reordering from one caused by a timeout.
@@ -265,7 +274,7 @@ impl InFlight {
         // The datagram a timeout declared lost in this call: its other ranges go too.
         let mut probe_packet = None;
         while let Some((&seq, range)) = self.ranges.first_key_value() {
-            let timed_out = now >= self.timeout_base(range) + rto;
+            let timed_out = now >= Self::timeout_deadline(self.timed_out_at, range.sent_at, rto);
             let rack = range.sent_at + reorder_window < newest_delivered
                 && now >= range.sent_at + rack_rtt + reorder_window;
             let same_datagram = probe_packet == Some(range.packet);
@@ -311,11 +320,19 @@ impl InFlight {
         self.timed_out_at
     }
 
-    /// What the retransmission timeout of `range` counts from: its send time, or
-    /// the last timeout if that is later and nothing was acknowledged since.
-    fn timeout_base(&self, range: &SentRange) -> Timestamp {
-        self.timed_out_at
-            .map_or(range.sent_at, |at| at.max(range.sent_at))
+    /// When a range sent at `sent_at` times out: `rto` after that, and no sooner
+    /// than [`PROBE_SPACING`]` × rto` after the last timeout (`timed_out_at`, see
+    /// [`InFlight::timed_out_at`]).
+    pub fn timeout_deadline(
+        timed_out_at: Option<Timestamp>,
+        sent_at: Timestamp,
+        rto: Duration,
+    ) -> Timestamp {
+        let own = sent_at + rto;
+        match timed_out_at {
+            Some(at) => own.max(at + rto.mul_f64(PROBE_SPACING)),
+            None => own,
+        }
     }
 
     /// Whether the retransmission timeout declared something lost since the last
@@ -342,7 +359,7 @@ impl InFlight {
         reorder_window: Duration,
     ) -> Option<Timestamp> {
         let range = self.ranges.values().next()?;
-        let by_rto = self.timeout_base(range) + rto;
+        let by_rto = Self::timeout_deadline(self.timed_out_at, range.sent_at, rto);
         if range.sent_at + reorder_window < newest_delivered {
             Some(by_rto.min(range.sent_at + rack_rtt + reorder_window))
         } else {
@@ -509,8 +526,8 @@ mod tests {
             1
         );
         assert!(f.reordering_seen());
-        // Forgotten after enough loss detections (timeouts one `rto` apart: nothing
-        // is acknowledged between them).
+        // Forgotten after enough loss detections (timeouts spaced by at least
+        // `PROBE_SPACING × rto`: nothing is acknowledged between them).
         for i in 0..REORDER_RESET_RECOVERIES as u64 {
             f.on_sent(range(1, 30 + i, 31 + i, 300 + i));
             assert_eq!(
@@ -540,10 +557,9 @@ mod tests {
             Duration::ZERO,
         );
         assert_eq!(lost.len(), 1);
-        // The next range times out `rto` after the timeout, not after its send.
         assert_eq!(
             f.loss_deadline(rto, Timestamp::ZERO, Duration::ZERO, Duration::ZERO),
-            Some(at(400))
+            Some(at(300))
         );
     }
 
@@ -573,16 +589,18 @@ mod tests {
         assert!(f.probe_due());
         assert_eq!(f.timed_out_at(), Some(at(30)));
         assert_eq!(f.len(), 4);
+        // The next one is past its own timeout (1 + 20 ms) but waits a quarter of
+        // the timeout after the last: 35 ms.
         assert_eq!(
             f.loss_deadline(rto, Timestamp::ZERO, none, none),
-            Some(at(50))
+            Some(at(35))
         );
         assert!(
-            f.detect_lost(at(49), rto, Timestamp::ZERO, none, none)
+            f.detect_lost(at(34), rto, Timestamp::ZERO, none, none)
                 .is_empty()
         );
         // Nothing acknowledged by then: the next timeout takes the next datagram.
-        let lost = f.detect_lost(at(50), rto, Timestamp::ZERO, none, none);
+        let lost = f.detect_lost(at(35), rto, Timestamp::ZERO, none, none);
         assert_eq!(lost.iter().map(|r| r.packet).collect::<Vec<_>>(), [1]);
         // An acknowledgement settling anything counts the timeouts from the send
         // times again.

@@ -10,7 +10,9 @@ use prost::Message as _;
 
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
-use crate::connection::recovery::{MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES, SentRange};
+use crate::connection::recovery::{
+    InFlight, MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES, SentRange,
+};
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
@@ -1174,7 +1176,9 @@ impl Endpoint {
         if !c.is_lossy() {
             return;
         }
-        let timed_out_before = c.in_flight.timed_out_at();
+        // Which rule declared each datagram: the timeout's deadlines as they were
+        // before this detection.
+        let timed_out_at = c.in_flight.timed_out_at();
         let lost = c.in_flight.detect_lost(
             now,
             c.rto(),
@@ -1192,8 +1196,7 @@ impl Endpoint {
             if last_packet != Some(range.packet) {
                 packets += 1;
                 last_packet = Some(range.packet);
-                let base = timed_out_before.map_or(range.sent_at, |at| at.max(range.sent_at));
-                if now >= base + rto {
+                if now >= InFlight::timeout_deadline(timed_out_at, range.sent_at, rto) {
                     c.stats.lost_by_timeout += 1;
                 } else {
                     c.stats.lost_by_rack += 1;
