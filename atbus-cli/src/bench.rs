@@ -119,6 +119,10 @@ struct NodeLosses {
     received_packets: u64,
     /// Datagrams with a range the core declared lost.
     lost_packets: u64,
+    /// Of those, declared by the retransmission timeout and by the time-ordered
+    /// rule (RACK).
+    lost_by_timeout: u64,
+    lost_by_rack: u64,
     /// Ranges the core resent after declaring them lost.
     retransmits: u64,
     /// Retransmissions later found unnecessary.
@@ -141,6 +145,8 @@ impl NodeLosses {
             out.sent_packets += s.sent_packets;
             out.received_packets += s.received_packets;
             out.lost_packets += s.lost_packets;
+            out.lost_by_timeout += s.lost_by_timeout;
+            out.lost_by_rack += s.lost_by_rack;
             out.retransmits += s.retransmits;
             out.spurious_retransmits += s.spurious_retransmits;
             out.malformed += s.malformed;
@@ -156,6 +162,8 @@ impl NodeLosses {
             "sent_packets": self.sent_packets,
             "received_packets": self.received_packets,
             "lost_packets": self.lost_packets,
+            "lost_by_timeout": self.lost_by_timeout,
+            "lost_by_rack": self.lost_by_rack,
             "retransmits": self.retransmits,
             "spurious_retransmits": self.spurious_retransmits,
             "malformed": self.malformed,

@@ -67,6 +67,12 @@ pub struct ConnectionStats {
     pub sent_fragments: u64,
     /// Datagrams with at least one range declared lost.
     pub lost_packets: u64,
+    /// Of `lost_packets`, those the retransmission timeout declared lost (their
+    /// first range unacknowledged `rto` after it was sent).
+    pub lost_by_timeout: u64,
+    /// Of `lost_packets`, those the time-ordered rule (RACK) declared lost from an
+    /// acknowledgement of a newer frame.
+    pub lost_by_rack: u64,
     /// Ranges resent after being declared lost.
     pub retransmits: u64,
     /// Retransmissions found unnecessary.

@@ -10,7 +10,9 @@ use prost::Message as _;
 
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
-use crate::connection::recovery::{MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES, SentRange};
+use crate::connection::recovery::{
+    InFlight, MAX_REORDER_FACTOR, REORDER_RESET_RECOVERIES, SentRange,
+};
 use crate::connection::{CONTROL_WINDOW, ConnectionState, Role};
 use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
@@ -1186,6 +1188,9 @@ impl Endpoint {
         if !c.is_lossy() {
             return;
         }
+        // Which rule declared each datagram: the timeout's deadlines as they were
+        // before this detection.
+        let timed_out_at = c.in_flight.timed_out_at();
         let lost = c.in_flight.detect_lost(
             now,
             c.rto(),
@@ -1196,12 +1201,18 @@ impl Endpoint {
         if lost.is_empty() {
             return;
         }
+        let rto = c.rto();
         let mut last_packet = None;
         let mut packets = 0;
         for range in &lost {
             if last_packet != Some(range.packet) {
                 packets += 1;
                 last_packet = Some(range.packet);
+                if now >= InFlight::timeout_deadline(timed_out_at, range.sent_at, rto) {
+                    c.stats.lost_by_timeout += 1;
+                } else {
+                    c.stats.lost_by_rack += 1;
+                }
             }
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
