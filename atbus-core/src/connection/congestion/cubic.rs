@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::hystart::{HyStart, MAX_RTT_THRESH, MIN_RTT_DIVISOR, MIN_RTT_THRESH, Phase};
 use super::{
-    CongestionConfig, CongestionController, Episode, Rounds, Utilization, rate_from_window,
+    CongestionConfig, CongestionController, Episode, Rounds, Utilization, is_persistent_congestion,
+    rate_from_window,
 };
 use crate::connection::rtt::RttEstimator;
 use crate::time::Timestamp;
@@ -36,8 +37,6 @@ const BURST_LOSSES: u64 = 3;
 const FULL_QUEUE_FRACTION: f64 = 0.75;
 /// The standing-queue signal applies to windows of at least this many datagrams.
 const QUEUE_SIGNAL_MIN_PACKETS: usize = 16;
-/// RFC 9002 §6.1.2: the timer granularity, the least RTT variance term of a PTO.
-const GRANULARITY: Duration = Duration::from_millis(1);
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -465,17 +464,7 @@ impl CongestionController for Cubic {
     }
 
     fn on_persistent_congestion(&mut self, now: Timestamp) {
-        // RFC 9002 §7.6.1: congestion is persistent when nothing was acknowledged
-        // for three PTOs; two timeouts in a row can come much sooner when the
-        // timeout does not back off (the tail of one burst of losses, one datagram
-        // after the other): that is one congestion event, already reduced for.
-        let pto = self
-            .srtt
-            .saturating_add(self.rtt_variance.saturating_mul(4).max(GRANULARITY));
-        if self
-            .last_ack
-            .is_some_and(|last| now.saturating_since(last) < pto.saturating_mul(3))
-        {
+        if !is_persistent_congestion(now, self.last_ack, self.srtt, self.rtt_variance) {
             return;
         }
         self.started = true;

@@ -220,6 +220,24 @@ pub fn rate_from_window(window: usize, srtt: Duration, numerator: u64, denominat
     u64::try_from(rate).unwrap_or(u64::MAX)
 }
 
+/// RFC 9002 §6.1.2: the timer granularity, the least RTT variance term of a PTO.
+const GRANULARITY: Duration = Duration::from_millis(1);
+
+/// Whether a second timeout in a row at `now` is persistent congestion: RFC 9002
+/// §7.6.1 asks for nothing acknowledged during three PTOs (`srtt + 4 × rttvar`,
+/// `last_ack` the latest acknowledgement). Two timeouts in a row come much sooner
+/// when the timeout does not back off (the tail of one burst of losses, one
+/// datagram after the other): that is one congestion event, already reduced for.
+pub(crate) fn is_persistent_congestion(
+    now: Timestamp,
+    last_ack: Option<Timestamp>,
+    srtt: Duration,
+    rtt_variance: Duration,
+) -> bool {
+    let pto = srtt.saturating_add(rtt_variance.saturating_mul(4).max(GRANULARITY));
+    !last_ack.is_some_and(|last| now.saturating_since(last) < pto.saturating_mul(3))
+}
+
 /// Round trips counted from acknowledgements: a round ends when a packet sent after
 /// it began is acknowledged (RFC 9406 §4.2 without packet numbers: send times).
 #[derive(Debug, Clone, Copy, Default)]
