@@ -235,7 +235,7 @@ pub(crate) fn is_persistent_congestion(
     rtt_variance: Duration,
 ) -> bool {
     let pto = srtt.saturating_add(rtt_variance.saturating_mul(4).max(GRANULARITY));
-    !last_ack.is_some_and(|last| now.saturating_since(last) < pto.saturating_mul(3))
+    last_ack.is_none_or(|last| now.saturating_since(last) >= pto.saturating_mul(3))
 }
 
 /// Round trips counted from acknowledgements: a round ends when a packet sent after
