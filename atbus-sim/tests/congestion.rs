@@ -65,8 +65,9 @@ fn one_percent_random_loss_does_not_collapse_the_window() {
     let report = bulk("delay=20ms,bw=20mbit,queue=64kb,loss=1%", 10_000, |_| {});
     let goodput = goodput(&report, 20e6);
     // Loss-based CUBIC halves its rate at every loss; reacting only to losses that
-    // come with a queue or in bursts keeps 40 % and more (see docs/benchmarks.md).
-    assert!(goodput >= 0.40, "goodput {goodput:.3}\n{report}");
+    // come with a queue or in bursts of 4 and 5 % keeps 84 % here (48.6 % when 3
+    // losses and 2 % made a burst; see docs/benchmarks.md).
+    assert!(goodput >= 0.75, "goodput {goodput:.3}\n{report}");
     assert!(report.paths[0].cwnd_bytes >= 20 * 1200, "{report}");
 }
 

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::hystart::{HyStart, MAX_RTT_THRESH, MIN_RTT_DIVISOR, MIN_RTT_THRESH, Phase};
 use super::{
-    CongestionConfig, CongestionController, Episode, Rounds, Utilization, rate_from_window,
+    CongestionConfig, CongestionController, Episode, Rounds, Utilization, is_persistent_congestion,
+    rate_from_window,
 };
 use crate::connection::rtt::RttEstimator;
 use crate::time::Timestamp;
@@ -24,20 +25,21 @@ const PACING_SLOW_START: (u64, u64) = (2, 1);
 /// Pacing gain otherwise (RFC 9002 §7.7 suggests 5/4).
 const PACING_AVOIDANCE: (u64, u64) = (5, 4);
 /// A loss is congestion when more than `1 / LOSS_FRACTION_DIVISOR` of the bytes
-/// settled this round and the last were lost (2 %) in at least [`BURST_LOSSES`]
-/// losses, or when the RTT shows a queue.
-const LOSS_FRACTION_DIVISOR: u64 = 50;
+/// settled this round and the last were lost (5 %) in at least [`BURST_LOSSES`]
+/// losses, or when the RTT shows a queue. 1 % random loss puts three losses in two
+/// rounds of a 100-datagram window about once a second (at 2 % and three losses,
+/// the filter let those through and goodput halved); a drop-tail overflow shows
+/// its delay anyway, and a policer without a queue loses far more than 5 %.
+const LOSS_FRACTION_DIVISOR: u64 = 20;
 /// Losses in this round and the last that make a burst (see [`LOSS_FRACTION_DIVISOR`]):
-/// in a small window one random loss is already more than 2 %.
-const BURST_LOSSES: u64 = 3;
+/// in a small window one random loss is already more than 5 %.
+const BURST_LOSSES: u64 = 4;
 /// A queue holding this fraction of the delay it had when it last overflowed is
 /// too long ([`Cubic::queue_too_long`]), when that is less than `(1 − β) / β` of
 /// the minimum RTT.
 const FULL_QUEUE_FRACTION: f64 = 0.75;
 /// The standing-queue signal applies to windows of at least this many datagrams.
 const QUEUE_SIGNAL_MIN_PACKETS: usize = 16;
-/// RFC 9002 §6.1.2: the timer granularity, the least RTT variance term of a PTO.
-const GRANULARITY: Duration = Duration::from_millis(1);
 
 /// The state a reduction changes, saved so that a spurious loss can undo it
 /// (RFC 9438 §4.9).
@@ -253,7 +255,7 @@ impl Cubic {
 
     /// Whether a loss now is a congestion signal: the RTT stands above its minimum
     /// by the HyStart++ threshold (a queue is building), or this round and the last
-    /// lost at least three datagrams and more than 2 % of what they settled. Otherwise it is taken for a
+    /// lost at least four datagrams and more than 5 % of what they settled. Otherwise it is taken for a
     /// random loss (a lossy radio link, say) and does not reduce the window: a
     /// drop-tail queue that overflows shows both its delay and a burst of losses,
     /// while 1 % random loss shows neither.
@@ -465,17 +467,7 @@ impl CongestionController for Cubic {
     }
 
     fn on_persistent_congestion(&mut self, now: Timestamp) {
-        // RFC 9002 §7.6.1: congestion is persistent when nothing was acknowledged
-        // for three PTOs; two timeouts in a row can come much sooner when the
-        // timeout does not back off (the tail of one burst of losses, one datagram
-        // after the other): that is one congestion event, already reduced for.
-        let pto = self
-            .srtt
-            .saturating_add(self.rtt_variance.saturating_mul(4).max(GRANULARITY));
-        if self
-            .last_ack
-            .is_some_and(|last| now.saturating_since(last) < pto.saturating_mul(3))
-        {
+        if !is_persistent_congestion(now, self.last_ack, self.srtt, self.rtt_variance) {
             return;
         }
         self.started = true;
@@ -759,7 +751,12 @@ mod tests {
             cc.on_lost(at(2_010 + i * 40), at(1_985 + i * 40), MTU);
             assert!(cc.window() >= window, "loss {i}: {}", cc.window());
         }
-        // A burst (more than 2 % of the round) is congestion even without delay.
+        // Four losses in a round of 100 (random clusters) are not congestion...
+        for sent in 0..4 {
+            cc.on_lost(at(2_250), at(2_200 + sent), MTU);
+        }
+        assert!(cc.window() >= window, "{}", cc.window());
+        // ...a burst (more than 5 % of two rounds) is, even without delay.
         for sent in 0..10 {
             cc.on_lost(at(2_300), at(2_250 + sent), MTU);
         }

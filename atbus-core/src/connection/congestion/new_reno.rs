@@ -1,6 +1,9 @@
 //! The NewReno-style AIMD controller of the first release.
 
-use super::{CongestionConfig, CongestionController, Episode};
+use std::time::Duration;
+
+use super::{CongestionConfig, CongestionController, Episode, is_persistent_congestion};
+use crate::connection::rtt::RttEstimator;
 use crate::time::Timestamp;
 
 /// Slow start then additive increase, multiplicative decrease (RFC 5681 / 9002
@@ -16,6 +19,11 @@ pub struct NewReno {
     episode: Episode<(usize, usize)>,
     /// Bytes acknowledged in congestion avoidance since the window last grew.
     acked_in_avoidance: usize,
+    /// The latest acknowledgement, and the smoothed RTT and its variance: what
+    /// tells persistent congestion from two quick timeouts of one burst.
+    last_ack: Option<Timestamp>,
+    srtt: Duration,
+    rtt_variance: Duration,
 }
 
 impl NewReno {
@@ -28,6 +36,9 @@ impl NewReno {
             threshold: usize::MAX,
             episode: Episode::default(),
             acked_in_avoidance: 0,
+            last_ack: None,
+            srtt: Duration::from_millis(100),
+            rtt_variance: Duration::ZERO,
         };
         controller.window = controller.clamp(config.initial_window_packets.saturating_mul(mtu));
         controller
@@ -53,7 +64,8 @@ impl CongestionController for NewReno {
         self.window
     }
 
-    fn on_acked(&mut self, _now: Timestamp, sent_at: Timestamp, bytes: usize) {
+    fn on_acked(&mut self, now: Timestamp, sent_at: Timestamp, bytes: usize) {
+        self.last_ack = Some(now);
         if self.episode.covers(sent_at) {
             return;
         }
@@ -90,7 +102,16 @@ impl CongestionController for NewReno {
         self.window = self.clamp(self.window);
     }
 
+    fn on_rtt_sample(&mut self, _now: Timestamp, rtt: &RttEstimator) {
+        self.srtt = rtt.smoothed();
+        self.rtt_variance = rtt.variance();
+    }
+
     fn on_persistent_congestion(&mut self, now: Timestamp) {
+        // The same rule as CUBIC's: not for timeouts soon after an acknowledgement.
+        if !is_persistent_congestion(now, self.last_ack, self.srtt, self.rtt_variance) {
+            return;
+        }
         if self.episode.start() != Some(now) {
             self.episode.begin(now, (self.window, self.threshold), 0);
         }
@@ -103,6 +124,7 @@ impl CongestionController for NewReno {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connection::rtt::RtoConfig;
 
     fn at(ms: u64) -> Timestamp {
         Timestamp::from_micros(ms * 1000)
@@ -129,6 +151,28 @@ mod tests {
         // It was spurious: undone.
         cc.on_spurious_loss();
         assert_eq!(cc.window(), 45_800);
+    }
+
+    #[test]
+    fn timeouts_soon_after_an_acknowledgement_are_not_persistent_congestion() {
+        let mut cc = NewReno::new(CongestionConfig::default(), 1000);
+        let mut rtt = RttEstimator::new(RtoConfig::default());
+        rtt.on_sample(Duration::from_millis(50));
+        cc.on_rtt_sample(at(100), &rtt);
+        cc.on_acked(at(100), at(50), 1000);
+        cc.on_lost(at(130), at(60), 1000);
+        let reduced = cc.window();
+        assert_eq!(reduced, 23_100);
+        // Two timeouts in a row 30 ms after an acknowledgement: one burst.
+        cc.on_persistent_congestion(at(130));
+        assert_eq!(cc.window(), reduced);
+        // Nothing acknowledged for more than three PTOs (3 × (50 + 4 × 25) ms).
+        cc.on_persistent_congestion(at(600));
+        assert_eq!(cc.window(), 4000);
+        // Before any acknowledgement, two timeouts are persistent congestion.
+        let mut fresh = NewReno::new(CongestionConfig::default(), 1000);
+        fresh.on_persistent_congestion(at(10));
+        assert_eq!(fresh.window(), 4000);
     }
 
     #[test]
