@@ -89,10 +89,105 @@ struct Outcome {
     latency: LatencyHistogram,
     /// The sending endpoint's windowed statistics at the end of the run.
     stats: atbus_core::stats::StatsSnapshot,
+    /// Losses seen by each side (`None` for `mem`, which has no nodes).
+    losses: Option<Losses>,
+    /// UDP receive-buffer overflows on the whole machine during the run (see
+    /// [`udp_rcvbuf_errors`]).
+    kernel_rcvbuf_errors: Option<u64>,
+}
+
+/// Where datagrams went missing: before the sockets (in a node) or as the core
+/// judged them (declared lost, retransmitted).
+#[derive(Debug, Default)]
+struct Losses {
+    /// The client (sending) node's counters.
+    client: NodeLosses,
+    /// The server (receiving) node's counters.
+    server: NodeLosses,
+}
+
+/// One node's loss counters, its live connections summed.
+#[derive(Debug, Default)]
+struct NodeLosses {
+    /// Datagrams the node dropped before its socket or its core
+    /// (`NodeStats::dropped_datagrams`: a full write queue, unknown remotes).
+    dropped_datagrams: u64,
+    /// Socket errors.
+    io_errors: u64,
+    /// Datagrams sent and received by the core.
+    sent_packets: u64,
+    received_packets: u64,
+    /// Datagrams with a range the core declared lost.
+    lost_packets: u64,
+    /// Ranges the core resent after declaring them lost.
+    retransmits: u64,
+    /// Retransmissions later found unnecessary.
+    spurious_retransmits: u64,
+    /// Datagrams or frames the core dropped as malformed.
+    malformed: u64,
+    /// Frames dropped over a receive limit.
+    dropped_over_limit: u64,
+}
+
+impl NodeLosses {
+    fn of(stats: &atbus_node::NodeStats) -> Self {
+        let mut out = NodeLosses {
+            dropped_datagrams: stats.dropped_datagrams,
+            io_errors: stats.io_errors,
+            ..Default::default()
+        };
+        for path in &stats.paths {
+            let s = &path.info.stats;
+            out.sent_packets += s.sent_packets;
+            out.received_packets += s.received_packets;
+            out.lost_packets += s.lost_packets;
+            out.retransmits += s.retransmits;
+            out.spurious_retransmits += s.spurious_retransmits;
+            out.malformed += s.malformed;
+            out.dropped_over_limit += s.dropped_over_limit;
+        }
+        out
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "dropped_datagrams": self.dropped_datagrams,
+            "io_errors": self.io_errors,
+            "sent_packets": self.sent_packets,
+            "received_packets": self.received_packets,
+            "lost_packets": self.lost_packets,
+            "retransmits": self.retransmits,
+            "spurious_retransmits": self.spurious_retransmits,
+            "malformed": self.malformed,
+            "dropped_over_limit": self.dropped_over_limit,
+        })
+    }
+}
+
+impl Losses {
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "client": self.client.to_json(), "server": self.server.to_json() })
+    }
 }
 
 /// Events taken from the receiving node per wake-up.
 const RECV_BATCH: usize = 1024;
+
+/// The machine's UDP receive-buffer overflows so far (`RcvbufErrors` of the `Udp:`
+/// lines of `/proc/net/snmp`; Linux only, `None` elsewhere). The kernel counts one
+/// per socket buffer dropped: with GRO, one drop can be a run of many datagrams.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    rcvbuf_errors_of(&snmp)
+}
+
+/// `RcvbufErrors` read from the text of `/proc/net/snmp`.
+fn rcvbuf_errors_of(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let at = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
 
 /// Messages per `send_many` for payloads of `size` bytes.
 fn batch_len(size: usize) -> usize {
@@ -106,9 +201,16 @@ fn stamp_now(epoch: Instant) -> u64 {
 
 /// A payload of `size` bytes that starts with its send time `nanos` (when it fits).
 fn stamped(size: usize, nanos: u64) -> Bytes {
-    let mut data = vec![0x5au8; size];
+    stamped_block(size, 1, nanos)
+}
+
+/// `count` messages of `size` bytes back to back, each stamped with `nanos`.
+fn stamped_block(size: usize, count: usize, nanos: u64) -> Bytes {
+    let mut data = vec![0x5au8; size * count];
     if size >= STAMP {
-        data[..STAMP].copy_from_slice(&nanos.to_le_bytes());
+        for message in data.chunks_exact_mut(size) {
+            message[..STAMP].copy_from_slice(&nanos.to_le_bytes());
+        }
     }
     Bytes::from(data)
 }
@@ -163,6 +265,8 @@ pub fn bench(args: &BenchArgs) -> Result<ExitCode, Failure> {
                 "mib_per_sec": mibps,
                 "latency_us": { "p50": p50, "p99": p99, "max": max },
                 "stats": atbus_sim::StatsReport::from_snapshot(&outcome.stats),
+                "losses": outcome.losses.as_ref().map(Losses::to_json),
+                "kernel_rcvbuf_errors": outcome.kernel_rcvbuf_errors,
             })
         );
     } else {
@@ -216,6 +320,7 @@ async fn sockets(
     let client = runtime::start(args.runtime, client_config)
         .await
         .map_err(|e| fail(&e))?;
+    let rcvbuf_errors_before = udp_rcvbuf_errors();
     let result = async {
         let peer = client
             .connect(server.local_addresses())
@@ -229,10 +334,15 @@ async fn sockets(
             while budget.more(sent, epoch) {
                 // One clock read per batch: its messages leave together.
                 let nanos = stamp_now(epoch);
-                let mut batch = Vec::with_capacity(batch_len);
-                while batch.len() < batch_len && budget.more(sent + batch.len() as u64, epoch) {
-                    batch.push(stamped(size, nanos));
+                let mut count = 0;
+                while count < batch_len && budget.more(sent + count as u64, epoch) {
+                    count += 1;
                 }
+                // One allocation per batch: the messages are slices of it.
+                let block = stamped_block(size, count, nanos);
+                let batch: Vec<Bytes> = (0..count)
+                    .map(|i| block.slice(i * size..(i + 1) * size))
+                    .collect();
                 let n = batch.len() as u64;
                 client
                     .send_many(peer, 1, batch, SendOptions::default())
@@ -274,13 +384,21 @@ async fn sockets(
                 1,
             ));
         }
-        let stats = client.stats().await.map_err(|e| fail(&e))?.windows;
+        let client_stats = client.stats().await.map_err(|e| fail(&e))?;
+        let server_stats = server.stats().await.map_err(|e| fail(&e))?;
         Ok(Outcome {
             messages,
             payload_bytes,
             seconds: elapsed.as_secs_f64(),
             latency,
-            stats,
+            losses: Some(Losses {
+                client: NodeLosses::of(&client_stats),
+                server: NodeLosses::of(&server_stats),
+            }),
+            stats: client_stats.windows,
+            kernel_rcvbuf_errors: rcvbuf_errors_before
+                .zip(udp_rcvbuf_errors())
+                .map(|(before, after)| after.saturating_sub(before)),
         })
     }
     .await;
@@ -387,5 +505,23 @@ fn mem(size: usize, budget: Budget) -> Result<Outcome, Failure> {
         seconds: epoch.elapsed().as_secs_f64(),
         latency,
         stats: client.snapshot(now()),
+        losses: None,
+        kernel_rcvbuf_errors: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rcvbuf_errors_are_read_from_the_udp_lines() {
+        let snmp = "Tcp: RtoAlgorithm RcvbufErrors\nTcp: 1 99\n\
+                    Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n\
+                    Udp: 25541410 659209 27366237 53519327 27366236 0\n\
+                    UdpLite: InDatagrams RcvbufErrors\nUdpLite: 0 7\n";
+        assert_eq!(rcvbuf_errors_of(snmp), Some(27_366_236));
+        assert_eq!(rcvbuf_errors_of("Udp: InDatagrams\nUdp: 5\n"), None);
+        assert_eq!(rcvbuf_errors_of(""), None);
+    }
 }

@@ -201,6 +201,11 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
                     // arrived, and wait (bounded) for it to be acknowledged.
                     let _ = node.finish(peer, FILE_STREAM).await;
                     let _ = runtime::timeout(SETTLE_LIMIT, node.wait_settled(peer)).await;
+                    // The sender closes first: only it knows that everything it sent
+                    // is acknowledged. If our last acknowledgement was lost, closing
+                    // now would leave it retransmitting to no one; staying (bounded)
+                    // until it goes lets its retransmission be acknowledged again.
+                    wait_for_departure(&node, peer).await;
                     let stats = node.stats().await.ok();
                     node.close().await;
                     if args.json {
@@ -220,6 +225,25 @@ pub fn recv(args: &RecvArgs) -> Result<ExitCode, Failure> {
             }
         }
     })
+}
+
+/// Waits, at most [`SETTLE_LIMIT`], until a connection with `peer` closes (the
+/// sender closing, or its stream connection ending) or the peer is gone; events
+/// meanwhile are dropped.
+async fn wait_for_departure(node: &Node, peer: PeerId) {
+    let deadline = Instant::now() + SETTLE_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match runtime::timeout(left, node.recv()).await {
+            None | Some(None) => return,
+            Some(Some(
+                Event::ConnectionClosed { peer: Some(p), .. }
+                | Event::PeerUnreachable { peer: p }
+                | Event::PeerLost { peer: p, .. },
+            )) if p == peer => return,
+            Some(Some(_)) => {}
+        }
+    }
 }
 
 fn read_chunk(input: &mut dyn Read, size: usize) -> std::io::Result<Vec<u8>> {

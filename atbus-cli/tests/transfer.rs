@@ -175,8 +175,13 @@ fn a_file_arrives_byte_identical_over_a_multi_path_udp_and_tcp_peer() {
     );
 }
 
+/// What a relay does to a datagram it forwards (`true`: towards the receiver):
+/// `None` drops it, `Some` sends these bytes instead.
+type Filter = Arc<dyn Fn(bool, &[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
 /// A UDP relay that drops 5 % of datagrams each way and holds some back so the
-/// next one overtakes them.
+/// next one overtakes them (or, with [`Relay::filtered`], passes every datagram
+/// through a filter).
 struct Relay {
     address: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -185,6 +190,17 @@ struct Relay {
 
 impl Relay {
     fn start(target: SocketAddr) -> Relay {
+        Relay::with(target, 50, 30, Arc::new(|_, d: &[u8]| Some(d.to_vec())))
+    }
+
+    /// A relay that neither drops nor reorders, and applies `filter`.
+    fn filtered(target: SocketAddr, filter: Filter) -> Relay {
+        Relay::with(target, 0, 0, filter)
+    }
+
+    /// Drops `drop_per_mille` of the datagrams, holds back `hold_per_mille`, and
+    /// passes the rest through `filter`.
+    fn with(target: SocketAddr, drop_per_mille: u64, hold_per_mille: u64, filter: Filter) -> Relay {
         let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let back = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         for s in [&front, &back] {
@@ -195,12 +211,13 @@ impl Relay {
         let dropped = Arc::new(AtomicU64::new(0));
         let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
         for forward in [true, false] {
-            let (front, back, stop, dropped, client) = (
+            let (front, back, stop, dropped, client, filter) = (
                 front.clone(),
                 back.clone(),
                 stop.clone(),
                 dropped.clone(),
                 client.clone(),
+                filter.clone(),
             );
             std::thread::spawn(move || {
                 let mut x: u64 = if forward { 7 } else { 11 };
@@ -231,15 +248,19 @@ impl Relay {
                     x ^= x >> 7;
                     x ^= x << 17;
                     let roll = x % 1000;
-                    if roll < 50 {
+                    if roll < drop_per_mille {
                         dropped.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    if roll < 80 && held.is_none() {
-                        held = Some(buf[..n].to_vec());
+                    let Some(data) = filter(forward, &buf[..n]) else {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    if roll < drop_per_mille + hold_per_mille && held.is_none() {
+                        held = Some(data);
                         continue;
                     }
-                    let _ = to.send_to(&buf[..n], dest);
+                    let _ = to.send_to(&data, dest);
                     if let Some(data) = held.take() {
                         let _ = to.send_to(&data, dest);
                     }
@@ -287,6 +308,79 @@ fn a_file_arrives_byte_identical_through_a_relay_that_drops_5_percent_and_reorde
     });
     let dropped = relay.unwrap().dropped.load(Ordering::Relaxed);
     assert!(dropped > 0, "the relay dropped nothing");
+}
+
+/// Regression: `atbus recv` used to close as soon as its own end of the stream
+/// was acknowledged. When the acknowledgement of the sender's last data had been
+/// lost, the sender's retransmission then found no one to acknowledge it, and
+/// `atbus send` waited forever (1 run in 20 through the 5 % relay above). Here the
+/// relay deterministically strips every acknowledgement of the file's tail from
+/// the receiver until 200 ms after the receiver's end of stream went by: the
+/// sender only completes if the receiver is still there to acknowledge a
+/// retransmission.
+#[test]
+fn the_receiver_stays_until_the_sender_knows_its_last_data_arrived() {
+    use atbus_proto::{DecodeLimits, Frames, encode_frame, pb};
+    const LEN: usize = 400_000;
+    const STREAM: i64 = 1;
+    let fin_flag = pb::AtbusPacketFlagType::FinishStream as i32;
+    let fin_seen: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let stripped = Arc::new(AtomicU64::new(0));
+    let filter: Filter = {
+        let (fin_seen, stripped) = (fin_seen.clone(), stripped.clone());
+        Arc::new(move |forward, data: &[u8]| {
+            if forward {
+                return Some(data.to_vec());
+            }
+            let frames: Result<Vec<pb::FrameMessage>, _> =
+                Frames::new(bytes::Bytes::copy_from_slice(data), DecodeLimits::default()).collect();
+            let Ok(frames) = frames else {
+                return Some(data.to_vec());
+            };
+            let mut fin_seen = fin_seen.lock().unwrap();
+            if frames.iter().any(|f| {
+                matches!(&f.body, Some(pb::frame_message::Body::Packet(p))
+                    if p.stream_id == STREAM && p.flags & fin_flag != 0)
+            }) {
+                fin_seen.get_or_insert_with(Instant::now);
+            }
+            if fin_seen.is_some_and(|t| t.elapsed() > Duration::from_millis(200)) {
+                return Some(data.to_vec());
+            }
+            let tail_ack = |f: &pb::FrameMessage| {
+                matches!(&f.body, Some(pb::frame_message::Body::Acknowledge(a))
+                if a.acknowledge.as_ref().is_some_and(|a| {
+                    a.stream_id == STREAM && a.acknowledge_offset >= LEN as i64
+                }))
+            };
+            let kept: Vec<_> = frames.iter().filter(|f| !tail_ack(f)).collect();
+            if kept.len() == frames.len() {
+                return Some(data.to_vec());
+            }
+            stripped.fetch_add(1, Ordering::Relaxed);
+            if kept.is_empty() {
+                return None;
+            }
+            let mut out = bytes::BytesMut::new();
+            for f in kept {
+                encode_frame(f, &mut out);
+            }
+            Some(out.to_vec())
+        })
+    };
+    let mut relay = None;
+    round_trip(&["udp://127.0.0.1:0"], "tokio", LEN, |addresses| {
+        let r = Relay::filtered(udp_target(&addresses[0]), filter);
+        let via = format!("udp://{}", r.address);
+        relay = Some(r);
+        vec![via]
+    });
+    drop(relay);
+    assert!(fin_seen.lock().unwrap().is_some(), "no end of stream seen");
+    assert!(
+        stripped.load(Ordering::Relaxed) > 0,
+        "no acknowledgement of the tail was stripped"
+    );
 }
 
 #[test]

@@ -2995,6 +2995,64 @@ fn labelled_pieces_on_the_control_stream_stay_within_its_bound() {
     }
 }
 
+/// (From review) out-of-order pieces that fill the control stream's bound must not
+/// wedge it: the pieces that fill the holes below them are in order and are still
+/// taken, so the stream drains instead of refusing its own retransmissions forever.
+#[test]
+fn a_full_control_stream_still_takes_the_pieces_that_fill_its_holes() {
+    for kind in [DATAGRAM, ConnectionKind::Stream] {
+        let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), kind);
+        let before = net.b.buffered_bytes();
+        let feed = |net: &mut Net, data: Bytes| {
+            let now = net.now;
+            let input = match kind {
+                ConnectionKind::Stream => Input::StreamData {
+                    connection: pair.b_conn,
+                    data,
+                },
+                _ => Input::Datagram {
+                    connection: pair.b_conn,
+                    data,
+                },
+            };
+            net.b.handle_input(now, input);
+            net.drain(Side::B);
+        };
+        let dropped = |net: &Net| {
+            net.b
+                .connection_info(pair.b_conn)
+                .unwrap()
+                .stats
+                .dropped_over_limit
+        };
+        // Small messages at odd offsets until the bound refuses more.
+        let mut sent = 0u64;
+        while dropped(&net) == 0 && sent < 2000 {
+            feed(&mut net, empty_messages_frame(-1, 1 + 2 * sent, 1, 100));
+            sent += 1;
+        }
+        assert!(dropped(&net) > 0, "{kind:?}: the bound was never reached");
+        let stored = sent - 1;
+        let full = net.b.buffered_bytes() - before;
+        // The holes at the even offsets arrive, in order: each is taken, and what
+        // it completes is delivered.
+        let refused = dropped(&net);
+        for i in 0..=stored {
+            feed(&mut net, empty_messages_frame(-1, 2 * i, 1, 100));
+        }
+        assert_eq!(
+            dropped(&net),
+            refused,
+            "{kind:?}: an in-order piece was refused"
+        );
+        let held = net.b.buffered_bytes() - before;
+        assert!(
+            held < full / 4,
+            "{kind:?}: the control stream still holds {held} B of {full} B"
+        );
+    }
+}
+
 /// `max_peers`: a new association past the limit is refused while every peer is
 /// connected; once one only lingers, it is dropped to make room.
 #[test]
@@ -3040,4 +3098,102 @@ fn past_max_peers_a_lingering_peer_makes_room_and_otherwise_the_hello_is_refused
             |e| matches!(e, Event::PeerLost { peer, .. } if *peer == first.b_peer)
         ) == 1
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Batched sending and shared receive buffers (small messages)
+// ---------------------------------------------------------------------------------
+
+#[test]
+fn send_many_queues_in_order_and_keeps_what_does_not_fit() {
+    for kind in [DATAGRAM, ConnectionKind::Stream] {
+        let mut a = config("client", 1);
+        a.stream_send_window = 4096;
+        let (mut net, pair) = Net::pair(a, config("server", 2), kind);
+        let expected: Vec<Bytes> = (0..10).map(|i| payload(1000, 100 + i)).collect();
+        let mut queue: std::collections::VecDeque<Bytes> = expected.iter().cloned().collect();
+        let now = net.now;
+        // 1001 offset units each: four fit in 4096, the fifth does not.
+        assert_eq!(
+            net.a
+                .send_many(now, pair.a_peer, 1, &mut queue, &SendOptions::default()),
+            Err(SendError::WouldBlock)
+        );
+        assert_eq!(queue.len(), 6, "{kind:?}");
+        assert_eq!(
+            queue.front(),
+            Some(&expected[4]),
+            "the first one not queued"
+        );
+        while !queue.is_empty() {
+            let writable = net.count_events(Side::A, |e| matches!(e, Event::Writable { .. }));
+            assert!(net.run_until(|n| {
+                n.count_events(Side::A, |e| matches!(e, Event::Writable { .. })) > writable
+            }));
+            let now = net.now;
+            match net
+                .a
+                .send_many(now, pair.a_peer, 1, &mut queue, &SendOptions::default())
+            {
+                Ok(()) | Err(SendError::WouldBlock) => {}
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+        assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == expected.len()));
+        net.settle();
+        assert_eq!(
+            net.payloads(Side::B, 1),
+            expected,
+            "{kind:?}: in order, once each"
+        );
+    }
+}
+
+#[test]
+fn send_many_checks_like_send() {
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    let now = net.now;
+    let mut queue = std::collections::VecDeque::from([payload(10, 1)]);
+    assert_eq!(
+        net.a
+            .send_many(now, pair.a_peer, -1, &mut queue, &SendOptions::default()),
+        Err(SendError::ReservedStream)
+    );
+    let too_big = config("client", 1).max_message_size + 1;
+    let mut queue = std::collections::VecDeque::from([payload(10, 1), payload(too_big, 2)]);
+    assert!(matches!(
+        net.a
+            .send_many(now, pair.a_peer, 1, &mut queue, &SendOptions::default()),
+        Err(SendError::MessageTooLarge { .. })
+    ));
+    assert_eq!(queue.len(), 1, "the messages before the bad one are queued");
+    assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == 1));
+    net.settle();
+    assert_eq!(net.payloads(Side::B, 1), vec![payload(10, 1)]);
+}
+
+#[test]
+fn small_messages_of_one_packet_share_one_receive_buffer() {
+    let (mut net, pair) = Net::pair(
+        config("client", 1),
+        config("server", 2),
+        ConnectionKind::Stream,
+    );
+    let expected: Vec<Bytes> = (0..2000).map(|i| payload(64, i)).collect();
+    let mut queue: std::collections::VecDeque<Bytes> = expected.iter().cloned().collect();
+    let now = net.now;
+    net.a
+        .send_many(now, pair.a_peer, 1, &mut queue, &SendOptions::default())
+        .unwrap();
+    assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == expected.len()));
+    net.settle();
+    let got = net.payloads(Side::B, 1);
+    assert_eq!(got, expected, "in order, once each");
+    // Copied out of the datagram, but into one buffer per packet: neighbours of a
+    // packet lie back to back (separate allocations never do).
+    let adjacent = got
+        .windows(2)
+        .filter(|w| w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr())
+        .count();
+    assert!(adjacent > got.len() / 2, "{adjacent} of {}", got.len());
 }

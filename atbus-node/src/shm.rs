@@ -371,10 +371,20 @@ fn push_split(batch: &mut Vec<Bytes>, mut data: Bytes, max: usize) {
 /// Sends every record, waiting while the ring is full; false if the connection
 /// is over (the reader side stopped, or a record was lost).
 fn send_all<M: AsRef<[u8]>>(writer: &mut Writer, records: &[M], alive: &AtomicBool) -> bool {
+    send_all_with(|rest| writer.try_send_batch(rest), records, alive)
+}
+
+/// [`send_all`] over any batch sender: `try_send` takes records from the front of
+/// what it is given and says how many it took.
+fn send_all_with<M: AsRef<[u8]>>(
+    mut try_send: impl FnMut(&[M]) -> Result<usize, SendError>,
+    records: &[M],
+    alive: &AtomicBool,
+) -> bool {
     let mut sent = 0;
     let mut waits: u32 = 0;
     while sent < records.len() {
-        match writer.try_send_batch(&records[sent..]) {
+        match try_send(&records[sent..]) {
             Ok(n) => {
                 sent += n;
                 waits = 0;
@@ -386,8 +396,15 @@ fn send_all<M: AsRef<[u8]>>(writer: &mut Writer, records: &[M], alive: &AtomicBo
                 waits = waits.saturating_add(1);
                 back_off(waits);
             }
-            // Expired (this thread stalled past the reader's skip timeout: bytes
-            // lost, the stream is broken) or too large (cannot happen: split).
+            // This thread stalled past the reader's skip timeout and the reader
+            // skipped the record as torn: none of its messages were delivered, so
+            // sending them again keeps the byte stream whole and in order.
+            Err(SendError::Expired { .. }) => {
+                if !alive.load(Ordering::Acquire) {
+                    return false;
+                }
+            }
+            // Too large (cannot happen: records are split to the limit).
             Err(_) => return false,
         }
     }
@@ -421,6 +438,37 @@ mod tests {
         assert_eq!(parse_listener_hello(b"\xff\xfe"), None);
         assert_eq!(parse_connection_hello(b"ATBUS-SHM1 7"), Some(7));
         assert_eq!(parse_connection_hello(b"ATBUS-SHM17"), None);
+    }
+
+    #[test]
+    fn a_record_skipped_as_torn_is_sent_again_and_the_stream_stays_whole() {
+        let records: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d"];
+        let mut delivered: Vec<u8> = Vec::new();
+        let mut calls = 0;
+        let alive = AtomicBool::new(true);
+        // The first attempt at "c" stalls past the reader's skip timeout: the ring
+        // reports it expired and delivered none of it.
+        let sent = send_all_with(
+            |rest: &[&[u8]]| {
+                calls += 1;
+                if rest[0] == b"c" && calls == 2 {
+                    return Err(SendError::Expired { position: 0 });
+                }
+                let take = rest.len().min(2);
+                rest[..take]
+                    .iter()
+                    .for_each(|r| delivered.extend_from_slice(r));
+                Ok(take)
+            },
+            &records,
+            &alive,
+        );
+        assert!(sent);
+        assert_eq!(delivered, b"abcd");
+        // A connection whose reader is gone stops retrying.
+        alive.store(false, Ordering::Release);
+        let expired = |_: &[&[u8]]| Err(SendError::Expired { position: 0 });
+        assert!(!send_all_with(expired, &records, &alive));
     }
 
     #[test]

@@ -148,17 +148,38 @@ pub(crate) async fn stream_reader<R: Runtime>(
     }
 }
 
+/// How long a stream's writer may go on writing what was queued before its
+/// connection closed (the close frame included) once the driver has let go of it.
+/// A peer that reads slower than that, or not at all, gets its socket closed instead:
+/// a writer blocked on a peer that never reads must not hold the socket and its task
+/// forever.
+pub(crate) const WRITER_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Writes what the driver queues for one stream, in order. What is already queued
 /// when the writer wakes up is coalesced into one write of up to about
 /// [`WRITE_COALESCE`] bytes: many small packets cost one system call, not one each.
+///
+/// `abort` completes when the writer must give up: the writer then returns at once,
+/// even from the middle of a write, and dropping `writer` closes its half of the
+/// socket. The driver makes it complete [`WRITER_CLOSE_GRACE`] after the connection
+/// closed.
 pub(crate) async fn stream_writer<W: StreamWrite>(
     mut writer: W,
     queue: async_channel::Receiver<Bytes>,
+    abort: impl std::future::Future<Output = ()>,
 ) {
     let mut buf = Vec::new();
-    while let Ok(data) = queue.recv().await {
+    // Polled until it completes once; the writer returns then.
+    let mut aborted = std::pin::pin!(abort);
+    loop {
+        let next = unless(queue.recv(), aborted.as_mut()).await;
+        let data = match next {
+            None => return,
+            Some(Ok(data)) => data,
+            Some(Err(_)) => break,
+        };
         let written = if queue.is_empty() {
-            writer.write_all(&data).await
+            unless(writer.write_all(&data), aborted.as_mut()).await
         } else {
             buf.clear();
             buf.extend_from_slice(&data);
@@ -168,13 +189,26 @@ pub(crate) async fn stream_writer<W: StreamWrite>(
                     Err(_) => break,
                 }
             }
-            writer.write_all(&buf).await
+            unless(writer.write_all(&buf), aborted.as_mut()).await
         };
-        if written.is_err() {
-            return;
+        match written {
+            Some(Ok(())) => {}
+            None | Some(Err(_)) => return,
         }
     }
-    let _ = writer.shutdown().await;
+    let _ = unless(writer.shutdown(), aborted.as_mut()).await;
+}
+
+/// `work`'s output, or `None` if `abort` completes first.
+async fn unless<T>(
+    work: impl std::future::Future<Output = T>,
+    abort: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> Option<T> {
+    future::or(async { Some(work.await) }, async {
+        abort.await;
+        None
+    })
+    .await
 }
 
 pub(crate) async fn accept_loop<R: Runtime>(
@@ -340,6 +374,53 @@ mod tests {
         }
     }
 
+    /// A peer that never reads: every write waits forever.
+    struct Stuck {
+        dropped: Arc<std::sync::Mutex<bool>>,
+    }
+
+    impl StreamWrite for Stuck {
+        async fn write_all(&mut self, _buf: &[u8]) -> io::Result<()> {
+            future::pending().await
+        }
+
+        async fn shutdown(&mut self) -> io::Result<()> {
+            future::pending().await
+        }
+    }
+
+    impl Drop for Stuck {
+        fn drop(&mut self) {
+            *self.dropped.lock().unwrap() = true;
+        }
+    }
+
+    #[test]
+    fn a_writer_stuck_on_a_peer_that_never_reads_gives_up_when_aborted() {
+        let (tx, rx) = async_channel::unbounded();
+        tx.try_send(Bytes::from_static(b"never read")).unwrap();
+        let dropped = Arc::new(std::sync::Mutex::new(false));
+        let writer = Stuck {
+            dropped: dropped.clone(),
+        };
+        let (abort_tx, abort_rx) = async_channel::bounded::<()>(1);
+        let task = stream_writer(writer, rx, async move {
+            let _ = abort_rx.recv().await;
+        });
+        let mut task = std::pin::pin!(task);
+        // Blocked in the write: polling makes no progress...
+        for _ in 0..3 {
+            assert!(future::block_on(future::poll_once(task.as_mut())).is_none());
+        }
+        assert!(!*dropped.lock().unwrap());
+        // ...until the abort: then it returns and the socket half is dropped, even
+        // though its queue is still open and the write never finished.
+        drop(abort_tx);
+        assert!(future::block_on(future::poll_once(task.as_mut())).is_some());
+        assert!(*dropped.lock().unwrap());
+        drop(tx);
+    }
+
     #[test]
     fn stream_writer_coalesces_what_is_queued_in_order_and_bounded() {
         let (tx, rx) = async_channel::unbounded();
@@ -351,7 +432,7 @@ mod tests {
         drop(tx);
         let recorder = Recorder::default();
         let writes = recorder.writes.clone();
-        future::block_on(stream_writer(recorder, rx));
+        future::block_on(stream_writer(recorder, rx, future::pending()));
         let writes = writes.lock().unwrap();
         // Fewer calls than packets, none much larger than the bound...
         assert!(writes.len() < packets.len() / 10, "{} writes", writes.len());

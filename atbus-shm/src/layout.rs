@@ -45,6 +45,10 @@ pub const DEFAULT_MAX_MESSAGE: u32 = 64 << 10;
 pub const MIN_RING_SIZE: u64 = 4 << 10;
 /// The largest ring a channel may have.
 pub const MAX_RING_SIZE: u64 = 1 << 30;
+/// The largest `max_message` any layout may have: a record header carries 27 bits
+/// of length, and a batch record of up to one message's record size (header and
+/// padding included) must fit in them. About 128 MiB.
+pub const MAX_MESSAGE_LIMIT: u32 = ((1 << 27) - 1 - 2 * RECORD_HEADER - RECORD_ALIGN) as u32;
 /// The default time after which the reader skips a record a writer claimed but
 /// did not commit.
 pub const DEFAULT_SKIP_TIMEOUT: Duration = Duration::from_secs(1);
@@ -55,7 +59,8 @@ pub struct Layout {
     /// Bytes of the data area: a power of two in
     /// [`MIN_RING_SIZE`]`..=`[`MAX_RING_SIZE`].
     pub ring_size: u64,
-    /// The largest payload a writer may send, at most `ring_size / 2`.
+    /// The largest payload a writer may send, at most `ring_size / 2` and at most
+    /// [`MAX_MESSAGE_LIMIT`] (what a record header can describe).
     pub max_message: u32,
 }
 
@@ -81,6 +86,11 @@ impl Layout {
         if self.max_message == 0 || u64::from(self.max_message) > self.ring_size / 2 {
             return Err(OpenError::InvalidLayout {
                 reason: "max_message must be between 1 and ring_size / 2",
+            });
+        }
+        if self.max_message > MAX_MESSAGE_LIMIT {
+            return Err(OpenError::InvalidLayout {
+                reason: "max_message must be at most MAX_MESSAGE_LIMIT (about 128 MiB)",
             });
         }
         Ok(())
@@ -171,6 +181,10 @@ impl Record {
             Record::Skipped { len } => (KIND_SKIPPED, len, 0),
             Record::Batch { len } => (KIND_BATCH, len, 0),
         };
+        debug_assert!(
+            len <= MAX_LEN,
+            "a validated layout keeps lengths in the header"
+        );
         kind | ((len & MAX_LEN) << LEN_SHIFT) | ((stamp & STAMP_MASK) << STAMP_SHIFT)
     }
 
@@ -278,5 +292,19 @@ mod tests {
             max_message: 4097,
         };
         assert!(too_big.validate().is_err());
+        // A message whose record length a header cannot carry is refused even when
+        // the ring is large enough for it...
+        let beyond_header = Layout {
+            ring_size: MAX_RING_SIZE,
+            max_message: MAX_MESSAGE_LIMIT + 1,
+        };
+        assert!(beyond_header.validate().is_err());
+        // ...and the largest allowed one's batch record still fits a header.
+        let largest = Layout {
+            ring_size: MAX_RING_SIZE,
+            max_message: MAX_MESSAGE_LIMIT,
+        };
+        assert!(largest.validate().is_ok());
+        assert!(record_size(record_size(u64::from(MAX_MESSAGE_LIMIT))) <= MAX_LEN);
     }
 }

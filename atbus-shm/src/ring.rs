@@ -566,6 +566,7 @@ impl ReaderState {
 
     /// Steps over padding, skipped and torn records and reports what is at the
     /// head. Publishes the head unless a record is ready.
+    #[inline(always)]
     pub(crate) fn poll<R: Region>(
         &mut self,
         region: &R,
@@ -812,6 +813,7 @@ impl ReaderState {
     }
 
     /// Consumes the record `poll` returned.
+    #[inline(always)]
     pub(crate) fn consume<R: Region>(&mut self, region: &R, geo: Geometry, ready: Ready) {
         let len = match ready.batch {
             None => ready.len,

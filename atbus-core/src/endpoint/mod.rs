@@ -263,6 +263,9 @@ pub struct Endpoint {
     /// The per-endpoint rate cap's bucket (`config.rate_limit`), shared by every
     /// connection.
     rate_cap: Pacer,
+    /// Where transmits are encoded (see `send::TRANSMIT_CHUNK`): each is split off
+    /// it, so that datagrams share an allocation instead of one each.
+    transmit_buf: bytes::BytesMut,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -310,6 +313,7 @@ impl Endpoint {
             stats: EndpointStats::default(),
             // No minimum burst: the cap holds to within one datagram.
             rate_cap: Pacer::new(0),
+            transmit_buf: bytes::BytesMut::new(),
         }
     }
 
@@ -758,18 +762,43 @@ impl Endpoint {
         payload: Bytes,
         options: &SendOptions,
     ) -> Result<(), SendError> {
+        self.send_from(now, peer, stream, &mut Some(payload), options)
+    }
+
+    /// Queues the messages of `payloads` on `stream` to `peer`, in order, all with
+    /// the same `options`, taking each one it queues off the front of `payloads`.
+    ///
+    /// The same as [`send`](Self::send) for each in turn, but the options are
+    /// checked and encoded, the stream looked up and the peer's connections
+    /// marked once per call rather than once per message. It stops at the first
+    /// error; on [`SendError::WouldBlock`] the messages not queued stay in
+    /// `payloads` (the first of them is the one that did not fit), and
+    /// `Writable` is raised once it fits, as for `send`.
+    pub fn send_many(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        stream: i64,
+        payloads: &mut VecDeque<Bytes>,
+        options: &SendOptions,
+    ) -> Result<(), SendError> {
+        self.send_from(now, peer, stream, payloads, options)
+    }
+
+    fn send_from(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        stream: i64,
+        payloads: &mut impl PayloadQueue,
+        options: &SendOptions,
+    ) -> Result<(), SendError> {
         self.advance(now);
         if stream < 0 {
             return Err(SendError::ReservedStream);
         }
         if options.packet_type != 0 && options.packet_type < 100 {
             return Err(SendError::ReservedType(options.packet_type));
-        }
-        if payload.len() > self.config.max_message_size {
-            return Err(SendError::MessageTooLarge {
-                size: payload.len(),
-                limit: self.config.max_message_size,
-            });
         }
         let meta = if options.labels.is_empty() && options.token.is_empty() {
             CachedMessageMeta::of_type(options.packet_type)
@@ -783,29 +812,56 @@ impl Endpoint {
                 ..Default::default()
             })
         };
+        let max_message = self.config.max_message_size;
+        if let Some(first) = payloads.front().filter(|p| p.len() > max_message) {
+            return Err(SendError::MessageTooLarge {
+                size: first.len(),
+                limit: max_message,
+            });
+        }
         self.check_metadata(peer, meta.encoded_len())?;
         let s = self.stream_for_send(peer, stream)?;
-        let len = payload.len();
-        match s.send.push(
-            payload,
-            SendMeta {
-                cached: meta,
-                fin: false,
-            },
-            options.deadline,
-        ) {
-            Ok(_) => {}
-            Err(crate::stream::PushError::WouldBlock) => {
-                s.blocked = Some(len);
-                return Err(SendError::WouldBlock);
+        let mut result = Ok(());
+        let mut queued = false;
+        while let Some(payload) = payloads.front() {
+            let len = payload.len();
+            if len > max_message {
+                result = Err(SendError::MessageTooLarge {
+                    size: len,
+                    limit: max_message,
+                });
+                break;
             }
-            Err(crate::stream::PushError::Finished) => return Err(SendError::StreamFinished),
+            match s.send.push(
+                payload.clone(),
+                SendMeta {
+                    cached: meta.clone(),
+                    fin: false,
+                },
+                options.deadline,
+            ) {
+                Ok(_) => {
+                    payloads.pop_front();
+                    queued = true;
+                }
+                Err(crate::stream::PushError::WouldBlock) => {
+                    s.blocked = Some(len);
+                    result = Err(SendError::WouldBlock);
+                    break;
+                }
+                Err(crate::stream::PushError::Finished) => {
+                    result = Err(SendError::StreamFinished);
+                    break;
+                }
+            }
         }
-        if let Some(deadline) = s.send.next_deadline() {
-            self.timers.set(TimerKey::Expire(peer, stream), deadline);
+        if queued {
+            if let Some(deadline) = s.send.next_deadline() {
+                self.timers.set(TimerKey::Expire(peer, stream), deadline);
+            }
+            self.mark_peer_dirty(peer);
         }
-        self.mark_peer_dirty(peer);
-        Ok(())
+        result
     }
 
     /// Refuses metadata that cannot fit in one datagram of the peer's connections.
@@ -1443,5 +1499,30 @@ impl Endpoint {
             peer,
             unacknowledged_messages,
         });
+    }
+}
+
+/// Where [`Endpoint::send`] and [`Endpoint::send_many`] take their payloads from:
+/// one message, or a queue of them.
+trait PayloadQueue {
+    fn front(&self) -> Option<&Bytes>;
+    fn pop_front(&mut self);
+}
+
+impl PayloadQueue for Option<Bytes> {
+    fn front(&self) -> Option<&Bytes> {
+        self.as_ref()
+    }
+    fn pop_front(&mut self) {
+        *self = None;
+    }
+}
+
+impl PayloadQueue for VecDeque<Bytes> {
+    fn front(&self) -> Option<&Bytes> {
+        VecDeque::front(self)
+    }
+    fn pop_front(&mut self) {
+        VecDeque::pop_front(self);
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use atbus_proto::{Frames, decode_content, pb};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
 use super::{Endpoint, Sample, TimerKey};
@@ -344,6 +344,24 @@ impl Endpoint {
                     budget.release(held.saturating_sub(asm.footprint()), peer_limit);
                 }
             }
+            // Small fragments are copied out (a slice would pin the whole
+            // datagram). Those that are whole messages delivered at once share one
+            // buffer, sized for every small fragment of the packet: one allocation
+            // per packet instead of one per message. Only messages handed to the
+            // application pin it (as a datagram slice would); what the reassembler
+            // holds is copied on its own, so its memory stays what it counts.
+            let small = |len: usize| len * PIN_RATIO < wire_len;
+            let copied: usize = content
+                .fragment
+                .iter()
+                .map(|f| f.data.len())
+                .filter(|&len| small(len))
+                .sum();
+            let mut block = BytesMut::new();
+            // The end of the run of whole messages from the delivery point: a
+            // fragment starting there that is final is a whole message.
+            let mut run_end =
+                (asm.acknowledge_offset() == asm.read_offset()).then(|| asm.read_offset());
             for fragment in content.fragment {
                 let is_final = fragment.fragment_flag & HAS_MORE == 0;
                 let Some(end) = cursor
@@ -361,40 +379,61 @@ impl Endpoint {
                     dropped += 1;
                     continue;
                 }
-                let meta = RecvMeta {
-                    packet_type: fragment.packet_type,
-                    labels: fragment.labels,
+                let meta = RecvMeta::new(
+                    fragment.packet_type,
+                    fin && fragment.close_reason.is_some(),
+                    fragment.labels,
                     // Copied: a slice would pin the whole datagram.
-                    token: fragment
+                    fragment
                         .options
                         .map(|o| Bytes::copy_from_slice(&o.token))
                         .unwrap_or_default(),
-                    close_reason: fragment.close_reason.as_ref().map(CloseReason::from_pb),
-                    fin: fin && fragment.close_reason.is_some(),
-                };
+                    fragment.close_reason.as_ref().map(CloseReason::from_pb),
+                );
                 let before = asm.footprint();
                 // What storing it may cost at most.
                 let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
-                if budget.is_none() && before + cost > CONTROL_BUFFER_LIMIT {
-                    // The control stream has no peer budget (it runs before the
-                    // handshake binds one): its own bound covers labels and
-                    // tokens too, not just the offsets its window counts.
+                let in_order = start <= asm.acknowledge_offset();
+                // The control stream has no peer budget (it runs before the
+                // handshake binds one): its own bound covers labels and tokens too,
+                // not just the offsets its window counts. Out-of-order pieces get
+                // one bound; a piece at the in-order edge may use a second one, so
+                // the retransmissions that fill the holes under a full stream are
+                // still taken and the stream drains (a hostile peer's in-order
+                // pieces of an unfinished message stop at twice the bound).
+                let bound = if in_order {
+                    2 * CONTROL_BUFFER_LIMIT
+                } else {
+                    CONTROL_BUFFER_LIMIT
+                };
+                if budget.is_none() && before + cost > bound {
                     dropped += 1;
                     continue;
                 }
                 if let Some(budget) = budget.as_mut() {
-                    let in_order = start <= asm.acknowledge_offset();
                     if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
                         dropped += 1;
                         continue;
                     }
                 }
-                let data = if fragment.data.len() * PIN_RATIO < wire_len {
-                    Bytes::copy_from_slice(&fragment.data)
-                } else {
+                let at_run =
+                    is_final && run_end == Some(start) && start == asm.acknowledge_offset();
+                let whole_in_order = at_run && !fragment.data.is_empty();
+                let data = if !small(fragment.data.len()) {
                     fragment.data
+                } else if whole_in_order {
+                    if block.capacity() == 0 {
+                        block.reserve(copied);
+                    }
+                    block.extend_from_slice(&fragment.data);
+                    block.split().freeze()
+                } else {
+                    Bytes::copy_from_slice(&fragment.data)
                 };
                 let outcome = asm.insert(start, data, is_final, Some(meta));
+                if at_run && asm.acknowledge_offset() == end {
+                    run_end = Some(end);
+                }
                 if matches!(outcome, InsertOutcome::BeyondWindow) {
                     dropped += 1;
                 }
@@ -588,7 +627,8 @@ impl Endpoint {
                 self.stats.oversized_messages += 1;
                 continue;
             }
-            let meta = message.meta.unwrap_or_default();
+            let mut meta = message.meta.unwrap_or_default();
+            let extra = meta.take_extra();
             if meta.fin {
                 let end = message.offset + 1 + len as u64;
                 if s.recv_finished || s.recv.finish_at(end).is_err() {
@@ -603,7 +643,7 @@ impl Endpoint {
                 self.events.push_back(Event::StreamFinished {
                     peer,
                     stream,
-                    reason: meta
+                    reason: extra
                         .close_reason
                         .unwrap_or_else(|| CloseReason::new(CloseCode::Unknown, "")),
                 });
@@ -614,8 +654,8 @@ impl Endpoint {
                     stream,
                     message: ReceivedMessage {
                         packet_type: meta.packet_type,
-                        labels: meta.labels,
-                        token: meta.token,
+                        labels: extra.labels,
+                        token: extra.token,
                         payload: message.payload,
                     },
                 });
@@ -672,7 +712,8 @@ impl Endpoint {
         }
     }
 
-    fn on_handshake(&mut self, id: ConnectionId, meta: RecvMeta, payload: Bytes) {
+    fn on_handshake(&mut self, id: ConnectionId, mut meta: RecvMeta, payload: Bytes) {
+        let extra = meta.take_extra();
         let Some(data) = handshake::decode_handshake(&payload) else {
             self.count_malformed(id);
             return;
@@ -694,8 +735,8 @@ impl Endpoint {
             node_name: data.node_name,
             session_id: data.session_id,
             protocol_version: data.protocol_version,
-            token: meta.token,
-            labels: meta.labels,
+            token: extra.token,
+            labels: extra.labels,
             options: data.options,
         };
         match (role, state, kind) {

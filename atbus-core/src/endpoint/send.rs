@@ -367,6 +367,24 @@ fn pmtud_probe(c: &mut crate::connection::Connection, now: Timestamp) -> Option<
     Some(buf.freeze())
 }
 
+/// Bytes of the buffer transmits are encoded into: each transmit is split off its
+/// front (`BytesMut::split`), so a run of datagrams costs one allocation per
+/// chunk rather than one each. A chunk is freed once the transmits cut from it are
+/// dropped (the driver drops each once written), so at most a chunk's worth more
+/// than the transmits themselves stays allocated.
+pub(crate) const TRANSMIT_CHUNK: usize = 64 * 1024;
+
+/// Room for a transmit of up to `limit` bytes at the front of `buf`, an empty
+/// buffer: the chunk's free tail, else the chunk reclaimed (when no transmit cut
+/// from it is still alive) or a fresh one.
+fn transmit_room(buf: &mut BytesMut, limit: usize) {
+    debug_assert!(buf.is_empty());
+    if buf.capacity() < limit {
+        // `reserve` reuses the allocation when it is no longer shared.
+        buf.reserve(TRANSMIT_CHUNK.max(limit));
+    }
+}
+
 /// Copies of ranges a connection may hold for the redundant scheduler.
 const MAX_COPIES: usize = 16 * 1024;
 
@@ -461,7 +479,8 @@ impl Endpoint {
         let limit = c.mtu;
         let packet = c.packets_sent;
         let fragments_before = c.stats.sent_fragments;
-        let mut buf = BytesMut::with_capacity(limit);
+        let mut buf = std::mem::take(&mut self.transmit_buf);
+        transmit_room(&mut buf, limit);
         let tp = timepoint(now);
         let mut probes = false;
         while let Some(&(t, received)) = c.pongs.front() {
@@ -732,6 +751,7 @@ impl Endpoint {
             buf.extend_from_slice(&acks);
         }
         if buf.is_empty() {
+            self.transmit_buf = buf;
             if c.pmtud.is_some() {
                 // Polling PMTUD may have moved its deadline without a probe.
                 self.update_timers(id);
@@ -744,13 +764,15 @@ impl Endpoint {
         if !fresh.is_empty() {
             self.share_copies(id, peer, &fresh);
         }
+        let data = buf.split().freeze();
+        self.transmit_buf = buf;
         let c = self.connections.get_mut(&id)?;
         if wrote_data {
             if let Some(rate) = pace {
-                c.pacer.on_sent(now, buf.len(), rate);
+                c.pacer.on_sent(now, data.len(), rate);
             }
             if let Some(cap) = cap {
-                self.rate_cap.on_sent(now, buf.len(), cap);
+                self.rate_cap.on_sent(now, data.len(), cap);
             }
             // The next connection's turn (round robin), once this one has sent
             // its weight's worth of round-robin data in its turn.
@@ -777,20 +799,54 @@ impl Endpoint {
                 }
             }
         }
-        c.in_flight.set_datagram_len(packet, buf.len());
+        c.in_flight.set_datagram_len(packet, data.len());
         c.packets_sent += 1;
         c.last_sent = now;
         c.stats.sent_packets += 1;
-        c.stats.sent_bytes += buf.len() as u64;
+        c.stats.sent_bytes += data.len() as u64;
         let sample = Sample::Sent {
-            bytes: buf.len() as u64,
+            bytes: data.len() as u64,
             fragments: c.stats.sent_fragments - fragments_before,
         };
         self.record(id, sample);
         self.update_timers(id);
         Some(Transmit {
             connection: id,
-            data: buf.freeze(),
+            data,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmits_share_a_chunk_and_get_room_when_it_is_spent() {
+        let mut buf = BytesMut::new();
+        transmit_room(&mut buf, 1452);
+        assert!(buf.capacity() >= TRANSMIT_CHUNK);
+        buf.extend_from_slice(&[1u8; 1452]);
+        let first = buf.split().freeze();
+        transmit_room(&mut buf, 1452);
+        buf.extend_from_slice(&[2u8; 100]);
+        let second = buf.split().freeze();
+        // Cut from one allocation, one after the other, each with its own bytes.
+        assert_eq!(first.as_ptr().wrapping_add(first.len()), second.as_ptr());
+        assert!(first.iter().all(|&b| b == 1) && first.len() == 1452);
+        assert!(second.iter().all(|&b| b == 2) && second.len() == 100);
+        // Spend the chunk while the transmits are alive: room comes anyway, and
+        // they keep their bytes.
+        for _ in 0..2 * TRANSMIT_CHUNK / 1452 {
+            transmit_room(&mut buf, 1452);
+            assert!(buf.capacity() >= 1452);
+            buf.extend_from_slice(&[3u8; 1452]);
+            drop(buf.split());
+        }
+        assert!(first.iter().all(|&b| b == 1));
+        assert!(second.iter().all(|&b| b == 2));
+        // A transmit larger than a chunk gets room too.
+        transmit_room(&mut buf, 3 * TRANSMIT_CHUNK);
+        assert!(buf.capacity() >= 3 * TRANSMIT_CHUNK);
     }
 }

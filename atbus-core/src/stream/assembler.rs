@@ -27,6 +27,12 @@ use bytes::{Bytes, BytesMut};
 ///   message that arrived in several non-empty pieces, and not at all otherwise.
 /// - `insert` costs `O((k + 1) log n)` and `pop_message` `O(k log n)`, for `n` stored
 ///   chunks and `k` chunks touched; no work is per byte except that one copy.
+/// - In-order fast path: a fragment starting exactly at
+///   [`acknowledge_offset`](Self::acknowledge_offset) while nothing is stored above
+///   it (the common case on a loss-free path) is appended to a queue outside the
+///   B-tree in `O(1)`, and popped from it in `O(1)`: no gap walk, no B-tree entry
+///   shifting. Any other operation first moves the queue into the B-tree (each chunk
+///   at most once), so behaviour and limits are the same on both paths.
 ///
 /// # Memory and back-pressure
 ///
@@ -76,6 +82,12 @@ pub struct Assembler<M> {
     window: u64,
     /// Non-overlapping stored pieces, by start offset; all lie at or above `head`.
     chunks: BTreeMap<u64, Chunk<M>>,
+    /// Chunks appended by the in-order fast path, contiguous, in order, all below
+    /// `ack` and above every key of `chunks`. Kept out of the B-tree because a
+    /// B-tree insert and `pop_first` per message shift the leaf's entries (a
+    /// memmove each); any operation that needs the general structure first
+    /// [spills](Self::spill) them into `chunks`.
+    in_order: VecDeque<(u64, Chunk<M>)>,
     /// Complete messages below `head`, settled by a reset but not popped yet.
     ready: VecDeque<AssembledMessage<M>>,
     /// Start of the first message still in `chunks`; everything below is settled.
@@ -233,6 +245,7 @@ impl<M: Footprint> Assembler<M> {
         Self {
             window,
             chunks: BTreeMap::new(),
+            in_order: VecDeque::new(),
             ready: VecDeque::new(),
             head: 0,
             ack: 0,
@@ -289,6 +302,11 @@ impl<M: Footprint> Assembler<M> {
             return InsertOutcome::BeyondWindow;
         }
 
+        if offset == self.ack && self.received_max == self.ack && limit == end {
+            return self.append_in_order(offset, end, data, is_final, meta);
+        }
+
+        self.spill();
         let mut meta = meta;
         if lo == offset {
             if let Some(chunk) = self.chunks.get_mut(&offset) {
@@ -358,6 +376,7 @@ impl<M: Footprint> Assembler<M> {
                 final_offset,
             });
         }
+        self.spill();
         let old_head = self.head;
         let ends_cleanly = self.unit_is_end(offset - 1) == Some(true);
         let mut delivered_units = 0;
@@ -442,13 +461,14 @@ impl<M: Footprint> Assembler<M> {
         }
         let end = self.complete_ends.pop_front()?;
         let chunks = &mut self.chunks;
+        let in_order = &mut self.in_order;
         let mut done = false;
         let mut freed = 0;
         let pieces = iter::from_fn(|| {
             if done {
                 return None;
             }
-            let (_, chunk) = chunks.pop_first()?;
+            let (_, chunk) = chunks.pop_first().or_else(|| in_order.pop_front())?;
             done = chunk.is_final;
             freed += charge(&chunk.meta);
             Some(chunk)
@@ -566,6 +586,7 @@ impl<M: Footprint> Assembler<M> {
                 received_max_offset: self.received_max,
             });
         }
+        self.spill();
         if final_offset > self.head && self.unit_is_end(final_offset - 1) == Some(false) {
             return Err(FinishError::NotMessageEnd { final_offset });
         }
@@ -595,11 +616,49 @@ impl<M: Footprint> Assembler<M> {
         self.ready.is_empty() && self.complete_ends.is_empty() && offset <= self.ack
     }
 
+    /// The in-order fast path of [`insert`](Self::insert): the fragment starts exactly
+    /// at the acknowledge offset, nothing is stored above it (so the fragment overlaps
+    /// no stored chunk and `offset >= head`), and it fits in the window. It is stored
+    /// whole and the acknowledge offset moves to its end, with no B-tree lookup
+    /// besides the one append, instead of the gap walk and the `advance_ack` probes.
+    fn append_in_order(
+        &mut self,
+        offset: u64,
+        end: u64,
+        data: Bytes,
+        is_final: bool,
+        meta: Option<M>,
+    ) -> InsertOutcome {
+        debug_assert!(offset >= self.head && self.chunks.range(offset..).next().is_none());
+        let chunk = Chunk {
+            data,
+            is_final,
+            meta,
+        };
+        self.buffered += chunk.data.len();
+        self.overhead += charge(&chunk.meta);
+        self.received_max = end;
+        self.in_order.push_back((offset, chunk));
+        if is_final {
+            self.complete_ends.push_back(end);
+        }
+        self.ack = end;
+        InsertOutcome::Accepted {
+            new_units: end - offset,
+        }
+    }
+
     /// `Some(is_end_of_message)` if unit `unit` (at or above `head`) is held.
     fn unit_is_end(&self, unit: u64) -> Option<bool> {
         let (&start, chunk) = self.chunks.range(..=unit).next_back()?;
         let end = start + chunk.span();
         (unit < end).then_some(chunk.is_final && unit + 1 == end)
+    }
+
+    /// Moves the fast path's chunks into the B-tree, so that the general code sees
+    /// every stored chunk. Each chunk moves at most once.
+    fn spill(&mut self) {
+        self.chunks.extend(self.in_order.drain(..));
     }
 
     fn store(&mut self, chunk: (u64, Chunk<M>), end: u64) {
@@ -790,6 +849,133 @@ mod tests {
         rx.insert(8, data.clone(), false, None);
         rx.insert(14, Bytes::new(), true, None);
         assert_eq!(rx.pop_message().unwrap().payload.as_ptr(), data.as_ptr());
+    }
+
+    #[test]
+    fn in_order_fast_path_delivers_every_message_uncopied() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let payloads: Vec<Bytes> = (0..100).map(|i| bytes(&format!("m{i}"))).collect();
+        let mut offset = 0;
+        for (i, p) in payloads.iter().enumerate() {
+            let end = offset + p.len() as u64 + 1;
+            assert_eq!(
+                rx.insert(offset, p.clone(), true, Some(i as u32)),
+                accepted(end - offset)
+            );
+            assert_eq!(rx.acknowledge_offset(), end);
+            assert_eq!(rx.received_max_offset(), end);
+            offset = end;
+        }
+        assert_eq!(rx.received_ranges(8).count(), 0);
+        let popped = pop_all(&mut rx);
+        assert_eq!(popped.len(), payloads.len());
+        for (i, ((_, meta, payload), sent)) in popped.iter().zip(&payloads).enumerate() {
+            assert_eq!(*meta, Some(i as u32));
+            assert_eq!(payload.as_ptr(), sent.as_ptr());
+        }
+        assert_eq!(rx.stats().duplicate_units, 0);
+        assert_eq!(rx.footprint(), 0);
+    }
+
+    #[test]
+    fn out_of_order_then_in_order_goes_back_to_the_fast_path() {
+        let mut rx = Assembler::new(BIG);
+        // "world" at 6..12 first: a gap, stored above ack.
+        assert_eq!(rx.insert(6, bytes("world"), true, Some(2)), accepted(6));
+        assert_eq!(rx.acknowledge_offset(), 0);
+        // "hel" at the ack, but data is stored above it: the general path.
+        assert_eq!(rx.insert(0, bytes("hel"), false, Some(1)), accepted(3));
+        assert_eq!(rx.acknowledge_offset(), 3);
+        assert_eq!(rx.insert(3, bytes("lo"), true, None), accepted(3));
+        assert_eq!(rx.acknowledge_offset(), 12);
+        // Now in order again.
+        assert_eq!(rx.insert(12, bytes("!"), true, Some(3)), accepted(2));
+        assert_eq!(
+            pop_all(&mut rx),
+            [
+                (0, Some(1), bytes("hello")),
+                (6, Some(2), bytes("world")),
+                (12, Some(3), bytes("!"))
+            ]
+        );
+    }
+
+    #[test]
+    fn overlap_with_fast_path_data_stores_only_new_units() {
+        let mut rx = Assembler::new(BIG);
+        assert_eq!(rx.insert(0, bytes("abc"), false, Some(1)), accepted(3));
+        // Same start again: a duplicate, first copy (and meta) kept.
+        assert_eq!(
+            rx.insert(0, bytes("xyz"), false, Some(9)),
+            InsertOutcome::Duplicate
+        );
+        // Overlapping the fast-path data and extending it.
+        assert_eq!(rx.insert(1, bytes("BCdef"), true, None), accepted(4));
+        assert_eq!(rx.acknowledge_offset(), 7);
+        assert_eq!(pop_all(&mut rx), [(0, Some(1), bytes("abcdef"))]);
+        assert_eq!(rx.stats().duplicate_units, 3 + 2);
+        // Below the delivery point: old.
+        assert_eq!(
+            rx.insert(0, bytes("abcdef"), true, None),
+            InsertOutcome::Old
+        );
+        assert_eq!(rx.insert(7, bytes("g"), true, None), accepted(2));
+        assert_eq!(pop_all(&mut rx), [(7, None, bytes("g"))]);
+    }
+
+    #[test]
+    fn reset_across_fast_path_data_keeps_complete_messages() {
+        let mut rx = Assembler::new(BIG);
+        assert_eq!(rx.insert(0, bytes("hello"), true, Some(1)), accepted(6));
+        assert_eq!(rx.insert(6, bytes("par"), false, Some(2)), accepted(3));
+        let outcome = rx.reset_to(20).unwrap();
+        assert_eq!(
+            outcome,
+            ResetOutcome {
+                skipped_messages: 1,
+                skipped_units: 14
+            }
+        );
+        assert_eq!(rx.acknowledge_offset(), 20);
+        // Data below the reset point is old; data at it takes the fast path.
+        assert_eq!(rx.insert(9, bytes("tial"), true, None), InsertOutcome::Old);
+        assert_eq!(rx.insert(20, bytes("next"), true, Some(3)), accepted(5));
+        assert_eq!(rx.acknowledge_offset(), 25);
+        assert_eq!(
+            pop_all(&mut rx),
+            [(0, Some(1), bytes("hello")), (20, Some(3), bytes("next"))]
+        );
+        assert_eq!(rx.footprint(), 0);
+    }
+
+    #[test]
+    fn fast_path_memory_is_bounded_by_the_window() {
+        let window = 100;
+        let mut rx = Assembler::<u32>::new(window);
+        let payload = Bytes::from(vec![7u8; 9]);
+        let mut offset = 0;
+        let mut accepted_count = 0;
+        // Nobody pops: in-order data fills the window, then is refused.
+        for _ in 0..50 {
+            match rx.insert(offset, payload.clone(), true, None) {
+                InsertOutcome::Accepted { new_units } => {
+                    assert_eq!(new_units, 10);
+                    offset += 10;
+                    accepted_count += 1;
+                }
+                other => assert_eq!(other, InsertOutcome::BeyondWindow),
+            }
+            assert!(rx.buffered_bytes() as u64 <= window);
+            assert!(rx.acknowledge_offset() <= rx.read_offset() + window);
+        }
+        assert_eq!(accepted_count, 10);
+        // Popping one message makes room for exactly one more.
+        assert!(rx.pop_message().is_some());
+        assert_eq!(rx.insert(offset, payload.clone(), true, None), accepted(10));
+        assert_eq!(
+            rx.insert(offset + 10, payload, true, None),
+            InsertOutcome::BeyondWindow
+        );
     }
 
     #[test]

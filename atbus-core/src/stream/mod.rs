@@ -32,31 +32,75 @@ pub struct SendMeta {
 }
 
 /// Metadata of a received message, from the fragment that started it.
+///
+/// Kept small (16 bytes): the reassembler moves one per message, and almost no
+/// data message carries labels, a token or a close reason, so those live behind
+/// one optional box ([`RecvExtra`]) allocated only when present.
 #[derive(Debug, Clone, Default)]
 pub struct RecvMeta {
     /// `packet_type`.
     pub packet_type: i32,
+    /// The fragment came in a packet flagged FINISH_STREAM and carries a close
+    /// reason: the message is the stream's finish marker.
+    pub fin: bool,
+    /// Labels, token and close reason, when any of them is present.
+    pub extra: Option<Box<RecvExtra>>,
+}
+
+/// The rarely present parts of a [`RecvMeta`].
+#[derive(Debug, Clone, Default)]
+pub struct RecvExtra {
     /// Labels.
     pub labels: BTreeMap<String, String>,
     /// The token option.
     pub token: Bytes,
     /// The close reason (on a FINISH_STREAM marker or a handshake reject).
     pub close_reason: Option<CloseReason>,
-    /// The fragment came in a packet flagged FINISH_STREAM and carries a close
-    /// reason: the message is the stream's finish marker.
-    pub fin: bool,
+}
+
+impl RecvMeta {
+    /// Metadata with these parts; boxes the rare ones only when one is present.
+    pub fn new(
+        packet_type: i32,
+        fin: bool,
+        labels: BTreeMap<String, String>,
+        token: Bytes,
+        close_reason: Option<CloseReason>,
+    ) -> Self {
+        let extra =
+            (!labels.is_empty() || !token.is_empty() || close_reason.is_some()).then(|| {
+                Box::new(RecvExtra {
+                    labels,
+                    token,
+                    close_reason,
+                })
+            });
+        RecvMeta {
+            packet_type,
+            fin,
+            extra,
+        }
+    }
+
+    /// The rare parts, taken out (empty ones when there were none).
+    pub fn take_extra(&mut self) -> RecvExtra {
+        self.extra.take().map(|e| *e).unwrap_or_default()
+    }
 }
 
 impl Footprint for RecvMeta {
     /// Label and token bytes plus a B-tree entry's worth per label.
     fn footprint(&self) -> usize {
-        let labels: usize = self
+        let Some(extra) = self.extra.as_deref() else {
+            return 0;
+        };
+        let labels: usize = extra
             .labels
             .iter()
             .map(|(k, v)| k.len() + v.len() + 2 * std::mem::size_of::<String>())
             .sum();
-        let reason = self.close_reason.as_ref().map_or(0, |r| r.message.len());
-        labels + self.token.len() + reason
+        let reason = extra.close_reason.as_ref().map_or(0, |r| r.message.len());
+        labels + extra.token.len() + reason
     }
 }
 

@@ -166,19 +166,14 @@ impl<R: Runtime> Driver<R> {
         options: &SendOptions,
     ) -> Result<bool, NodeError> {
         let now = self.now();
-        while let Some(payload) = payloads.front() {
-            match self
-                .endpoint
-                .send(now, peer, stream, payload.clone(), options)
-            {
-                Ok(()) => {
-                    payloads.pop_front();
-                }
-                Err(SendError::WouldBlock) => return Ok(false),
-                Err(err) => return Err(err.into()),
-            }
+        match self
+            .endpoint
+            .send_many(now, peer, stream, payloads, options)
+        {
+            Ok(()) => Ok(true),
+            Err(SendError::WouldBlock) => Ok(false),
+            Err(err) => Err(err.into()),
         }
-        Ok(true)
     }
 
     pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {

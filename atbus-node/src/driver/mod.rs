@@ -465,9 +465,17 @@ impl<R: Runtime> Driver<R> {
             reader,
             handle,
             self.net_tx.clone(),
-            stopped,
+            stopped.clone(),
         ));
-        self.rt.spawn(tasks::stream_writer(writer, queued));
+        // Once the connection is gone, its writer has a grace period to write what
+        // was queued (the close frame last), then gives up and closes the socket.
+        let rt = self.rt.clone();
+        let abort = async move {
+            let _ = stopped.recv().await;
+            rt.sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE)
+                .await;
+        };
+        self.rt.spawn(tasks::stream_writer(writer, queued, abort));
         handle
     }
 

@@ -576,6 +576,75 @@ pub async fn send_many_queues_batches_in_order_past_a_full_window<R: Runtime + C
     within(&rt, future::zip(sending, receiving)).await;
 }
 
+/// Batches of 64 B messages cut from one buffer each (`Bytes::slice`, no
+/// allocation per message), some with labels and a token, over TCP and a Unix
+/// stream with small windows both ways: every message arrives once, in order,
+/// with its own metadata, through `recv_many`.
+pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: Runtime + Clone>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix://{}", dir.path().join("s.sock").display());
+    let mut server_config = NodeConfig::new("server");
+    server_config.listen = vec!["tcp://127.0.0.1:0".parse().unwrap(), unix.parse().unwrap()];
+    server_config.endpoint.stream_receive_window = 16 * 1024;
+    let server = bind(&rt, server_config).unwrap();
+    let (batches, per_batch, size) = (20u32, 500u32, 64usize);
+    for address in addresses(&server) {
+        let mut config = NodeConfig::new("client");
+        config.endpoint.stream_send_window = 16 * 1024;
+        let client = bind(&rt, config).unwrap();
+        let peer = client.connect(&[address]).await.unwrap();
+        let sending = async {
+            for b in 0..batches {
+                let mut block = Vec::with_capacity(per_batch as usize * size);
+                for i in 0..per_batch {
+                    block.extend_from_slice(&payload(b * per_batch + i, size));
+                }
+                let block = Bytes::from(block);
+                let batch = (0..per_batch as usize)
+                    .map(|i| block.slice(i * size..(i + 1) * size))
+                    .collect();
+                let mut options = SendOptions::default();
+                if b % 2 == 1 {
+                    options.labels.insert("batch".into(), b.to_string());
+                    options.token = Bytes::from_static(b"odd");
+                }
+                client.send_many(peer, 1, batch, options).await.unwrap();
+            }
+            client.finish(peer, 1).await.unwrap();
+        };
+        let receiving = async {
+            let (mut next, mut events) = (0u32, Vec::new());
+            'receive: loop {
+                server.recv_many(&mut events, 256).await;
+                for event in events.drain(..) {
+                    match event {
+                        Event::Message {
+                            stream: 1, message, ..
+                        } => {
+                            assert_eq!(message.payload, payload(next, size), "message {next}");
+                            let b = next / per_batch;
+                            if b % 2 == 1 {
+                                assert_eq!(message.labels.get("batch"), Some(&b.to_string()));
+                                assert_eq!(&message.token[..], b"odd");
+                            } else {
+                                assert!(message.labels.is_empty() && message.token.is_empty());
+                            }
+                            next += 1;
+                        }
+                        Event::StreamFinished { stream: 1, .. } => break 'receive,
+                        _ => {}
+                    }
+                }
+            }
+            assert_eq!(next, batches * per_batch);
+        };
+        within(&rt, future::zip(sending, receiving)).await;
+        client.close().await;
+    }
+}
+
 /// A UDP port that never answers: the handshake times out with a clear error.
 pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -747,6 +816,7 @@ macro_rules! loopback_tests {
             a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots,
             a_slow_reader_pauses_the_node_without_losing_messages,
             send_many_queues_batches_in_order_past_a_full_window,
+            sliced_small_message_batches_arrive_once_in_order_with_metadata,
             connecting_to_a_silent_udp_port_times_out_clearly,
             a_peer_without_the_right_token_is_rejected_clearly,
             a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes,
