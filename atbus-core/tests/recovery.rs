@@ -162,3 +162,105 @@ fn a_hole_is_resent_once_the_next_frame_is_acknowledged_even_after_spurious_time
     // timeout (82 ms measured).
     assert!(gap <= Duration::from_millis(72), "resent {gap:?} after");
 }
+
+/// Times A sent datagrams carrying `offset` of stream 1.
+fn sends_of(net: &Net, offset: u64) -> Vec<Timestamp> {
+    net.sent_by(Side::A)
+        .filter(|s| {
+            packets(&s.transmit.data)
+                .iter()
+                .any(|p| p.stream_id == 1 && p.stream_offset as u64 == offset)
+        })
+        .map(|s| s.at)
+        .collect()
+}
+
+/// A 30 ms one-way path that keeps send order; A sends 100 B every 10 ms for 1 s,
+/// then a message long enough for several datagrams, which leave in the same
+/// instant. The first of them is dropped, and so are the next `drops - 1`
+/// datagrams carrying its first offset; the rest arrive. Returns the times A sent
+/// that offset.
+fn burst_with_its_first_datagram_lost(drops: u64) -> Vec<Timestamp> {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    net.delay = Duration::from_millis(30);
+    let pair = net.establish(DATAGRAM);
+    let armed = Arc::new(AtomicBool::new(false));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let (arm, t) = (armed.clone(), target.clone());
+    let mut left = drops;
+    net.fate = Box::new(move |d| {
+        if d.from != Side::A || left == 0 || !arm.load(Ordering::Relaxed) {
+            return Fate::Deliver;
+        }
+        let offsets: Vec<u64> = packets(d.data)
+            .iter()
+            .filter(|p| p.stream_id == 1)
+            .map(|p| p.stream_offset as u64)
+            .collect();
+        let Some(&first) = offsets.first() else {
+            return Fate::Deliver;
+        };
+        if t.load(Ordering::Relaxed) == u64::MAX {
+            t.store(first, Ordering::Relaxed);
+        }
+        if offsets.contains(&t.load(Ordering::Relaxed)) {
+            left -= 1;
+            return Fate::Drop;
+        }
+        Fate::Deliver
+    });
+    for i in 0..100u64 {
+        let now = net.now;
+        net.a
+            .send(
+                now,
+                pair.a_peer,
+                1,
+                payload(100, i),
+                &SendOptions::default(),
+            )
+            .unwrap();
+        net.run_for(Duration::from_millis(10));
+    }
+    armed.store(true, Ordering::Relaxed);
+    let now = net.now;
+    net.a
+        .send(
+            now,
+            pair.a_peer,
+            1,
+            payload(3000, 100),
+            &SendOptions::default(),
+        )
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    sends_of(&net, target.load(Ordering::Relaxed))
+}
+
+#[test]
+fn a_datagram_lost_before_one_sent_in_the_same_instant_is_resent_on_its_acknowledgement() {
+    let times = burst_with_its_first_datagram_lost(1);
+    assert!(times.len() >= 2, "sent at {times:?}");
+    let gap = times[1].saturating_since(times[0]);
+    // The next datagram of the burst left in the same instant and its
+    // acknowledgement is back one RTT (60 ms) later: the lost one is resent then
+    // (measured 60 ms). When frames of one instant shared a timepoint and the
+    // window was 1 ms, nothing sent later was known delivered and the lost
+    // datagram waited for the timeout (72 ms, 1.2 × RTT).
+    assert!(gap <= Duration::from_millis(62), "resent {gap:?} after");
+}
+
+#[test]
+fn a_retransmission_leaves_twice_while_the_window_has_room() {
+    // The original and the first retransmission are lost.
+    let times = burst_with_its_first_datagram_lost(2);
+    assert!(times.len() >= 3, "sent at {times:?}");
+    // The retransmission's copy leaves right after it, in the next datagram
+    // (measured: the same instant), and arrives; before, the range waited for a
+    // later frame's acknowledgement or the timeout, another RTT at least.
+    assert!(
+        times[2].saturating_since(times[1]) <= Duration::from_millis(1),
+        "sent at {times:?}"
+    );
+    assert_eq!(times.len(), 3, "sent at {times:?}");
+}

@@ -339,15 +339,15 @@ impl Connection {
         matches!(self.kind, ConnectionKind::Datagram { .. })
     }
 
-    /// The send time (and timepoint) of the next frame. On a reliable connection
-    /// every frame gets a distinct, increasing timepoint (`now`, or one microsecond
-    /// past the previous frame's): the peer's echo then names exactly the last
-    /// frame it processed, so that anything of a stream sent up to it and not
-    /// acknowledged was dropped and must be resent (nothing else would resend it).
+    /// The send time (and timepoint) of the next frame. Every frame gets a
+    /// distinct, increasing timepoint (`now`, or one microsecond past the previous
+    /// frame's): the peer's echo then names exactly the last frame it processed. On
+    /// a reliable connection anything of a stream sent up to it and not
+    /// acknowledged was dropped and must be resent (nothing else would resend it);
+    /// on a datagram connection a frame sent before it, even in the same instant
+    /// (a retransmission, then new data), and not acknowledged is lost
+    /// ([`Connection::reorder_window`]).
     pub fn frame_time(&mut self, now: Timestamp) -> Timestamp {
-        if self.is_lossy() {
-            return now;
-        }
         self.stamp = now.max(self.stamp + Duration::from_micros(1));
         self.stamp
     }
@@ -362,7 +362,7 @@ impl Connection {
         self.rtt.retransmit_timeout(self.rto_backoff)
     }
 
-    /// The reordering window of the time-ordered loss rule. 1 ms while no
+    /// The reordering window of the time-ordered loss rule. None while no
     /// reordering has been seen (an acknowledgement settling a frame sent before one
     /// an earlier acknowledgement reported, or a spurious retransmission of a range
     /// this rule declared lost; not one the timeout declared, which shows a delay
@@ -374,7 +374,9 @@ impl Connection {
     /// reordering factor (raised by spurious losses), at most the smoothed RTT.
     pub fn reorder_window(&self) -> Duration {
         if !self.in_flight.reordering_seen() {
-            return Duration::from_millis(1);
+            // Frames carry distinct timepoints (`frame_time`): a frame sent before
+            // the newest delivered one, even in the same instant, is lost.
+            return Duration::ZERO;
         }
         let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
         (quarter.max(self.rtt.variance()) * self.reorder_factor)
