@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::{ConnectionKind, Scheduler};
 use crate::connection::recovery::SentRange;
-use crate::connection::{ConnectionState, Role};
+use crate::connection::{ConnectionState, MAX_RESENT_COPIES, Role};
 use crate::event::{CloseReason, ConnectionId, PeerId, Transmit};
 use crate::stream::{Assembler, Footprint, SendBuffer, SendMeta};
 use crate::time::Timestamp;
@@ -740,14 +740,29 @@ impl Endpoint {
                     }
                 }
             }
+            // Only once nothing else waits (all the lost ranges are resent, no new
+            // data held back): a copy never delays other data.
+            if !c.resent.is_empty() || !resent.is_empty() {
+                c.resent.append(&mut resent);
+                let waiting = order
+                    .iter()
+                    .any(|&(sid, _)| p.streams.get(&sid).is_some_and(|s| s.send.has_pending()));
+                if c.resent.len() > MAX_RESENT_COPIES {
+                    c.resent.clear();
+                } else if !waiting {
+                    resent = std::mem::take(&mut c.resent);
+                }
+            }
         }
 
-        // A retransmission leaves twice, the copy in the next datagram, while the
-        // window has room for it (application-limited: a congested window keeps
-        // its room for new data): a retransmission lost too costs another round
-        // trip, or a timeout when nothing newer follows, and that chain is the
-        // latency tail of a lossy path.
-        let copy_resent = !resent.is_empty() && c.in_flight.bytes() + c.mtu <= c.cc.window();
+        // A retransmission leaves twice, the copy in the next datagram, when
+        // nothing else waits and the window has room for it (application-limited:
+        // a congested window keeps its room for new data): a retransmission lost
+        // too costs another round trip, or a timeout when nothing newer follows,
+        // and that chain is the latency tail of a lossy path.
+        let copy_resent = !resent.is_empty()
+            && c.in_flight.last_lost_datagrams() == 1
+            && c.in_flight.bytes() + c.mtu <= c.cc.window();
         if copy_resent {
             c.stats.retransmits += resent.len() as u64;
             c.copies.extend(resent);
