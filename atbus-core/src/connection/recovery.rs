@@ -10,7 +10,8 @@
 //!   than a reordering window before that frame, and still unacknowledged, is lost:
 //!   this is the fast retransmit from the SACK hint, and it recovers a burst of holes
 //!   at once because the selective ranges say exactly which parts arrived. The
-//!   window is 1 ms until reordering is seen ([`InFlight::reordering_seen`]);
+//!   window is zero until reordering is seen ([`InFlight::reordering_seen`]);
+//!   frames carry distinct timepoints, so one sent earlier in the same instant counts;
 //! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
 //!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff).
 //!
