@@ -347,15 +347,17 @@ impl Connection {
         matches!(self.kind, ConnectionKind::Datagram { .. })
     }
 
-    /// The send time (and timepoint) of the next frame. Every frame gets a
-    /// distinct, increasing timepoint (`now`, or one microsecond past the previous
-    /// frame's): the peer's echo then names exactly the last frame it processed. On
-    /// a reliable connection anything of a stream sent up to it and not
-    /// acknowledged was dropped and must be resent (nothing else would resend it);
-    /// on a datagram connection a frame sent before it, even in the same instant
-    /// (a retransmission, then new data), and not acknowledged is lost
-    /// ([`Connection::reorder_window`]).
+    /// The send time (and timepoint) of the next frame. On a reliable connection
+    /// every frame gets a distinct, increasing timepoint (`now`, or one microsecond
+    /// past the previous frame's): the peer's echo then names exactly the last
+    /// frame it processed, so that anything of a stream sent up to it and not
+    /// acknowledged was dropped and must be resent (nothing else would resend it).
+    /// (Frames of one instant on a datagram connection are told apart by their
+    /// datagram number, see `InFlight::detect_lost`.)
     pub fn frame_time(&mut self, now: Timestamp) -> Timestamp {
+        if self.is_lossy() {
+            return now;
+        }
         self.stamp = now.max(self.stamp + Duration::from_micros(1));
         self.stamp
     }
@@ -382,8 +384,8 @@ impl Connection {
     /// reordering factor (raised by spurious losses), at most the smoothed RTT.
     pub fn reorder_window(&self) -> Duration {
         if !self.in_flight.reordering_seen() {
-            // Frames carry distinct timepoints (`frame_time`): a frame sent before
-            // the newest delivered one, even in the same instant, is lost.
+            // A frame sent before the newest delivered one, even in the same
+            // instant (an earlier datagram), is lost.
             return Duration::ZERO;
         }
         let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
