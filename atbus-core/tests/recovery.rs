@@ -255,19 +255,6 @@ fn burst_with_its_first_datagram_lost(drops: u64) -> (Vec<Timestamp>, Option<Tim
 }
 
 #[test]
-fn a_datagram_lost_before_one_sent_in_the_same_instant_is_resent_on_its_acknowledgement() {
-    let (times, _) = burst_with_its_first_datagram_lost(1);
-    assert!(times.len() >= 2, "sent at {times:?}");
-    let gap = times[1].saturating_since(times[0]);
-    // The next datagram of the burst left in the same instant and its
-    // acknowledgement is back one RTT (60 ms) later: the lost one is resent then
-    // (measured 60 ms). When frames of one instant shared a timepoint and the
-    // window was 1 ms, nothing sent later was known delivered and the lost
-    // datagram waited for the timeout (72 ms, 1.2 × RTT).
-    assert!(gap <= Duration::from_millis(62), "resent {gap:?} after");
-}
-
-#[test]
 fn a_retransmission_leaves_twice_while_the_window_has_room() {
     // The original and the first retransmission are lost.
     let (times, acknowledged) = burst_with_its_first_datagram_lost(2);

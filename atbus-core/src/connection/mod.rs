@@ -352,8 +352,6 @@ impl Connection {
     /// past the previous frame's): the peer's echo then names exactly the last
     /// frame it processed, so that anything of a stream sent up to it and not
     /// acknowledged was dropped and must be resent (nothing else would resend it).
-    /// (Frames of one instant on a datagram connection are told apart by their
-    /// datagram number, see `InFlight::detect_lost`.)
     pub fn frame_time(&mut self, now: Timestamp) -> Timestamp {
         if self.is_lossy() {
             return now;
@@ -372,7 +370,7 @@ impl Connection {
         self.rtt.retransmit_timeout(self.rto_backoff)
     }
 
-    /// The reordering window of the time-ordered loss rule. None while no
+    /// The reordering window of the time-ordered loss rule. 1 ms while no
     /// reordering has been seen (an acknowledgement settling a frame sent before one
     /// an earlier acknowledgement reported, or a spurious retransmission of a range
     /// this rule declared lost; not one the timeout declared, which shows a delay
@@ -384,9 +382,7 @@ impl Connection {
     /// reordering factor (raised by spurious losses), at most the smoothed RTT.
     pub fn reorder_window(&self) -> Duration {
         if !self.in_flight.reordering_seen() {
-            // A frame sent before the newest delivered one, even in the same
-            // instant (an earlier datagram), is lost.
-            return Duration::ZERO;
+            return Duration::from_millis(1);
         }
         let quarter = self.rtt.min().unwrap_or(self.rtt.smoothed()) / 4;
         (quarter.max(self.rtt.variance()) * self.reorder_factor)

@@ -10,9 +10,7 @@
 //!   than a reordering window before that frame, and still unacknowledged, is lost:
 //!   this is the fast retransmit from the SACK hint, and it recovers a burst of holes
 //!   at once because the selective ranges say exactly which parts arrived. The
-//!   window is zero until reordering is seen ([`InFlight::reordering_seen`]), and
-//!   then a frame sent in the same instant as the newest delivered one, in an
-//!   earlier datagram, counts as sent before it;
+//!   window is 1 ms until reordering is seen ([`InFlight::reordering_seen`]);
 //! - **retransmission timeout**: a range unacknowledged `rto` after it was sent is
 //!   lost (`rto` = 1.2 × smoothed RTT with floor, ceiling and backoff).
 //!
@@ -101,10 +99,6 @@ pub struct InFlight {
     rack_lost: BTreeSet<(i64, u64, u64)>,
     /// Datagrams the latest loss detection that found any declared lost.
     last_lost_datagrams: usize,
-    /// Send time and datagram number of the newest frame known delivered (an
-    /// acknowledgement echoing its send time settled it): frames of one instant
-    /// share a timepoint, the datagram number orders them.
-    delivered: Option<(Timestamp, u64)>,
 }
 
 impl InFlight {
@@ -213,13 +207,6 @@ impl InFlight {
             let Some(range) = self.remove(seq) else {
                 continue;
             };
-            if echo == Some(range.sent_at)
-                && self
-                    .delivered
-                    .is_none_or(|d| d < (range.sent_at, range.packet))
-            {
-                self.delivered = Some((range.sent_at, range.packet));
-            }
             if !range.retransmit && range.sent_at < reference {
                 // Sent before a frame an earlier acknowledgement reported, and
                 // not reported then: it arrived later than a newer frame. (A lost
@@ -265,14 +252,7 @@ impl InFlight {
     ) -> Vec<SentRange> {
         let mut lost = Vec::new();
         while let Some((&seq, range)) = self.ranges.first_key_value() {
-            if !Self::is_lost(
-                range,
-                now,
-                rto,
-                (newest_delivered, self.delivered),
-                rack_rtt,
-                reorder_window,
-            ) {
+            if !Self::is_lost(range, now, rto, newest_delivered, rack_rtt, reorder_window) {
                 break;
             }
             let timed_out = now >= range.sent_at + rto;
@@ -318,27 +298,13 @@ impl InFlight {
         range: &SentRange,
         now: Timestamp,
         rto: Duration,
-        delivered: (Timestamp, Option<(Timestamp, u64)>),
+        newest_delivered: Timestamp,
         rack_rtt: Duration,
         reorder_window: Duration,
     ) -> bool {
         now >= range.sent_at + rto
-            || (Self::overtaken(range, delivered, reorder_window)
+            || (range.sent_at + reorder_window < newest_delivered
                 && now >= range.sent_at + rack_rtt + reorder_window)
-    }
-
-    /// Whether a frame sent more than `reorder_window` after `range` is known
-    /// delivered: by send time, or, with no window, by datagram number among
-    /// frames of the same instant.
-    fn overtaken(
-        range: &SentRange,
-        (newest_delivered, delivered): (Timestamp, Option<(Timestamp, u64)>),
-        reorder_window: Duration,
-    ) -> bool {
-        range.sent_at + reorder_window < newest_delivered
-            || (reorder_window.is_zero()
-                && delivered
-                    .is_some_and(|(at, packet)| at == range.sent_at && range.packet < packet))
     }
 
     /// Whether the retransmission timeout declared something lost since the last
@@ -366,7 +332,7 @@ impl InFlight {
     ) -> Option<Timestamp> {
         let range = self.ranges.values().next()?;
         let by_rto = range.sent_at + rto;
-        if Self::overtaken(range, (newest_delivered, self.delivered), reorder_window) {
+        if range.sent_at + reorder_window < newest_delivered {
             Some(by_rto.min(range.sent_at + rack_rtt + reorder_window))
         } else {
             Some(by_rto)
