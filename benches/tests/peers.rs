@@ -266,7 +266,7 @@ fn atbus_tail_is_below_kcp_and_quinn_on_bursty_loss() {
 /// and 74.3 ms in (b) (KCP 68.6). In (a) the maximum is asserted too: a message
 /// whose retransmission was lost as well waited for another round trip each time
 /// (seed 1, message 115: 536.0 ms, KCP 531.7); a retransmission now leaves twice after an
-/// isolated loss (396.5 ms here in release). In (b) it is not: quinn's is
+/// isolated loss (389.6 ms here in release). In (b) it is not: quinn's is
 /// lower at this scale (124.1 against 132.9 ms), see docs/comparison.md.
 #[test]
 fn atbus_p99_is_below_kcp_and_quinn_on_kcps_test_and_the_typical_network() {
