@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use atbus_core::{EndpointConfig, SendOptions, Timestamp};
+use atbus_proto::pb;
 use common::{DATAGRAM, Fate, Net, Side, config, packets, payload};
 
 /// The longest time without a datagram of A carrying data once everything it sends is lost, and the timeout then.
@@ -161,4 +162,113 @@ fn a_hole_is_resent_once_the_next_frame_is_acknowledged_even_after_spurious_time
     // widened by each spurious retransmission, it waited for later frames or the
     // timeout (82 ms measured).
     assert!(gap <= Duration::from_millis(72), "resent {gap:?} after");
+}
+
+/// Times A sent datagrams carrying `offset` of stream 1.
+fn sends_of(net: &Net, offset: u64) -> Vec<Timestamp> {
+    net.sent_by(Side::A)
+        .filter(|s| {
+            packets(&s.transmit.data)
+                .iter()
+                .any(|p| p.stream_id == 1 && p.stream_offset as u64 == offset)
+        })
+        .map(|s| s.at)
+        .collect()
+}
+
+/// A 30 ms one-way path that keeps send order; A sends 100 B every 10 ms for 1 s,
+/// then a message long enough for several datagrams, which leave in the same
+/// instant. The first of them is dropped, and so are the next `drops - 1`
+/// datagrams carrying its first offset; the rest arrive. Returns the times A sent
+/// that offset.
+fn burst_with_its_first_datagram_lost(drops: u64) -> (Vec<Timestamp>, Option<Timestamp>) {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    net.delay = Duration::from_millis(30);
+    let pair = net.establish(DATAGRAM);
+    let armed = Arc::new(AtomicBool::new(false));
+    let target = Arc::new(AtomicU64::new(u64::MAX));
+    let (arm, t) = (armed.clone(), target.clone());
+    let mut left = drops;
+    net.fate = Box::new(move |d| {
+        if d.from != Side::A || left == 0 || !arm.load(Ordering::Relaxed) {
+            return Fate::Deliver;
+        }
+        let offsets: Vec<u64> = packets(d.data)
+            .iter()
+            .filter(|p| p.stream_id == 1)
+            .map(|p| p.stream_offset as u64)
+            .collect();
+        let Some(&first) = offsets.first() else {
+            return Fate::Deliver;
+        };
+        if t.load(Ordering::Relaxed) == u64::MAX {
+            t.store(first, Ordering::Relaxed);
+        }
+        if offsets.contains(&t.load(Ordering::Relaxed)) {
+            left -= 1;
+            return Fate::Drop;
+        }
+        Fate::Deliver
+    });
+    for i in 0..100u64 {
+        let now = net.now;
+        net.a
+            .send(
+                now,
+                pair.a_peer,
+                1,
+                payload(100, i),
+                &SendOptions::default(),
+            )
+            .unwrap();
+        net.run_for(Duration::from_millis(10));
+    }
+    armed.store(true, Ordering::Relaxed);
+    let now = net.now;
+    net.a
+        .send(
+            now,
+            pair.a_peer,
+            1,
+            payload(3000, 100),
+            &SendOptions::default(),
+        )
+        .unwrap();
+    net.run_for(Duration::from_secs(1));
+    let offset = target.load(Ordering::Relaxed);
+    // When B first acknowledged everything up to past that offset.
+    let acknowledged = net
+        .sent_by(Side::B)
+        .find(|s| {
+            common::frames(&s.transmit.data)
+                .iter()
+                .any(|f| match &f.body {
+                    Some(pb::frame_message::Body::Acknowledge(a)) => a
+                        .acknowledge
+                        .as_ref()
+                        .is_some_and(|a| a.stream_id == 1 && a.acknowledge_offset as u64 > offset),
+                    _ => false,
+                })
+        })
+        .map(|s| s.at);
+    (sends_of(&net, offset), acknowledged)
+}
+
+#[test]
+fn a_retransmission_leaves_twice_while_the_window_has_room() {
+    // The original and the first retransmission are lost.
+    let (times, acknowledged) = burst_with_its_first_datagram_lost(2);
+    assert!(times.len() >= 3, "sent at {times:?}");
+    // The retransmission's copy leaves right after it, in the next datagram
+    // (measured: the same instant), and arrives one way (30 ms) later; before, the
+    // range waited for the timeout (72 ms) and another one-way trip.
+    assert!(
+        times[2].saturating_since(times[1]) <= Duration::from_millis(1),
+        "sent at {times:?}"
+    );
+    let acknowledged = acknowledged.expect("acknowledged");
+    assert!(
+        acknowledged.saturating_since(times[1]) <= Duration::from_millis(31),
+        "sent at {times:?}, acknowledged at {acknowledged:?}"
+    );
 }

@@ -263,7 +263,10 @@ fn atbus_tail_is_below_kcp_and_quinn_on_bursty_loss() {
 /// 50–90 ms RTT). With a reordering window of a quarter of the minimum RTT or the
 /// RTT variance on a path that never reorders, widened by retransmissions the
 /// timeout made spuriously, atbus's p99 here were 354.8 ms in (a) (quinn 344.7)
-/// and 74.3 ms in (b) (KCP 68.6). The maxima are not asserted: in (b) quinn's is
+/// and 74.3 ms in (b) (KCP 68.6). In (a) the maximum is asserted too: a message
+/// whose retransmission was lost as well waited for another round trip each time
+/// (seed 1, message 115: 536.0 ms, KCP 531.7); a retransmission now leaves twice after an
+/// isolated loss (389.6 ms here in release). In (b) it is not: quinn's is
 /// lower at this scale (124.1 against 132.9 ms), see docs/comparison.md.
 #[test]
 fn atbus_p99_is_below_kcp_and_quinn_on_kcps_test_and_the_typical_network() {
@@ -287,13 +290,18 @@ fn atbus_p99_is_below_kcp_and_quinn_on_kcps_test_and_the_typical_network() {
         echo: false,
         ..a.clone()
     };
-    for scenario in [a, b] {
+    for (scenario, max_too) in [(a, true), (b, false)] {
         let atbus = pooled_tail(Peer::Atbus, &scenario, 1..=4);
         for peer in [Peer::Kcp, Peer::Quinn] {
             let other = pooled_tail(peer, &scenario, 1..=4);
             assert!(
                 atbus.0 < other.0,
                 "p99 {atbus:?} vs {peer:?} {other:?} on {:?}",
+                scenario.paths
+            );
+            assert!(
+                !max_too || atbus.1 < other.1,
+                "max {atbus:?} vs {peer:?} {other:?} on {:?}",
                 scenario.paths
             );
         }

@@ -121,6 +121,10 @@ pub struct ConnectionInfo {
     pub stats: ConnectionStats,
 }
 
+/// Retransmitted ranges a connection keeps at most to copy (a longer list is a
+/// burst of losses, whose copies are not sent).
+pub const MAX_RESENT_COPIES: usize = 64;
+
 /// One connection's state.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -199,6 +203,9 @@ pub(crate) struct Connection {
     /// Ranges other connections of the peer sent, to send here too (the
     /// redundant scheduler): `(stream, start, end)`, oldest first.
     pub copies: VecDeque<(i64, u64, u64)>,
+    /// Retransmitted ranges to send once more when nothing else waits (see
+    /// `build_transmit`): `(stream, start, end)`, at most [`MAX_RESENT_COPIES`].
+    pub resent: Vec<(i64, u64, u64)>,
     /// Datagrams this connection carries per turn under the round-robin
     /// scheduler (at least 1).
     pub weight: u32,
@@ -280,6 +287,7 @@ impl Connection {
             recorder: StatsRecorder::new(now),
             pacer: Pacer::for_mtu(mtu),
             copies: VecDeque::new(),
+            resent: Vec::new(),
             weight: 1,
             rx_fragments: 0,
             pmtud_config,

@@ -118,6 +118,8 @@ pub struct InFlight {
     /// most [`MAX_RACK_LOST`], the oldest forgotten first): if a retransmission of
     /// one proves spurious, the original arrived after a newer frame.
     rack_lost: BTreeSet<(i64, u64, u64)>,
+    /// Datagrams the latest loss detection that found any declared lost.
+    last_lost_datagrams: usize,
 }
 
 impl InFlight {
@@ -300,12 +302,22 @@ impl InFlight {
             lost.push(range);
         }
         if !lost.is_empty() {
+            self.last_lost_datagrams = 1 + lost
+                .windows(2)
+                .filter(|w| w[0].packet != w[1].packet)
+                .count();
             self.since_reordering = self
                 .since_reordering
                 .map(|n| n + 1)
                 .filter(|&n| n < REORDER_RESET_RECOVERIES);
         }
         lost
+    }
+
+    /// Datagrams declared lost together by the latest detection that found a
+    /// loss: 1 for an isolated loss, more for a burst.
+    pub fn last_lost_datagrams(&self) -> usize {
+        self.last_lost_datagrams
     }
 
     /// Whether an acknowledgement showed a frame arriving after a newer one, within
@@ -629,10 +641,12 @@ mod tests {
         // Declared lost by the time-ordered rule: no probe.
         let lost = f.detect_lost(at(60), rto, at(10), rtt, window);
         assert_eq!(lost.len(), 2);
+        assert_eq!(f.last_lost_datagrams(), 2);
         assert!(!f.probe_due());
         // The last one by the timeout: a probe may leave past the window.
         let lost = f.detect_lost(at(210), rto, at(10), rtt, window);
         assert_eq!(lost.len(), 1);
+        assert_eq!(f.last_lost_datagrams(), 1);
         assert!(f.probe_due());
         f.probe_sent();
         assert!(!f.probe_due());

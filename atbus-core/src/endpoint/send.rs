@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::{ConnectionKind, Scheduler};
 use crate::connection::recovery::SentRange;
-use crate::connection::{ConnectionState, Role};
+use crate::connection::{ConnectionState, MAX_RESENT_COPIES, Role};
 use crate::event::{CloseReason, ConnectionId, PeerId, Transmit};
 use crate::stream::{Assembler, Footprint, SendBuffer, SendMeta};
 use crate::time::Timestamp;
@@ -650,6 +650,7 @@ impl Endpoint {
         }
         .max(cap.and_then(|cap| self.rate_cap.next_send_time(now, c.mtu, cap)));
         let mut fresh: Vec<(i64, u64, u64)> = Vec::new();
+        let mut resent: Vec<(i64, u64, u64)> = Vec::new();
         let mut wrote_round_robin = false;
         let may_send_data = paced_out.is_none()
             && (c.state == ConnectionState::Established
@@ -701,8 +702,15 @@ impl Endpoint {
                     packet,
                     Some(&mut range),
                 ) {
-                    Some(sent) => {
-                        record(c, sent);
+                    Some((sent, fragments)) => {
+                        // A copy is not a retransmission declared lost here: an
+                        // acknowledgement of the other copy does not make it
+                        // spurious.
+                        let sent = SentRange {
+                            retransmit: false,
+                            ..sent
+                        };
+                        record(c, (sent, fragments));
                         if range.0 < range.1 {
                             c.copies.push_front((sid, range.0, range.1));
                         }
@@ -737,6 +745,9 @@ impl Endpoint {
                         if sent.0.end > sent.0.start && scheduler == Scheduler::Redundant {
                             fresh.push((sid, sent.0.start, sent.0.end));
                         }
+                        if sent.0.end > sent.0.start && sent.0.retransmit {
+                            resent.push((sid, sent.0.start, sent.0.end));
+                        }
                         record(c, sent);
                         wrote_round_robin |= scheduler == Scheduler::RoundRobin;
                         progress = true;
@@ -744,8 +755,33 @@ impl Endpoint {
                     }
                 }
             }
+            // Only once nothing else waits (all the lost ranges are resent, no new
+            // data held back): a copy never delays other data.
+            if !c.resent.is_empty() || !resent.is_empty() {
+                c.resent.append(&mut resent);
+                let waiting = order
+                    .iter()
+                    .any(|&(sid, _)| p.streams.get(&sid).is_some_and(|s| s.send.has_pending()));
+                if c.resent.len() > MAX_RESENT_COPIES {
+                    c.resent.clear();
+                } else if !waiting {
+                    resent = std::mem::take(&mut c.resent);
+                }
+            }
         }
 
+        // A retransmission leaves twice, the copy in the next datagram, when
+        // nothing else waits and the window has room for it (application-limited:
+        // a congested window keeps its room for new data): a retransmission lost
+        // too costs another round trip, or a timeout when nothing newer follows,
+        // and that chain is the latency tail of a lossy path.
+        let copy_resent = !resent.is_empty()
+            && c.in_flight.last_lost_datagrams() == 1
+            && c.in_flight.bytes() + c.mtu <= c.cc.window();
+        if copy_resent {
+            c.stats.retransmits += resent.len() as u64;
+            c.copies.extend(resent);
+        }
         for stream in &stale {
             c.ack_pending.remove(stream);
             c.ack_recent.remove(stream);
@@ -778,6 +814,9 @@ impl Endpoint {
         }
         if !fresh.is_empty() {
             self.share_copies(id, peer, &fresh);
+        }
+        if copy_resent {
+            self.dirty.insert(id);
         }
         let data = take_transmit(&mut buf, limit);
         self.transmit_buf = buf;
