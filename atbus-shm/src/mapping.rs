@@ -295,6 +295,38 @@ impl Mapping {
         }
     }
 
+    /// Asks the CPU to fetch the cache line holding data-area byte `offset` for
+    /// writing (`PREFETCHW` on x86-64; nothing elsewhere). A hint only: it reads
+    /// and writes no memory as far as the program can tell.
+    ///
+    /// The reader calls it ahead of its walk through a committed batch record,
+    /// whose every line it reads and then clears: taking each line exclusive once
+    /// saves the later upgrade from shared, and overlaps the cross-core transfer
+    /// with the delivery of earlier items.
+    #[inline(always)]
+    pub(crate) fn prefetch_for_write(&self, offset: u64) {
+        debug_assert!(offset < self.layout.ring_size);
+        #[cfg(target_arch = "x86_64")]
+        {
+            let line = self
+                .base
+                .as_ptr()
+                .wrapping_add(HEADER_BYTES + offset as usize);
+            // SAFETY: PREFETCHW never faults and has no architectural effect on
+            // memory or registers (CPUs without it run it as a NOP: it sits in the
+            // 0F 0D opcode space Intel reserved as NOPs); `line` is in the mapping.
+            unsafe {
+                std::arch::asm!(
+                    "prefetchw [{0}]",
+                    in(reg) line,
+                    options(nostack, preserves_flags, readonly)
+                );
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = offset;
+    }
+
     #[inline]
     fn word(&self, byte: usize) -> &AtomicU64 {
         debug_assert!(byte % 8 == 0 && byte + 8 <= self.len);
@@ -340,6 +372,22 @@ impl Region for Mapping {
             .base
             .as_ptr()
             .wrapping_add(HEADER_BYTES + offset as usize);
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as below; `rep stosq` stores `word` to the `len / 8` words from
+        // `start` (the direction flag is clear on entry to any Rust code). The
+        // block is not `nomem`, so the compiler keeps it before the Release store
+        // that publishes the head, and x86 orders a string operation's stores
+        // before every later store.
+        unsafe {
+            std::arch::asm!(
+                "rep stosq",
+                inout("rdi") start => _,
+                inout("rcx") len / 8 => _,
+                in("rax") word,
+                options(nostack, preserves_flags)
+            );
+        }
+        #[cfg(not(target_arch = "x86_64"))]
         for i in 0..(len / 8) as usize {
             // SAFETY: in bounds and 8-aligned (asserted; the data area is page
             // aligned); the reader owns consumed records until it publishes the head
