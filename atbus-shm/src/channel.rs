@@ -9,7 +9,7 @@ use rustix::fs::FlockOperation;
 use rustix::thread::futex;
 
 use crate::error::{OpenError, RecvError, SendError};
-use crate::layout::{DEFAULT_SKIP_TIMEOUT, Layout, RECORD_HEADER, field};
+use crate::layout::{DEFAULT_SKIP_TIMEOUT, Layout, field};
 use crate::mapping::{Mapping, channel_path};
 use crate::ring::{Geometry, Poll, ReaderState, Ready, Region, WriterState, reader_sleeping};
 
@@ -34,14 +34,6 @@ const YIELD_EVERY: u32 = 256;
 /// whenever it finds the ring empty or stalled, and when dropped): one store to
 /// the shared head for many records.
 const HEAD_PUBLISH_FRACTION: u64 = 16;
-
-/// A cache line (bytes), the unit of `Mapping::prefetch_for_write`.
-const CACHE_LINE: u64 = 64;
-
-/// How far ahead of the item being delivered a batch receive fetches the
-/// record's lines for writing (bytes): a few lines, so the cross-core transfers
-/// overlap with the delivery of earlier items.
-const PREFETCH_AHEAD: u64 = 512;
 
 /// How a reader waits for messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,20 +234,9 @@ impl Reader {
         while delivered < max {
             match self.state.poll(&self.map, self.geo, clock_ms)? {
                 Poll::Ready(mut ready) => {
-                    // The end of a batch record (nothing to fetch ahead in a plain
-                    // one): lines up to it are committed, none beyond.
-                    let end = ready.batch.map_or(0, |len| {
-                        self.geo.offset(self.state.head()) + RECORD_HEADER + len
-                    });
-                    let mut fetched = ready.payload_offset & !(CACHE_LINE - 1);
                     // Walk the record's items without a poll each; one consume
                     // (one store) for all the items taken from it.
                     let walked = loop {
-                        let ahead = end.min(ready.payload_offset + PREFETCH_AHEAD);
-                        while fetched < ahead {
-                            self.map.prefetch_for_write(fetched);
-                            fetched += CACHE_LINE;
-                        }
                         each(self.map.payload(ready.payload_offset, ready.len));
                         delivered += 1;
                         if delivered == max {

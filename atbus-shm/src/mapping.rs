@@ -295,38 +295,6 @@ impl Mapping {
         }
     }
 
-    /// Asks the CPU to fetch the cache line holding data-area byte `offset` for
-    /// writing (`PREFETCHW` on x86-64; nothing elsewhere). A hint only: it reads
-    /// and writes no memory as far as the program can tell.
-    ///
-    /// The reader calls it ahead of its walk through a committed batch record,
-    /// whose every line it reads and then clears: taking each line exclusive once
-    /// saves the later upgrade from shared, and overlaps the cross-core transfer
-    /// with the delivery of earlier items.
-    #[inline(always)]
-    pub(crate) fn prefetch_for_write(&self, offset: u64) {
-        debug_assert!(offset < self.layout.ring_size);
-        #[cfg(target_arch = "x86_64")]
-        {
-            let line = self
-                .base
-                .as_ptr()
-                .wrapping_add(HEADER_BYTES + offset as usize);
-            // SAFETY: PREFETCHW never faults and has no architectural effect on
-            // memory or registers (CPUs without it run it as a NOP: it sits in the
-            // 0F 0D opcode space Intel reserved as NOPs); `line` is in the mapping.
-            unsafe {
-                std::arch::asm!(
-                    "prefetchw [{0}]",
-                    in(reg) line,
-                    options(nostack, preserves_flags, readonly)
-                );
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = offset;
-    }
-
     #[inline]
     fn word(&self, byte: usize) -> &AtomicU64 {
         debug_assert!(byte % 8 == 0 && byte + 8 <= self.len);

@@ -84,7 +84,7 @@ impl Geometry {
     /// The data-area offset of `position`: always in bounds and 8-aligned, even
     /// for a position read from a corrupted header.
     #[inline]
-    pub(crate) fn offset(&self, position: u64) -> u64 {
+    fn offset(&self, position: u64) -> u64 {
         position & (self.ring_size - 1) & !(RECORD_HEADER - 1)
     }
 
