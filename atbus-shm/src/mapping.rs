@@ -421,6 +421,31 @@ mod tests {
     }
 
     #[test]
+    fn fill_sets_exactly_the_words_asked_for() {
+        let name = format!("atbus-fill-test-{}", std::process::id());
+        let _ = crate::remove_force(&name);
+        let map = Mapping::create(&name, Layout::default()).unwrap();
+        let word = |offset: u64| map.data_word(offset).load(Ordering::Relaxed);
+        let last = map.layout.ring_size - 8;
+        for offset in [0, 8, 16, 24, 32, last - 8, last] {
+            map.data_word(offset).store(u64::MAX, Ordering::Relaxed);
+        }
+        map.fill(16, 0, 7);
+        assert_eq!(word(16), u64::MAX, "an empty fill writes nothing");
+        map.fill(8, 16, 0x0123_4567_89ab_cdef);
+        assert_eq!(
+            [word(0), word(8), word(16), word(24)],
+            [u64::MAX, 0x0123_4567_89ab_cdef, 0x0123_4567_89ab_cdef, u64::MAX]
+        );
+        // Up to the end of the data area.
+        map.fill(last - 8, 16, 3 << 3);
+        assert_eq!([word(last - 8), word(last)], [3 << 3, 3 << 3]);
+        assert_eq!(word(32), u64::MAX);
+        drop(map);
+        crate::remove_force(&name).unwrap();
+    }
+
+    #[test]
     fn names_are_validated() {
         assert!(validate_name("atbus-1.node_a").is_ok());
         for bad in ["", ".hidden", "a/b", "..", "a b", "é"] {
