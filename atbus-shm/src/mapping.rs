@@ -435,7 +435,12 @@ mod tests {
         map.fill(8, 16, 0x0123_4567_89ab_cdef);
         assert_eq!(
             [word(0), word(8), word(16), word(24)],
-            [u64::MAX, 0x0123_4567_89ab_cdef, 0x0123_4567_89ab_cdef, u64::MAX]
+            [
+                u64::MAX,
+                0x0123_4567_89ab_cdef,
+                0x0123_4567_89ab_cdef,
+                u64::MAX
+            ]
         );
         // Up to the end of the data area.
         map.fill(last - 8, 16, 3 << 3);
