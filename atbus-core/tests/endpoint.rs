@@ -2954,6 +2954,23 @@ fn a_late_hello_of_an_older_session_leaves_the_current_one_alone() {
     );
 }
 
+/// Hands `data` to B's connection `conn` as its kind of transport delivers it.
+fn feed_b(net: &mut Net, kind: ConnectionKind, conn: ConnectionId, data: Bytes) {
+    let now = net.now;
+    let input = match kind {
+        ConnectionKind::Stream => Input::StreamData {
+            connection: conn,
+            data,
+        },
+        _ => Input::Datagram {
+            connection: conn,
+            data,
+        },
+    };
+    net.b.handle_input(now, input);
+    net.drain(Side::B);
+}
+
 /// The control stream runs before any peer budget exists: out-of-order pieces
 /// carrying large labels, one offset each, must stay within its own bound
 /// (labels included), not 16 Ki pieces × their labels.
@@ -2971,19 +2988,7 @@ fn labelled_pieces_on_the_control_stream_stay_within_its_bound() {
         for i in 0..500u64 {
             // Offsets 1, 3, 5, ...: offset 0 (the next control message) never comes.
             let data = empty_messages_frame(-1, 1 + 2 * i, 1, 4000);
-            let now = net.now;
-            let input = match kind {
-                ConnectionKind::Stream => Input::StreamData {
-                    connection: pair.b_conn,
-                    data,
-                },
-                _ => Input::Datagram {
-                    connection: pair.b_conn,
-                    data,
-                },
-            };
-            net.b.handle_input(now, input);
-            net.drain(Side::B);
+            feed_b(&mut net, kind, pair.b_conn, data);
             let held = net.b.buffered_bytes() - before;
             assert!(held <= 64 * 1024, "{kind:?}: control stream holds {held} B");
         }
@@ -3003,21 +3008,7 @@ fn a_full_control_stream_still_takes_the_pieces_that_fill_its_holes() {
     for kind in [DATAGRAM, ConnectionKind::Stream] {
         let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), kind);
         let before = net.b.buffered_bytes();
-        let feed = |net: &mut Net, data: Bytes| {
-            let now = net.now;
-            let input = match kind {
-                ConnectionKind::Stream => Input::StreamData {
-                    connection: pair.b_conn,
-                    data,
-                },
-                _ => Input::Datagram {
-                    connection: pair.b_conn,
-                    data,
-                },
-            };
-            net.b.handle_input(now, input);
-            net.drain(Side::B);
-        };
+        let feed = |net: &mut Net, data: Bytes| feed_b(net, kind, pair.b_conn, data);
         let dropped = |net: &Net| {
             net.b
                 .connection_info(pair.b_conn)
