@@ -10,9 +10,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use atbus_core::{EndpointConfig, SendOptions, Timestamp};
+use atbus_core::{EndpointConfig, PeerId, SendOptions, Timestamp};
 use atbus_proto::pb;
 use common::{DATAGRAM, Fate, Net, Side, config, packets, payload};
+
+/// A sends `data` as one message on stream 1 to `peer`, now.
+fn send_on_stream_1(net: &mut Net, peer: PeerId, data: bytes::Bytes) {
+    let now = net.now;
+    net.a
+        .send(now, peer, 1, data, &SendOptions::default())
+        .unwrap();
+}
 
 /// The longest time without a datagram of A carrying data once everything it sends is lost, and the timeout then.
 /// A 100 ms one-way path carries a 2000-byte message every 5 ms for 1 s (the
@@ -39,16 +47,7 @@ fn longest_silence(a: EndpointConfig) -> (Duration, Duration) {
             start = net.now;
             rto = net.a.connection_info(pair.a_conn).unwrap().rto;
         }
-        let now = net.now;
-        net.a
-            .send(
-                now,
-                pair.a_peer,
-                1,
-                payload(2000, i),
-                &SendOptions::default(),
-            )
-            .unwrap();
+        send_on_stream_1(&mut net, pair.a_peer, payload(2000, i));
         net.run_for(Duration::from_millis(5));
     }
     let times: Vec<_> = net
@@ -118,16 +117,7 @@ fn hole_after_a_delay_spike() -> (Duration, u64) {
         if i == 115 {
             drop_next.store(true, Ordering::Relaxed);
         }
-        let now = net.now;
-        net.a
-            .send(
-                now,
-                pair.a_peer,
-                1,
-                payload(100, i),
-                &SendOptions::default(),
-            )
-            .unwrap();
+        send_on_stream_1(&mut net, pair.a_peer, payload(100, i));
         net.run_for(Duration::from_millis(10));
     }
     net.run_for(Duration::from_secs(1));
@@ -211,29 +201,11 @@ fn burst_with_its_first_datagram_lost(drops: u64) -> (Vec<Timestamp>, Option<Tim
         Fate::Deliver
     });
     for i in 0..100u64 {
-        let now = net.now;
-        net.a
-            .send(
-                now,
-                pair.a_peer,
-                1,
-                payload(100, i),
-                &SendOptions::default(),
-            )
-            .unwrap();
+        send_on_stream_1(&mut net, pair.a_peer, payload(100, i));
         net.run_for(Duration::from_millis(10));
     }
     armed.store(true, Ordering::Relaxed);
-    let now = net.now;
-    net.a
-        .send(
-            now,
-            pair.a_peer,
-            1,
-            payload(3000, 100),
-            &SendOptions::default(),
-        )
-        .unwrap();
+    send_on_stream_1(&mut net, pair.a_peer, payload(3000, 100));
     net.run_for(Duration::from_secs(1));
     let offset = target.load(Ordering::Relaxed);
     // When B first acknowledged everything up to past that offset.
