@@ -383,9 +383,37 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
         .unwrap();
     let mut truncated = TcpStream::connect(target).unwrap();
     truncated.write_all(&[3, 40, 1, 2]).unwrap();
-    drop(truncated);
+    // Half-closed: the server reads the cut-off frame, then end of stream.
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    let closed = [hostile, truncated].map(closed_by_server);
     transfer(&rt, &server, &addresses(&server), 500, 1000).await;
-    drop(hostile);
+    for (name, closed) in ["oversized", "truncated"].into_iter().zip(closed) {
+        let outcome = within(&rt, closed.recv()).await.expect("reader thread");
+        assert!(outcome.is_ok(), "{name} frame: {outcome:?}");
+    }
+}
+
+/// Watches `stream` on a thread of its own until the server closes it: `Ok` on end
+/// of stream or reset (whatever the server wrote before, e.g. a close frame, is
+/// read and ignored), `Err` if it stays open past [`LIMIT`] or keeps writing.
+fn closed_by_server(mut stream: TcpStream) -> async_channel::Receiver<Result<(), String>> {
+    let (tx, rx) = async_channel::bounded(1);
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let outcome = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+                Ok(n) if read + n <= 64 * 1024 => read += n,
+                Ok(_) => break Err(format!("the server wrote more than 64 KiB")),
+                Err(e) => break Err(format!("still open after {read} bytes: {e}")),
+            }
+        };
+        let _ = tx.try_send(outcome);
+    });
+    rx
 }
 
 /// Closing the only TCP connection mid-transfer: it is redialled and nothing is
