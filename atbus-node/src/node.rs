@@ -112,6 +112,12 @@ pub struct NodeStats {
     pub backlog_closes: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
+    /// Sockets the node holds open: datagram sockets (listening and dialled, each
+    /// with its reader task) and stream connections (each with a reader and a
+    /// writer task; shm connections included). Listening stream sockets are not
+    /// counted. Dialled sockets are released when their path is given up (a
+    /// failed connect, a lost peer).
+    pub open_sockets: usize,
 }
 
 pub(crate) type Reply<T> = async_channel::Sender<T>;

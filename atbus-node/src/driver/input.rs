@@ -332,7 +332,7 @@ impl<R: Runtime> Driver<R> {
             self.discard_if_garbage(now, connection);
             return;
         }
-        let Some(Some(slot)) = self.sockets.get(socket) else {
+        let Some(slot) = self.sockets.get(&socket) else {
             return;
         };
         if !slot.listening
@@ -447,24 +447,15 @@ impl<R: Runtime> Driver<R> {
             match result {
                 Ok(d) => dialed.push(d),
                 Err((address, source)) => {
-                    for d in dialed {
-                        match d {
-                            Dialed::Datagram {
-                                own_path: Some(p), ..
-                            } => {
-                                let _ = std::fs::remove_file(p);
-                            }
-                            Dialed::Shm { link, .. } => link.remove_rings(),
-                            _ => {}
-                        }
-                    }
+                    dialed.into_iter().for_each(discard_dialed);
                     let _ = reply.try_send(Err(NodeError::Dial { address, source }));
                     return;
                 }
             }
         }
         let mut peer: Option<PeerId> = None;
-        for d in dialed {
+        let mut dialed = dialed.into_iter();
+        while let Some(d) = dialed.next() {
             let address = match &d {
                 Dialed::Datagram { address, .. }
                 | Dialed::Stream { address, .. }
@@ -479,6 +470,14 @@ impl<R: Runtime> Driver<R> {
                 Some(p) => self.endpoint.add_connection(now, p, kind),
             };
             let (Ok(connection), Some(p)) = (created, peer) else {
+                // Nothing of the attempt stays: the paths made so far, and what was
+                // dialled for the rest.
+                discard_dialed(d);
+                dialed.for_each(discard_dialed);
+                if let Some(p) = peer {
+                    self.release_paths_of(p);
+                    let _ = self.endpoint.forget_peer(now, p);
+                }
                 let _ = reply.try_send(Err(NodeError::Unsupported(format!(
                     "{address}: the core refused the connection"
                 ))));
@@ -487,6 +486,7 @@ impl<R: Runtime> Driver<R> {
             let path = self.next_path;
             self.next_path += 1;
             let mut socket_of_path = None;
+            let mut own_path_of_path = None;
             let link = match d {
                 Dialed::Datagram {
                     socket,
@@ -495,7 +495,8 @@ impl<R: Runtime> Driver<R> {
                     ..
                 } => {
                     if let Some(own) = own_path {
-                        self.unix_paths.push(own);
+                        self.unix_paths.push(own.clone());
+                        own_path_of_path = Some(own);
                     }
                     let (scheme, mtu) = match &address {
                         Address::Udp(_) => ("udp", self.config.udp_mtu),
@@ -541,6 +542,8 @@ impl<R: Runtime> Driver<R> {
                     dialing: false,
                     after_goodbye: false,
                     not_before: Instant::now(),
+                    own_path: own_path_of_path,
+                    node_name: None,
                 },
             );
         }
@@ -572,7 +575,7 @@ impl<R: Runtime> Driver<R> {
                     self.endpoint
                         .add_connection(now, peer, ConnectionKind::Stream)
                 else {
-                    self.dialed.remove(&path);
+                    self.release_path(path);
                     return;
                 };
                 let remote = p.address.to_string();
@@ -650,4 +653,18 @@ impl<R: Runtime> Driver<R> {
     }
 
     // ----- the core's outputs -----
+}
+
+/// Lets go of a transport dialled for a connect that failed: its socket closes,
+/// and the files it made (a Unix datagram client's socket file, shm rings) go.
+fn discard_dialed<R: Runtime>(d: Dialed<R>) {
+    match d {
+        Dialed::Datagram {
+            own_path: Some(p), ..
+        } => {
+            let _ = std::fs::remove_file(p);
+        }
+        Dialed::Shm { link, .. } => link.remove_rings(),
+        _ => {}
+    }
 }

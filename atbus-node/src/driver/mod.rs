@@ -175,6 +175,11 @@ struct DialedPath {
     /// An on-demand re-dial of a path after a goodbye waits until then (the
     /// backoff of its failed attempts).
     not_before: Instant,
+    /// The socket file a Unix datagram path bound for itself: removed with the path.
+    own_path: Option<PathBuf>,
+    /// The name of the node at the address, once a handshake on the path
+    /// completed: a restarted node (a new peer) takes over the path.
+    node_name: Option<String>,
 }
 
 /// Where the answer to an operation without a value goes.
@@ -209,7 +214,10 @@ pub(crate) struct Driver<R: Runtime> {
     events: async_channel::Sender<Event>,
     paused: Arc<AtomicBool>,
     bound: Vec<Bound>,
-    sockets: Vec<Option<DatagramSlot<R>>>,
+    /// Datagram sockets by number (never reused: a batch still in the channel
+    /// from a closed socket's reader is dropped, not given to a newer socket).
+    sockets: HashMap<usize, DatagramSlot<R>>,
+    next_socket: usize,
     by_remote: HashMap<(usize, Remote), ConnectionId>,
     streams: HashMap<u64, StreamSlot>,
     next_handle: u64,
@@ -223,6 +231,9 @@ pub(crate) struct Driver<R: Runtime> {
     connect_waiters: HashMap<PeerId, Reply<Result<PeerId, NodeError>>>,
     dialed: BTreeMap<u64, DialedPath>,
     next_path: u64,
+    /// Dialled paths whose peer was lost in this drain, without a live
+    /// connection: a restarted node's new peer may take them over.
+    orphans: Vec<u64>,
     parked: HashMap<(PeerId, i64), VecDeque<Parked>>,
     settle_waiters: Vec<(PeerId, bool, Done)>,
     /// Peers whose last connection the peer closed cleanly (`SHUTDOWN`), with its
@@ -269,7 +280,8 @@ impl<R: Runtime> Driver<R> {
             events: parts.events,
             paused: parts.paused,
             bound: parts.bound,
-            sockets: Vec::new(),
+            sockets: HashMap::new(),
+            next_socket: 0,
             by_remote: HashMap::new(),
             streams: HashMap::new(),
             next_handle: 0,
@@ -282,6 +294,7 @@ impl<R: Runtime> Driver<R> {
             connect_waiters: HashMap::new(),
             dialed: BTreeMap::new(),
             next_path: 0,
+            orphans: Vec::new(),
             parked: HashMap::new(),
             settle_waiters: Vec::new(),
             departed: HashMap::new(),
@@ -398,7 +411,7 @@ impl<R: Runtime> Driver<R> {
         let mut at = self
             .instant_of(self.deadline)
             .unwrap_or(now + Duration::from_secs(3600));
-        let overflow = self.sockets.iter().flatten().any(|s| !s.queue.is_empty())
+        let overflow = self.sockets.values().any(|s| !s.queue.is_empty())
             || self.streams.values().any(|s| !s.overflow.is_empty());
         if overflow {
             at = at.min(now + OVERFLOW_RETRY);
@@ -478,22 +491,26 @@ impl<R: Runtime> Driver<R> {
     ) -> usize {
         let socket = Arc::new(socket);
         let (stop, stopped) = async_channel::bounded(1);
-        let index = self.sockets.len();
+        let index = self.next_socket;
+        self.next_socket += 1;
         self.rt.spawn(tasks::datagram_reader(
             socket.clone(),
             index,
             self.net_tx.clone(),
             stopped,
         ));
-        self.sockets.push(Some(DatagramSlot {
-            socket,
-            listening,
-            scheme,
-            mtu,
-            queue: VecDeque::new(),
-            gso: Vec::new(),
-            _stop: stop,
-        }));
+        self.sockets.insert(
+            index,
+            DatagramSlot {
+                socket,
+                listening,
+                scheme,
+                mtu,
+                queue: VecDeque::new(),
+                gso: Vec::new(),
+                _stop: stop,
+            },
+        );
         index
     }
 

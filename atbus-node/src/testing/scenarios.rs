@@ -678,19 +678,6 @@ pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: 
     }
 }
 
-/// A UDP port that never answers: the handshake times out with a clear error.
-pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
-    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut config = NodeConfig::new("client");
-    config.endpoint.handshake_timeout = Duration::from_millis(300);
-    let client = bind(&rt, config).unwrap();
-    let err = client
-        .connect(&[Address::Udp(silent.local_addr().unwrap())])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().starts_with("timed out"), "{err}");
-}
-
 /// A wrong token is rejected with a clear error; the right one is accepted.
 pub async fn a_peer_without_the_right_token_is_rejected_clearly<R: Runtime + Clone>(rt: R) {
     let mut config = NodeConfig::new("server").listen("tcp://127.0.0.1:0".parse().unwrap());
@@ -967,6 +954,109 @@ pub async fn connecting_to_a_missing_shm_listener_fails_clearly<R: Runtime + Clo
     assert_eq!(shm_files(&name), Vec::<String>::new());
 }
 
+/// A server restarted on the same UDP port (a new session, so a new peer): the
+/// client's renewed path carries the transfer to the new peer and is renewed
+/// again when it drops.
+pub async fn a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    restarted_server(&rt, "udp://127.0.0.1:0").await;
+}
+
+/// [`a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path`] over
+/// TCP: the re-dialled path is kept for the new peer and re-dialled when cut.
+pub async fn a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    restarted_server(&rt, "tcp://127.0.0.1:0").await;
+}
+
+/// The restarted-server scenario on `listen`.
+async fn restarted_server<R: Runtime + Clone>(rt: &R, listen: &str) {
+    let first = server(rt, &[listen]);
+    let to = addresses(&first);
+    let client = bind(rt, NodeConfig::new("client")).unwrap();
+    let old = client.connect(&to).await.unwrap();
+    first.close().await;
+    goodbye_seen(rt, &client).await;
+    let second = bind(rt, NodeConfig::new("server").listen(to[0].clone())).unwrap();
+    // Sending to the departed peer re-dials its path (on the same socket over
+    // UDP), even if the send itself fails (a command needs a connection); the
+    // handshake finds a new session of the node: a new peer.
+    let nudge = client.send_command(old, CommandId::User(150), Bytes::from_static(b"hi"));
+    let _ = within(rt, nudge).await;
+    let new = within(rt, async {
+        loop {
+            if let Some(Event::PeerConnected {
+                peer,
+                restarted: true,
+                ..
+            }) = client.recv().await
+            {
+                return peer;
+            }
+        }
+    })
+    .await;
+    assert_ne!(new, old);
+    let before = client.stats().await.unwrap().reconnects;
+    // The path carries a transfer to the new peer, and is re-dialled when its
+    // connection drops midway.
+    transfer_around(rt, &client, new, &second, (1000, 1000), || async {
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.paths.len(), 1, "{:?}", stats.paths);
+        client
+            .close_connection(stats.paths[0].connection)
+            .await
+            .unwrap();
+    })
+    .await;
+    within(rt, client.wait_acknowledged(new)).await.unwrap();
+    let stats = client.stats().await.unwrap();
+    assert!(stats.reconnects > before, "{stats:?}");
+    assert_eq!(stats.open_sockets, 1, "one path, one socket: {stats:?}");
+    client.close().await;
+    second.close().await;
+}
+
+/// A UDP port (and a Unix datagram socket) that never answers: the handshake
+/// times out with a clear error, and the failed connects release the sockets,
+/// reader tasks and socket files they made.
+pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
+    let dir = tempfile::tempdir().unwrap();
+    let silent_udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_unix = dir.path().join("silent.sock");
+    let _silent_unix = std::os::unix::net::UnixDatagram::bind(&silent_unix).unwrap();
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(200);
+    let client = bind(&rt, config).unwrap();
+    let targets = [
+        Address::Udp(silent_udp.local_addr().unwrap()),
+        Address::UnixDatagram(silent_unix.clone()),
+    ];
+    for _ in 0..3 {
+        for target in &targets {
+            let err = within(&rt, client.connect(std::slice::from_ref(target)))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().starts_with("timed out"), "{err}");
+        }
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.open_sockets, 0, "{stats:?}");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files, vec![std::ffi::OsString::from("silent.sock")]);
+    client.close().await;
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1002,6 +1092,8 @@ macro_rules! loopback_tests {
             commands_travel_on_the_control_stream,
             shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close,
             connecting_to_a_missing_shm_listener_fails_clearly,
+            a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path,
+            a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
