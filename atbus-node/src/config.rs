@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use atbus_core::connection::pmtud::PmtudConfig;
+use atbus_core::config::MIN_MTU;
 use atbus_core::{EndpointConfig, Scheduler};
 use bytes::Bytes;
 
@@ -82,7 +83,41 @@ impl NodeConfig {
         self.listen.push(address);
         self
     }
+
+    /// Checks the values a node cannot run with, which [`Node::start`](crate::Node::start)
+    /// refuses instead of starting a node that would stall: an `event_capacity`,
+    /// `write_queue` or `max_pending_accepts` of 0 (the node would pause for good,
+    /// drop every datagram, or accept nobody), a `reconnect_min` of 0 or above
+    /// `reconnect_max` (re-dials would spin), a `udp_mtu` below the core's
+    /// [`MIN_MTU`] or above what a UDP datagram carries.
+    pub fn validate(&self) -> Result<(), crate::NodeError> {
+        let invalid = |what: String| Err(crate::NodeError::InvalidConfig(what));
+        let zero = [
+            ("event_capacity", self.event_capacity),
+            ("write_queue", self.write_queue),
+            ("max_pending_accepts", self.max_pending_accepts),
+        ];
+        if let Some((name, _)) = zero.iter().find(|(_, value)| *value == 0) {
+            return invalid(format!("{name} must be at least 1"));
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
+            return invalid(format!(
+                "reconnect_min ({:?}) must be above zero and at most reconnect_max ({:?})",
+                self.reconnect_min, self.reconnect_max
+            ));
+        }
+        if !(MIN_MTU..=MAX_UDP_PAYLOAD).contains(&self.udp_mtu) {
+            return invalid(format!(
+                "udp_mtu ({}) must be within {MIN_MTU}..={MAX_UDP_PAYLOAD}",
+                self.udp_mtu
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// The largest payload of a UDP datagram (over IPv4).
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// A session id for a new incarnation: the start time (µs since the UNIX epoch)
 /// above 12 random bits, so that a restarted node presents a larger one.
@@ -100,4 +135,29 @@ pub fn random_session_id() -> u64 {
     hasher.write_u32(std::process::id());
     let time = u64::try_from(micros).unwrap_or(u64::MAX >> 12) & (u64::MAX >> 12);
     ((time << 12) | (hasher.finish() & 0xfff)).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_a_node_cannot_run_with_are_refused() {
+        assert!(NodeConfig::new("n").validate().is_ok());
+        let cases: [fn(&mut NodeConfig); 7] = [
+            |c| c.event_capacity = 0,
+            |c| c.write_queue = 0,
+            |c| c.max_pending_accepts = 0,
+            |c| c.reconnect_min = Duration::ZERO,
+            |c| c.reconnect_min = c.reconnect_max * 2,
+            |c| c.udp_mtu = MIN_MTU - 1,
+            |c| c.udp_mtu = MAX_UDP_PAYLOAD + 1,
+        ];
+        for (i, break_it) in cases.iter().enumerate() {
+            let mut config = NodeConfig::new("n");
+            break_it(&mut config);
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().starts_with("invalid configuration"), "{i}: {err}");
+        }
+    }
 }

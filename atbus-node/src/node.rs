@@ -73,6 +73,10 @@ pub enum NodeError {
     /// The node was closed.
     #[error("the node is closed")]
     Closed,
+    /// A [`NodeConfig`] value the node cannot run with (see
+    /// [`NodeConfig::validate`]).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// One connection (path) in [`NodeStats`].
@@ -219,11 +223,14 @@ pub struct Node {
 impl Node {
     /// Binds every listen address of `config` and starts the node's I/O on `runtime`.
     /// Must be called from within the runtime (tokio: inside a runtime context).
+    /// Fails with [`NodeError::InvalidConfig`] for values the node cannot run with
+    /// ([`NodeConfig::validate`]).
     pub fn start<R: Runtime>(config: NodeConfig, runtime: R) -> Result<Node, NodeError> {
+        config.validate()?;
         let (commands, command_rx) = async_channel::bounded(1024);
         let (event_tx, events) = async_channel::unbounded();
         let paused = Arc::new(AtomicBool::new(false));
-        let event_capacity = config.event_capacity.max(1);
+        let event_capacity = config.event_capacity;
         let dedicated = config.dedicated_thread;
         let bound = crate::driver::bind_all(&config.listen)?;
         let local = bound.iter().map(|b| b.local.clone()).collect();

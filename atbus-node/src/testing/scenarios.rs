@@ -310,13 +310,30 @@ pub async fn unix_stream_and_datagram_transfers_arrive_in_order<R: Runtime + Clo
     transfer(&rt, &server, &[dgram.parse().unwrap()], 1000, 5000).await;
 }
 
-/// A peer reached over UDP and TCP at once sends on both paths.
+/// A peer reached over UDP and TCP at once, with the round-robin scheduler:
+/// each path carries a good share of the data (a tenth at least; the hello and
+/// ACKs are a few hundred bytes).
 pub async fn multi_path_udp_and_tcp_peer_uses_both_paths<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
-    let client = transfer(&rt, &server, &addresses(&server), 3000, 2000).await;
+    let mut config = NodeConfig::new("client");
+    config.scheduler = atbus_core::Scheduler::RoundRobin;
+    let client = bind(&rt, config).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let (count, size) = (3000, 2000);
+    let sending = send_numbered(&client, peer, count, size);
+    within(&rt, future::zip(sending, receive_numbered(&server, count, size))).await;
     let stats = client.stats().await.unwrap();
     assert_eq!(stats.paths.len(), 2, "{stats:?}");
-    assert!(stats.paths.iter().all(|p| p.info.stats.sent_packets > 0));
+    let share = count as u64 * size as u64 / 10;
+    for path in &stats.paths {
+        assert!(
+            path.info.stats.sent_bytes >= share,
+            "{} carried {} bytes: {:?}",
+            path.remote,
+            path.info.stats.sent_bytes,
+            stats.paths
+        );
+    }
 }
 
 /// Binding a taken address, dialling a closed port or a missing ring: clear
@@ -1057,6 +1074,66 @@ pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clon
     client.close().await;
 }
 
+/// A multi-path connect whose TCP path fails during the handshake while the UDP
+/// path may still succeed: the connect succeeds over UDP, and the TCP path is
+/// re-dialled like any dropped path (both end up established).
+pub async fn a_path_that_fails_during_a_multi_path_connect_is_redialled<R: Runtime + Clone>(
+    rt: R,
+) {
+    let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
+    let to = addresses(&server);
+    let (Address::Udp(udp), Address::Tcp(tcp)) = (&to[0], &to[1]) else {
+        unreachable!()
+    };
+    let tcp = *tcp;
+    // The UDP path answers only once the TCP one has failed.
+    let (relay, blocked) = pausable_relay(*udp);
+    blocked.store(true, Ordering::Relaxed);
+    // The proxy closes the first TCP connection at once, and forwards the next.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = listener.local_addr().unwrap();
+    let refuse = AtomicBool::new(true);
+    let _proxy = CuttableProxy::start(
+        move || listener.accept().map(|(s, _)| s),
+        move || {
+            if refuse.swap(false, Ordering::Relaxed) {
+                Err(std::io::Error::other("refused once"))
+            } else {
+                TcpStream::connect(tcp)
+            }
+        },
+    );
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let paths = [Address::Udp(relay), Address::Tcp(front)];
+    let connecting = client.connect(&paths);
+    let tcp_failed = async {
+        loop {
+            if let Some(Event::ConnectionClosed { .. }) = client.recv().await {
+                blocked.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    let (peer, ()) = within(&rt, future::zip(connecting, tcp_failed)).await;
+    peer.unwrap();
+    within(&rt, async {
+        loop {
+            let stats = client.stats().await.unwrap();
+            let established = stats
+                .paths
+                .iter()
+                .filter(|p| p.info.state == atbus_core::ConnectionState::Established)
+                .count();
+            if established == 2 {
+                return;
+            }
+            sleep(&rt, Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    client.close().await;
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1094,6 +1171,7 @@ macro_rules! loopback_tests {
             connecting_to_a_missing_shm_listener_fails_clearly,
             a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path,
             a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
+            a_path_that_fails_during_a_multi_path_connect_is_redialled,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
