@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use atbus_core::connection::pmtud::PmtudConfig;
 use atbus_core::config::MIN_MTU;
+use atbus_core::connection::pmtud::PmtudConfig;
 use atbus_core::{EndpointConfig, Scheduler};
 use bytes::Bytes;
 
@@ -36,9 +36,12 @@ pub struct NodeConfig {
     /// forbids fragmentation (quinn-udp sets `IP_PMTUDISC_PROBE` / `IPV6_DONTFRAG`
     /// on Linux). `None`: every UDP datagram is at most `udp_mtu`.
     pub udp_pmtud: Option<PmtudConfig>,
-    /// Connections accepted from unknown remote addresses on a listening datagram
-    /// socket that have not completed their handshake; datagrams from further new
-    /// addresses are dropped and counted (resists floods of garbage).
+    /// Accepted connections (on every listener: datagram remotes and stream
+    /// connections) that have not completed their handshake. A new one past the
+    /// limit evicts the oldest (counted in `NodeStats::evicted_accepts`), so that
+    /// connections that send nothing cannot lock new peers out. A datagram from a
+    /// new remote opens a connection only if it carries a hello; others are
+    /// dropped and counted (resists floods of garbage).
     pub max_pending_accepts: usize,
     /// Events (messages included) held for the application; when full, the node
     /// stops reading its sockets until the application catches up.
@@ -157,7 +160,10 @@ mod tests {
             let mut config = NodeConfig::new("n");
             break_it(&mut config);
             let err = config.validate().unwrap_err();
-            assert!(err.to_string().starts_with("invalid configuration"), "{i}: {err}");
+            assert!(
+                err.to_string().starts_with("invalid configuration"),
+                "{i}: {err}"
+            );
         }
     }
 }

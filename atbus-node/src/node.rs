@@ -114,6 +114,9 @@ pub struct NodeStats {
     /// Stream connections closed because their peer did not read: more than the
     /// reliable window plus 1 MiB waited to be written.
     pub backlog_closes: u64,
+    /// Accepted connections closed before their handshake completed because
+    /// `max_pending_accepts` newer ones needed the room (the oldest goes first).
+    pub evicted_accepts: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
     /// Sockets the node holds open: datagram sockets (listening and dialled, each

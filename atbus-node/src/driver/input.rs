@@ -299,10 +299,10 @@ impl<R: Runtime> Driver<R> {
         remote: String,
         add: impl FnOnce(&mut Self, ConnectionId) -> u64,
     ) -> bool {
-        if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
-            self.dropped_datagrams += 1;
+        if self.closing {
             return false;
         }
+        self.make_room_for_an_accept(now);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
             return false;
         };
@@ -335,24 +335,23 @@ impl<R: Runtime> Driver<R> {
         let Some(slot) = self.sockets.get(&socket) else {
             return;
         };
-        if !slot.listening
-            || self.closing
-            || remote == Remote::UnixUnnamed
-            || self.pending_accepts.len() >= self.config.max_pending_accepts
-        {
+        if !slot.listening || self.closing || remote == Remote::UnixUnnamed {
             self.dropped_datagrams += 1;
             return;
         }
-        // A new remote's datagram must start with a well-formed frame (header and
-        // CRC32C) before a connection is made for it: building and discarding a
-        // connection per garbage datagram costs far more than reading it, and a
-        // flood the driver cannot keep up with queues in the socket's receive
-        // buffer ahead of real peers (docs/adapters.md).
-        if atbus_proto::decode_frame(&data, &self.config.endpoint.decode_limits).is_err() {
+        // A new remote's first datagram must carry a hello (well-formed frames,
+        // header and CRC32C, one of them the start of the control stream) before a
+        // connection is made for it: building and discarding a connection per
+        // garbage datagram costs far more than reading it, a flood the driver
+        // cannot keep up with queues in the socket's receive buffer ahead of real
+        // peers, and one cheap valid frame (a ping) per spoofed source must not
+        // hold a pending-accept slot (docs/adapters.md).
+        if !starts_a_connection(&data, &self.config.endpoint.decode_limits) {
             self.dropped_datagrams += 1;
             return;
         }
         let (scheme, mtu) = (slot.scheme, slot.mtu);
+        self.make_room_for_an_accept(now);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Datagram { mtu }) else {
             self.dropped_datagrams += 1;
             return;
@@ -392,19 +391,42 @@ impl<R: Runtime> Driver<R> {
             return;
         }
         self.dropped_datagrams += 1;
+        self.discard_pending(now, connection, "malformed input");
+    }
+
+    /// Evicts the oldest pending accept if `max_pending_accepts` of them wait:
+    /// a connection that sends nothing (or nothing but a hello that goes
+    /// nowhere) holds its slot only until newer ones need it, not for the whole
+    /// handshake timeout; a real peer's handshake takes one round trip.
+    fn make_room_for_an_accept(&mut self, now: Timestamp) {
+        while self.pending_accepts.len() >= self.config.max_pending_accepts {
+            let Some(&oldest) = self.pending_accepts.first() else {
+                return;
+            };
+            self.evicted_accepts += 1;
+            self.discard_pending(now, oldest, "evicted by newer connections");
+        }
+    }
+
+    /// Closes a pending accept silently: no FINISH_CONNECTION goes to a possibly
+    /// spoofed source, and the application hears nothing of it.
+    fn discard_pending(&mut self, now: Timestamp, connection: ConnectionId, why: &str) {
         self.pending_accepts.remove(&connection);
+        // A datagram remote is forgotten at once (its next datagram must be a
+        // hello); a stream's slot goes with the close, in `finish_closed`.
         if let Some(Conn {
             link: Link::Datagram { socket, remote },
             ..
-        }) = self.conns.remove(&connection)
+        }) = self.conns.get(&connection)
         {
-            self.by_remote.remove(&(socket, remote));
+            self.by_remote.remove(&(*socket, remote.clone()));
+            self.conns.remove(&connection);
         }
         self.discarded.insert(connection);
         let _ = self.endpoint.close_connection(
             now,
             connection,
-            CloseReason::new(CloseCode::PeerReset, "malformed input"),
+            CloseReason::new(CloseCode::PeerReset, why),
         );
     }
 
@@ -667,4 +689,19 @@ fn discard_dialed<R: Runtime>(d: Dialed<R>) {
         Dialed::Shm { link, .. } => link.remove_rings(),
         _ => {}
     }
+}
+
+/// Whether a datagram from a new remote may open a connection: well-formed
+/// frames, one of them the start of the control stream (where the hello is).
+fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool {
+    use atbus_proto::pb::frame_message::Body;
+    atbus_proto::Frames::new(data.clone(), limits.clone()).any(|frame| {
+        matches!(
+            frame,
+            Ok(atbus_proto::pb::FrameMessage {
+                body: Some(Body::Packet(ref p)),
+                ..
+            }) if p.stream_id == -1 && p.stream_offset == 0
+        )
+    })
 }

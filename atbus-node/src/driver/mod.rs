@@ -2,7 +2,7 @@
 //! sockets, and runs the loop "wait for input, hand it all to the core, drain the
 //! outputs, write the transmits". Written once against [`Runtime`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -222,7 +222,10 @@ pub(crate) struct Driver<R: Runtime> {
     streams: HashMap<u64, StreamSlot>,
     next_handle: u64,
     conns: HashMap<ConnectionId, Conn>,
-    pending_accepts: HashSet<ConnectionId>,
+    /// Accepted connections whose handshake has not completed, oldest (lowest
+    /// id) first: when `max_pending_accepts` of them wait, a new one evicts the
+    /// oldest.
+    pending_accepts: BTreeSet<ConnectionId>,
     /// Garbage connections closed silently; their close event is not forwarded.
     discarded: HashSet<ConnectionId>,
     listener_stops: Vec<async_channel::Sender<()>>,
@@ -245,6 +248,7 @@ pub(crate) struct Driver<R: Runtime> {
     dropped_datagrams: u64,
     io_errors: u64,
     backlog_closes: u64,
+    evicted_accepts: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
     /// Each stream writer task holds a clone until it ends; `None` once closing.
@@ -286,7 +290,7 @@ impl<R: Runtime> Driver<R> {
             streams: HashMap::new(),
             next_handle: 0,
             conns: HashMap::new(),
-            pending_accepts: HashSet::new(),
+            pending_accepts: BTreeSet::new(),
             discarded: HashSet::new(),
             listener_stops: Vec::new(),
             dial_requests: HashMap::new(),
@@ -303,6 +307,7 @@ impl<R: Runtime> Driver<R> {
             dropped_datagrams: 0,
             io_errors: 0,
             backlog_closes: 0,
+            evicted_accepts: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
             writers_alive: Some(writers_alive),

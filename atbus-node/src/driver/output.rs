@@ -152,6 +152,8 @@ impl<R: Runtime> Driver<R> {
                 by_peer,
             } => {
                 if self.discarded.remove(connection) {
+                    // A stream's slot (its socket and tasks) still goes.
+                    self.closed_now.push(*connection);
                     return;
                 }
                 // The peer said goodbye: its node closed, or its application closed
@@ -534,6 +536,7 @@ impl<R: Runtime> Driver<R> {
             io_errors: self.io_errors,
             reconnects: self.reconnects,
             backlog_closes: self.backlog_closes,
+            evicted_accepts: self.evicted_accepts,
             buffered_bytes: self.endpoint.buffered_bytes(),
             open_sockets: self.sockets.len() + self.streams.len(),
         }

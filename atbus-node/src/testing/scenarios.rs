@@ -321,7 +321,11 @@ pub async fn multi_path_udp_and_tcp_peer_uses_both_paths<R: Runtime + Clone>(rt:
     let peer = client.connect(&addresses(&server)).await.unwrap();
     let (count, size) = (3000, 2000);
     let sending = send_numbered(&client, peer, count, size);
-    within(&rt, future::zip(sending, receive_numbered(&server, count, size))).await;
+    within(
+        &rt,
+        future::zip(sending, receive_numbered(&server, count, size)),
+    )
+    .await;
     let stats = client.stats().await.unwrap();
     assert_eq!(stats.paths.len(), 2, "{stats:?}");
     let share = count as u64 * size as u64 / 10;
@@ -837,6 +841,25 @@ fn datagram_renewals(stats: &NodeStats) -> u64 {
     stats.reconnects
 }
 
+/// `node`'s stats once `done` holds for them (looked at every 10 ms; a panic
+/// after [`LIMIT`]).
+async fn stats_until<R: Runtime>(
+    rt: &R,
+    node: &Node,
+    done: impl Fn(&NodeStats) -> bool,
+) -> NodeStats {
+    within(rt, async {
+        loop {
+            let stats = node.stats().await.unwrap();
+            if done(&stats) {
+                return stats;
+            }
+            sleep(rt, Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// `count` of `node`'s current stats.
 async fn counted(node: &Node, count: fn(&NodeStats) -> u64) -> u64 {
     count(&node.stats().await.unwrap())
@@ -1077,9 +1100,7 @@ pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clon
 /// A multi-path connect whose TCP path fails during the handshake while the UDP
 /// path may still succeed: the connect succeeds over UDP, and the TCP path is
 /// re-dialled like any dropped path (both end up established).
-pub async fn a_path_that_fails_during_a_multi_path_connect_is_redialled<R: Runtime + Clone>(
-    rt: R,
-) {
+pub async fn a_path_that_fails_during_a_multi_path_connect_is_redialled<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
     let to = addresses(&server);
     let (Address::Udp(udp), Address::Tcp(tcp)) = (&to[0], &to[1]) else {
@@ -1116,22 +1137,68 @@ pub async fn a_path_that_fails_during_a_multi_path_connect_is_redialled<R: Runti
     };
     let (peer, ()) = within(&rt, future::zip(connecting, tcp_failed)).await;
     peer.unwrap();
-    within(&rt, async {
-        loop {
-            let stats = client.stats().await.unwrap();
-            let established = stats
-                .paths
-                .iter()
-                .filter(|p| p.info.state == atbus_core::ConnectionState::Established)
-                .count();
-            if established == 2 {
-                return;
-            }
-            sleep(&rt, Duration::from_millis(10)).await;
-        }
+    stats_until(&rt, &client, |stats| {
+        let established =
+            |p: &&crate::PathStats| p.info.state == atbus_core::ConnectionState::Established;
+        stats.paths.iter().filter(established).count() == 2
     })
     .await;
     client.close().await;
+}
+
+/// Cheap input cannot lock new peers out of a server that accepts at most 4
+/// pending connections: a valid ping from each of 8 UDP sources opens no
+/// connection (a new remote's first datagram must carry a hello), and 8 TCP
+/// connections that send nothing are evicted, oldest first, by a real client,
+/// long before their handshake timeout.
+pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone>(rt: R) {
+    let mut config = NodeConfig::new("server")
+        .listen("udp://127.0.0.1:0".parse().unwrap())
+        .listen("tcp://127.0.0.1:0".parse().unwrap());
+    config.max_pending_accepts = 4;
+    config.endpoint.handshake_timeout = LIMIT * 2;
+    let server = bind(&rt, config).unwrap();
+    let to = addresses(&server);
+    let (Address::Udp(udp), Address::Tcp(tcp)) = (&to[0], &to[1]) else {
+        unreachable!()
+    };
+    let mut ping = bytes::BytesMut::new();
+    atbus_proto::encode_frame(
+        &atbus_proto::pb::FrameMessage {
+            head: None,
+            body: Some(atbus_proto::pb::frame_message::Body::Ping(
+                atbus_proto::pb::PingData {
+                    timepoint_microseconds: 1,
+                    ..Default::default()
+                },
+            )),
+        },
+        &mut ping,
+    );
+    let pingers: Vec<_> = (0..8)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for pinger in &pingers {
+        pinger.send_to(&ping, udp).unwrap();
+    }
+    let handshaking = |stats: &NodeStats| {
+        stats
+            .paths
+            .iter()
+            .filter(|p| p.info.state == atbus_core::ConnectionState::Handshaking)
+            .count()
+    };
+    let stats = stats_until(&rt, &server, |s| s.dropped_datagrams >= 8).await;
+    assert_eq!(handshaking(&stats), 0, "{:?}", stats.paths);
+    let silent: Vec<_> = (0..8).map(|_| TcpStream::connect(tcp).unwrap()).collect();
+    let stats = stats_until(&rt, &server, |s| s.evicted_accepts >= 4).await;
+    assert_eq!(handshaking(&stats), 4, "{:?}", stats.paths);
+    let client = transfer(&rt, &server, &[to[1].clone()], 100, 1000).await;
+    let stats = server.stats().await.unwrap();
+    assert!(stats.evicted_accepts >= 5, "{stats:?}");
+    drop(silent);
+    client.close().await;
+    server.close().await;
 }
 
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
@@ -1172,6 +1239,7 @@ macro_rules! loopback_tests {
             a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path,
             a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
             a_path_that_fails_during_a_multi_path_connect_is_redialled,
+            cheap_input_cannot_hold_the_pending_accept_slots,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
