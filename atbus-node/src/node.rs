@@ -103,8 +103,9 @@ pub struct NodeStats {
     pub windows: atbus_core::stats::StatsSnapshot,
     /// Every live connection.
     pub paths: Vec<PathStats>,
-    /// Datagrams dropped before the core: from unknown remotes beyond the pending
-    /// accept limit, to a dialled socket from a stranger, or over a full send queue.
+    /// Datagrams dropped outside the core: from new remotes without a hello, to a
+    /// dialled socket from a stranger, garbage, over a full send queue, or to a
+    /// Unix datagram receiver whose queue is full.
     pub dropped_datagrams: u64,
     /// Socket errors seen (each one is also handled: retried, or the connection
     /// closed).

@@ -64,9 +64,16 @@ const GSO_BYTES: usize = 60_000;
 impl<R: Runtime> DatagramSlot<R> {
     /// Writes queued datagrams until the socket is full; consecutive datagrams to
     /// one remote of one size (the last may be shorter) leave in one system call.
-    /// Returns the number of send errors (the datagrams are dropped: loss).
-    fn flush(&mut self) -> u64 {
+    /// Returns the number of send errors and of datagrams dropped because their
+    /// Unix receiver's queue was full (both are loss, which the core repairs).
+    ///
+    /// A full UDP socket is full for every remote: writing stops and the rest
+    /// waits. A Unix datagram socket answers "would block" when the one
+    /// receiver's queue is full: that datagram is dropped and the others go on,
+    /// so that a receiver that does not read cannot hold up every peer behind it.
+    fn flush(&mut self) -> (u64, u64) {
         let mut errors = 0;
+        let mut dropped = 0;
         let max_segments = self.socket.max_segments();
         while let Some((remote, first)) = self.queue.front() {
             let size = first.len();
@@ -96,13 +103,18 @@ impl<R: Runtime> DatagramSlot<R> {
                 self.socket.try_send(remote, &self.gso, size)
             };
             match result {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if !matches!(remote, Remote::Unix(_)) {
+                        break;
+                    }
+                    dropped += run as u64;
+                }
                 Ok(()) => {}
                 Err(_) => errors += 1,
             }
             self.queue.drain(..run);
         }
-        errors
+        (errors, dropped)
     }
 }
 

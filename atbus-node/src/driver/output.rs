@@ -48,7 +48,9 @@ impl<R: Runtime> Driver<R> {
                 // yield more than the queue holds (a congestion window of datagrams):
                 // a full queue is written out before it drops anything.
                 if slot.queue.len() >= self.config.write_queue {
-                    self.io_errors += slot.flush();
+                    let (errors, dropped) = slot.flush();
+                    self.io_errors += errors;
+                    self.dropped_datagrams += dropped;
                 }
                 if slot.queue.len() < self.config.write_queue {
                     slot.queue.push_back((remote.clone(), transmit.data));
@@ -95,7 +97,9 @@ impl<R: Runtime> Driver<R> {
 
     pub(super) fn flush(&mut self) {
         for slot in self.sockets.values_mut() {
-            self.io_errors += slot.flush();
+            let (errors, dropped) = slot.flush();
+            self.io_errors += errors;
+            self.dropped_datagrams += dropped;
         }
         for slot in self.streams.values_mut() {
             while let Some(data) = slot.next_held() {

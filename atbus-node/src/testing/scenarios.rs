@@ -1201,6 +1201,82 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
     server.close().await;
 }
 
+/// A Unix datagram peer that stops reading (its socket queue fills up) does not
+/// hold up the server's other peers on the same listening socket: what the
+/// silent receiver cannot take is dropped (loss, counted), the rest goes on.
+pub async fn a_unix_datagram_peer_that_stops_reading_does_not_block_the_others<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unixgram://{}", dir.path().join("server.sock").display());
+    let server = server(&rt, &[&listen]);
+    let (own, target) = (dir.path().join("silent.sock"), dir.path().join("server.sock"));
+    let (handshaken, silent_socket) = async_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = handshaken.send_blocking(silent_unix_peer(&own, &target));
+    });
+    let _silent_socket = within(&rt, silent_socket.recv()).await.unwrap();
+    let silent = within(&rt, async {
+        loop {
+            if let Some(Event::PeerConnected { peer, .. }) = server.recv().await {
+                return peer;
+            }
+        }
+    })
+    .await;
+    // The server sends the silent peer small messages one by one (a datagram
+    // each): more than the peer's socket queue holds (10 by default).
+    for i in 0..40 {
+        let message = payload(i, 1000);
+        let sent = server.send(silent, 1, message, SendOptions::default());
+        within(&rt, sent).await.unwrap();
+    }
+    let client = transfer(&rt, &server, &[listen.parse().unwrap()], 500, 1000).await;
+    let stats = server.stats().await.unwrap();
+    assert!(stats.dropped_datagrams > 0, "{stats:?}");
+    client.close().await;
+    server.close().await;
+}
+
+/// A Unix datagram socket at `own` that completes a handshake with the node
+/// listening at `server` (with an endpoint of its own, on the calling thread),
+/// then is handed back to be never read again.
+fn silent_unix_peer(
+    own: &std::path::Path,
+    server: &std::path::Path,
+) -> std::os::unix::net::UnixDatagram {
+    use atbus_core::{ConnectionKind, Endpoint, EndpointConfig, Input, Output, Timestamp};
+    // Not connected: the kernel limits the queue of a socket (10 datagrams by
+    // default) only towards senders that are not its connected peer.
+    let socket = std::os::unix::net::UnixDatagram::bind(own).unwrap();
+    socket.set_read_timeout(Some(LIMIT)).unwrap();
+    let start = Instant::now();
+    let now = || Timestamp::from_duration(start.elapsed() + Duration::from_secs(1));
+    let mut endpoint = Endpoint::new(EndpointConfig::new("silent", 1));
+    let kind = ConnectionKind::Datagram {
+        mtu: crate::config::UNIX_DATAGRAM_MTU,
+    };
+    let (_, connection) = endpoint.connect(now(), kind).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match endpoint.poll_output() {
+                Output::Transmit(t) => {
+                    socket.send_to(&t.data, server).unwrap();
+                }
+                Output::Event(Event::PeerConnected { .. }) => return socket,
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+        let n = socket.recv(&mut buf).expect("the server answers");
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        endpoint.handle_input(now(), Input::Datagram { connection, data });
+    }
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1240,6 +1316,7 @@ macro_rules! loopback_tests {
             a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
             a_path_that_fails_during_a_multi_path_connect_is_redialled,
             cheap_input_cannot_hold_the_pending_accept_slots,
+            a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
