@@ -44,10 +44,12 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// Records taken from a ring per batch.
 const BATCH: usize = 256;
 
-/// The two rings of a connection and the ends this side holds.
+/// The two rings of a connection and the ends this side holds. A link dropped
+/// before its connection started ([`spawn_connection`]) removes both rings: a
+/// re-dial result or an accept the driver gives up on leaves no file behind.
 pub(crate) struct ShmLink {
-    reader: Reader,
-    writer: Writer,
+    /// This side's reader and writer, until the connection's threads take them.
+    ends: Option<(Reader, Writer)>,
     /// The peer's process, once known (from a hello).
     peer_pid: Option<u32>,
     /// Both rings of the connection, removed when it ends.
@@ -71,13 +73,29 @@ impl ShmLink {
     }
 }
 
+#[cfg(feature = "testing")]
+impl ShmLink {
+    /// The name of the ring this side writes to.
+    pub(crate) fn outgoing_ring(&self) -> &str {
+        &self.rings[0]
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        if self.ends.is_some() {
+            remove_rings(&self.rings);
+        }
+    }
+}
+
 fn remove_rings(rings: &[String]) {
     for ring in rings {
         let _ = atbus_shm::remove_force(ring);
     }
 }
 
-fn reader_config() -> ReaderConfig {
+pub(crate) fn reader_config() -> ReaderConfig {
     ReaderConfig {
         wait: WaitStrategy::SpinThenSleep { spins: 2000 },
         ..ReaderConfig::default()
@@ -140,8 +158,7 @@ pub(crate) fn dial(name: &str) -> io::Result<ShmLink> {
         return Err(io::Error::new(io::ErrorKind::WouldBlock, err));
     }
     Ok(ShmLink {
-        reader,
-        writer,
+        ends: Some((reader, writer)),
         peer_pid: None,
         rings,
         remote: format!("shm://{name}"),
@@ -171,8 +188,7 @@ fn accept(name: &str, pid: u32, session: u64) -> Result<ShmLink, atbus_shm::Open
     let reader = Reader::open(&to_us, reader_config())?;
     let writer = Writer::open(&to_peer)?;
     Ok(ShmLink {
-        reader,
-        writer,
+        ends: Some((reader, writer)),
         peer_pid: Some(pid),
         rings: [to_us, to_peer],
         remote: format!("shm://{name}#{pid}"),
@@ -231,28 +247,33 @@ pub(crate) fn spawn_listener<R: Runtime>(
 }
 
 /// Starts the threads of a connection: the reader hands the peer's bytes to the
-/// driver as stream `handle`; the writer sends what the driver queues.
+/// driver as stream `handle`; the writer sends what the driver queues, and holds
+/// `writing` until it has written the end record (or given up).
 pub(crate) fn spawn_connection<R: Runtime>(
     link: ShmLink,
     handle: u64,
     net: async_channel::Sender<NetInput<R>>,
     stop: async_channel::Receiver<()>,
     queue: async_channel::Receiver<Bytes>,
+    writing: Option<async_channel::Sender<()>>,
 ) -> io::Result<()> {
-    let ShmLink {
-        reader,
-        writer,
-        peer_pid,
-        rings,
-        ..
-    } = link;
+    let mut link = link;
+    let Some((reader, writer)) = link.ends.take() else {
+        return Err(io::Error::other("the shm link is already in use"));
+    };
+    let (peer_pid, rings) = (link.peer_pid, link.rings.clone());
     let alive = Arc::new(AtomicBool::new(true));
     let writer_alive = alive.clone();
     let reader_alive = alive.clone();
     let ring_names = rings.clone();
     let spawned = std::thread::Builder::new()
         .name("atbus-shm-write".into())
-        .spawn(move || write_loop(writer, queue, &writer_alive))
+        .spawn(move || {
+            write_loop(writer, queue, &writer_alive);
+            // The node's close waits for this (bounded): the end record and the
+            // connection's last frames are in the ring before it answers.
+            drop(writing);
+        })
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("atbus-shm-read".into())
@@ -469,6 +490,19 @@ mod tests {
         alive.store(false, Ordering::Release);
         let expired = |_: &[&[u8]]| Err(SendError::Expired { position: 0 });
         assert!(!send_all_with(expired, &records, &alive));
+    }
+
+    #[test]
+    fn a_link_dropped_unused_removes_its_rings() {
+        let name = format!("atbus-unit-drop-{}", std::process::id());
+        let _listener = bind(&name).unwrap();
+        let link = dial(&name).unwrap();
+        remove_rings(&[name]);
+        let files = link.ring_paths();
+        assert_eq!(files.len(), 2);
+        assert!(files.iter().all(|f| f.exists()), "{files:?}");
+        drop(link);
+        assert!(files.iter().all(|f| !f.exists()), "{files:?}");
     }
 
     #[test]

@@ -242,16 +242,11 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             NetInput::ShmAccepted { link } => {
+                // Not accepted: the link is dropped, which removes its rings.
                 let remote = link.remote.clone();
-                let rings = link.ring_paths();
-                let accepted = self.accept_stream(now, remote, |driver, connection| {
+                self.accept_stream(now, remote, |driver, connection| {
                     driver.add_shm_stream(link, connection)
                 });
-                if !accepted {
-                    for ring in rings {
-                        let _ = std::fs::remove_file(ring);
-                    }
-                }
             }
             NetInput::StreamData { handle, data } => {
                 if let Some(slot) = self.streams.get(&handle) {
@@ -291,20 +286,20 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Accepts a stream connection (bounded by `max_pending_accepts`); `add` makes
-    /// its slot. Returns whether it was accepted.
+    /// Accepts a stream connection (see `max_pending_accepts`); `add` makes its
+    /// slot. Not accepted (the node closes), `add` is dropped with what it holds.
     fn accept_stream(
         &mut self,
         now: Timestamp,
         remote: String,
         add: impl FnOnce(&mut Self, ConnectionId) -> u64,
-    ) -> bool {
+    ) {
         if self.closing {
-            return false;
+            return;
         }
         self.make_room_for_an_accept(now);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
-            return false;
+            return;
         };
         let handle = add(self, connection);
         self.pending_accepts.insert(connection);
@@ -316,7 +311,6 @@ impl<R: Runtime> Driver<R> {
                 dialed: None,
             },
         );
-        true
     }
 
     pub(super) fn on_datagram(

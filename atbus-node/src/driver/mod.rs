@@ -565,7 +565,8 @@ impl<R: Runtime> Driver<R> {
     fn add_shm_stream(&mut self, link: crate::shm::ShmLink, connection: ConnectionId) -> u64 {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
         let net = self.net_tx.clone();
-        if crate::shm::spawn_connection(link, handle, net, stopped, queued).is_err() {
+        let writing = self.writers_alive.clone();
+        if crate::shm::spawn_connection(link, handle, net, stopped, queued, writing).is_err() {
             // No thread: the connection ends at once.
             self.io_errors += 1;
             let now = self.now();

@@ -1212,7 +1212,10 @@ pub async fn a_unix_datagram_peer_that_stops_reading_does_not_block_the_others<
     let dir = tempfile::tempdir().unwrap();
     let listen = format!("unixgram://{}", dir.path().join("server.sock").display());
     let server = server(&rt, &[&listen]);
-    let (own, target) = (dir.path().join("silent.sock"), dir.path().join("server.sock"));
+    let (own, target) = (
+        dir.path().join("silent.sock"),
+        dir.path().join("server.sock"),
+    );
     let (handshaken, silent_socket) = async_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = handshaken.send_blocking(silent_unix_peer(&own, &target));
@@ -1277,6 +1280,39 @@ fn silent_unix_peer(
     }
 }
 
+/// A shm connection's writer thread holds the node's close until it has
+/// written the connection's last transmits and its end record: a process that
+/// exits right after `close` must not cut them off (its peer would see a lost
+/// connection, not a goodbye). Driven at the level of the connection's threads.
+pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Runtime + Clone>(
+    rt: R,
+) {
+    let name = shm_name("end");
+    let _listener = crate::shm::bind(&name).unwrap();
+    let link = crate::shm::dial(&name).unwrap();
+    let mut peer =
+        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
+    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
+    let (stop, stopped) = async_channel::bounded(1);
+    let (queue, queued) = async_channel::bounded(16);
+    let (writing, written) = async_channel::bounded::<()>(1);
+    crate::shm::spawn_connection(link, 0, net, stopped, queued, Some(writing)).unwrap();
+    for i in 0..8 {
+        queue.send(payload(i, 100)).await.unwrap();
+    }
+    // The driver lets go of the connection (as at the node's close) and waits
+    // for its writers.
+    drop((queue, stop));
+    assert!(within(&rt, written.recv()).await.is_err());
+    let mut records = Vec::new();
+    while let Ok(Some(record)) = peer.recv_timeout(Duration::ZERO) {
+        records.push(record.to_vec());
+    }
+    assert_eq!(records.len(), 10, "hello, 8 transmits, end: {records:?}");
+    assert!(records[9].is_empty(), "the end record is last: {records:?}");
+    let _ = atbus_shm::remove_force(&name);
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1317,6 +1353,7 @@ macro_rules! loopback_tests {
             a_path_that_fails_during_a_multi_path_connect_is_redialled,
             cheap_input_cannot_hold_the_pending_accept_slots,
             a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
+            a_shm_writer_holds_the_close_until_its_end_record_is_written,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
