@@ -479,8 +479,14 @@ impl Node {
 
     /// Closes every connection (peers are told, SHUTDOWN), flushes what is queued
     /// to the sockets, and stops the I/O task. Returns once the stream connections'
-    /// writers have written what was queued to them, the close frame last (at most
-    /// 5 s for a peer that does not read), so the process may exit right after.
+    /// writers (shm included) have written what was queued to them, the close
+    /// frame last (at most 5 s for a peer that does not read), so the process may
+    /// exit right after.
+    ///
+    /// It does not wait for acknowledgements: data not yet acknowledged by a peer
+    /// is dropped without a report (no `PeerLost` event follows), and parked sends
+    /// fail with [`NodeError::Closed`]. Call [`Node::wait_acknowledged`] (or
+    /// [`Node::wait_settled`]) for each peer first to know the data arrived.
     pub async fn close(&self) {
         let _ = self.ask(|reply| Command::Close { reply }).await;
     }
