@@ -689,7 +689,7 @@ fn discard_dialed<R: Runtime>(d: Dialed<R>) {
 /// frames, one of them the start of the control stream (where the hello is).
 fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool {
     use atbus_proto::pb::frame_message::Body;
-    atbus_proto::Frames::new(data.clone(), limits.clone()).any(|frame| {
+    atbus_proto::Frames::new(data.clone(), *limits).any(|frame| {
         matches!(
             frame,
             Ok(atbus_proto::pb::FrameMessage {
