@@ -66,11 +66,6 @@ impl ShmLink {
             .filter_map(|r| atbus_shm::mapping::channel_path(r).ok())
             .collect()
     }
-
-    /// Removes both rings (a link that is never used).
-    pub(crate) fn remove_rings(&self) {
-        remove_rings(&self.rings);
-    }
 }
 
 #[cfg(feature = "testing")]
@@ -231,10 +226,8 @@ pub(crate) fn spawn_listener<R: Runtime>(
                 let Ok(link) = accept(&name, pid, session) else {
                     continue;
                 };
-                if let Err(async_channel::SendError(NetInput::ShmAccepted { link })) =
-                    net.send_blocking(NetInput::ShmAccepted { link })
-                {
-                    link.remove_rings();
+                // A link the driver cannot take is dropped: that removes its rings.
+                if net.send_blocking(NetInput::ShmAccepted { link }).is_err() {
                     return;
                 }
             }

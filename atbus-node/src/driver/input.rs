@@ -672,16 +672,14 @@ impl<R: Runtime> Driver<R> {
 }
 
 /// Lets go of a transport dialled for a connect that failed: its socket closes,
-/// and the files it made (a Unix datagram client's socket file, shm rings) go.
+/// and the files it made go (a Unix datagram client's socket file here; a shm
+/// link removes its rings when dropped).
 fn discard_dialed<R: Runtime>(d: Dialed<R>) {
-    match d {
-        Dialed::Datagram {
-            own_path: Some(p), ..
-        } => {
-            let _ = std::fs::remove_file(p);
-        }
-        Dialed::Shm { link, .. } => link.remove_rings(),
-        _ => {}
+    if let Dialed::Datagram {
+        own_path: Some(p), ..
+    } = d
+    {
+        let _ = std::fs::remove_file(p);
     }
 }
 

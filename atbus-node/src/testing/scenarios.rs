@@ -1196,6 +1196,9 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
     let client = transfer(&rt, &server, &[to[1].clone()], 100, 1000).await;
     let stats = server.stats().await.unwrap();
     assert!(stats.evicted_accepts >= 5, "{stats:?}");
+    // The evicted connections' sockets are closed: the UDP socket, the
+    // client's connection and the pending ones are left.
+    assert_eq!(stats.open_sockets, 2 + handshaking(&stats), "{stats:?}");
     drop(silent);
     client.close().await;
     server.close().await;
