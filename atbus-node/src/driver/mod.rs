@@ -263,9 +263,11 @@ pub(crate) struct Driver<R: Runtime> {
     evicted_accepts: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
-    /// Each stream writer task holds a clone until it ends; `None` once closing.
+    /// Each task or thread that holds a socket (stream writers and readers,
+    /// datagram readers, listeners, shm writers) holds a clone until it ends
+    /// (see [`Driver::spawn_io`]); `None` once closing.
     writers_alive: Option<async_channel::Sender<()>>,
-    /// Closed once every stream writer has ended.
+    /// Closed once every such task has ended.
     writers_done: async_channel::Receiver<()>,
     /// The application's close, answered once the writers are done.
     close_reply: Option<Reply<()>>,
@@ -393,7 +395,12 @@ impl<R: Runtime> Driver<R> {
         // last) reaches the sockets before the close is answered: a process may exit
         // right after it, and its peers would see a lost connection instead of a
         // goodbye. Bounded: a writer gives up WRITER_CLOSE_GRACE after its slot goes.
+        // Every other socket is closed by then too (its task stops at once), so a
+        // listen address is free again when `close` returns.
         self.streams.clear();
+        self.sockets.clear();
+        self.listener_stops.clear();
+        self.net_rx.close();
         self.writers_alive = None;
         let writers_done = self.writers_done.clone();
         let grace = self
@@ -491,7 +498,7 @@ impl<R: Runtime> Driver<R> {
     fn add_listener(&mut self, listener: R::Listener) {
         let (stop, stopped) = async_channel::bounded(1);
         self.listener_stops.push(stop);
-        self.rt.spawn(tasks::accept_loop(
+        self.spawn_io(tasks::accept_loop(
             listener,
             self.net_tx.clone(),
             stopped,
@@ -510,7 +517,7 @@ impl<R: Runtime> Driver<R> {
         let (stop, stopped) = async_channel::bounded(1);
         let index = self.next_socket;
         self.next_socket += 1;
-        self.rt.spawn(tasks::datagram_reader(
+        self.spawn_io(tasks::datagram_reader(
             socket.clone(),
             index,
             self.net_tx.clone(),
@@ -538,7 +545,7 @@ impl<R: Runtime> Driver<R> {
         connection: ConnectionId,
     ) -> u64 {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
-        self.rt.spawn(tasks::stream_reader(
+        self.spawn_io(tasks::stream_reader(
             reader,
             handle,
             self.net_tx.clone(),
@@ -552,13 +559,18 @@ impl<R: Runtime> Driver<R> {
             rt.sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE)
                 .await;
         };
-        let writing = tasks::stream_writer(writer, queued, abort);
+        self.spawn_io(tasks::stream_writer(writer, queued, abort));
+        handle
+    }
+
+    /// Spawns a task that holds a socket: the node's close waits (bounded) until
+    /// every such task has ended.
+    fn spawn_io(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let alive = self.writers_alive.clone();
         self.rt.spawn(async move {
-            writing.await;
+            task.await;
             drop(alive);
         });
-        handle
     }
 
     /// A shm connection: a stream served by its reader and writer threads.

@@ -328,7 +328,7 @@ pub async fn multi_path_udp_and_tcp_peer_uses_both_paths<R: Runtime + Clone>(rt:
     .await;
     let stats = client.stats().await.unwrap();
     assert_eq!(stats.paths.len(), 2, "{stats:?}");
-    let share = count as u64 * size as u64 / 10;
+    let share = count as u64 * size as u64 / 100;
     for path in &stats.paths {
         assert!(
             path.info.stats.sent_bytes >= share,
