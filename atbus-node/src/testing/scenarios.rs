@@ -1099,6 +1099,38 @@ pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clon
     client.close().await;
 }
 
+/// The mesh case of a restart: the server closes, a new one binds the same
+/// address and dials the client first. The client's dialled path to the old
+/// server is taken over by the new peer and re-dialled (before, the path was
+/// forgotten with the old peer): the client ends with two connections to it.
+pub async fn a_restarted_node_that_dials_first_takes_over_the_path_to_it<R: Runtime + Clone>(
+    rt: R,
+) {
+    let first = server(&rt, &["tcp://127.0.0.1:0"]);
+    let to = addresses(&first);
+    let client = bind(
+        &rt,
+        NodeConfig::new("client").listen("tcp://127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap();
+    client.connect(&to).await.unwrap();
+    first.close().await;
+    goodbye_seen(&rt, &client).await;
+    let second = bind(&rt, NodeConfig::new("server").listen(to[0].clone())).unwrap();
+    within(&rt, second.connect(&addresses(&client)))
+        .await
+        .unwrap();
+    let stats = stats_until(&rt, &client, |stats| {
+        let established =
+            |p: &&crate::PathStats| p.info.state == atbus_core::ConnectionState::Established;
+        stats.paths.iter().filter(established).count() == 2
+    })
+    .await;
+    assert_eq!(stats.reconnects, 1, "{stats:?}");
+    client.close().await;
+    second.close().await;
+}
+
 /// A multi-path connect whose TCP path fails during the handshake while the UDP
 /// path may still succeed: the connect succeeds over UDP, and the TCP path is
 /// re-dialled like any dropped path (both end up established).
@@ -1355,6 +1387,7 @@ macro_rules! loopback_tests {
             connecting_to_a_missing_shm_listener_fails_clearly,
             a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path,
             a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
+            a_restarted_node_that_dials_first_takes_over_the_path_to_it,
             a_path_that_fails_during_a_multi_path_connect_is_redialled,
             cheap_input_cannot_hold_the_pending_accept_slots,
             a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
