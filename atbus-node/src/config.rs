@@ -33,9 +33,9 @@ pub enum UdpPmtudCeiling {
     /// The MTU of the route to the peer as the OS reports it (Linux: `IP_MTU` /
     /// `IPV6_MTU` of a socket connected to the peer) less the IP and UDP headers,
     /// at most `cap` and at most what one UDP datagram carries; `PmtudConfig::max`
-    /// where the OS reports nothing. Loopback reports 65536 (a ceiling of 65507 on
-    /// IPv4), a jumbo-frame link 9000 (8972), an Ethernet link 1500 (1472 on IPv4,
-    /// 1452 on IPv6).
+    /// where the OS reports nothing. Loopback reports 65535 on IPv4 and 65536 on
+    /// IPv6 (ceilings of 65507 and 65488), a jumbo-frame link 9000 (8972 on IPv4,
+    /// 8952 on IPv6), an Ethernet link 1500 (1472 and 1452).
     Route {
         /// Upper bound of the ceiling, bytes of UDP payload.
         cap: usize,
