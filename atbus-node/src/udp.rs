@@ -288,9 +288,8 @@ mod tests {
     #[test]
     fn the_ceiling_is_the_route_mtu_less_the_headers_within_the_cap() {
         let config = PmtudConfig::default();
-        let route = |ipv4, cap, mtu| {
-            pmtud_for_route(ipv4, config, UdpPmtudCeiling::Route { cap }, mtu).max
-        };
+        let route =
+            |ipv4, cap, mtu| pmtud_for_route(ipv4, config, UdpPmtudCeiling::Route { cap }, mtu).max;
         let big = DEFAULT_ROUTE_MTU_CAP;
         // Ethernet, jumbo frames, loopback: the route less 28 (IPv4) or 48 (IPv6).
         assert_eq!(route(true, big, Some(1500)), 1472);
@@ -331,7 +330,11 @@ mod tests {
         assert_eq!(route_mtu("127.0.0.1:9".parse().unwrap()), Some(lo));
         assert_eq!(route_mtu("[::ffff:127.0.0.1]:9".parse().unwrap()), Some(lo));
         let remote = Remote::Ip("127.0.0.1:9".parse().unwrap());
-        let config = udp_pmtud(&remote, Some(PmtudConfig::default()), UdpPmtudCeiling::default());
+        let config = udp_pmtud(
+            &remote,
+            Some(PmtudConfig::default()),
+            UdpPmtudCeiling::default(),
+        );
         assert_eq!(config.unwrap().max, (lo - 28).min(MAX_UDP_PAYLOAD_V4));
     }
 

@@ -311,9 +311,7 @@ pub async fn a_udp_path_discovers_the_loopback_mtu<R: Runtime + Clone>(rt: R) {
 
 /// With the ceiling fixed ([`crate::UdpPmtudCeiling::Fixed`]) loopback's path
 /// stops at the configured maximum, 1452, whatever the route carries.
-pub async fn a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum<
-    R: Runtime + Clone,
->(
+pub async fn a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum<R: Runtime + Clone>(
     rt: R,
 ) {
     use atbus_core::connection::pmtud::DEFAULT_MAX;
