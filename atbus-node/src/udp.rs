@@ -98,11 +98,46 @@ impl UdpBatching {
         Ok(())
     }
 
-    /// Sends `contents` to `to` as datagrams of `segment_size` bytes (the last may be
-    /// shorter); one datagram when `contents` is no longer than `segment_size`.
-    pub fn try_send<'a>(
+    /// Sends the concatenation of `parts` to `to` as datagrams of `segment_size`
+    /// bytes (the last may be shorter); one datagram when it is no longer than
+    /// `segment_size`. Several parts of a GSO run leave in one `sendmsg` that
+    /// gathers them (Linux), without being copied into one buffer first.
+    pub fn try_send<S: std::os::fd::AsFd>(
         &self,
-        socket: impl Into<UdpSockRef<'a>>,
+        socket: &S,
+        to: SocketAddr,
+        parts: &[&[u8]],
+        segment_size: usize,
+    ) -> io::Result<()> {
+        let result = match parts {
+            [one] => self.send_contiguous(socket, to, one, segment_size),
+            _ => {
+                #[cfg(target_os = "linux")]
+                if let Ok(segment) = u16::try_from(segment_size) {
+                    match gather::send(socket2::SockRef::from(socket), to, parts, segment) {
+                        Ok(()) => return Ok(()),
+                        Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(err),
+                        // Anything else goes the copying way through quinn-udp, which
+                        // knows what to do about it (turning GSO off after `EIO`, ...).
+                        Err(_) => {}
+                    }
+                }
+                self.send_contiguous(socket, to, &parts.concat(), segment_size)
+            }
+        };
+        match result {
+            // Larger than the local interface carries (fragmentation is off): the
+            // datagram is lost, as it would be further along the path. For a PMTUD
+            // probe that is the answer; data is resent cut to the MTU found.
+            Err(err) if is_message_too_long(&err) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// [`try_send`](Self::try_send) of one buffer, through quinn-udp.
+    fn send_contiguous<S: std::os::fd::AsFd>(
+        &self,
+        socket: &S,
         to: SocketAddr,
         contents: &[u8],
         segment_size: usize,
@@ -114,12 +149,64 @@ impl UdpBatching {
             segment_size: (contents.len() > segment_size).then_some(segment_size),
             src_ip: None,
         };
-        match self.state.try_send(socket.into(), &transmit) {
-            // Larger than the local interface carries (fragmentation is off): the
-            // datagram is lost, as it would be further along the path. For a PMTUD
-            // probe that is the answer; data is resent cut to the MTU found.
-            Err(err) if is_message_too_long(&err) => Ok(()),
-            other => other,
+        self.state.try_send(UdpSockRef::from(socket), &transmit)
+    }
+}
+
+/// A GSO send of several buffers: one `sendmsg` whose iovecs are the buffers and
+/// whose `UDP_SEGMENT` control message cuts their concatenation into datagrams.
+#[cfg(target_os = "linux")]
+mod gather {
+    use std::io::{self, IoSlice};
+    use std::mem::size_of;
+    use std::net::SocketAddr;
+
+    use socket2::{MsgHdr, SockAddr, SockRef};
+
+    /// `SOL_UDP` / `IPPROTO_UDP`.
+    const SOL_UDP: i32 = 17;
+    /// `UDP_SEGMENT` (linux/udp.h): the GSO segment size of one send, a `u16`.
+    const UDP_SEGMENT: i32 = 103;
+    /// `struct cmsghdr` on Linux: `cmsg_len` (a `size_t`; on musl a `socklen_t`
+    /// and a zero pad, the same bytes for any length that fits), level, type.
+    const HEADER: usize = size_of::<usize>() + 2 * size_of::<i32>();
+    /// `CMSG_LEN(sizeof(u16))`: the kernel wants exactly this.
+    const LEN: usize = HEADER + size_of::<u16>();
+    /// `CMSG_SPACE(sizeof(u16))`: the length rounded up to `size_t` alignment.
+    const SPACE: usize = LEN.div_ceil(size_of::<usize>()) * size_of::<usize>();
+
+    /// The control message asking for datagrams of `segment_size` bytes, as the
+    /// bytes `CMSG_FIRSTHDR` / `CMSG_DATA` would fill in (the kernel copies the
+    /// control buffer before parsing it, so its alignment here does not matter).
+    pub(super) fn segment_control(segment_size: u16) -> [u8; SPACE] {
+        let mut control = [0u8; SPACE];
+        let word = size_of::<usize>();
+        control[..word].copy_from_slice(&LEN.to_ne_bytes());
+        control[word..word + 4].copy_from_slice(&SOL_UDP.to_ne_bytes());
+        control[word + 4..HEADER].copy_from_slice(&UDP_SEGMENT.to_ne_bytes());
+        control[HEADER..LEN].copy_from_slice(&segment_size.to_ne_bytes());
+        control
+    }
+
+    /// Sends the concatenation of `parts` to `to` in datagrams of `segment_size`.
+    pub(super) fn send(
+        socket: SockRef<'_>,
+        to: SocketAddr,
+        parts: &[&[u8]],
+        segment_size: u16,
+    ) -> io::Result<()> {
+        let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let addr = SockAddr::from(to);
+        let control = segment_control(segment_size);
+        let msg = MsgHdr::new()
+            .with_addr(&addr)
+            .with_buffers(&slices)
+            .with_control(&control);
+        loop {
+            match socket.sendmsg(&msg, 0) {
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                result => return result.map(|_| ()),
+            }
         }
     }
 }
@@ -365,8 +452,10 @@ mod tests {
         let contents: Vec<u8> = (0..segments * size - 100)
             .map(|i| (i / size) as u8)
             .collect();
+        // In pieces that do not follow the datagrams' boundaries: the kernel gathers.
+        let parts: Vec<&[u8]> = contents.chunks(size / 2 + 7).collect();
         tx_batching
-            .try_send(&tx, rx.local_addr().unwrap(), &contents, size)
+            .try_send(&tx, rx.local_addr().unwrap(), &parts, size)
             .unwrap();
         let mut scratch = RecvScratch::new();
         let mut out = Vec::new();
@@ -378,6 +467,45 @@ mod tests {
             assert_eq!(*from, Remote::Ip(tx.local_addr().unwrap()));
             let expected = &contents[i * size..((i + 1) * size).min(contents.len())];
             assert_eq!(&datagram[..], expected, "datagram {i}");
+        }
+    }
+
+    /// The control message is `CMSG_LEN(2)` long and carries the size where
+    /// `CMSG_DATA` points, and the kernel takes it: three parts leave as the
+    /// datagrams of their concatenation.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_gathered_gso_send_arrives_as_its_datagrams() {
+        let control = gather::segment_control(1200);
+        let word = std::mem::size_of::<usize>();
+        let header = word + 8;
+        assert_eq!(control.len() % word, 0);
+        assert_eq!(
+            usize::from_ne_bytes(control[..word].try_into().unwrap()),
+            header + 2
+        );
+        assert_eq!(&control[header..header + 2], &1200u16.to_ne_bytes());
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        if UdpBatching::new(&tx).unwrap().max_segments() < 3 {
+            eprintln!("no GSO here; skipped");
+            return;
+        }
+        let contents: Vec<u8> = (0..3000u32).map(|i| (i / 1200) as u8).collect();
+        let parts = [&contents[..500], &contents[500..2500], &contents[2500..]];
+        gather::send(
+            socket2::SockRef::from(&tx),
+            rx.local_addr().unwrap(),
+            &parts,
+            1200,
+        )
+        .unwrap();
+        let mut buf = [0u8; 2000];
+        for expected in contents.chunks(1200) {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], expected);
         }
     }
 
