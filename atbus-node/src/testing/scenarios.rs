@@ -284,6 +284,9 @@ pub async fn a_udp_path_discovers_the_loopback_mtu<R: Runtime + Clone>(rt: R) {
     let (server, client, peer) = udp_pair(&rt, crate::UdpPmtudCeiling::default()).await;
     let mtu = mtu_reaching(&rt, &client, expected).await;
     assert_eq!(mtu, expected);
+    // The listening side looks its peer's route up as well (its socket is not
+    // connected): its path to the client finds the same size.
+    assert_eq!(mtu_reaching(&rt, &server, expected).await, expected);
     let stats = client.stats().await.unwrap();
     let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
     assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
