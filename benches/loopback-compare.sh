@@ -18,7 +18,6 @@ MSGS=${MSGS:-1000000}     # 64 B message-rate runs: messages sent
 SIZE=64                   # bytes per small message
 BULK_MSG=65536            # atbus UDP bulk: bytes per message
 UDP_DGRAM=1200            # raw UDP blast: bytes per datagram
-ROUTE_DGRAM=65507         # atbus's default ceiling on IPv4 loopback (lo's MTU 65536 less 28)
 
 # Built one package at a time: together, cargo would unify their features and
 # rebuild both.
@@ -53,6 +52,7 @@ run_once() {
         exit 1
     }
     VALUES[$key]+="$(field "$field_name" <"$TMP/out") "
+    cp "$TMP/out" "$TMP/out.$key"
     CPUS[$key]+="$(awk '{ print $1 + $2 }' "$TMP/time") "
 }
 # row KEY LABEL NOTE UNIT SCALE COMMAND...: the table row of KEY's medians (the value
@@ -92,6 +92,9 @@ for _ in $(seq "$RUNS"); do
     run_once route mib_per_sec "${ATBUS_ROUTE[@]}"
     run_once quinn mib_per_sec "${QUINN_CMD[@]}"
 done
+# The datagram size atbus's path reached (`mtu` of the last run): on IPv4 loopback
+# lo's MTU 65536, which IPv4 reports as 65535, less 28 bytes of headers.
+ROUTE_DGRAM=$(field mtu <"$TMP/out.route")
 row capped "atbus UDP bulk, 1452 B datagrams (${BULK_MSG} B messages)" \
     "quinn's datagram size; atbus encrypts nothing" MiB/s 1 "${ATBUS_CAPPED[@]}"
 CAPPED=$LAST CAPPED_CPU=$LAST_CPU
