@@ -17,6 +17,39 @@ pub const UDP_INITIAL_MTU: usize = 1232;
 /// each datagram inside one default socket buffer slot).
 pub const UNIX_DATAGRAM_MTU: usize = 64 * 1024 - 64;
 
+/// Default cap of [`UdpPmtudCeiling::Route`]: the largest UDP payload of an IPv4
+/// datagram, i.e. no cap below what one datagram can carry.
+pub const DEFAULT_ROUTE_MTU_CAP: usize = crate::udp::MAX_UDP_PAYLOAD_V4;
+
+/// The largest size PMTUD probes on a UDP path (its `max`). Whatever it is,
+/// PMTUD confirms it with a probe before data uses it, and a size that does not
+/// get through fails as any other (RFC 8899 §5.1.2): a wrong ceiling costs probes,
+/// never data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPmtudCeiling {
+    /// [`PmtudConfig::max`] of [`NodeConfig::udp_pmtud`] on every path (1452 by
+    /// default, a 1500-byte Ethernet MTU less IPv6 and UDP headers).
+    Fixed,
+    /// The MTU of the route to the peer as the OS reports it (Linux: `IP_MTU` /
+    /// `IPV6_MTU` of a socket connected to the peer) less the IP and UDP headers,
+    /// at most `cap` and at most what one UDP datagram carries; `PmtudConfig::max`
+    /// where the OS reports nothing. Loopback reports 65535 on IPv4 and 65536 on
+    /// IPv6 (ceilings of 65507 and 65488), a jumbo-frame link 9000 (8972 on IPv4,
+    /// 8952 on IPv6), an Ethernet link 1500 (1472 and 1452).
+    Route {
+        /// Upper bound of the ceiling, bytes of UDP payload.
+        cap: usize,
+    },
+}
+
+impl Default for UdpPmtudCeiling {
+    fn default() -> Self {
+        UdpPmtudCeiling::Route {
+            cap: DEFAULT_ROUTE_MTU_CAP,
+        }
+    }
+}
+
 /// Everything a node is built from.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -31,10 +64,16 @@ pub struct NodeConfig {
     pub udp_mtu: usize,
     /// Path MTU discovery on UDP paths (RFC 8899; on by default): each path starts
     /// at the base of its address family (548 bytes on IPv4, 1232 on IPv6:
-    /// `base` here is replaced by it) and probes up to `max` (1452). The socket
+    /// `base` here is replaced by it) and probes up to a ceiling chosen by
+    /// [`udp_pmtud_ceiling`](Self::udp_pmtud_ceiling): by default the route's MTU
+    /// as the OS reports it, or `max` (1452) where it reports none. The socket
     /// forbids fragmentation (quinn-udp sets `IP_PMTUDISC_PROBE` / `IPV6_DONTFRAG`
     /// on Linux). `None`: every UDP datagram is at most `udp_mtu`.
     pub udp_pmtud: Option<PmtudConfig>,
+    /// Where the largest size PMTUD probes on a UDP path comes from (see
+    /// [`UdpPmtudCeiling`]; by default the route's MTU, capped at
+    /// [`DEFAULT_ROUTE_MTU_CAP`]).
+    pub udp_pmtud_ceiling: UdpPmtudCeiling,
     /// Connections accepted from unknown remote addresses on a listening datagram
     /// socket that have not completed their handshake; datagrams from further new
     /// addresses are dropped and counted (resists floods of garbage).
@@ -67,6 +106,7 @@ impl NodeConfig {
             scheduler: Scheduler::default(),
             udp_mtu: UDP_INITIAL_MTU,
             udp_pmtud: Some(PmtudConfig::default()),
+            udp_pmtud_ceiling: UdpPmtudCeiling::default(),
             max_pending_accepts: 256,
             event_capacity: 4096,
             write_queue: 256,

@@ -416,7 +416,9 @@ impl<R: Runtime> Driver<R> {
         connection: ConnectionId,
         remote: &Remote,
     ) {
-        if let Some(config) = crate::udp::udp_pmtud(remote, self.config.udp_pmtud) {
+        if let Some(config) =
+            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, self.config.udp_pmtud_ceiling)
+        {
             self.endpoint.set_pmtud(now, connection, Some(config));
         }
     }

@@ -53,8 +53,6 @@ struct DatagramSlot<R: Runtime> {
     mtu: usize,
     /// Datagrams waiting to be written (bounded by `write_queue`).
     queue: VecDeque<(Remote, Bytes)>,
-    /// Scratch space for GSO runs.
-    gso: Vec<u8>,
     _stop: async_channel::Sender<()>,
 }
 
@@ -86,14 +84,13 @@ impl<R: Runtime> DatagramSlot<R> {
                     _ => break,
                 }
             }
+            // The run's datagrams go to the kernel as they are (no copy into one
+            // buffer): it gathers them and cuts them at `size`.
             let result = if run == 1 {
-                self.socket.try_send(remote, first, size.max(1))
+                self.socket.try_send(remote, &[first], size.max(1))
             } else {
-                self.gso.clear();
-                for (_, d) in self.queue.iter().take(run) {
-                    self.gso.extend_from_slice(d);
-                }
-                self.socket.try_send(remote, &self.gso, size)
+                let parts: Vec<&[u8]> = self.queue.iter().take(run).map(|(_, d)| &d[..]).collect();
+                self.socket.try_send(remote, &parts, size)
             };
             match result {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
@@ -491,7 +488,6 @@ impl<R: Runtime> Driver<R> {
             scheme,
             mtu,
             queue: VecDeque::new(),
-            gso: Vec::new(),
             _stop: stop,
         }));
         index
