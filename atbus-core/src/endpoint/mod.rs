@@ -52,6 +52,7 @@
 //! # Ok::<(), atbus_core::SendError>(())
 //! ```
 
+mod delivery;
 mod recv;
 mod send;
 
@@ -274,6 +275,9 @@ pub struct Endpoint {
     /// Where transmits are encoded (see `send::TRANSMIT_CHUNK`): each is split off
     /// it, so that datagrams share an allocation instead of one each.
     transmit_buf: bytes::BytesMut,
+    /// What the application lets the endpoint hand out (see
+    /// [`Endpoint::set_delivery_budget`]).
+    delivery: delivery::DeliveryBudget,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -324,6 +328,7 @@ impl Endpoint {
             // No minimum burst: the cap holds to within one datagram.
             rate_cap: Pacer::new(0),
             transmit_buf: bytes::BytesMut::new(),
+            delivery: delivery::DeliveryBudget::default(),
         }
     }
 

@@ -1,0 +1,103 @@
+//! Delivery held back for the application: a budget of payload bytes the endpoint
+//! may turn into [`Event::Message`](crate::Event::Message)s. While it is spent,
+//! complete messages stay in their streams' receive windows, which is what
+//! flow-controls the peers (data past a full window is dropped and resent later),
+//! while acknowledgements, handshakes and control traffic go on as usual.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::Endpoint;
+use crate::event::{ConnectionId, PeerId};
+
+/// The budget and what waits for it.
+#[derive(Debug, Default)]
+pub(super) struct DeliveryBudget {
+    /// Payload bytes that may still be delivered; `None`: no limit.
+    remaining: Option<usize>,
+    /// Streams whose complete messages wait for the budget, with the connection
+    /// their last frame came on.
+    held: BTreeMap<(PeerId, i64), ConnectionId>,
+    /// Streams of connections on which a frame was dropped whole while delivery
+    /// was held, and not acknowledged: an acknowledgement would have the sender of
+    /// a reliable connection resend it at once, into the same full window, for as
+    /// long as the application does not read. Acknowledged once the stream is
+    /// delivered again, so that the sender resends it then.
+    unacknowledged: BTreeSet<(ConnectionId, i64)>,
+}
+
+impl DeliveryBudget {
+    /// Whether nothing more may be delivered.
+    pub(super) fn spent(&self) -> bool {
+        self.remaining == Some(0)
+    }
+
+    /// Counts a delivered message (an empty one counts one byte, so that the
+    /// budget bounds their number too).
+    pub(super) fn charge(&mut self, payload: usize) {
+        if let Some(remaining) = self.remaining.as_mut() {
+            *remaining = remaining.saturating_sub(payload.max(1));
+        }
+    }
+
+    /// Remembers a stream whose delivery stopped at the spent budget.
+    pub(super) fn hold(&mut self, peer: PeerId, stream: i64, connection: ConnectionId) {
+        self.held.insert((peer, stream), connection);
+    }
+
+    /// Remembers a frame dropped whole while delivery was held; false (the frame
+    /// is acknowledged as usual) while the budget is not spent.
+    pub(super) fn withhold_ack(&mut self, connection: ConnectionId, stream: i64) -> bool {
+        if self.spent() {
+            self.unacknowledged.insert((connection, stream));
+        }
+        self.spent()
+    }
+}
+
+impl Endpoint {
+    /// Limits the payload bytes of the messages the endpoint hands out as events
+    /// from now on (`None`, the default: no limit). An adapter sets it to the room
+    /// left in the application's queue of events. Once it is spent, complete
+    /// messages wait in their streams' receive windows (bounded by
+    /// `stream_receive_window` and `peer_receive_limit`): the peers' data past a
+    /// full window is dropped and resent once there is room again, so a sender's
+    /// `send` waits for its window like for any slow receiver. Everything else
+    /// (acknowledgements of what this endpoint sends, handshakes, pings, commands,
+    /// connection events) goes on. Setting a budget that is not spent delivers what
+    /// waits, up to that budget, and acknowledges the frames dropped meanwhile so
+    /// that their senders resend them. A message larger than what is left is still
+    /// delivered whole: the budget may be passed by one message.
+    pub fn set_delivery_budget(&mut self, budget: Option<usize>) {
+        self.delivery.remaining = budget;
+        if self.delivery.spent() {
+            return;
+        }
+        for ((peer, stream), id) in std::mem::take(&mut self.delivery.held) {
+            if self.delivery.spent() {
+                self.delivery.hold(peer, stream, id);
+            } else {
+                self.deliver(id, Some(peer), stream);
+            }
+        }
+        let now = self.now;
+        let unacknowledged = std::mem::take(&mut self.delivery.unacknowledged);
+        for (id, stream) in unacknowledged {
+            let peer = self.connections.get(&id).and_then(|c| c.peer);
+            if peer.is_some_and(|p| self.delivery.held.contains_key(&(p, stream))) {
+                // Its window is still full.
+                self.delivery.unacknowledged.insert((id, stream));
+                continue;
+            }
+            if let Some(c) = self.connections.get_mut(&id) {
+                c.ack_pending.entry(stream).or_insert(now);
+                self.dirty.insert(id);
+                self.stale_timers.insert(id);
+            }
+        }
+    }
+
+    /// What is left of the delivery budget (see [`Endpoint::set_delivery_budget`]).
+    pub fn delivery_budget(&self) -> Option<usize> {
+        self.delivery.remaining
+    }
+}
