@@ -100,7 +100,8 @@ pub struct NodeStats {
     /// Every live connection.
     pub paths: Vec<PathStats>,
     /// Datagrams dropped before the core: from unknown remotes beyond the pending
-    /// accept limit, to a dialled socket from a stranger, or over a full send queue.
+    /// accept limit, to a dialled socket from a stranger, over a full send queue,
+    /// or read while the I/O task was behind ([`NodeConfig::input_bytes`]).
     pub dropped_datagrams: u64,
     /// Socket errors seen (each one is also handled: retried, or the connection
     /// closed).
@@ -294,6 +295,11 @@ impl Node {
     /// its connections cleanly, this re-dials it (see [`NodeError::PeerDeparted`]);
     /// a wait for the window fails with `PeerDeparted` if that does not bring it
     /// back.
+    ///
+    /// Cancel-safety: dropping the future before it completes (a timeout) gives
+    /// the message up if it still waits for the window: it is never sent later.
+    /// If the I/O task had already queued it in the core, it is sent. So a caller
+    /// that gave up does not know which happened; retrying may send it twice.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -314,7 +320,9 @@ impl Node {
     /// Queues several messages on one stream, in order, with one round trip to the
     /// I/O task (cheaper than one [`Node::send`] each); waits while the window is
     /// full, like `send`. On an error, the messages before the failing one are
-    /// queued and the rest are not.
+    /// queued and the rest are not. Cancel-safety as for `send`: dropping the
+    /// future gives up the messages still waiting for the window (a prefix of the
+    /// batch may have been queued, and is sent).
     pub async fn send_many(
         &self,
         peer: PeerId,

@@ -415,7 +415,7 @@ fn closed_by_server(mut stream: TcpStream) -> async_channel::Receiver<Result<(),
                 Ok(0) => break Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
                 Ok(n) if read + n <= 64 * 1024 => read += n,
-                Ok(_) => break Err(format!("the server wrote more than 64 KiB")),
+                Ok(_) => break Err("the server wrote more than 64 KiB".to_string()),
                 Err(e) => break Err(format!("still open after {read} bytes: {e}")),
             }
         };
