@@ -1348,6 +1348,33 @@ fn the_delivery_budget_bounds_the_bytes_handed_out() {
     assert_eq!(net.messages(Side::B, 1).len(), 8);
 }
 
+#[test]
+fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    net.b.set_delivery_budget(Some(0));
+    let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
+    for m in &sent {
+        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
+    }
+    assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    assert!(net.messages(Side::B, 1).is_empty(), "held back");
+    let now = net.now;
+    net.b.forget_peer(now, pair.b_peer).unwrap();
+    net.drain(Side::B);
+    // Acknowledged, so counted delivered by A: handed out, then the peer is lost.
+    assert_eq!(net.payloads(Side::B, 1), sent);
+    let events: Vec<&Event> = net.events(Side::B).collect();
+    let lost = events
+        .iter()
+        .position(|e| matches!(e, Event::PeerLost { .. }))
+        .expect("PeerLost");
+    let last_message = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }))
+        .unwrap();
+    assert!(last_message < lost, "messages before PeerLost");
+}
+
 /// Data frames of `stream` at `offset`, one per `(data, has_more)`, in one datagram.
 fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i32) -> Bytes {
     use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};

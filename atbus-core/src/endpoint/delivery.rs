@@ -96,6 +96,28 @@ impl Endpoint {
         }
     }
 
+    /// Hands out what a peer about to be dropped has waiting, whatever the budget:
+    /// it was acknowledged, so its sender counts it delivered, and it would be lost
+    /// with the peer. The application's queue may pass its bound by that much (at
+    /// most `peer_receive_limit` and one message).
+    pub(super) fn release_held(&mut self, peer: PeerId) {
+        let held: Vec<((PeerId, i64), ConnectionId)> = self
+            .delivery
+            .held
+            .range((peer, i64::MIN)..=(peer, i64::MAX))
+            .map(|(&key, &id)| (key, id))
+            .collect();
+        if held.is_empty() {
+            return;
+        }
+        let budget = self.delivery.remaining.take();
+        for ((peer, stream), id) in held {
+            self.delivery.held.remove(&(peer, stream));
+            self.deliver(id, Some(peer), stream);
+        }
+        self.delivery.remaining = budget;
+    }
+
     /// What is left of the delivery budget (see [`Endpoint::set_delivery_budget`]).
     pub fn delivery_budget(&self) -> Option<usize> {
         self.delivery.remaining

@@ -1505,6 +1505,7 @@ impl Endpoint {
     /// Drops a peer entirely (restart, forget): closes its connections, reports what
     /// was lost.
     fn drop_peer(&mut self, peer: PeerId, reason: CloseReason) {
+        self.release_held(peer);
         // Out of the map first: closing its connections must not hand their ranges
         // back to its streams or report it unreachable.
         let Some(p) = self.peers.remove(&peer) else {

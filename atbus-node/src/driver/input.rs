@@ -188,6 +188,9 @@ impl<R: Runtime> Driver<R> {
     pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {
         let now = self.now();
         self.closing = true;
+        // What was received and acknowledged but held back for the application is
+        // handed over: the application may still read it after the close.
+        self.endpoint.set_delivery_budget(None);
         let connections: Vec<ConnectionId> = self.endpoint.connections().collect();
         for connection in connections {
             let _ = self.endpoint.close_connection(
