@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use atbus_core::{
     AuthDecision, Authenticator, CloseCode, CloseReason, Command, CommandId, ConnectionId,
-    ConnectionKind, ConnectionState, Endpoint, Event, Hello, Input, Output, SendError, SendOptions,
-    Timestamp, TokenAuthenticator,
+    ConnectionKind, ConnectionState, DeliveryBudget, Endpoint, Event, Hello, Input, Output,
+    SendError, SendOptions, Timestamp, TokenAuthenticator,
 };
 use bytes::Bytes;
 use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, payload};
@@ -1245,7 +1245,7 @@ fn held_delivery_flow_controls_the_sender(kind: ConnectionKind) {
     let mut b = config("server", 2);
     b.stream_receive_window = WINDOW;
     let (mut net, pair) = Net::pair(a, b, kind);
-    net.b.set_delivery_budget(Some(0));
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
     let to_b: Vec<Bytes> = (0..256).map(|i| payload(4096, i)).collect();
     let to_a: Vec<Bytes> = (0..8).map(|i| payload(4096, 1000 + i)).collect();
     for m in &to_a {
@@ -1324,25 +1324,37 @@ fn a_receiver_holding_delivery_back_flow_controls_a_reliable_sender() {
     held_delivery_flow_controls_the_sender(ConnectionKind::Stream);
 }
 
+fn bytes(bytes: usize) -> Option<DeliveryBudget> {
+    Some(DeliveryBudget {
+        bytes,
+        messages: usize::MAX,
+    })
+}
+
 #[test]
-fn the_delivery_budget_bounds_the_bytes_handed_out() {
+fn the_delivery_budget_bounds_the_bytes_and_messages_handed_out() {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    net.b.set_delivery_budget(Some(10_000));
+    net.b.set_delivery_budget(bytes(10_000));
     for i in 0..8 {
         send(&mut net, Side::A, pair.a_peer, 1, payload(4096, i));
     }
     net.run_for(Duration::from_secs(1));
     // 4096 + 4096 + 4096 passes 10 000: the third message is the last.
     assert_eq!(net.messages(Side::B, 1).len(), 3);
-    assert_eq!(net.b.delivery_budget(), Some(0));
-    net.b.set_delivery_budget(Some(4096));
-    net.run_for(Duration::from_millis(1));
+    assert!(net.b.delivery_budget().unwrap().is_spent());
+    net.b.set_delivery_budget(bytes(4096));
     net.drain(Side::B);
     assert_eq!(
         net.messages(Side::B, 1).len(),
         4,
         "one more, without new input"
     );
+    net.b.set_delivery_budget(Some(DeliveryBudget {
+        bytes: usize::MAX,
+        messages: 2,
+    }));
+    net.drain(Side::B);
+    assert_eq!(net.messages(Side::B, 1).len(), 6, "two more");
     net.b.set_delivery_budget(None);
     net.drain(Side::B);
     assert_eq!(net.messages(Side::B, 1).len(), 8);
@@ -1351,7 +1363,7 @@ fn the_delivery_budget_bounds_the_bytes_handed_out() {
 #[test]
 fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    net.b.set_delivery_budget(Some(0));
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
     let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
     for m in &sent {
         send(&mut net, Side::A, pair.a_peer, 1, m.clone());

@@ -43,8 +43,8 @@ pub struct NodeConfig {
     /// many, or [`event_bytes`](Self::event_bytes), the node holds delivery back:
     /// received messages wait in their streams' receive windows and the peers are
     /// flow-controlled by them, while the node goes on reading its sockets
-    /// (acknowledgements, handshakes, commands). Checked once per turn of the I/O
-    /// loop, so one turn's delivery may pass it.
+    /// (acknowledgements, handshakes, commands). Events other than messages are
+    /// not held back and may pass it.
     pub event_capacity: usize,
     /// Payload bytes of the messages held for the application (default 64 MiB):
     /// delivery is held back at this bound like at

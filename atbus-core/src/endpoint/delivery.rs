@@ -9,11 +9,34 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::Endpoint;
 use crate::event::{ConnectionId, PeerId};
 
+/// How much the endpoint may still deliver (see
+/// [`Endpoint::set_delivery_budget`]): spent when either reaches 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryBudget {
+    /// Payload bytes of messages (an empty message counts one).
+    pub bytes: usize,
+    /// Messages.
+    pub messages: usize,
+}
+
+impl DeliveryBudget {
+    /// None at all: complete messages wait in their receive windows.
+    pub const NONE: DeliveryBudget = DeliveryBudget {
+        bytes: 0,
+        messages: 0,
+    };
+
+    /// Whether nothing more may be delivered.
+    pub fn is_spent(&self) -> bool {
+        self.bytes == 0 || self.messages == 0
+    }
+}
+
 /// The budget and what waits for it.
 #[derive(Debug, Default)]
-pub(super) struct DeliveryBudget {
-    /// Payload bytes that may still be delivered; `None`: no limit.
-    remaining: Option<usize>,
+pub(super) struct Delivery {
+    /// What may still be delivered; `None`: no limit.
+    remaining: Option<DeliveryBudget>,
     /// Streams whose complete messages wait for the budget, with the connection
     /// their last frame came on.
     held: BTreeMap<(PeerId, i64), ConnectionId>,
@@ -25,17 +48,17 @@ pub(super) struct DeliveryBudget {
     unacknowledged: BTreeSet<(ConnectionId, i64)>,
 }
 
-impl DeliveryBudget {
+impl Delivery {
     /// Whether nothing more may be delivered.
     pub(super) fn spent(&self) -> bool {
-        self.remaining == Some(0)
+        self.remaining.is_some_and(|r| r.is_spent())
     }
 
-    /// Counts a delivered message (an empty one counts one byte, so that the
-    /// budget bounds their number too).
+    /// Counts a delivered message.
     pub(super) fn charge(&mut self, payload: usize) {
-        if let Some(remaining) = self.remaining.as_mut() {
-            *remaining = remaining.saturating_sub(payload.max(1));
+        if let Some(r) = self.remaining.as_mut() {
+            r.bytes = r.bytes.saturating_sub(payload.max(1));
+            r.messages = r.messages.saturating_sub(1);
         }
     }
 
@@ -55,9 +78,9 @@ impl DeliveryBudget {
 }
 
 impl Endpoint {
-    /// Limits the payload bytes of the messages the endpoint hands out as events
-    /// from now on (`None`, the default: no limit). An adapter sets it to the room
-    /// left in the application's queue of events. Once it is spent, complete
+    /// Limits the messages (and their payload bytes) the endpoint hands out as
+    /// events from now on (`None`, the default: no limit). An adapter sets it to
+    /// the room left in the application's queue of events. Once it is spent, complete
     /// messages wait in their streams' receive windows (bounded by
     /// `stream_receive_window` and `peer_receive_limit`): the peers' data past a
     /// full window is dropped and resent once there is room again, so a sender's
@@ -67,7 +90,7 @@ impl Endpoint {
     /// waits, up to that budget, and acknowledges the frames dropped meanwhile so
     /// that their senders resend them. A message larger than what is left is still
     /// delivered whole: the budget may be passed by one message.
-    pub fn set_delivery_budget(&mut self, budget: Option<usize>) {
+    pub fn set_delivery_budget(&mut self, budget: Option<DeliveryBudget>) {
         self.delivery.remaining = budget;
         if self.delivery.spent() {
             return;
@@ -119,7 +142,7 @@ impl Endpoint {
     }
 
     /// What is left of the delivery budget (see [`Endpoint::set_delivery_budget`]).
-    pub fn delivery_budget(&self) -> Option<usize> {
+    pub fn delivery_budget(&self) -> Option<DeliveryBudget> {
         self.delivery.remaining
     }
 }

@@ -53,6 +53,7 @@
 //! ```
 
 mod delivery;
+pub use delivery::DeliveryBudget;
 mod recv;
 mod send;
 
@@ -277,7 +278,7 @@ pub struct Endpoint {
     transmit_buf: bytes::BytesMut,
     /// What the application lets the endpoint hand out (see
     /// [`Endpoint::set_delivery_budget`]).
-    delivery: delivery::DeliveryBudget,
+    delivery: delivery::Delivery,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -328,7 +329,7 @@ impl Endpoint {
             // No minimum burst: the cap holds to within one datagram.
             rate_cap: Pacer::new(0),
             transmit_buf: bytes::BytesMut::new(),
-            delivery: delivery::DeliveryBudget::default(),
+            delivery: delivery::Delivery::default(),
         }
     }
 

@@ -378,7 +378,10 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             self.service();
-            let paused = self.endpoint.delivery_budget() == Some(0);
+            let paused = self
+                .endpoint
+                .delivery_budget()
+                .is_some_and(|b| b.is_spent());
             if paused && !self.gauge.paused() {
                 self.delivery_pauses += 1;
             }
@@ -413,10 +416,9 @@ impl<R: Runtime> Driver<R> {
     /// Lets the core deliver what the application's queue has room for: none once
     /// it holds `event_capacity` events or `event_bytes` payload bytes.
     fn set_delivery_budget(&mut self) {
-        let room = if self.events.len() >= self.config.event_capacity {
-            0
-        } else {
-            self.config.event_bytes.saturating_sub(self.gauge.bytes())
+        let room = atbus_core::DeliveryBudget {
+            bytes: self.config.event_bytes.saturating_sub(self.gauge.bytes()),
+            messages: self.config.event_capacity.saturating_sub(self.events.len()),
         };
         self.endpoint.set_delivery_budget(Some(room));
     }
