@@ -78,9 +78,23 @@ pub struct NodeConfig {
     /// socket that have not completed their handshake; datagrams from further new
     /// addresses are dropped and counted (resists floods of garbage).
     pub max_pending_accepts: usize,
-    /// Events (messages included) held for the application; when full, the node
-    /// stops reading its sockets until the application catches up.
+    /// Events (messages included) held for the application. When it holds this
+    /// many, or [`event_bytes`](Self::event_bytes), the node holds delivery back:
+    /// received messages wait in their streams' receive windows and the peers are
+    /// flow-controlled by them, while the node goes on reading its sockets
+    /// (acknowledgements, handshakes, commands). Events other than messages are
+    /// not held back and may pass it.
     pub event_capacity: usize,
+    /// Payload bytes of the messages held for the application (default 64 MiB):
+    /// delivery is held back at this bound like at
+    /// [`event_capacity`](Self::event_capacity); it may be passed by one message.
+    pub event_bytes: usize,
+    /// Payload bytes the socket tasks may have read and not yet handed to the
+    /// core (default 16 MiB). Past it, stream and shm readers wait (the peer backs
+    /// up) and datagrams are dropped (counted in `NodeStats::dropped_datagrams`).
+    /// Each reader may pass it by one input (a 64 KiB read, a batch of datagrams
+    /// or of shm records).
+    pub input_bytes: usize,
     /// Transmits queued towards one stream socket or one datagram socket before
     /// more wait in the driver (stream) or are dropped as loss (datagram).
     pub write_queue: usize,
@@ -109,6 +123,8 @@ impl NodeConfig {
             udp_pmtud_ceiling: UdpPmtudCeiling::default(),
             max_pending_accepts: 256,
             event_capacity: 4096,
+            event_bytes: 64 * 1024 * 1024,
+            input_bytes: 16 * 1024 * 1024,
             write_queue: 256,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),

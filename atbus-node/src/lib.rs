@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+mod budget;
 pub mod config;
 mod driver;
 pub mod histogram;

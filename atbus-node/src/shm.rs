@@ -236,6 +236,7 @@ pub(crate) fn spawn_connection<R: Runtime>(
     link: ShmLink,
     handle: u64,
     net: async_channel::Sender<NetInput<R>>,
+    budget: Arc<crate::budget::InputBudget>,
     stop: async_channel::Receiver<()>,
     queue: async_channel::Receiver<Bytes>,
 ) -> io::Result<()> {
@@ -257,7 +258,15 @@ pub(crate) fn spawn_connection<R: Runtime>(
             std::thread::Builder::new()
                 .name("atbus-shm-read".into())
                 .spawn(move || {
-                    read_loop(reader, peer_pid, &rings, handle, &net, &stop, &reader_alive);
+                    read_loop(
+                        reader,
+                        peer_pid,
+                        &rings,
+                        handle,
+                        (&net, &budget),
+                        &stop,
+                        &reader_alive,
+                    );
                 })
         });
     if spawned.is_err() {
@@ -274,7 +283,10 @@ fn read_loop<R: Runtime>(
     mut peer_pid: Option<u32>,
     rings: &[String; 2],
     handle: u64,
-    net: &async_channel::Sender<NetInput<R>>,
+    (net, budget): (
+        &async_channel::Sender<NetInput<R>>,
+        &crate::budget::InputBudget,
+    ),
     stop: &async_channel::Receiver<()>,
     alive: &AtomicBool,
 ) {
@@ -295,6 +307,11 @@ fn read_loop<R: Runtime>(
                 data.extend_from_slice(record);
             }
         };
+        // While the driver is behind, the records stay in the ring and the peer's
+        // writer backs up.
+        if !budget.room_blocking(stop) {
+            break;
+        }
         let first = match reader.recv_timeout(READ_WAIT) {
             Ok(Some(record)) => {
                 take(&record);
@@ -310,6 +327,7 @@ fn read_loop<R: Runtime>(
         };
         if !data.is_empty() {
             let batch = Bytes::from(std::mem::take(&mut data));
+            budget.add(batch.len());
             if net
                 .send_blocking(NetInput::StreamData {
                     handle,

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use atbus_core::{ConnectionId, Endpoint, Event, PeerId, SendOptions, Timestamp};
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use crate::address::Address;
+use crate::budget::{EventGauge, InputBudget};
 use crate::config::{NodeConfig, UNIX_DATAGRAM_MTU};
 use crate::node::{Command, NodeError, NodeStats, PathStats, Reply};
 use crate::runtime::{DatagramSocket, Remote, Runtime};
@@ -31,7 +31,8 @@ pub(crate) use bind::{Bound, bind_all};
 const EPOCH: Duration = Duration::from_secs(1);
 /// Inputs taken from a channel before the core's outputs are drained.
 const INPUT_BURST: usize = 256;
-/// How often a node whose application stopped reading events looks again.
+/// How often a node holding delivery back for its application looks again (the
+/// application's reads wake it up sooner).
 const PAUSED_RECHECK: Duration = Duration::from_millis(5);
 /// How soon a backed-up socket queue is tried again.
 const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
@@ -42,7 +43,7 @@ pub(crate) struct DriverParts {
     pub bound: Vec<Bound>,
     pub commands: async_channel::Receiver<Command>,
     pub events: async_channel::Sender<Event>,
-    pub paused: Arc<AtomicBool>,
+    pub gauge: Arc<EventGauge>,
 }
 
 struct DatagramSlot<R: Runtime> {
@@ -188,6 +189,16 @@ enum Parked {
     },
 }
 
+impl Parked {
+    /// Whether its caller gave up waiting (dropped the future of `send`,
+    /// `send_many` or `finish`): it is not carried out.
+    fn is_cancelled(&self) -> bool {
+        match self {
+            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply.is_closed(),
+        }
+    }
+}
+
 enum Wake<R: Runtime> {
     Command(Option<Command>),
     Net(NetInput<R>),
@@ -204,7 +215,13 @@ pub(crate) struct Driver<R: Runtime> {
     net_tx: async_channel::Sender<NetInput<R>>,
     net_rx: async_channel::Receiver<NetInput<R>>,
     events: async_channel::Sender<Event>,
-    paused: Arc<AtomicBool>,
+    /// The application's queue of events: its payload bytes, and whether delivery
+    /// is held back.
+    gauge: Arc<EventGauge>,
+    /// Bytes the socket tasks queue in `net_rx`.
+    input_budget: Arc<InputBudget>,
+    /// Times delivery was held back because the application's queue was full.
+    delivery_pauses: u64,
     bound: Vec<Bound>,
     sockets: Vec<Option<DatagramSlot<R>>>,
     by_remote: HashMap<(usize, Remote), ConnectionId>,
@@ -247,6 +264,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
         let (writers_alive, writers_done) = async_channel::bounded(1);
+        let input_budget = Arc::new(InputBudget::new(parts.config.input_bytes));
         let mut endpoint_config = parts.config.endpoint.clone();
         endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
@@ -264,7 +282,9 @@ impl<R: Runtime> Driver<R> {
             net_tx,
             net_rx,
             events: parts.events,
-            paused: parts.paused,
+            gauge: parts.gauge,
+            input_budget,
+            delivery_pauses: 0,
             bound: parts.bound,
             sockets: Vec::new(),
             by_remote: HashMap::new(),
@@ -309,8 +329,13 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         self.open_listeners();
         while !self.finished {
-            let paused = self.events.len() >= self.config.event_capacity;
-            self.paused.store(paused, Ordering::Relaxed);
+            // Socket input is always taken (acknowledgements, handshakes, control
+            // must flow while the application is busy, or a node whose application
+            // awaits it would wedge); what the application has not taken bounds
+            // only the delivery of messages, which stay in their streams' receive
+            // windows meanwhile (flow control towards the peers).
+            self.set_delivery_budget();
+            let paused = self.gauge.paused();
             let wake_at = self.wake_instant(paused);
             let sleep = self.rt.sleep_until(wake_at);
             let commands = self.commands.clone();
@@ -319,9 +344,6 @@ impl<R: Runtime> Driver<R> {
                 async { Wake::Command(commands.recv().await.ok()) },
                 future::or(
                     async {
-                        if paused {
-                            future::pending::<()>().await;
-                        }
                         match net.recv().await {
                             Ok(input) => Wake::Net(input),
                             Err(_) => future::pending().await,
@@ -346,15 +368,21 @@ impl<R: Runtime> Driver<R> {
                     Err(_) => break,
                 }
             }
-            if !paused {
-                for _ in 0..INPUT_BURST {
-                    match self.net_rx.try_recv() {
-                        Ok(input) => self.on_net(input),
-                        Err(_) => break,
-                    }
+            for _ in 0..INPUT_BURST {
+                match self.net_rx.try_recv() {
+                    Ok(input) => self.on_net(input),
+                    Err(_) => break,
                 }
             }
             self.service();
+            let paused = self
+                .endpoint
+                .delivery_budget()
+                .is_some_and(|b| b.is_spent());
+            if paused && !self.gauge.paused() {
+                self.delivery_pauses += 1;
+            }
+            self.gauge.set_paused(paused);
         }
         // What was handed to the stream writers (each connection's FINISH_CONNECTION
         // last) reaches the sockets before the close is answered: a process may exit
@@ -380,6 +408,16 @@ impl<R: Runtime> Driver<R> {
         if let Some(reply) = self.close_reply.take() {
             let _ = reply.try_send(());
         }
+    }
+
+    /// Lets the core deliver what the application's queue has room for: none once
+    /// it holds `event_capacity` events or `event_bytes` payload bytes.
+    fn set_delivery_budget(&mut self) {
+        let room = atbus_core::DeliveryBudget {
+            bytes: self.config.event_bytes.saturating_sub(self.gauge.bytes()),
+            messages: self.config.event_capacity.saturating_sub(self.events.len()),
+        };
+        self.endpoint.set_delivery_budget(Some(room));
     }
 
     /// Remembers the ring files of a dialled shm connection, to remove at close
@@ -480,6 +518,7 @@ impl<R: Runtime> Driver<R> {
             socket.clone(),
             index,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped,
         ));
         self.sockets.push(Some(DatagramSlot {
@@ -504,6 +543,7 @@ impl<R: Runtime> Driver<R> {
             reader,
             handle,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped.clone(),
         ));
         // Once the connection is gone, its writer has a grace period to write what
@@ -527,7 +567,8 @@ impl<R: Runtime> Driver<R> {
     fn add_shm_stream(&mut self, link: crate::shm::ShmLink, connection: ConnectionId) -> u64 {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
         let net = self.net_tx.clone();
-        if crate::shm::spawn_connection(link, handle, net, stopped, queued).is_err() {
+        let budget = self.input_budget.clone();
+        if crate::shm::spawn_connection(link, handle, net, budget, stopped, queued).is_err() {
             // No thread: the connection ends at once.
             self.io_errors += 1;
             let now = self.now();

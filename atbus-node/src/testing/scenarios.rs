@@ -16,10 +16,18 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
+
+mod flow;
 use crate::runtime::Runtime;
 use crate::{
     Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, NodeStats, PeerId,
     SendOptions,
+};
+pub use flow::{
+    a_node_whose_application_does_not_read_holds_bounded_memory,
+    a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
+    an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+    connect_and_waits_complete_while_the_application_reads_no_events,
 };
 
 /// How long any scenario waits for a transfer or an event before failing.
@@ -611,8 +619,8 @@ pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Run
     client.close().await;
 }
 
-/// A reader that pauses now and then, with an event queue of 8: the node waits
-/// for it and loses nothing.
+/// A reader that pauses now and then, with an event queue of 8: the node holds
+/// delivery back for it (counted in `delivery_pauses`) and loses nothing.
 pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + Clone>(rt: R) {
     let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
     config.event_capacity = 8;
@@ -647,6 +655,11 @@ pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + 
         assert_eq!(next, count);
     };
     within(&rt, future::zip(sending, receiving)).await;
+    let stats = server.stats().await.unwrap();
+    assert!(
+        stats.delivery_pauses > 0,
+        "the queue of 8 events never filled: nothing was held back"
+    );
 }
 
 /// `send_many` batches queue past a full 64 KiB stream window, in order.
@@ -1058,6 +1071,10 @@ macro_rules! loopback_tests {
             a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives,
             a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots,
             a_slow_reader_pauses_the_node_without_losing_messages,
+            an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+            connect_and_waits_complete_while_the_application_reads_no_events,
+            a_node_whose_application_does_not_read_holds_bounded_memory,
+            a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
             send_many_queues_batches_in_order_past_a_full_window,
             sliced_small_message_batches_arrive_once_in_order_with_metadata,
             connecting_to_a_silent_udp_port_times_out_clearly,
