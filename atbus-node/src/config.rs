@@ -18,6 +18,39 @@ pub const UDP_INITIAL_MTU: usize = 1232;
 /// each datagram inside one default socket buffer slot).
 pub const UNIX_DATAGRAM_MTU: usize = 64 * 1024 - 64;
 
+/// Default cap of [`UdpPmtudCeiling::Route`]: the largest UDP payload of an IPv4
+/// datagram, i.e. no cap below what one datagram can carry.
+pub const DEFAULT_ROUTE_MTU_CAP: usize = crate::udp::MAX_UDP_PAYLOAD_V4;
+
+/// The largest size PMTUD probes on a UDP path (its `max`). Whatever it is,
+/// PMTUD confirms it with a probe before data uses it, and a size that does not
+/// get through fails as any other (RFC 8899 §5.1.2): a wrong ceiling costs probes,
+/// never data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpPmtudCeiling {
+    /// [`PmtudConfig::max`] of [`NodeConfig::udp_pmtud`] on every path (1452 by
+    /// default, a 1500-byte Ethernet MTU less IPv6 and UDP headers).
+    Fixed,
+    /// The MTU of the route to the peer as the OS reports it (Linux: `IP_MTU` /
+    /// `IPV6_MTU` of a socket connected to the peer) less the IP and UDP headers,
+    /// at most `cap` and at most what one UDP datagram carries; `PmtudConfig::max`
+    /// where the OS reports nothing. Loopback reports 65535 on IPv4 and 65536 on
+    /// IPv6 (ceilings of 65507 and 65488), a jumbo-frame link 9000 (8972 on IPv4,
+    /// 8952 on IPv6), an Ethernet link 1500 (1472 and 1452).
+    Route {
+        /// Upper bound of the ceiling, bytes of UDP payload.
+        cap: usize,
+    },
+}
+
+impl Default for UdpPmtudCeiling {
+    fn default() -> Self {
+        UdpPmtudCeiling::Route {
+            cap: DEFAULT_ROUTE_MTU_CAP,
+        }
+    }
+}
+
 /// Everything a node is built from.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -32,10 +65,16 @@ pub struct NodeConfig {
     pub udp_mtu: usize,
     /// Path MTU discovery on UDP paths (RFC 8899; on by default): each path starts
     /// at the base of its address family (548 bytes on IPv4, 1232 on IPv6:
-    /// `base` here is replaced by it) and probes up to `max` (1452). The socket
+    /// `base` here is replaced by it) and probes up to a ceiling chosen by
+    /// [`udp_pmtud_ceiling`](Self::udp_pmtud_ceiling): by default the route's MTU
+    /// as the OS reports it, or `max` (1452) where it reports none. The socket
     /// forbids fragmentation (quinn-udp sets `IP_PMTUDISC_PROBE` / `IPV6_DONTFRAG`
     /// on Linux). `None`: every UDP datagram is at most `udp_mtu`.
     pub udp_pmtud: Option<PmtudConfig>,
+    /// Where the largest size PMTUD probes on a UDP path comes from (see
+    /// [`UdpPmtudCeiling`]; by default the route's MTU, capped at
+    /// [`DEFAULT_ROUTE_MTU_CAP`]).
+    pub udp_pmtud_ceiling: UdpPmtudCeiling,
     /// Accepted connections (on every listener: datagram remotes and stream
     /// connections) that have not completed their handshake. A new one past the
     /// limit evicts the oldest (counted in `NodeStats::evicted_accepts`), so that
@@ -43,9 +82,23 @@ pub struct NodeConfig {
     /// new remote opens a connection only if it carries a hello; others are
     /// dropped and counted (resists floods of garbage).
     pub max_pending_accepts: usize,
-    /// Events (messages included) held for the application; when full, the node
-    /// stops reading its sockets until the application catches up.
+    /// Events (messages included) held for the application. When it holds this
+    /// many, or [`event_bytes`](Self::event_bytes), the node holds delivery back:
+    /// received messages wait in their streams' receive windows and the peers are
+    /// flow-controlled by them, while the node goes on reading its sockets
+    /// (acknowledgements, handshakes, commands). Events other than messages are
+    /// not held back and may pass it.
     pub event_capacity: usize,
+    /// Payload bytes of the messages held for the application (default 64 MiB):
+    /// delivery is held back at this bound like at
+    /// [`event_capacity`](Self::event_capacity); it may be passed by one message.
+    pub event_bytes: usize,
+    /// Payload bytes the socket tasks may have read and not yet handed to the
+    /// core (default 16 MiB). Past it, stream and shm readers wait (the peer backs
+    /// up) and datagrams are dropped (counted in `NodeStats::dropped_datagrams`).
+    /// Each reader may pass it by one input (a 64 KiB read, a batch of datagrams
+    /// or of shm records).
+    pub input_bytes: usize,
     /// Transmits queued towards one stream socket or one datagram socket before
     /// more wait in the driver (stream) or are dropped as loss (datagram).
     pub write_queue: usize,
@@ -71,8 +124,11 @@ impl NodeConfig {
             scheduler: Scheduler::default(),
             udp_mtu: UDP_INITIAL_MTU,
             udp_pmtud: Some(PmtudConfig::default()),
+            udp_pmtud_ceiling: UdpPmtudCeiling::default(),
             max_pending_accepts: 256,
             event_capacity: 4096,
+            event_bytes: 64 * 1024 * 1024,
+            input_bytes: 16 * 1024 * 1024,
             write_queue: 256,
             reconnect_min: Duration::from_millis(50),
             reconnect_max: Duration::from_secs(2),
@@ -97,6 +153,8 @@ impl NodeConfig {
         let invalid = |what: String| Err(crate::NodeError::InvalidConfig(what));
         let zero = [
             ("event_capacity", self.event_capacity),
+            ("event_bytes", self.event_bytes),
+            ("input_bytes", self.input_bytes),
             ("write_queue", self.write_queue),
             ("max_pending_accepts", self.max_pending_accepts),
         ];
@@ -109,18 +167,16 @@ impl NodeConfig {
                 self.reconnect_min, self.reconnect_max
             ));
         }
-        if !(MIN_MTU..=MAX_UDP_PAYLOAD).contains(&self.udp_mtu) {
+        if !(MIN_MTU..=crate::udp::MAX_UDP_PAYLOAD_V4).contains(&self.udp_mtu) {
             return invalid(format!(
-                "udp_mtu ({}) must be within {MIN_MTU}..={MAX_UDP_PAYLOAD}",
-                self.udp_mtu
+                "udp_mtu ({}) must be within {MIN_MTU}..={}",
+                self.udp_mtu,
+                crate::udp::MAX_UDP_PAYLOAD_V4
             ));
         }
         Ok(())
     }
 }
-
-/// The largest payload of a UDP datagram (over IPv4).
-const MAX_UDP_PAYLOAD: usize = 65_507;
 
 /// A session id for a new incarnation: the start time (µs since the UNIX epoch)
 /// above 12 random bits, so that a restarted node presents a larger one.
@@ -154,7 +210,7 @@ mod tests {
             |c| c.reconnect_min = Duration::ZERO,
             |c| c.reconnect_min = c.reconnect_max * 2,
             |c| c.udp_mtu = MIN_MTU - 1,
-            |c| c.udp_mtu = MAX_UDP_PAYLOAD + 1,
+            |c| c.udp_mtu = crate::udp::MAX_UDP_PAYLOAD_V4 + 1,
         ];
         for (i, break_it) in cases.iter().enumerate() {
             let mut config = NodeConfig::new("n");

@@ -2,7 +2,6 @@
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use atbus_core::{
     CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointStats, Event, PeerId, SendError,
@@ -11,6 +10,7 @@ use atbus_core::{
 use bytes::Bytes;
 
 use crate::address::Address;
+use crate::budget::EventGauge;
 use crate::config::NodeConfig;
 use crate::driver::Driver;
 use crate::runtime::Runtime;
@@ -104,8 +104,9 @@ pub struct NodeStats {
     /// Every live connection.
     pub paths: Vec<PathStats>,
     /// Datagrams dropped outside the core: from new remotes without a hello, to a
-    /// dialled socket from a stranger, garbage, over a full send queue, or to a
-    /// Unix datagram receiver whose queue is full.
+    /// dialled socket from a stranger, garbage, over a full send queue, to a Unix
+    /// datagram receiver whose queue is full, or read while the I/O task was behind
+    /// ([`NodeConfig::input_bytes`]).
     pub dropped_datagrams: u64,
     /// Socket errors seen (each one is also handled: retried, or the connection
     /// closed).
@@ -126,6 +127,18 @@ pub struct NodeStats {
     /// counted. Dialled sockets are released when their path is given up (a
     /// failed connect, a lost peer).
     pub open_sockets: usize,
+    /// Events waiting for the application (`recv`); see
+    /// [`NodeConfig::event_capacity`].
+    pub queued_events: usize,
+    /// Payload bytes of the messages waiting for the application; see
+    /// [`NodeConfig::event_bytes`].
+    pub queued_event_bytes: usize,
+    /// Payload bytes the socket tasks have read and the I/O task has not taken
+    /// yet; see [`NodeConfig::input_bytes`].
+    pub queued_input_bytes: usize,
+    /// Times the node held delivery back because the application's queue of
+    /// events was full (its peers were flow-controlled meanwhile).
+    pub delivery_pauses: u64,
 }
 
 pub(crate) type Reply<T> = async_channel::Sender<T>;
@@ -219,8 +232,9 @@ impl Command {
 pub struct Node {
     commands: async_channel::Sender<Command>,
     events: async_channel::Receiver<Event>,
-    paused: Arc<AtomicBool>,
+    gauge: Arc<EventGauge>,
     event_capacity: usize,
+    event_bytes: usize,
     local: Vec<Address>,
 }
 
@@ -233,8 +247,9 @@ impl Node {
         config.validate()?;
         let (commands, command_rx) = async_channel::bounded(1024);
         let (event_tx, events) = async_channel::unbounded();
-        let paused = Arc::new(AtomicBool::new(false));
-        let event_capacity = config.event_capacity;
+        let gauge = Arc::new(EventGauge::default());
+        let event_capacity = config.event_capacity.max(1);
+        let event_bytes = config.event_bytes.max(1);
         let dedicated = config.dedicated_thread;
         let bound = crate::driver::bind_all(&config.listen)?;
         let local = bound.iter().map(|b| b.local.clone()).collect();
@@ -243,7 +258,7 @@ impl Node {
             bound,
             commands: command_rx,
             events: event_tx,
-            paused: paused.clone(),
+            gauge: gauge.clone(),
         };
         if dedicated {
             runtime
@@ -259,8 +274,9 @@ impl Node {
         Ok(Node {
             commands,
             events,
-            paused,
+            gauge,
             event_capacity,
+            event_bytes,
             local,
         })
     }
@@ -296,6 +312,11 @@ impl Node {
     /// its connections cleanly, this re-dials it (see [`NodeError::PeerDeparted`]);
     /// a wait for the window fails with `PeerDeparted` if that does not bring it
     /// back.
+    ///
+    /// Cancel-safety: dropping the future before it completes (a timeout) gives
+    /// the message up if it still waits for the window: it is never sent later.
+    /// If the I/O task had already queued it in the core, it is sent. So a caller
+    /// that gave up does not know which happened; retrying may send it twice.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -316,7 +337,9 @@ impl Node {
     /// Queues several messages on one stream, in order, with one round trip to the
     /// I/O task (cheaper than one [`Node::send`] each); waits while the window is
     /// full, like `send`. On an error, the messages before the failing one are
-    /// queued and the rest are not.
+    /// queued and the rest are not. Cancel-safety as for `send`: dropping the
+    /// future gives up the messages still waiting for the window (a prefix of the
+    /// batch may have been queued, and is sent).
     pub async fn send_many(
         &self,
         peer: PeerId,
@@ -427,14 +450,14 @@ impl Node {
     /// connections closed. `None` once the node is closed and drained.
     pub async fn recv(&self) -> Option<Event> {
         let event = self.events.recv().await.ok();
-        self.after_recv();
+        self.after_recv(event.as_slice());
         event
     }
 
     /// The next event if one is ready.
     pub fn try_recv(&self) -> Option<Event> {
         let event = self.events.try_recv().ok();
-        self.after_recv();
+        self.after_recv(event.as_slice());
         event
     }
 
@@ -448,9 +471,10 @@ impl Node {
             return 0;
         }
         let Ok(first) = self.events.recv().await else {
-            self.after_recv();
+            self.after_recv(&[]);
             return 0;
         };
+        let start = out.len();
         out.push(first);
         let mut taken = 1;
         while taken < max {
@@ -462,12 +486,19 @@ impl Node {
                 Err(_) => break,
             }
         }
-        self.after_recv();
+        self.after_recv(&out[start..]);
         taken
     }
 
-    fn after_recv(&self) {
-        if self.paused.load(Ordering::Relaxed) && self.events.len() < self.event_capacity / 2 {
+    /// Uncounts the events taken; wakes the I/O task once a queue it stopped
+    /// delivering to is half empty.
+    fn after_recv(&self, taken: &[Event]) {
+        self.gauge
+            .taken(taken.iter().map(EventGauge::payload_bytes).sum());
+        if self.gauge.paused()
+            && self.events.len() < self.event_capacity / 2
+            && self.gauge.bytes() < self.event_bytes / 2
+        {
             let _ = self.commands.try_send(Command::Wake);
         }
     }

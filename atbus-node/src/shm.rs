@@ -246,6 +246,7 @@ pub(crate) fn spawn_connection<R: Runtime>(
     link: ShmLink,
     handle: u64,
     net: async_channel::Sender<NetInput<R>>,
+    budget: Arc<crate::budget::InputBudget>,
     stop: async_channel::Receiver<()>,
     queue: async_channel::Receiver<Bytes>,
     writing: Option<async_channel::Sender<()>>,
@@ -271,7 +272,15 @@ pub(crate) fn spawn_connection<R: Runtime>(
             std::thread::Builder::new()
                 .name("atbus-shm-read".into())
                 .spawn(move || {
-                    read_loop(reader, peer_pid, &rings, handle, &net, &stop, &reader_alive);
+                    read_loop(
+                        reader,
+                        peer_pid,
+                        &rings,
+                        handle,
+                        (&net, &budget),
+                        &stop,
+                        &reader_alive,
+                    );
                 })
         });
     if spawned.is_err() {
@@ -288,7 +297,10 @@ fn read_loop<R: Runtime>(
     mut peer_pid: Option<u32>,
     rings: &[String; 2],
     handle: u64,
-    net: &async_channel::Sender<NetInput<R>>,
+    (net, budget): (
+        &async_channel::Sender<NetInput<R>>,
+        &crate::budget::InputBudget,
+    ),
     stop: &async_channel::Receiver<()>,
     alive: &AtomicBool,
 ) {
@@ -309,6 +321,11 @@ fn read_loop<R: Runtime>(
                 data.extend_from_slice(record);
             }
         };
+        // While the driver is behind, the records stay in the ring and the peer's
+        // writer backs up.
+        if !budget.room_blocking(stop) {
+            break;
+        }
         let first = match reader.recv_timeout(READ_WAIT) {
             Ok(Some(record)) => {
                 take(&record);
@@ -324,6 +341,7 @@ fn read_loop<R: Runtime>(
         };
         if !data.is_empty() {
             let batch = Bytes::from(std::mem::take(&mut data));
+            budget.add(batch.len());
             if net
                 .send_blocking(NetInput::StreamData {
                     handle,

@@ -332,6 +332,7 @@ impl Endpoint {
         let peer_limit = self.config.peer_receive_limit;
         let max_ack_ranges = self.config.max_ack_ranges.max(1);
         let mut dropped = 0u64;
+        let fragments = content.fragment.len() as u64;
         // One past the last offset this frame carried.
         let mut cursor = offset;
         {
@@ -459,10 +460,18 @@ impl Endpoint {
                 }
             }
         }
+        // A frame dropped whole while the application holds delivery back is not
+        // acknowledged until it reads (see `delivery.rs`).
+        let withheld = stream_id >= 0
+            && dropped > 0
+            && dropped == fragments
+            && self.delivery.withhold_ack(id, stream_id);
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;
             let since = self.now;
-            c.ack_pending.entry(stream_id).or_insert(since);
+            if !withheld {
+                c.ack_pending.entry(stream_id).or_insert(since);
+            }
             if cursor > offset {
                 let recent = c.ack_recent.entry(stream_id).or_default();
                 if recent.len() >= max_ack_ranges {
@@ -597,7 +606,7 @@ impl Endpoint {
     }
 
     /// Pops every complete message of a stream and turns it into events.
-    fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
+    pub(super) fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
         if stream == -1 {
             loop {
                 let Some(message) = self
@@ -622,6 +631,11 @@ impl Endpoint {
             let Some(s) = p.streams.get_mut(&stream) else {
                 break;
             };
+            if self.delivery.spent() {
+                // The application's queue is full: the rest waits in the window.
+                self.delivery.hold(peer, stream, id);
+                break;
+            }
             let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
                 done = s.is_done();
@@ -663,6 +677,7 @@ impl Endpoint {
                 });
             } else {
                 self.stats.delivered_messages += 1;
+                self.delivery.charge(len);
                 self.events.push_back(Event::Message {
                     peer,
                     stream,

@@ -122,7 +122,9 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Queues messages in order; what the window cannot take yet waits, parked, for
-    /// [`Event::Writable`].
+    /// [`Event::Writable`]. A send whose caller gave up (its future dropped) is not
+    /// queued, and leaves the parked ones: it must not go out later, and a caller
+    /// retrying on a timeout must not pile up parked copies.
     fn on_send(
         &mut self,
         peer: PeerId,
@@ -131,7 +133,11 @@ impl<R: Runtime> Driver<R> {
         options: SendOptions,
         reply: Done,
     ) {
+        if reply.is_closed() {
+            return;
+        }
         if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
+            queue.retain(|parked| !parked.is_cancelled());
             queue.push_back(Parked::Messages {
                 payloads,
                 options,
@@ -182,6 +188,9 @@ impl<R: Runtime> Driver<R> {
     pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {
         let now = self.now();
         self.closing = true;
+        // What was received and acknowledged but held back for the application is
+        // handed over: the application may still read it after the close.
+        self.endpoint.set_delivery_budget(None);
         let connections: Vec<ConnectionId> = self.endpoint.connections().collect();
         for connection in connections {
             let _ = self.endpoint.close_connection(
@@ -224,6 +233,7 @@ impl<R: Runtime> Driver<R> {
 
     pub(super) fn on_net(&mut self, input: NetInput<R>) {
         let now = self.now();
+        self.input_budget.release(input.budget_bytes());
         match input {
             NetInput::Datagrams { socket, batch } => {
                 for (remote, data) in batch {
@@ -432,7 +442,9 @@ impl<R: Runtime> Driver<R> {
         connection: ConnectionId,
         remote: &Remote,
     ) {
-        if let Some(config) = crate::udp::udp_pmtud(remote, self.config.udp_pmtud) {
+        if let Some(config) =
+            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, self.config.udp_pmtud_ceiling)
+        {
             self.endpoint.set_pmtud(now, connection, Some(config));
         }
     }

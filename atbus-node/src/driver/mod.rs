@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use atbus_core::{ConnectionId, Endpoint, Event, PeerId, SendOptions, Timestamp};
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use crate::address::Address;
+use crate::budget::{EventGauge, InputBudget};
 use crate::config::{NodeConfig, UNIX_DATAGRAM_MTU};
 use crate::node::{Command, NodeError, NodeStats, PathStats, Reply};
 use crate::runtime::{DatagramSocket, Remote, Runtime};
@@ -31,7 +31,8 @@ pub(crate) use bind::{Bound, bind_all};
 const EPOCH: Duration = Duration::from_secs(1);
 /// Inputs taken from a channel before the core's outputs are drained.
 const INPUT_BURST: usize = 256;
-/// How often a node whose application stopped reading events looks again.
+/// How often a node holding delivery back for its application looks again (the
+/// application's reads wake it up sooner).
 const PAUSED_RECHECK: Duration = Duration::from_millis(5);
 /// How soon a backed-up socket queue is tried again.
 const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
@@ -42,7 +43,7 @@ pub(crate) struct DriverParts {
     pub bound: Vec<Bound>,
     pub commands: async_channel::Receiver<Command>,
     pub events: async_channel::Sender<Event>,
-    pub paused: Arc<AtomicBool>,
+    pub gauge: Arc<EventGauge>,
 }
 
 struct DatagramSlot<R: Runtime> {
@@ -53,8 +54,6 @@ struct DatagramSlot<R: Runtime> {
     mtu: usize,
     /// Datagrams waiting to be written (bounded by `write_queue`).
     queue: VecDeque<(Remote, Bytes)>,
-    /// Scratch space for GSO runs.
-    gso: Vec<u8>,
     _stop: async_channel::Sender<()>,
 }
 
@@ -93,14 +92,13 @@ impl<R: Runtime> DatagramSlot<R> {
                     _ => break,
                 }
             }
+            // The run's datagrams go to the kernel as they are (no copy into one
+            // buffer): it gathers them and cuts them at `size`.
             let result = if run == 1 {
-                self.socket.try_send(remote, first, size.max(1))
+                self.socket.try_send(remote, &[first], size.max(1))
             } else {
-                self.gso.clear();
-                for (_, d) in self.queue.iter().take(run) {
-                    self.gso.extend_from_slice(d);
-                }
-                self.socket.try_send(remote, &self.gso, size)
+                let parts: Vec<&[u8]> = self.queue.iter().take(run).map(|(_, d)| &d[..]).collect();
+                self.socket.try_send(remote, &parts, size)
             };
             match result {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
@@ -208,6 +206,16 @@ enum Parked {
     },
 }
 
+impl Parked {
+    /// Whether its caller gave up waiting (dropped the future of `send`,
+    /// `send_many` or `finish`): it is not carried out.
+    fn is_cancelled(&self) -> bool {
+        match self {
+            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply.is_closed(),
+        }
+    }
+}
+
 enum Wake<R: Runtime> {
     Command(Option<Command>),
     Net(NetInput<R>),
@@ -224,7 +232,13 @@ pub(crate) struct Driver<R: Runtime> {
     net_tx: async_channel::Sender<NetInput<R>>,
     net_rx: async_channel::Receiver<NetInput<R>>,
     events: async_channel::Sender<Event>,
-    paused: Arc<AtomicBool>,
+    /// The application's queue of events: its payload bytes, and whether delivery
+    /// is held back.
+    gauge: Arc<EventGauge>,
+    /// Bytes the socket tasks queue in `net_rx`.
+    input_budget: Arc<InputBudget>,
+    /// Times delivery was held back because the application's queue was full.
+    delivery_pauses: u64,
     bound: Vec<Bound>,
     /// Datagram sockets by number (never reused: a batch still in the channel
     /// from a closed socket's reader is dropped, not given to a newer socket).
@@ -279,6 +293,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
         let (writers_alive, writers_done) = async_channel::bounded(1);
+        let input_budget = Arc::new(InputBudget::new(parts.config.input_bytes));
         let mut endpoint_config = parts.config.endpoint.clone();
         endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
@@ -296,7 +311,9 @@ impl<R: Runtime> Driver<R> {
             net_tx,
             net_rx,
             events: parts.events,
-            paused: parts.paused,
+            gauge: parts.gauge,
+            input_budget,
+            delivery_pauses: 0,
             bound: parts.bound,
             sockets: HashMap::new(),
             next_socket: 0,
@@ -344,8 +361,13 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         self.open_listeners();
         while !self.finished {
-            let paused = self.events.len() >= self.config.event_capacity;
-            self.paused.store(paused, Ordering::Relaxed);
+            // Socket input is always taken (acknowledgements, handshakes, control
+            // must flow while the application is busy, or a node whose application
+            // awaits it would wedge); what the application has not taken bounds
+            // only the delivery of messages, which stay in their streams' receive
+            // windows meanwhile (flow control towards the peers).
+            self.set_delivery_budget();
+            let paused = self.gauge.paused();
             let wake_at = self.wake_instant(paused);
             let sleep = self.rt.sleep_until(wake_at);
             let commands = self.commands.clone();
@@ -354,9 +376,6 @@ impl<R: Runtime> Driver<R> {
                 async { Wake::Command(commands.recv().await.ok()) },
                 future::or(
                     async {
-                        if paused {
-                            future::pending::<()>().await;
-                        }
                         match net.recv().await {
                             Ok(input) => Wake::Net(input),
                             Err(_) => future::pending().await,
@@ -381,15 +400,21 @@ impl<R: Runtime> Driver<R> {
                     Err(_) => break,
                 }
             }
-            if !paused {
-                for _ in 0..INPUT_BURST {
-                    match self.net_rx.try_recv() {
-                        Ok(input) => self.on_net(input),
-                        Err(_) => break,
-                    }
+            for _ in 0..INPUT_BURST {
+                match self.net_rx.try_recv() {
+                    Ok(input) => self.on_net(input),
+                    Err(_) => break,
                 }
             }
             self.service();
+            let paused = self
+                .endpoint
+                .delivery_budget()
+                .is_some_and(|b| b.is_spent());
+            if paused && !self.gauge.paused() {
+                self.delivery_pauses += 1;
+            }
+            self.gauge.set_paused(paused);
         }
         // What was handed to the stream writers (each connection's FINISH_CONNECTION
         // last) reaches the sockets before the close is answered: a process may exit
@@ -420,6 +445,16 @@ impl<R: Runtime> Driver<R> {
         if let Some(reply) = self.close_reply.take() {
             let _ = reply.try_send(());
         }
+    }
+
+    /// Lets the core deliver what the application's queue has room for: none once
+    /// it holds `event_capacity` events or `event_bytes` payload bytes.
+    fn set_delivery_budget(&mut self) {
+        let room = atbus_core::DeliveryBudget {
+            bytes: self.config.event_bytes.saturating_sub(self.gauge.bytes()),
+            messages: self.config.event_capacity.saturating_sub(self.events.len()),
+        };
+        self.endpoint.set_delivery_budget(Some(room));
     }
 
     /// Remembers the ring files of a dialled shm connection, to remove at close
@@ -521,6 +556,7 @@ impl<R: Runtime> Driver<R> {
             socket.clone(),
             index,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped,
         ));
         self.sockets.insert(
@@ -531,7 +567,6 @@ impl<R: Runtime> Driver<R> {
                 scheme,
                 mtu,
                 queue: VecDeque::new(),
-                gso: Vec::new(),
                 _stop: stop,
             },
         );
@@ -549,6 +584,7 @@ impl<R: Runtime> Driver<R> {
             reader,
             handle,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped.clone(),
         ));
         // Once the connection is gone, its writer has a grace period to write what
@@ -578,7 +614,10 @@ impl<R: Runtime> Driver<R> {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
         let net = self.net_tx.clone();
         let writing = self.writers_alive.clone();
-        if crate::shm::spawn_connection(link, handle, net, stopped, queued, writing).is_err() {
+        let budget = self.input_budget.clone();
+        if crate::shm::spawn_connection(link, handle, net, budget, stopped, queued, writing)
+            .is_err()
+        {
             // No thread: the connection ends at once.
             self.io_errors += 1;
             let now = self.now();

@@ -119,7 +119,10 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn forward(&mut self, event: Event) {
-        let _ = self.events.try_send(event);
+        let bytes = self.gauge.queued(&event);
+        if self.events.try_send(event).is_err() {
+            self.gauge.taken(bytes);
+        }
     }
 
     pub(super) fn on_event(&mut self, event: Event) {
@@ -337,6 +340,9 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         while let Some(parked) = queue.pop_front() {
+            if parked.is_cancelled() {
+                continue;
+            }
             match parked {
                 Parked::Messages {
                     mut payloads,
@@ -491,6 +497,10 @@ impl<R: Runtime> Driver<R> {
         }
         let endpoint = &self.endpoint;
         self.settle_waiters.retain(|(peer, full, reply)| {
+            if reply.is_closed() {
+                // The caller gave up.
+                return false;
+            }
             let result = match endpoint.peer_info(*peer) {
                 None => Some(Err(NodeError::PeerGone)),
                 Some(info) if info.send_buffered == 0 && (!*full || info.streams == 0) => {
@@ -536,13 +546,17 @@ impl<R: Runtime> Driver<R> {
             endpoint: self.endpoint.stats(),
             windows: self.endpoint.snapshot(now),
             paths,
-            dropped_datagrams: self.dropped_datagrams,
+            dropped_datagrams: self.dropped_datagrams + self.input_budget.dropped_datagrams(),
             io_errors: self.io_errors,
             reconnects: self.reconnects,
             backlog_closes: self.backlog_closes,
             evicted_accepts: self.evicted_accepts,
             buffered_bytes: self.endpoint.buffered_bytes(),
             open_sockets: self.sockets.len() + self.streams.len(),
+            queued_events: self.events.len(),
+            queued_event_bytes: self.gauge.bytes(),
+            queued_input_bytes: self.input_budget.queued(),
+            delivery_pauses: self.delivery_pauses,
         }
     }
 }

@@ -16,10 +16,18 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
+
+mod flow;
 use crate::runtime::Runtime;
 use crate::{
     Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, NodeStats, PeerId,
     SendOptions,
+};
+pub use flow::{
+    a_node_whose_application_does_not_read_holds_bounded_memory,
+    a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
+    an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+    connect_and_waits_complete_while_the_application_reads_no_events,
 };
 
 /// How long any scenario waits for a transfer or an event before failing.
@@ -239,28 +247,92 @@ pub async fn udp_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) {
     server.close().await;
 }
 
-/// PMTUD is on by default: the path starts at 548 bytes and probes upward;
-/// loopback carries the configured maximum, 1452.
-pub async fn a_udp_path_discovers_an_mtu_above_the_ipv4_base<R: Runtime + Clone>(rt: R) {
-    use atbus_core::connection::pmtud::{DEFAULT_MAX, IPV4_BASE};
-    let server = server(&rt, &["udp://127.0.0.1:0"]);
-    let client = transfer(&rt, &server, &addresses(&server), 200, 3000).await;
-    let mtu = within(&rt, async {
+/// Waits (bounded by [`LIMIT`]) until the first path of `client` has an MTU of
+/// at least `at_least`, and returns it.
+async fn mtu_reaching<R: Runtime>(rt: &R, client: &Node, at_least: usize) -> usize {
+    within(rt, async {
         loop {
             let mtu = client.stats().await.unwrap().paths[0].info.mtu;
-            if mtu > IPV4_BASE {
+            if mtu >= at_least {
                 break mtu;
             }
             future::yield_now().await;
         }
     })
-    .await;
-    assert_eq!(mtu, DEFAULT_MAX);
+    .await
+}
+
+/// A client connected to a new UDP server on 127.0.0.1, both with `ceiling`.
+async fn udp_pair<R: Runtime + Clone>(
+    rt: &R,
+    ceiling: crate::UdpPmtudCeiling,
+) -> (Node, Node, PeerId) {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.udp_pmtud_ceiling = ceiling;
+    let server = bind(rt, config).expect("bind");
+    let mut config = NodeConfig::new("client");
+    config.udp_pmtud_ceiling = ceiling;
+    let client = bind(rt, config).expect("bind");
+    let peer = client.connect(&addresses(&server)).await.expect("connect");
+    (server, client, peer)
+}
+
+/// PMTUD is on by default: the path starts at 548 bytes and probes upward to the
+/// route's MTU, which loopback reports as the MTU of `lo` (65536 on Linux): the
+/// path finds 65507 bytes (the largest IPv4 UDP payload), and data then flows
+/// in datagrams of that size.
+pub async fn a_udp_path_discovers_the_loopback_mtu<R: Runtime + Clone>(rt: R) {
+    use atbus_core::connection::pmtud::DEFAULT_MAX;
+    // What `ip link` says of loopback (read here apart from the node's socket
+    // option), less the IPv4 and UDP headers, within one datagram's limit.
+    let expected = match std::fs::read_to_string("/sys/class/net/lo/mtu") {
+        Ok(lo) => (lo.trim().parse::<usize>().unwrap() - 28).min(65_507),
+        Err(_) => DEFAULT_MAX, // no route MTU to read: the configured maximum
+    };
+    let (server, client, peer) = udp_pair(&rt, crate::UdpPmtudCeiling::default()).await;
+    let mtu = mtu_reaching(&rt, &client, expected).await;
+    assert_eq!(mtu, expected);
+    // The listening side looks its peer's route up as well (its socket is not
+    // connected): its path to the client finds the same size.
+    assert_eq!(mtu_reaching(&rt, &server, expected).await, expected);
     let stats = client.stats().await.unwrap();
     let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
-    // Loopback has no MTU limit, but a probe can still be dropped by a full
-    // socket buffer (208 KiB) during the transfer's bursts; only such a loss may
-    // pass for a black hole, and the search still ends at the maximum.
+    assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
+    // Data now leaves in datagrams of the MTU found: 40 messages of 60,000 B
+    // reach the server in datagrams averaging well above Ethernet's 1452.
+    let received = |s: &NodeStats| {
+        let c = &s.paths[0].info.stats;
+        (c.received_bytes, c.received_packets)
+    };
+    let (bytes_before, packets_before) = received(&server.stats().await.unwrap());
+    let sending = send_numbered(&client, peer, 40, 60_000);
+    let receiving = receive_numbered(&server, 40, 60_000);
+    within(&rt, future::zip(sending, receiving)).await;
+    let (bytes_after, packets_after) = received(&server.stats().await.unwrap());
+    let packets = packets_after - packets_before;
+    let average = usize::try_from((bytes_after - bytes_before) / packets.max(1)).unwrap();
+    assert!(bytes_after - bytes_before >= 40 * 60_000);
+    if expected > DEFAULT_MAX {
+        assert!(average > 8 * DEFAULT_MAX, "{average} B per datagram");
+    }
+    assert!(average <= mtu, "{average} B per datagram");
+    client.close().await;
+    server.close().await;
+}
+
+/// With the ceiling fixed ([`crate::UdpPmtudCeiling::Fixed`]) loopback's path
+/// stops at the configured maximum, 1452, whatever the route carries.
+pub async fn a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum<R: Runtime + Clone>(
+    rt: R,
+) {
+    use atbus_core::connection::pmtud::DEFAULT_MAX;
+    let (server, client, peer) = udp_pair(&rt, crate::UdpPmtudCeiling::Fixed).await;
+    let sending = send_numbered(&client, peer, 200, 3000);
+    let receiving = receive_numbered(&server, 200, 3000);
+    within(&rt, future::zip(sending, receiving)).await;
+    assert_eq!(mtu_reaching(&rt, &client, DEFAULT_MAX).await, DEFAULT_MAX);
+    let stats = client.stats().await.unwrap();
+    let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
     assert!(pmtud.black_holes <= pmtud.probes_lost, "{pmtud:?}");
     client.close().await;
     server.close().await;
@@ -570,8 +642,8 @@ pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Run
     client.close().await;
 }
 
-/// A reader that pauses now and then, with an event queue of 8: the node waits
-/// for it and loses nothing.
+/// A reader that pauses now and then, with an event queue of 8: the node holds
+/// delivery back for it (counted in `delivery_pauses`) and loses nothing.
 pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + Clone>(rt: R) {
     let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
     config.event_capacity = 8;
@@ -606,6 +678,11 @@ pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + 
         assert_eq!(next, count);
     };
     within(&rt, future::zip(sending, receiving)).await;
+    let stats = server.stats().await.unwrap();
+    assert!(
+        stats.delivery_pauses > 0,
+        "the queue of 8 events never filled: nothing was held back"
+    );
 }
 
 /// `send_many` batches queue past a full 64 KiB stream window, in order.
@@ -1333,7 +1410,8 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
     let (stop, stopped) = async_channel::bounded(1);
     let (queue, queued) = async_channel::bounded(16);
     let (writing, written) = async_channel::bounded::<()>(1);
-    crate::shm::spawn_connection(link, 0, net, stopped, queued, Some(writing)).unwrap();
+    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
+    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
     for i in 0..8 {
         queue.send(payload(i, 100)).await.unwrap();
     }
@@ -1358,7 +1436,8 @@ macro_rules! loopback_tests {
     ($run:ident) => {
         $crate::loopback_tests!(@each $run;
             udp_transfer_arrives_in_order,
-            a_udp_path_discovers_an_mtu_above_the_ipv4_base,
+            a_udp_path_discovers_the_loopback_mtu,
+            a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum,
             udp_over_ipv6_transfer_arrives_in_order,
             tcp_transfer_arrives_in_order,
             small_messages_received_in_batches_arrive_once_in_order,
@@ -1376,6 +1455,10 @@ macro_rules! loopback_tests {
             a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives,
             a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots,
             a_slow_reader_pauses_the_node_without_losing_messages,
+            an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+            connect_and_waits_complete_while_the_application_reads_no_events,
+            a_node_whose_application_does_not_read_holds_bounded_memory,
+            a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
             send_many_queues_batches_in_order_past_a_full_window,
             sliced_small_message_batches_arrive_once_in_order_with_metadata,
             connecting_to_a_silent_udp_port_times_out_clearly,
