@@ -130,6 +130,8 @@ pub struct InFlight {
     rack_lost_next: u64,
     /// Datagrams the latest loss detection that found any declared lost.
     last_lost_datagrams: usize,
+    /// Whether that detection was a timeout while newer frames were in flight.
+    last_timeout_before_newer: bool,
 }
 
 impl InFlight {
@@ -287,6 +289,7 @@ impl InFlight {
         let mut lost = Vec::new();
         // The datagram a timeout declared lost in this call: its other ranges go too.
         let mut probe_packet = None;
+        let mut probe_sent_at = None;
         while let Some((&seq, range)) = self.ranges.first_key_value() {
             let timed_out = now >= Self::timeout_deadline(self.timed_out_at, range.sent_at, rto);
             let rack = range.sent_at + reorder_window < newest_delivered
@@ -298,6 +301,7 @@ impl InFlight {
             let timed_out = timed_out || same_datagram;
             if timed_out && !same_datagram {
                 probe_packet = Some(range.packet);
+                probe_sent_at = Some(range.sent_at);
                 self.timed_out_at = Some(now);
             }
             self.probe_due |= timed_out;
@@ -309,6 +313,15 @@ impl InFlight {
         }
         self.new_episode = false;
         if !lost.is_empty() {
+            // Frames sent after the timed-out one (by more than the window) are
+            // still in flight: their acknowledgement will show whether it was
+            // lost, by the time-ordered rule.
+            self.last_timeout_before_newer = probe_sent_at.is_some_and(|sent| {
+                self.ranges
+                    .values()
+                    .next_back()
+                    .is_some_and(|newest| newest.sent_at > sent + reorder_window)
+            });
             self.last_lost_datagrams = 1 + lost
                 .windows(2)
                 .filter(|w| w[0].packet != w[1].packet)
@@ -327,6 +340,17 @@ impl InFlight {
             }
         }
         lost
+    }
+
+    /// Whether the latest detection that found a loss was a timeout while frames
+    /// sent after the timed-out one were still in flight. Such a timeout is as
+    /// often a lost acknowledgement as a lost datagram (on a short path the
+    /// timeout, 1.2 × RTT, comes before the next frame's acknowledgement), and
+    /// the newer frames' acknowledgement will tell. Not a timeout at the tail of
+    /// the flight (nothing newer to tell), nor the time-ordered rule (a newer
+    /// frame arrived: the loss is certain).
+    pub fn last_timeout_before_newer(&self) -> bool {
+        self.last_timeout_before_newer
     }
 
     /// Whether the latest detection that found a loss began a new recovery
