@@ -38,9 +38,9 @@ use crate::time::Timestamp;
 /// hold the window full until the retransmission timeout.
 pub const MAX_REORDER_FACTOR: u32 = 4;
 
-/// Loss detections after which the multiplier returns to 1 (RFC 8985 §6.2: 16
-/// recoveries), so that one episode of reordering does not widen the window for
-/// good.
+/// Recovery episodes after which the multiplier returns to 1 (RFC 8985 §6.2: 16
+/// recoveries; see [`InFlight::began_recovery`]), so that one episode of reordering
+/// does not widen the window for good.
 pub const REORDER_RESET_RECOVERIES: u32 = 16;
 
 /// After a timeout, the next one comes no sooner than this fraction of the
@@ -389,7 +389,7 @@ impl InFlight {
     }
 
     /// Whether an acknowledgement showed a frame arriving after a newer one, within
-    /// the last [`REORDER_RESET_RECOVERIES`] loss detections (RFC 8985's
+    /// the last [`REORDER_RESET_RECOVERIES`] recovery episodes (RFC 8985's
     /// `RACK.reord`). Until it does, the path is taken to keep send order and the
     /// time-ordered rule needs no reordering window.
     pub fn reordering_seen(&self) -> bool {
