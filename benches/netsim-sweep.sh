@@ -12,8 +12,8 @@
 # - links: one-way delay 5 / 40 / 150 ms x jitter 0 / 10 / 50 % of the delay x loss
 #   0.5 / 2 / 5 / 10 / 20 % x mean burst 1 / 3 / 6 datagrams (135 links), with
 #   100-1000 B messages every 10 ms, one way;
-# - workloads, on six of those links: 8 B and 4 KB messages, intervals 1 and 50 ms,
-#   echo of 100-1000 B and of 8 B messages every 20 ms;
+# - workloads, on six of those links: 8 B and 4 KB messages, intervals 1 and 50 ms
+#   (2 x and 0.5 x MESSAGES), echo of 100-1000 B and of 8 B messages every 20 ms;
 # - a bandwidth-limited link with a small queue (1 mbit/s, 16 KB; and 5 mbit/s,
 #   8 KB at 1 ms intervals), without and with 1 % loss.
 #
