@@ -1232,7 +1232,9 @@ impl Endpoint {
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
         c.stats.lost_packets += packets;
-        c.recoveries_since_reorder = c.recoveries_since_reorder.saturating_add(1);
+        if c.in_flight.began_recovery() {
+            c.recoveries_since_reorder = c.recoveries_since_reorder.saturating_add(1);
+        }
         if c.recoveries_since_reorder >= REORDER_RESET_RECOVERIES {
             c.reorder_factor = 1;
             c.recoveries_since_reorder = 0;
