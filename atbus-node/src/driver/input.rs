@@ -696,16 +696,59 @@ fn discard_dialed<R: Runtime>(d: Dialed<R>) {
 }
 
 /// Whether a datagram from a new remote may open a connection: well-formed
-/// frames, one of them the start of the control stream (where the hello is).
+/// frames, one of them the start of the control stream (where the hello is)
+/// that is not a FINISH_CONNECTION (which has the same stream and offset but
+/// only closes: letting it in would cost a connection per spoofed datagram).
 fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool {
     use atbus_proto::pb::frame_message::Body;
+    const FINISH: i32 = atbus_proto::pb::AtbusPacketFlagType::FinishConnection as i32;
     atbus_proto::Frames::new(data.clone(), *limits).any(|frame| {
         matches!(
             frame,
             Ok(atbus_proto::pb::FrameMessage {
                 body: Some(Body::Packet(ref p)),
                 ..
-            }) if p.stream_id == -1 && p.stream_offset == 0
+            }) if p.stream_id == -1 && p.stream_offset == 0 && p.flags & FINISH == 0
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use atbus_proto::{pb, CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
+    use bytes::BytesMut;
+
+    fn control_frame(flags: i32) -> Bytes {
+        let head = CachedHead::new(&pb::MessageHead {
+            source: "a".into(),
+            ..Default::default()
+        });
+        let meta = CachedMessageMeta::of_type(pb::AtbusPacketType::Data as i32);
+        let fragments = [FragmentSpec {
+            meta: Some(&meta),
+            data: &[],
+            has_more: false,
+        }];
+        let frame = DataFrame {
+            head: &head,
+            stream_id: -1,
+            stream_offset: 0,
+            flags,
+            padding_size: 0,
+            timepoint_microseconds: 1,
+            content: Content::Fragments(&fragments),
+        };
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        buf.freeze()
+    }
+
+    #[test]
+    fn a_finish_connection_frame_does_not_open_a_connection() {
+        let limits = atbus_proto::DecodeLimits::default();
+        assert!(starts_a_connection(&control_frame(0), &limits));
+        let finish = pb::AtbusPacketFlagType::FinishConnection as i32;
+        assert!(!starts_a_connection(&control_frame(finish), &limits));
+    }
 }

@@ -158,7 +158,13 @@ impl<R: Runtime> Driver<R> {
                 reason,
                 by_peer,
             } => {
-                if self.discarded.remove(connection) {
+                // A discarded accept, or one the remote closed before any
+                // handshake bound a peer (a FINISH_CONNECTION, possibly spoofed,
+                // on a stream that never sent a hello): the application never
+                // heard of it, so it hears nothing of its close either.
+                let unannounced = peer.is_none() && *by_peer;
+                if self.discarded.remove(connection) || unannounced {
+                    self.pending_accepts.remove(connection);
                     // A stream's slot (its socket and tasks) still goes.
                     self.closed_now.push(*connection);
                     return;
