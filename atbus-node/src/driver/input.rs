@@ -404,7 +404,8 @@ impl<R: Runtime> Driver<R> {
     /// handshake timeout; a real peer's handshake takes one round trip.
     fn make_room_for_an_accept(&mut self, now: Timestamp) {
         while self.pending_accepts.len() >= self.config.max_pending_accepts {
-            let Some(&oldest) = self.pending_accepts.first() else {
+            let Some(oldest) = oldest_handshaking(&mut self.pending_accepts, &self.endpoint)
+            else {
                 return;
             };
             self.evicted_accepts += 1;
@@ -683,6 +684,23 @@ impl<R: Runtime> Driver<R> {
     // ----- the core's outputs -----
 }
 
+/// The oldest accept of `pending` still handshaking, the only kind that may be
+/// evicted. An accept whose handshake completed (a UDP hello is answered inside
+/// `handle_input`) or that closed since the last drain leaves the set here
+/// first: its `PeerConnected` or `ConnectionClosed` is still on its way, and
+/// evicting it would drop a live connection the application is told of.
+fn oldest_handshaking(
+    pending: &mut BTreeSet<ConnectionId>,
+    endpoint: &atbus_core::Endpoint,
+) -> Option<ConnectionId> {
+    pending.retain(|&c| {
+        endpoint
+            .connection_info(c)
+            .is_some_and(|info| info.state == atbus_core::ConnectionState::Handshaking)
+    });
+    pending.first().copied()
+}
+
 /// Lets go of a transport dialled for a connect that failed: its socket closes,
 /// and the files it made go (a Unix datagram client's socket file here; a shm
 /// link removes its rings when dropped).
@@ -742,6 +760,39 @@ mod tests {
         let mut buf = BytesMut::new();
         frame.encode(&mut buf);
         buf.freeze()
+    }
+
+    #[test]
+    fn only_handshaking_accepts_are_evictable() {
+        use atbus_core::{ConnectionKind, Endpoint, Output};
+        let kind = ConnectionKind::Datagram { mtu: 1400 };
+        let now = Timestamp::ZERO;
+        let mut client = Endpoint::new(crate::NodeConfig::new("client").endpoint);
+        let mut server = Endpoint::new(crate::NodeConfig::new("server").endpoint);
+        client.connect(now, kind).unwrap();
+        let established = server.accept(now, kind).unwrap();
+        let handshaking = server.accept(now, kind).unwrap();
+        loop {
+            match client.poll_output() {
+                Output::Transmit(t) => server.handle_input(
+                    now,
+                    Input::Datagram {
+                        connection: established,
+                        data: t.data,
+                    },
+                ),
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+        let state = |c| server.connection_info(c).map(|i| i.state);
+        assert_eq!(
+            state(established),
+            Some(atbus_core::ConnectionState::Established)
+        );
+        let mut pending = BTreeSet::from([established, handshaking]);
+        assert_eq!(oldest_handshaking(&mut pending, &server), Some(handshaking));
+        assert_eq!(pending, BTreeSet::from([handshaking]));
     }
 
     #[test]
