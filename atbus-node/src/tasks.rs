@@ -65,8 +65,8 @@ pub(crate) enum Dialed<R: Runtime> {
         socket: R::Datagram,
         remote: Remote,
         address: Address,
-        /// A Unix datagram client binds a path of its own; removed at close.
-        own_path: Option<std::path::PathBuf>,
+        /// A Unix datagram client binds a path of its own; removed when dropped.
+        own_path: Option<crate::driver::OwnSocketFile>,
     },
     Stream {
         reader: R::Reader,
@@ -348,12 +348,14 @@ pub(crate) async fn dial<R: Runtime>(
         }
         Address::UnixDatagram(path) => {
             let own = client_unix_path(path);
-            let socket = std::os::unix::net::UnixDatagram::bind(&own)
+            let bound = std::os::unix::net::UnixDatagram::bind(&own);
+            // From here on the file goes whenever the result is dropped.
+            let own = crate::driver::OwnSocketFile::new(own);
+            let socket = bound
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
                 .and_then(|s| runtime.unix_datagram(s))
                 .map_err(|err| fail(&address, err))?;
             if !path.exists() {
-                let _ = std::fs::remove_file(&own);
                 return Err(fail(
                     &address,
                     io::Error::new(io::ErrorKind::NotFound, "no socket at this path"),

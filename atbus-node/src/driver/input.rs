@@ -471,17 +471,15 @@ impl<R: Runtime> Driver<R> {
         let Some(reply) = self.dial_requests.remove(&request) else {
             return;
         };
-        let mut dialed = Vec::new();
-        for result in results {
-            match result {
-                Ok(d) => dialed.push(d),
-                Err((address, source)) => {
-                    dialed.into_iter().for_each(discard_dialed);
-                    let _ = reply.try_send(Err(NodeError::Dial { address, source }));
-                    return;
-                }
+        // On the first failure what was dialled (before and after it) is dropped:
+        // its sockets close, and its files go (`OwnSocketFile`, `ShmLink`).
+        let dialed = match results.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(dialed) => dialed,
+            Err((address, source)) => {
+                let _ = reply.try_send(Err(NodeError::Dial { address, source }));
+                return;
             }
-        }
+        };
         let mut peer: Option<PeerId> = None;
         let mut dialed = dialed.into_iter();
         while let Some(d) = dialed.next() {
@@ -500,9 +498,7 @@ impl<R: Runtime> Driver<R> {
             };
             let (Ok(connection), Some(p)) = (created, peer) else {
                 // Nothing of the attempt stays: the paths made so far, and what was
-                // dialled for the rest.
-                discard_dialed(d);
-                dialed.for_each(discard_dialed);
+                // dialled for the rest (dropped on return).
                 if let Some(p) = peer {
                     self.release_paths_of(p);
                     let _ = self.endpoint.forget_peer(now, p);
@@ -524,7 +520,7 @@ impl<R: Runtime> Driver<R> {
                     ..
                 } => {
                     if let Some(own) = own_path {
-                        self.unix_paths.push(own.clone());
+                        self.unix_paths.push(own.path().to_path_buf());
                         own_path_of_path = Some(own);
                     }
                     let (scheme, mtu) = match &address {
@@ -699,18 +695,6 @@ fn oldest_handshaking(
             .is_some_and(|info| info.state == atbus_core::ConnectionState::Handshaking)
     });
     pending.first().copied()
-}
-
-/// Lets go of a transport dialled for a connect that failed: its socket closes,
-/// and the files it made go (a Unix datagram client's socket file here; a shm
-/// link removes its rings when dropped).
-fn discard_dialed<R: Runtime>(d: Dialed<R>) {
-    if let Dialed::Datagram {
-        own_path: Some(p), ..
-    } = d
-    {
-        let _ = std::fs::remove_file(p);
-    }
 }
 
 /// Whether a datagram from a new remote may open a connection: well-formed

@@ -186,10 +186,33 @@ struct DialedPath {
     /// backoff of its failed attempts).
     not_before: Instant,
     /// The socket file a Unix datagram path bound for itself: removed with the path.
-    own_path: Option<PathBuf>,
+    own_path: Option<OwnSocketFile>,
     /// The name of the node at the address, once a handshake on the path
     /// completed: a restarted node (a new peer) takes over the path.
     node_name: Option<String>,
+}
+
+/// A socket file this node bound for itself (a Unix datagram client's): removed
+/// when dropped, so that no path through which a dialled transport is let go
+/// (a failed connect, a result that comes after the node closed or its request
+/// was answered, a released path) leaves it on disk.
+#[derive(Debug)]
+pub(crate) struct OwnSocketFile(PathBuf);
+
+impl OwnSocketFile {
+    pub(crate) fn new(path: PathBuf) -> Self {
+        OwnSocketFile(path)
+    }
+
+    pub(crate) fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for OwnSocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Where the answer to an operation without a value goes.

@@ -317,8 +317,8 @@ impl<R: Runtime> Driver<R> {
             self.by_remote.retain(|(s, _), _| *s != socket);
         }
         if let Some(own) = path.own_path {
-            let _ = std::fs::remove_file(&own);
-            self.unix_paths.retain(|p| *p != own);
+            // Dropping it removes the file.
+            self.unix_paths.retain(|p| p != own.path());
         }
     }
 

@@ -436,6 +436,32 @@ pub async fn connecting_to_nothing_or_binding_twice_fails_clearly<R: Runtime + C
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
+/// A connect whose first address is refused while a later one (a Unix datagram
+/// listener) was dialled leaves no client socket file behind.
+pub async fn a_failed_connect_leaves_no_unix_datagram_socket_file<R: Runtime + Clone>(rt: R) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unixgram://{}", dir.path().join("server.sock").display());
+    let server = server(&rt, &[&listen]);
+    let refused = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let to = [
+        format!("tcp://{refused}").parse().unwrap(),
+        listen.parse().unwrap(),
+    ];
+    let err = within(&rt, client.connect(&to)).await.unwrap_err();
+    assert!(err.to_string().contains("cannot connect to tcp://"), "{err}");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["server.sock"], "files left: {files:?}");
+    client.close().await;
+    server.close().await;
+}
+
 /// Malformed datagrams during a transfer are counted and dropped.
 pub async fn garbage_datagrams_are_dropped_and_the_node_keeps_serving<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0"]);
@@ -1444,6 +1470,7 @@ macro_rules! loopback_tests {
             unix_stream_and_datagram_transfers_arrive_in_order,
             multi_path_udp_and_tcp_peer_uses_both_paths,
             connecting_to_nothing_or_binding_twice_fails_clearly,
+            a_failed_connect_leaves_no_unix_datagram_socket_file,
             garbage_datagrams_are_dropped_and_the_node_keeps_serving,
             truncated_and_oversized_frames_on_tcp_close_only_that_connection,
             a_dropped_tcp_connection_is_redialled_and_the_transfer_completes,
