@@ -353,6 +353,9 @@ pub(crate) async fn dial<R: Runtime>(
             let own = crate::driver::OwnSocketFile::new(own);
             let socket = bound
                 .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .inspect(|s| {
+                    crate::udp::grow_buffers(s, crate::udp::SOCKET_BUFFER);
+                })
                 .and_then(|s| runtime.unix_datagram(s))
                 .map_err(|err| fail(&address, err))?;
             if !path.exists() {

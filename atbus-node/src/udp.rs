@@ -227,8 +227,12 @@ pub const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Asks for send and receive buffers of `bytes` (best effort: a buffer that cannot
 /// grow stays as it was). Returns the receive buffer size the kernel reports.
-pub fn grow_buffers(socket: &std::net::UdpSocket, bytes: usize) -> Option<usize> {
-    let sock = socket2::SockRef::from(socket);
+///
+/// Unix datagram sockets get them too: each datagram is charged to its sender's
+/// send buffer until it is read, so the default (208 KiB on Linux) holds about
+/// three unread 64 KiB datagrams before every send, to any receiver, would block.
+pub fn grow_buffers<'s>(socket: impl Into<socket2::SockRef<'s>>, bytes: usize) -> Option<usize> {
+    let sock: socket2::SockRef<'s> = socket.into();
     if sock.recv_buffer_size().is_ok_and(|have| have < bytes) {
         let _ = sock.set_recv_buffer_size(bytes);
     }

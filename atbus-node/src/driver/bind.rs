@@ -68,6 +68,7 @@ pub(crate) fn bind_all(listen: &[Address]) -> Result<Vec<Bound>, NodeError> {
                 )
                 .map_err(fail)?;
                 s.set_nonblocking(true).map_err(fail)?;
+                crate::udp::grow_buffers(&s, crate::udp::SOCKET_BUFFER);
                 Bound {
                     local: address.clone(),
                     socket: BoundSocket::UnixDatagram(s, path.clone()),

@@ -404,8 +404,7 @@ impl<R: Runtime> Driver<R> {
     /// handshake timeout; a real peer's handshake takes one round trip.
     fn make_room_for_an_accept(&mut self, now: Timestamp) {
         while self.pending_accepts.len() >= self.config.max_pending_accepts {
-            let Some(oldest) = oldest_handshaking(&mut self.pending_accepts, &self.endpoint)
-            else {
+            let Some(oldest) = oldest_handshaking(&mut self.pending_accepts, &self.endpoint) else {
                 return;
             };
             self.evicted_accepts += 1;

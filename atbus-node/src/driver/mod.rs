@@ -24,7 +24,7 @@ mod input;
 mod output;
 
 use bind::BoundSocket;
-pub(crate) use bind::{Bound, bind_all};
+pub(crate) use bind::{bind_all, Bound};
 
 /// Timestamps start one second after the node's start: a timepoint of 0 means
 /// "absent" on the wire.
@@ -64,56 +64,93 @@ impl<R: Runtime> DatagramSlot<R> {
     /// Writes queued datagrams until the socket is full; consecutive datagrams to
     /// one remote of one size (the last may be shorter) leave in one system call.
     /// Returns the number of send errors and of datagrams dropped because their
-    /// Unix receiver's queue was full (both are loss, which the core repairs).
+    /// Unix receiver did not take them (both are loss, which the core repairs).
     ///
     /// A full UDP socket is full for every remote: writing stops and the rest
-    /// waits. A Unix datagram socket answers "would block" when the one
-    /// receiver's queue is full: that datagram is dropped and the others go on,
-    /// so that a receiver that does not read cannot hold up every peer behind it.
-    fn flush(&mut self) -> (u64, u64) {
-        let mut errors = 0;
-        let mut dropped = 0;
-        let max_segments = self.socket.max_segments();
-        while let Some((remote, first)) = self.queue.front() {
-            let size = first.len();
-            let mut run = 1;
-            let mut bytes = size;
-            while run < max_segments && size > 0 {
-                match self.queue.get(run) {
-                    Some((r, d))
-                        if r == remote && d.len() <= size && bytes + d.len() <= GSO_BYTES =>
-                    {
-                        bytes += d.len();
-                        run += 1;
-                        if d.len() < size {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            // The run's datagrams go to the kernel as they are (no copy into one
-            // buffer): it gathers them and cuts them at `size`.
-            let result = if run == 1 {
-                self.socket.try_send(remote, &[first], size.max(1))
+    /// waits. A Unix datagram socket answers "would block" both when its own send
+    /// buffer is full (every datagram is charged to it until read) and when the
+    /// one receiver's queue is full. After the first "would block" that remote is
+    /// skipped for the rest of the flush, and up to `keep_blocked` of its
+    /// datagrams wait for the next one (the rest are dropped: a receiver that
+    /// does not read holds no more of the queue than that); the other remotes go
+    /// on. A second remote that would block too means the socket itself is full:
+    /// writing stops and the rest waits, as for UDP.
+    fn flush(&mut self, keep_blocked: usize) -> (u64, u64) {
+        flush_datagrams(&*self.socket, &mut self.queue, keep_blocked)
+    }
+}
+
+/// How many datagrams of a Unix remote that would block wait for the next flush
+/// (see [`DatagramSlot::flush`]): half the write queue, so that one receiver that
+/// does not read cannot take all of it.
+fn keep_blocked(write_queue: usize) -> usize {
+    (write_queue / 2).max(1)
+}
+
+/// [`DatagramSlot::flush`] of `queue` on `socket`.
+fn flush_datagrams<S: DatagramSocket>(
+    socket: &S,
+    queue: &mut VecDeque<(Remote, Bytes)>,
+    keep_blocked: usize,
+) -> (u64, u64) {
+    let mut errors = 0;
+    let mut dropped = 0;
+    let max_segments = socket.max_segments();
+    let mut blocked: Option<Remote> = None;
+    let mut kept = VecDeque::new();
+    while let Some((remote, first)) = queue.front() {
+        if blocked.as_ref() == Some(remote) {
+            let datagram = queue.pop_front();
+            if kept.len() < keep_blocked {
+                kept.extend(datagram);
             } else {
-                let parts: Vec<&[u8]> = self.queue.iter().take(run).map(|(_, d)| &d[..]).collect();
-                self.socket.try_send(remote, &parts, size)
-            };
-            match result {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if !matches!(remote, Remote::Unix(_)) {
+                dropped += 1;
+            }
+            continue;
+        }
+        let size = first.len();
+        let mut run = 1;
+        let mut bytes = size;
+        while run < max_segments && size > 0 {
+            match queue.get(run) {
+                Some((r, d)) if r == remote && d.len() <= size && bytes + d.len() <= GSO_BYTES => {
+                    bytes += d.len();
+                    run += 1;
+                    if d.len() < size {
                         break;
                     }
-                    dropped += run as u64;
                 }
-                Ok(()) => {}
-                Err(_) => errors += 1,
+                _ => break,
             }
-            self.queue.drain(..run);
         }
-        (errors, dropped)
+        // The run's datagrams go to the kernel as they are (no copy into one
+        // buffer): it gathers them and cuts them at `size`.
+        let result = if run == 1 {
+            socket.try_send(remote, &[first], size.max(1))
+        } else {
+            let parts: Vec<&[u8]> = queue.iter().take(run).map(|(_, d)| &d[..]).collect();
+            socket.try_send(remote, &parts, size)
+        };
+        match result {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                if !matches!(remote, Remote::Unix(_)) || blocked.is_some() {
+                    break;
+                }
+                // Kept (or dropped past `keep_blocked`) by the next turn.
+                blocked = Some(remote.clone());
+                continue;
+            }
+            Ok(()) => {}
+            Err(_) => errors += 1,
+        }
+        queue.drain(..run);
     }
+    // The blocked remote's datagrams were ahead of the rest: back in front, in
+    // their order.
+    while let Some(datagram) = kept.pop_back() {
+        queue.push_front(datagram);
+    }
+    (errors, dropped)
 }
 
 struct StreamSlot {
@@ -689,6 +726,85 @@ impl<R: Runtime> Driver<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A socket whose receivers in `full` would block, as would the socket itself
+    /// after `room` sends; records what was sent.
+    struct FakeSocket {
+        full: Vec<Remote>,
+        room: Mutex<usize>,
+        sent: Mutex<Vec<(Remote, u8)>>,
+    }
+
+    impl DatagramSocket for FakeSocket {
+        async fn recv_batch<'a>(
+            &'a self,
+            _scratch: &'a mut crate::udp::RecvScratch,
+            _out: &'a mut Vec<(Remote, Bytes)>,
+        ) -> io::Result<()> {
+            future::pending().await
+        }
+
+        fn max_segments(&self) -> usize {
+            1
+        }
+
+        fn try_send(&self, to: &Remote, parts: &[&[u8]], _segment: usize) -> io::Result<()> {
+            let mut room = self.room.lock().unwrap();
+            if self.full.contains(to) || *room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            *room -= 1;
+            self.sent.lock().unwrap().push((to.clone(), parts[0][0]));
+            Ok(())
+        }
+    }
+
+    fn unix(name: &str) -> Remote {
+        Remote::Unix(PathBuf::from(name))
+    }
+
+    /// Datagrams numbered 0.. to `remotes` in turn; their first byte is the number.
+    fn queue_of(remotes: &[&Remote], count: u8) -> VecDeque<(Remote, Bytes)> {
+        (0..count)
+            .map(|i| {
+                let remote = remotes[usize::from(i) % remotes.len()];
+                (remote.clone(), Bytes::from(vec![i; 10 + usize::from(i)]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_unix_receiver_that_would_block_is_skipped_and_its_datagrams_kept() {
+        let (slow, fast) = (unix("slow"), unix("fast"));
+        let socket = FakeSocket {
+            full: vec![slow.clone()],
+            room: Mutex::new(usize::MAX),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut queue = queue_of(&[&slow, &fast], 12);
+        // The slow receiver keeps 4 of its 6 datagrams; the fast one gets all 6.
+        assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 2));
+        let sent = socket.sent.lock().unwrap().clone();
+        assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [1, 3, 5, 7, 9, 11]);
+        let left: Vec<_> = queue.iter().map(|(r, d)| (r.clone(), d[0])).collect();
+        assert_eq!(left, [0, 2, 4, 6].map(|i| (slow.clone(), i)));
+    }
+
+    #[test]
+    fn a_full_unix_socket_stops_the_flush_and_keeps_the_queue() {
+        let (a, b) = (unix("a"), unix("b"));
+        let socket = FakeSocket {
+            full: Vec::new(),
+            room: Mutex::new(3),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut queue = queue_of(&[&a, &b], 10);
+        // 3 go; then `b` and `a` would block: the socket is full, nothing is lost.
+        assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 0));
+        let left: Vec<_> = queue.iter().map(|(_, d)| d[0]).collect();
+        assert_eq!(left, [3, 4, 5, 6, 7, 8, 9]);
+    }
 
     #[test]
     fn a_stream_backlog_counts_its_bytes_and_reports_passing_the_limit() {

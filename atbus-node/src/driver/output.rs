@@ -48,7 +48,7 @@ impl<R: Runtime> Driver<R> {
                 // yield more than the queue holds (a congestion window of datagrams):
                 // a full queue is written out before it drops anything.
                 if slot.queue.len() >= self.config.write_queue {
-                    let (errors, dropped) = slot.flush();
+                    let (errors, dropped) = slot.flush(keep_blocked(self.config.write_queue));
                     self.io_errors += errors;
                     self.dropped_datagrams += dropped;
                 }
@@ -96,8 +96,9 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn flush(&mut self) {
+        let keep = keep_blocked(self.config.write_queue);
         for slot in self.sockets.values_mut() {
-            let (errors, dropped) = slot.flush();
+            let (errors, dropped) = slot.flush(keep);
             self.io_errors += errors;
             self.dropped_datagrams += dropped;
         }
