@@ -152,9 +152,14 @@ impl DatagramSocket for TokioDatagram {
                 .try_io(Interest::WRITABLE, || {
                     batching.try_send(s, *a, parts, segment_size)
                 }),
-            (TokioDatagram::Unix(s), Remote::Unix(p)) => {
-                s.try_send_to(&contiguous(parts), p).map(|_| ())
-            }
+            // Straight to the socket, not through tokio's write readiness: "would
+            // block" from a Unix datagram socket may mean only that one receiver's
+            // queue is full, and tokio would then report every other receiver
+            // blocked too until the socket next changes state (the driver tries
+            // again on its own timer).
+            (TokioDatagram::Unix(s), Remote::Unix(p)) => socket2::SockRef::from(s)
+                .send_to(&contiguous(parts), &socket2::SockAddr::unix(p)?)
+                .map(|_| ()),
             _ => Err(wrong_family()),
         }
     }

@@ -1343,7 +1343,7 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
 
 /// A Unix datagram peer that stops reading (its socket queue fills up) does not
 /// hold up the server's other peers on the same listening socket: what the
-/// silent receiver cannot take is dropped (loss, counted), the rest goes on.
+/// silent receiver cannot take waits (up to a bound, past it dropped), the rest goes on.
 pub async fn a_unix_datagram_peer_that_stops_reading_does_not_block_the_others<
     R: Runtime + Clone,
 >(
@@ -1376,9 +1376,9 @@ pub async fn a_unix_datagram_peer_that_stops_reading_does_not_block_the_others<
         let sent = server.send(silent, 1, message, SendOptions::default());
         within(&rt, sent).await.unwrap();
     }
+    // The silent peer's datagrams wait (a bounded number of them, see
+    // `driver::tests`); the client's transfer goes on past them.
     let client = transfer(&rt, &server, &[listen.parse().unwrap()], 500, 1000).await;
-    let stats = server.stats().await.unwrap();
-    assert!(stats.dropped_datagrams > 0, "{stats:?}");
     client.close().await;
     server.close().await;
 }
