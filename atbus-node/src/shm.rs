@@ -357,19 +357,55 @@ fn read_loop<R: Runtime>(
             peer_pid.is_some_and(|pid| !atbus_shm::mapping::process_alive(pid))
         };
         if ended || peer_gone || polled.is_err() {
+            // The peer is gone (or going) or the ring failed: the writer waits on
+            // a full ring no more.
+            alive.store(false, Ordering::Release);
             let _ = net.send_blocking(NetInput::StreamEnded { handle });
             break;
         }
     }
-    alive.store(false, Ordering::Release);
+    // Stopped here (the connection closed, or the node): `alive` stays set, and
+    // the writer finishes its tail and end record within its own grace
+    // (`WriterEnd`).
     drop(reader);
     remove_rings(rings);
+}
+
+/// When a writer stops waiting on a full ring: the peer is gone or the ring
+/// failed (the reader clears `alive`), or the queue closed (the connection is
+/// over here) [`WRITER_CLOSE_GRACE`](crate::tasks::WRITER_CLOSE_GRACE) ago, as a
+/// stream writer's close is bounded.
+struct WriterEnd<'a> {
+    alive: &'a AtomicBool,
+    queue: &'a async_channel::Receiver<Bytes>,
+    grace: Duration,
+    closed_at: Option<Instant>,
+}
+
+impl WriterEnd<'_> {
+    fn reached(&mut self) -> bool {
+        if !self.alive.load(Ordering::Acquire) {
+            return true;
+        }
+        if !self.queue.is_closed() {
+            return false;
+        }
+        let closed_at = *self.closed_at.get_or_insert_with(Instant::now);
+        closed_at.elapsed() >= self.grace
+    }
 }
 
 fn write_loop(mut writer: Writer, queue: async_channel::Receiver<Bytes>, alive: &AtomicBool) {
     let max = writer.layout().max_message as usize;
     let hello = format!("{HELLO} {}", std::process::id());
-    if !send_all(&mut writer, &[hello.as_bytes()], alive) {
+    let mut end = WriterEnd {
+        alive,
+        queue: &queue,
+        grace: crate::tasks::WRITER_CLOSE_GRACE,
+        closed_at: None,
+    };
+    let mut over = || end.reached();
+    if !send_all(&mut writer, &[hello.as_bytes()], &mut over) {
         return;
     }
     let mut batch: Vec<Bytes> = Vec::new();
@@ -382,13 +418,13 @@ fn write_loop(mut writer: Writer, queue: async_channel::Receiver<Bytes>, alive: 
                 Err(_) => break,
             }
         }
-        if !send_all(&mut writer, &batch, alive) {
+        if !send_all(&mut writer, &batch, &mut over) {
             return;
         }
     }
     // The driver dropped the queue: the connection is over; an empty record says
     // so (a peer that sees no end record relies on the liveness check).
-    let _ = send_all(&mut writer, &[&[][..]], alive);
+    let _ = send_all(&mut writer, &[&[][..]], &mut over);
 }
 
 /// Appends `data` in pieces of at most `max` bytes (empty transmits are dropped:
@@ -400,10 +436,14 @@ fn push_split(batch: &mut Vec<Bytes>, mut data: Bytes, max: usize) {
     }
 }
 
-/// Sends every record, waiting while the ring is full; false if the connection
-/// is over (the reader side stopped, or a record was lost).
-fn send_all<M: AsRef<[u8]>>(writer: &mut Writer, records: &[M], alive: &AtomicBool) -> bool {
-    send_all_with(|rest| writer.try_send_batch(rest), records, alive)
+/// Sends every record, waiting while the ring is full; false once `over()` says
+/// to stop waiting (see [`WriterEnd`]), or if a record was lost.
+fn send_all<M: AsRef<[u8]>>(
+    writer: &mut Writer,
+    records: &[M],
+    over: &mut impl FnMut() -> bool,
+) -> bool {
+    send_all_with(|rest| writer.try_send_batch(rest), records, over)
 }
 
 /// [`send_all`] over any batch sender: `try_send` takes records from the front of
@@ -411,7 +451,7 @@ fn send_all<M: AsRef<[u8]>>(writer: &mut Writer, records: &[M], alive: &AtomicBo
 fn send_all_with<M: AsRef<[u8]>>(
     mut try_send: impl FnMut(&[M]) -> Result<usize, SendError>,
     records: &[M],
-    alive: &AtomicBool,
+    over: &mut impl FnMut() -> bool,
 ) -> bool {
     let mut sent = 0;
     let mut waits: u32 = 0;
@@ -422,7 +462,7 @@ fn send_all_with<M: AsRef<[u8]>>(
                 waits = 0;
             }
             Err(SendError::Full) => {
-                if !alive.load(Ordering::Acquire) {
+                if over() {
                     return false;
                 }
                 waits = waits.saturating_add(1);
@@ -432,7 +472,7 @@ fn send_all_with<M: AsRef<[u8]>>(
             // skipped the record as torn: none of its messages were delivered, so
             // sending them again keeps the byte stream whole and in order.
             Err(SendError::Expired { .. }) => {
-                if !alive.load(Ordering::Acquire) {
+                if over() {
                     return false;
                 }
             }
@@ -493,14 +533,41 @@ mod tests {
                 Ok(take)
             },
             &records,
-            &alive,
+            &mut || !alive.load(Ordering::Acquire),
         );
         assert!(sent);
         assert_eq!(delivered, b"abcd");
         // A connection whose reader is gone stops retrying.
         alive.store(false, Ordering::Release);
         let expired = |_: &[&[u8]]| Err(SendError::Expired { position: 0 });
-        assert!(!send_all_with(expired, &records, &alive));
+        let mut over = || !alive.load(Ordering::Acquire);
+        assert!(!send_all_with(expired, &records, &mut over));
+    }
+
+    #[test]
+    fn a_writer_stops_waiting_only_after_its_grace_once_the_queue_closes() {
+        let alive = AtomicBool::new(true);
+        let (queue, queued) = async_channel::bounded::<Bytes>(1);
+        let mut end = WriterEnd {
+            alive: &alive,
+            queue: &queued,
+            grace: Duration::from_secs(3600),
+            closed_at: None,
+        };
+        assert!(!end.reached(), "open queue, peer alive");
+        drop(queue);
+        assert!(!end.reached(), "closed, within its grace");
+        assert!(end.closed_at.is_some());
+        end.grace = Duration::ZERO;
+        assert!(end.reached(), "closed, past its grace");
+        let mut end = WriterEnd {
+            alive: &alive,
+            queue: &queued,
+            grace: Duration::from_secs(3600),
+            closed_at: None,
+        };
+        alive.store(false, Ordering::Release);
+        assert!(end.reached(), "the peer is gone");
     }
 
     #[test]

@@ -1454,6 +1454,53 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
     let _ = atbus_shm::remove_force(&name);
 }
 
+/// A shm writer whose ring is full when the connection closes here keeps
+/// waiting for room (its own grace), not only until the connection's reader
+/// thread sees the stop: a peer that reads a little later still gets the tail
+/// and the end record.
+pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runtime + Clone>(
+    rt: R,
+) {
+    let name = shm_name("full");
+    let _listener = crate::shm::bind(&name).unwrap();
+    let link = crate::shm::dial(&name).unwrap();
+    let files = link.ring_paths();
+    let mut peer =
+        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
+    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
+    let (stop, stopped) = async_channel::bounded(1);
+    let (queue, queued) = async_channel::bounded(16);
+    let (writing, written) = async_channel::bounded::<()>(1);
+    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
+    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    // More than the ring holds: the writer waits on a full ring.
+    let size = 16 * 1024;
+    let count = (peer.layout().ring_size as usize / size + 4) as u32;
+    for i in 0..count {
+        within(&rt, queue.send(payload(i, size))).await.unwrap();
+    }
+    drop((queue, stop));
+    // The reader thread has seen the stop once it removed the rings.
+    within(&rt, async {
+        while files.iter().any(|f| f.exists()) {
+            sleep(&rt, Duration::from_millis(1)).await;
+        }
+    })
+    .await;
+    let mut records = Vec::new();
+    let start = Instant::now();
+    while records.last().is_none_or(|r: &Vec<u8>| !r.is_empty()) && start.elapsed() < LIMIT {
+        if let Ok(Some(record)) = peer.recv_timeout(Duration::from_millis(10)) {
+            records.push(record.to_vec());
+        }
+    }
+    assert!(within(&rt, written.recv()).await.is_err());
+    // Hello, the transmits, the end record.
+    assert_eq!(records.len(), count as usize + 2);
+    assert!(records[records.len() - 1].is_empty(), "the end record is last");
+    let _ = atbus_shm::remove_force(&name);
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1502,6 +1549,7 @@ macro_rules! loopback_tests {
             cheap_input_cannot_hold_the_pending_accept_slots,
             a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
             a_shm_writer_holds_the_close_until_its_end_record_is_written,
+            a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
