@@ -717,7 +717,7 @@ fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atbus_proto::{pb, CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
+    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
     use bytes::BytesMut;
 
     fn control_frame(flags: i32) -> Bytes {

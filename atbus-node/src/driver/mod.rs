@@ -24,7 +24,7 @@ mod input;
 mod output;
 
 use bind::BoundSocket;
-pub(crate) use bind::{bind_all, Bound};
+pub(crate) use bind::{Bound, bind_all};
 
 /// Timestamps start one second after the node's start: a timepoint of 0 means
 /// "absent" on the wire.
@@ -786,7 +786,10 @@ mod tests {
         // The slow receiver keeps 4 of its 6 datagrams; the fast one gets all 6.
         assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 2));
         let sent = socket.sent.lock().unwrap().clone();
-        assert_eq!(sent.iter().map(|s| s.1).collect::<Vec<_>>(), [1, 3, 5, 7, 9, 11]);
+        assert_eq!(
+            sent.iter().map(|s| s.1).collect::<Vec<_>>(),
+            [1, 3, 5, 7, 9, 11]
+        );
         let left: Vec<_> = queue.iter().map(|(r, d)| (r.clone(), d[0])).collect();
         assert_eq!(left, [0, 2, 4, 6].map(|i| (slow.clone(), i)));
     }

@@ -452,7 +452,10 @@ pub async fn a_failed_connect_leaves_no_unix_datagram_socket_file<R: Runtime + C
         listen.parse().unwrap(),
     ];
     let err = within(&rt, client.connect(&to)).await.unwrap_err();
-    assert!(err.to_string().contains("cannot connect to tcp://"), "{err}");
+    assert!(
+        err.to_string().contains("cannot connect to tcp://"),
+        "{err}"
+    );
     let files: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -512,6 +515,49 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
         let outcome = within(&rt, closed.recv()).await.expect("reader thread");
         assert!(outcome.is_ok(), "{name} frame: {outcome:?}");
     }
+}
+
+/// A FINISH_CONNECTION on a TCP connection that never sent a hello closes it
+/// without telling the application, which never heard of the connection (and a
+/// flood of them cannot fill its event queue).
+pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R) {
+    use atbus_proto::{pb, CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
+    let server = server(&rt, &["tcp://127.0.0.1:0"]);
+    let Address::Tcp(target) = addresses(&server)[0] else {
+        unreachable!()
+    };
+    let head = CachedHead::new(&pb::MessageHead {
+        source: "spoofed".into(),
+        ..Default::default()
+    });
+    let meta = CachedMessageMeta::new(&pb::packet_content::FragmentType::default());
+    let fragments = [FragmentSpec {
+        meta: Some(&meta),
+        data: &[],
+        has_more: false,
+    }];
+    let frame = DataFrame {
+        head: &head,
+        stream_id: -1,
+        stream_offset: 0,
+        flags: pb::AtbusPacketFlagType::FinishConnection as i32,
+        padding_size: 0,
+        timepoint_microseconds: 1,
+        content: Content::Fragments(&fragments),
+    };
+    let mut finish = bytes::BytesMut::new();
+    frame.encode(&mut finish);
+    let mut finisher = TcpStream::connect(target).unwrap();
+    finisher.write_all(&finish).unwrap();
+    let closed = within(&rt, closed_by_server(finisher).recv()).await;
+    assert!(closed.expect("reader thread").is_ok());
+    // The close was drained before the socket went; the stats answer comes after.
+    let stats = server.stats().await.unwrap();
+    assert_eq!(stats.open_sockets, 0, "{stats:?}");
+    while let Some(event) = server.try_recv() {
+        assert!(!matches!(event, Event::ConnectionClosed { .. }), "{event:?}");
+    }
+    server.close().await;
 }
 
 /// Watches `stream` on a thread of its own until the server closes it: `Ok` on end
@@ -1458,9 +1504,7 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
 /// waiting for room (its own grace), not only until the connection's reader
 /// thread sees the stop: a peer that reads a little later still gets the tail
 /// and the end record.
-pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runtime + Clone>(
-    rt: R,
-) {
+pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runtime + Clone>(rt: R) {
     let name = shm_name("full");
     let _listener = crate::shm::bind(&name).unwrap();
     let link = crate::shm::dial(&name).unwrap();
@@ -1497,7 +1541,10 @@ pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runti
     assert!(within(&rt, written.recv()).await.is_err());
     // Hello, the transmits, the end record.
     assert_eq!(records.len(), count as usize + 2);
-    assert!(records[records.len() - 1].is_empty(), "the end record is last");
+    assert!(
+        records[records.len() - 1].is_empty(),
+        "the end record is last"
+    );
     let _ = atbus_shm::remove_force(&name);
 }
 
@@ -1520,6 +1567,7 @@ macro_rules! loopback_tests {
             a_failed_connect_leaves_no_unix_datagram_socket_file,
             garbage_datagrams_are_dropped_and_the_node_keeps_serving,
             truncated_and_oversized_frames_on_tcp_close_only_that_connection,
+            a_finish_before_any_hello_closes_silently,
             a_dropped_tcp_connection_is_redialled_and_the_transfer_completes,
             a_peer_that_shuts_down_is_not_redialled_and_waits_on_it_fail,
             a_udp_peer_that_shuts_down_is_not_renewed_and_waits_on_it_fail,
