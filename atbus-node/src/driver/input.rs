@@ -480,8 +480,7 @@ impl<R: Runtime> Driver<R> {
             }
         };
         let mut peer: Option<PeerId> = None;
-        let mut dialed = dialed.into_iter();
-        while let Some(d) = dialed.next() {
+        for d in dialed {
             let address = match &d {
                 Dialed::Datagram { address, .. }
                 | Dialed::Stream { address, .. }
