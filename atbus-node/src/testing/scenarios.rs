@@ -521,7 +521,7 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
 /// without telling the application, which never heard of the connection (and a
 /// flood of them cannot fill its event queue).
 pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R) {
-    use atbus_proto::{pb, CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
+    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
     let server = server(&rt, &["tcp://127.0.0.1:0"]);
     let Address::Tcp(target) = addresses(&server)[0] else {
         unreachable!()
@@ -555,7 +555,10 @@ pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R
     let stats = server.stats().await.unwrap();
     assert_eq!(stats.open_sockets, 0, "{stats:?}");
     while let Some(event) = server.try_recv() {
-        assert!(!matches!(event, Event::ConnectionClosed { .. }), "{event:?}");
+        assert!(
+            !matches!(event, Event::ConnectionClosed { .. }),
+            "{event:?}"
+        );
     }
     server.close().await;
 }
