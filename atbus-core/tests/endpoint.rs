@@ -1234,6 +1234,7 @@ fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i
             meta: (i == 0).then_some(&meta),
             data,
             has_more: *has_more,
+            packed: false,
         })
         .collect();
     let mut buf = bytes::BytesMut::new();
@@ -2349,6 +2350,7 @@ fn empty_messages_frame(stream: i64, offset: u64, count: usize, label_len: usize
             meta: Some(&meta),
             data: &[],
             has_more: false,
+            packed: false,
         })
         .collect();
     let mut buf = bytes::BytesMut::new();

@@ -62,7 +62,13 @@ impl NodeConfig {
     /// Defaults for a node with this name; the session id is drawn at random.
     pub fn new(name: impl Into<String>) -> Self {
         NodeConfig {
-            endpoint: EndpointConfig::new(name, random_session_id()),
+            endpoint: EndpointConfig {
+                // Runs of small messages travel packed and are handed over as one
+                // event; `Node::recv` and `recv_many` split them again.
+                pack_messages: true,
+                batch_events: true,
+                ..EndpointConfig::new(name, random_session_id())
+            },
             listen: Vec::new(),
             scheduler: Scheduler::default(),
             udp_mtu: UDP_INITIAL_MTU,

@@ -705,7 +705,7 @@ impl Endpoint {
             self.config.session_id,
             connection.0 + 1,
             association,
-            &BTreeMap::new(),
+            &handshake::handshake_options(self.config.pack_messages),
         );
         self.queue_control(connection, payload, self.hello_meta.clone());
     }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use atbus_proto::{Frames, decode_content, pb};
+use atbus_proto::{FRAGMENT_FLAG_PACKED, Frames, PackedRecords, decode_content, pb};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
@@ -279,6 +279,10 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         };
+        if !packed_fragments_valid(&content, limits.max_fragments) {
+            self.count_malformed(id);
+            return;
+        }
         if let Some(c) = self.connections.get_mut(&id) {
             c.rx_fragments += content.fragment.len() as u64;
         }
@@ -364,16 +368,30 @@ impl Endpoint {
                 .iter()
                 .map(|f| f.data.len())
                 .filter(|&len| small(len))
-                .sum();
+                .sum::<usize>()
+                + content
+                    .fragment
+                    .iter()
+                    .filter(|f| is_packed(f) && !small(f.data.len()))
+                    .map(|f| f.data.len())
+                    .sum::<usize>();
             let mut block = BytesMut::new();
             // The end of the run of whole messages from the delivery point: a
             // fragment starting there that is final is a whole message.
             let mut run_end =
                 (asm.acknowledge_offset() == asm.read_offset()).then(|| asm.read_offset());
-            for fragment in content.fragment {
-                let is_final = fragment.fragment_flag & HAS_MORE == 0;
+            let pieces = content
+                .fragment
+                .into_iter()
+                .flat_map(|f| Pieces::of(f, fin, limits.max_fragments));
+            for Piece {
+                data,
+                is_final,
+                meta,
+            } in pieces
+            {
                 let Some(end) = cursor
-                    .checked_add(fragment.data.len() as u64)
+                    .checked_add(data.len() as u64)
                     .and_then(|e| e.checked_add(u64::from(is_final)))
                 else {
                     break;
@@ -387,20 +405,9 @@ impl Endpoint {
                     dropped += 1;
                     continue;
                 }
-                let meta = RecvMeta::new(
-                    fragment.packet_type,
-                    fin && fragment.close_reason.is_some(),
-                    fragment.labels,
-                    // Copied: a slice would pin the whole datagram.
-                    fragment
-                        .options
-                        .map(|o| Bytes::copy_from_slice(&o.token))
-                        .unwrap_or_default(),
-                    fragment.close_reason.as_ref().map(CloseReason::from_pb),
-                );
                 let before = asm.footprint();
                 // What storing it may cost at most.
-                let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
+                let cost = data.len() + CHUNK_COST + meta.footprint();
                 let in_order = start <= asm.acknowledge_offset();
                 // The control stream has no peer budget (it runs before the
                 // handshake binds one): its own bound covers labels and tokens too,
@@ -429,20 +436,18 @@ impl Endpoint {
                 // Within the window: a whole message past it would be cut, and the
                 // reassembler must not keep a slice of the shared block.
                 let whole_in_order = at_run
-                    && !fragment.data.is_empty()
+                    && !data.is_empty()
                     && end.saturating_sub(asm.read_offset()) <= asm.window();
-                let data = if !small(fragment.data.len()) {
-                    fragment.data
+                let data = if !small(data.len()) {
+                    data
                 } else if whole_in_order {
-                    if block.capacity() < fragment.data.len() {
-                        block = BytesMut::with_capacity(
-                            copied.min(SHARED_BLOCK).max(fragment.data.len()),
-                        );
+                    if block.capacity() < data.len() {
+                        block = BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(data.len()));
                     }
-                    block.extend_from_slice(&fragment.data);
+                    block.extend_from_slice(&data);
                     block.split().freeze()
                 } else {
-                    Bytes::copy_from_slice(&fragment.data)
+                    Bytes::copy_from_slice(&data)
                 };
                 let outcome = asm.insert(start, data, is_final, Some(meta));
                 if at_run && asm.acknowledge_offset() == end {
@@ -618,6 +623,8 @@ impl Endpoint {
         let max_message = self.config.max_message_size;
         let peer_limit = self.config.peer_receive_limit;
         let mut done = false;
+        // Plain messages (no labels, no token) of one type, reported together.
+        let mut run = MessageRun::new(self.config.batch_events);
         while let Some(p) = self.peers.get_mut(&peer) {
             let Some(s) = p.streams.get_mut(&stream) else {
                 break;
@@ -654,6 +661,7 @@ impl Endpoint {
                     continue;
                 }
                 s.recv_finished = true;
+                run.flush(&mut self.events, peer, stream);
                 self.events.push_back(Event::StreamFinished {
                     peer,
                     stream,
@@ -663,18 +671,16 @@ impl Endpoint {
                 });
             } else {
                 self.stats.delivered_messages += 1;
-                self.events.push_back(Event::Message {
-                    peer,
-                    stream,
-                    message: ReceivedMessage {
-                        packet_type: meta.packet_type,
-                        labels: extra.labels,
-                        token: extra.token,
-                        payload: message.payload,
-                    },
-                });
+                let message = ReceivedMessage {
+                    packet_type: meta.packet_type,
+                    labels: extra.labels,
+                    token: extra.token,
+                    payload: message.payload,
+                };
+                run.push(&mut self.events, peer, stream, message);
             }
         }
+        run.flush(&mut self.events, peer, stream);
         if done {
             self.retire_stream(peer, stream);
         }
@@ -795,6 +801,10 @@ impl Endpoint {
                 }
             }
             (Role::Initiator, ConnectionState::Handshaking, HandshakeKind::Accept) => {
+                let pack = self.config.pack_messages && handshake::offers_packed(&hello.options);
+                if let Some(c) = self.connections.get_mut(&id) {
+                    c.pack = pack;
+                }
                 self.complete_connect(id, hello);
             }
             _ => self.count_malformed(id),
@@ -867,13 +877,17 @@ impl Endpoint {
         };
         self.set_identity(peer, &hello);
         self.bind(id, peer);
+        let pack = self.config.pack_messages && handshake::offers_packed(&hello.options);
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.pack = pack;
+        }
         let payload = handshake::encode_handshake(
             HandshakeKind::Accept,
             &self.config.node_name,
             self.config.session_id,
             0,
             (0, 0),
-            &std::collections::BTreeMap::new(),
+            &handshake::handshake_options(pack),
         );
         let meta = self.hello_meta.clone();
         self.queue_control(id, payload, meta);
@@ -1354,4 +1368,152 @@ fn per_datagram(ranges: &[SentRange]) -> Vec<(Timestamp, usize)> {
         };
     }
     datagrams.into_values().collect()
+}
+
+/// Whether a fragment is packed (several whole messages as records).
+fn is_packed(fragment: &pb::packet_content::FragmentType) -> bool {
+    fragment.fragment_flag & FRAGMENT_FLAG_PACKED != 0
+}
+
+/// Whether every packed fragment of `content` is well formed: no `HAS_MORE`, no
+/// metadata but the type, records whole and at most `max_records`. Checked before
+/// anything of the packet is applied, so a bad one changes nothing.
+fn packed_fragments_valid(content: &pb::PacketContent, max_records: usize) -> bool {
+    content.fragment.iter().filter(|f| is_packed(f)).all(|f| {
+        f.fragment_flag & HAS_MORE == 0
+            && f.options.is_none()
+            && f.labels.is_empty()
+            && f.forward_for.is_none()
+            && f.close_reason.is_none()
+            && PackedRecords::new(f.data.clone(), max_records).is_ok()
+    })
+}
+
+/// One message or piece of a message, as the reassembler takes it.
+struct Piece {
+    data: Bytes,
+    is_final: bool,
+    meta: RecvMeta,
+}
+
+/// The pieces a fragment holds: itself, or each record of a packed fragment (a
+/// whole message each, with the fragment's type).
+enum Pieces {
+    One(Option<Piece>),
+    Packed(PackedRecords, i32),
+}
+
+impl Pieces {
+    /// The pieces of `fragment`; `fin`: its packet carries FINISH_STREAM. A packed
+    /// fragment was checked by [`packed_fragments_valid`].
+    fn of(fragment: pb::packet_content::FragmentType, fin: bool, max_records: usize) -> Self {
+        if is_packed(&fragment) {
+            return match PackedRecords::new(fragment.data, max_records) {
+                Ok(records) => Pieces::Packed(records, fragment.packet_type),
+                Err(_) => Pieces::One(None),
+            };
+        }
+        let meta = RecvMeta::new(
+            fragment.packet_type,
+            fin && fragment.close_reason.is_some(),
+            fragment.labels,
+            // Copied: a slice would pin the whole datagram.
+            fragment
+                .options
+                .map(|o| Bytes::copy_from_slice(&o.token))
+                .unwrap_or_default(),
+            fragment.close_reason.as_ref().map(CloseReason::from_pb),
+        );
+        Pieces::One(Some(Piece {
+            data: fragment.data,
+            is_final: fragment.fragment_flag & HAS_MORE == 0,
+            meta,
+        }))
+    }
+}
+
+impl Iterator for Pieces {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        match self {
+            Pieces::One(piece) => piece.take(),
+            Pieces::Packed(records, packet_type) => records.next().map(|data| Piece {
+                data,
+                is_final: true,
+                meta: RecvMeta::new(*packet_type, false, BTreeMap::new(), Bytes::new(), None),
+            }),
+        }
+    }
+}
+
+/// Consecutive plain messages of one stream being delivered, reported as one
+/// [`Event::Messages`] when the endpoint batches events (`batch_events`).
+struct MessageRun {
+    enabled: bool,
+    packet_type: i32,
+    payloads: Vec<Bytes>,
+}
+
+impl MessageRun {
+    fn new(enabled: bool) -> Self {
+        MessageRun {
+            enabled,
+            packet_type: 0,
+            payloads: Vec::new(),
+        }
+    }
+
+    /// Adds `message` to the run, or reports it on its own (after the run) when it
+    /// carries labels or a token, or batching is off.
+    fn push(
+        &mut self,
+        events: &mut std::collections::VecDeque<Event>,
+        peer: PeerId,
+        stream: i64,
+        message: ReceivedMessage,
+    ) {
+        let plain = message.labels.is_empty() && message.token.is_empty();
+        if self.enabled && plain {
+            if self.packet_type != message.packet_type {
+                self.flush(events, peer, stream);
+                self.packet_type = message.packet_type;
+            }
+            self.payloads.push(message.payload);
+            return;
+        }
+        self.flush(events, peer, stream);
+        events.push_back(Event::Message {
+            peer,
+            stream,
+            message,
+        });
+    }
+
+    /// Reports what the run holds: one message as [`Event::Message`], several as
+    /// [`Event::Messages`].
+    fn flush(&mut self, events: &mut std::collections::VecDeque<Event>, peer: PeerId, stream: i64) {
+        match self.payloads.len() {
+            0 => {}
+            1 => {
+                let payload = self.payloads.pop().unwrap_or_default();
+                events.push_back(Event::Message {
+                    peer,
+                    stream,
+                    message: ReceivedMessage {
+                        packet_type: self.packet_type,
+                        labels: BTreeMap::new(),
+                        token: Bytes::new(),
+                        payload,
+                    },
+                });
+            }
+            _ => events.push_back(Event::Messages {
+                peer,
+                stream,
+                packet_type: self.packet_type,
+                payloads: std::mem::take(&mut self.payloads),
+            }),
+        }
+    }
 }

@@ -12,7 +12,7 @@
 
 use atbus_proto::{
     CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, encode_frame,
-    encoded_frame_len, pb,
+    encoded_frame_len, packed_record_len, pb, put_packed_record,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -43,6 +43,102 @@ struct OwnedFragment {
     meta: Option<CachedMessageMeta>,
     data: Bytes,
     has_more: bool,
+    packed: bool,
+}
+
+impl OwnedFragment {
+    fn spec(&self) -> FragmentSpec<'_> {
+        FragmentSpec {
+            meta: self.meta.as_ref(),
+            data: &self.data,
+            has_more: self.has_more,
+            packed: self.packed,
+        }
+    }
+}
+
+/// Whether a piece may go into a packed fragment: a whole message, sent whole,
+/// whose only metadata is its type (docs/protocol.md, "Packed fragments").
+fn packable(p: &crate::stream::Pending<'_, SendMeta>) -> bool {
+    p.starts_message()
+        && p.limit == p.message.end()
+        && !p.message.meta.fin
+        && p.message.meta.cached.is_type_only()
+}
+
+/// Whole messages of one type being packed into one fragment, as records.
+struct PackedGroup {
+    packet_type: i32,
+    meta: CachedMessageMeta,
+    records: BytesMut,
+    /// The first message, sent as a plain fragment if it stays alone (a packed
+    /// fragment of one record costs its length varint and the flag more).
+    first: Bytes,
+    count: usize,
+}
+
+impl PackedGroup {
+    fn new(packet_type: i32) -> Self {
+        PackedGroup {
+            packet_type,
+            meta: CachedMessageMeta::of_type(packet_type),
+            records: BytesMut::new(),
+            first: Bytes::new(),
+            count: 0,
+        }
+    }
+
+    /// Bytes a group holding only `message` occupies.
+    fn first_len(packet_type: i32, message: &[u8]) -> usize {
+        FragmentSpec::packed_encoded_len(
+            Some(&CachedMessageMeta::of_type(packet_type)),
+            packed_record_len(message.len()),
+        )
+    }
+
+    /// Bytes the group occupies now.
+    fn encoded_len(&self) -> usize {
+        FragmentSpec::packed_encoded_len(Some(&self.meta), self.records.len())
+    }
+
+    /// Bytes the group would occupy with `message` added.
+    fn encoded_len_with(&self, message: &[u8]) -> usize {
+        FragmentSpec::packed_encoded_len(
+            Some(&self.meta),
+            self.records.len() + packed_record_len(message.len()),
+        )
+    }
+
+    fn push(&mut self, message: &Bytes) {
+        if self.count == 0 {
+            self.first = message.clone();
+        }
+        put_packed_record(&mut self.records, message);
+        self.count += 1;
+    }
+
+    /// Appends the group as one fragment; returns the bytes it occupies (never
+    /// more than [`PackedGroup::encoded_len`]).
+    fn finish(self, fragments: &mut Vec<OwnedFragment>) -> usize {
+        let owned = if self.count == 1 {
+            OwnedFragment {
+                meta: Some(self.meta),
+                data: self.first,
+                has_more: false,
+                packed: false,
+            }
+        } else {
+            OwnedFragment {
+                meta: Some(self.meta),
+                data: self.records.freeze(),
+                has_more: false,
+                packed: true,
+            }
+        };
+        let len = owned.spec().encoded_len();
+        fragments.push(owned);
+        len
+    }
 }
 
 /// The next piece to send: the next pending range, or the next piece of a copy.
@@ -61,6 +157,11 @@ fn next_piece(
 /// exceed `limit` bytes; marks what it carries as sent and returns the range and the
 /// number of fragments. `None` if nothing to send or no room.
 ///
+/// With `pack` (the peer's handshake offered packed fragments), consecutive whole
+/// messages whose only metadata is their type go into packed fragments, one per
+/// run of one type (docs/protocol.md, "Packed fragments"); the offsets are those
+/// of separate fragments, so a range may be packed differently when resent.
+///
 /// With `copy`, the frame is a redundant copy of `[copy.0, copy.1)`, data already
 /// sent on another connection: it is cut from that range, changes nothing in the
 /// send buffer, and `copy.0` advances past what it carries.
@@ -74,6 +175,7 @@ pub(crate) fn write_data_frame(
     now: Timestamp,
     packet: u64,
     copy: Option<&mut (u64, u64)>,
+    pack: bool,
 ) -> Option<(SentRange, usize)> {
     let space = limit.checked_sub(buf.len())?;
     let tp = timepoint(now);
@@ -142,6 +244,8 @@ pub(crate) fn write_data_frame(
     let mut cursor = start;
     let mut any_retransmit = retransmit;
     let mut fin = false;
+    // Whole messages being packed into one fragment (`pack` only).
+    let mut group: Option<PackedGroup> = None;
     while fragments.len() < MAX_FRAGMENTS_PER_FRAME {
         let Some(p) = next_piece(send, Some(cursor), copy_range) else {
             break;
@@ -150,6 +254,37 @@ pub(crate) fn write_data_frame(
             break;
         }
         let message = p.message;
+        if pack && packable(&p) {
+            let packet_type = message.meta.cached.packet_type();
+            let group_len = group.as_ref().map_or(0, PackedGroup::encoded_len);
+            let remaining = content_budget.saturating_sub(used + group_len);
+            let joins = group.as_ref().is_some_and(|g| g.packet_type == packet_type);
+            let grown = match &group {
+                Some(g) if joins => g.encoded_len_with(&message.data) - group_len,
+                _ => PackedGroup::first_len(packet_type, &message.data),
+            };
+            if grown > remaining {
+                break;
+            }
+            if !joins {
+                if let Some(g) = group.take() {
+                    used += g.finish(&mut fragments);
+                }
+            }
+            let end = message.end();
+            group
+                .get_or_insert_with(|| PackedGroup::new(packet_type))
+                .push(&message.data);
+            any_retransmit |= p.retransmit;
+            if copy_range.is_none() {
+                send.mark_sent(cursor, end);
+            }
+            cursor = end;
+            continue;
+        }
+        if let Some(g) = group.take() {
+            used += g.finish(&mut fragments);
+        }
         let data_from = (p.offset - message.start) as usize;
         let data_rest = message.data.len().saturating_sub(data_from);
         // Data bytes this range may carry (a lost range may end inside the data).
@@ -163,6 +298,7 @@ pub(crate) fn write_data_frame(
             meta,
             data: &message.data[data_from..data_from + probe_len],
             has_more: true,
+            packed: false,
         };
         let fragment_overhead = probe.overhead();
         if fragment_overhead >= remaining {
@@ -186,18 +322,17 @@ pub(crate) fn write_data_frame(
             meta: meta.cloned(),
             data,
             has_more: !is_final,
+            packed: false,
         };
-        let spec = FragmentSpec {
-            meta: owned.meta.as_ref(),
-            data: &owned.data,
-            has_more: owned.has_more,
-        };
-        used += spec.encoded_len();
+        used += owned.spec().encoded_len();
         fragments.push(owned);
         if copy_range.is_none() {
             send.mark_sent(cursor, end);
         }
         cursor = end;
+    }
+    if let Some(g) = group.take() {
+        g.finish(&mut fragments);
     }
     if fragments.is_empty() {
         return None;
@@ -205,14 +340,7 @@ pub(crate) fn write_data_frame(
     if fin {
         flags |= FLAG_FINISH_STREAM;
     }
-    let specs: Vec<FragmentSpec<'_>> = fragments
-        .iter()
-        .map(|f| FragmentSpec {
-            meta: f.meta.as_ref(),
-            data: &f.data,
-            has_more: f.has_more,
-        })
-        .collect();
+    let specs: Vec<FragmentSpec<'_>> = fragments.iter().map(OwnedFragment::spec).collect();
     let frame = DataFrame {
         head,
         stream_id,
@@ -323,6 +451,7 @@ pub(crate) fn finish_connection_frame(
         meta: Some(&meta),
         data: &[],
         has_more: false,
+        packed: false,
     }];
     let frame = DataFrame {
         head,
@@ -628,6 +757,7 @@ impl Endpoint {
                 at,
                 packet,
                 None,
+                false,
             ) {
                 Some(sent) => record(c, sent),
                 None => break,
@@ -701,6 +831,7 @@ impl Endpoint {
                     at,
                     packet,
                     Some(&mut range),
+                    c.pack,
                 ) {
                     Some((sent, fragments)) => {
                         // A copy is not a retransmission declared lost here: an
@@ -741,6 +872,7 @@ impl Endpoint {
                         at,
                         packet,
                         None,
+                        c.pack,
                     ) {
                         if sent.0.end > sent.0.start && scheduler == Scheduler::Redundant {
                             fresh.push((sid, sent.0.start, sent.0.end));

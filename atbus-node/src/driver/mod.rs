@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use atbus_core::{ConnectionId, Endpoint, Event, PeerId, SendOptions, Timestamp};
@@ -15,7 +15,7 @@ use futures_lite::future;
 
 use crate::address::Address;
 use crate::config::{NodeConfig, UNIX_DATAGRAM_MTU};
-use crate::node::{Command, NodeError, NodeStats, PathStats, Reply};
+use crate::node::{Command, NodeError, NodeStats, PathStats, Reply, event_weight};
 use crate::runtime::{DatagramSocket, Remote, Runtime};
 use crate::tasks::{self, Dialed, NetInput};
 
@@ -43,6 +43,9 @@ pub(crate) struct DriverParts {
     pub commands: async_channel::Receiver<Command>,
     pub events: async_channel::Sender<Event>,
     pub paused: Arc<AtomicBool>,
+    /// Messages (other events: 1 each) in the event channel, shared with the
+    /// [`Node`](crate::Node) handle, which takes them out.
+    pub held: Arc<AtomicUsize>,
 }
 
 struct DatagramSlot<R: Runtime> {
@@ -208,6 +211,7 @@ pub(crate) struct Driver<R: Runtime> {
     net_rx: async_channel::Receiver<NetInput<R>>,
     events: async_channel::Sender<Event>,
     paused: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
     bound: Vec<Bound>,
     sockets: Vec<Option<DatagramSlot<R>>>,
     by_remote: HashMap<(usize, Remote), ConnectionId>,
@@ -268,6 +272,7 @@ impl<R: Runtime> Driver<R> {
             net_rx,
             events: parts.events,
             paused: parts.paused,
+            held: parts.held,
             bound: parts.bound,
             sockets: Vec::new(),
             by_remote: HashMap::new(),
@@ -312,7 +317,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         self.open_listeners();
         while !self.finished {
-            let paused = self.events.len() >= self.config.event_capacity;
+            let paused = self.held.load(Ordering::Relaxed) >= self.config.event_capacity;
             self.paused.store(paused, Ordering::Relaxed);
             let wake_at = self.wake_instant(paused);
             let sleep = self.rt.sleep_until(wake_at);

@@ -114,7 +114,10 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn forward(&mut self, event: Event) {
-        let _ = self.events.try_send(event);
+        let weight = event_weight(&event);
+        if self.events.try_send(event).is_ok() {
+            self.held.fetch_add(weight, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn on_event(&mut self, event: Event) {
