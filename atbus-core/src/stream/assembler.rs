@@ -13,10 +13,16 @@ use std::iter;
 use bytes::{Bytes, BytesMut};
 
 /// The most pieces the in-order fast path holds at once: a large message arriving
-/// in order as many small pieces goes on into the B-tree past this, so the fast
-/// path's queue (whose capacity is never given back while the stream lives, and
-/// which the charge per stored chunk does not count) stays a few KiB.
-const IN_ORDER_MAX: usize = 256;
+/// in order as many small pieces goes on into the B-tree past this. It is above
+/// the messages one packed frame carries (about 1,000 of 64 B in 64 KiB), which
+/// are all inserted before the first is popped. Every piece held is charged
+/// (`CHUNK_COST`), and the queue's capacity goes back to [`IN_ORDER_KEEP`]
+/// pieces whenever it empties, so what outlives the messages uncounted stays a
+/// few KiB.
+const IN_ORDER_MAX: usize = 2048;
+
+/// The capacity (pieces) the fast path's queue keeps when it empties.
+const IN_ORDER_KEEP: usize = 256;
 
 /// Reassembles the messages of one stream direction from fragments that may arrive
 /// duplicated, overlapping, cut differently and in any order.
@@ -487,6 +493,9 @@ impl<M: Footprint> Assembler<M> {
         self.overhead -= freed;
         self.buffered -= message.payload.len();
         self.head = end;
+        if self.in_order.is_empty() && self.in_order.capacity() > IN_ORDER_KEEP {
+            self.in_order.shrink_to(IN_ORDER_KEEP);
+        }
         Some(message)
     }
 
@@ -879,7 +888,27 @@ mod tests {
         assert_eq!(message.payload.len(), pieces as usize);
         assert!(message.payload.iter().all(|&b| b == b'x'));
         assert_eq!(rx.footprint(), 0);
-        assert!(rx.in_order.capacity() <= 2 * IN_ORDER_MAX);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    /// A run of small whole messages (a packed frame) stays on the fast path up
+    /// to `IN_ORDER_MAX` pieces, and the queue gives its capacity back once
+    /// drained.
+    #[test]
+    fn a_long_in_order_run_stays_on_the_fast_path_and_gives_back_its_queue() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let run = 1500u64;
+        for i in 0..run {
+            assert_eq!(rx.insert(i * 2, bytes("m"), true, None), accepted(2));
+        }
+        assert_eq!(rx.in_order.len(), run as usize);
+        assert!(rx.chunks.is_empty(), "spilled into the B-tree");
+        for _ in 0..run {
+            assert_eq!(rx.pop_message().unwrap().payload, bytes("m"));
+        }
+        assert!(rx.pop_message().is_none());
+        assert_eq!(rx.footprint(), 0);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
     }
 
     #[test]
