@@ -346,18 +346,20 @@ impl Event {
             } => (None, Some((peer, stream, packet_type, payloads))),
             other => (Some(other), None),
         };
-        let run = run.into_iter().flat_map(|(peer, stream, packet_type, payloads)| {
-            payloads.into_iter().map(move |payload| Event::Message {
-                peer,
-                stream,
-                message: ReceivedMessage {
-                    packet_type,
-                    labels: BTreeMap::new(),
-                    token: Bytes::new(),
-                    payload,
-                },
-            })
-        });
+        let run = run
+            .into_iter()
+            .flat_map(|(peer, stream, packet_type, payloads)| {
+                payloads.into_iter().map(move |payload| Event::Message {
+                    peer,
+                    stream,
+                    message: ReceivedMessage {
+                        packet_type,
+                        labels: BTreeMap::new(),
+                        token: Bytes::new(),
+                        payload,
+                    },
+                })
+            });
         one.into_iter().chain(run)
     }
 }

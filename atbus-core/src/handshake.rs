@@ -107,7 +107,9 @@ pub(crate) fn handshake_options(pack: bool) -> BTreeMap<String, String> {
 
 /// Whether handshake `options` offer packed fragments.
 pub(crate) fn offers_packed(options: &BTreeMap<String, String>) -> bool {
-    options.get(OPTION_PACKED_FRAGMENTS).is_some_and(|v| v == "1")
+    options
+        .get(OPTION_PACKED_FRAGMENTS)
+        .is_some_and(|v| v == "1")
 }
 
 /// Kinds of handshake message.

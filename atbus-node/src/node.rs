@@ -471,7 +471,9 @@ impl Node {
         {
             let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
             while taken < max {
-                let Some(event) = split.pop_front() else { break };
+                let Some(event) = split.pop_front() else {
+                    break;
+                };
                 out.push(event);
                 taken += 1;
             }
@@ -517,7 +519,9 @@ impl Node {
         {
             let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
             while taken < max {
-                let Some(event) = split.pop_front() else { break };
+                let Some(event) = split.pop_front() else {
+                    break;
+                };
                 out.push(event);
                 taken += 1;
             }

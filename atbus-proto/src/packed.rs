@@ -42,6 +42,7 @@ pub struct PackedRecords {
     at: usize,
     count: usize,
     payload: u64,
+    largest: usize,
 }
 
 impl PackedRecords {
@@ -51,6 +52,7 @@ impl PackedRecords {
         let mut rest: &[u8] = &data;
         let mut count = 0usize;
         let mut payload = 0u64;
+        let mut largest = 0usize;
         while !rest.is_empty() {
             let Some((len, n)) = read_varint(rest)? else {
                 return Err(FrameError::Malformed("truncated packed record length"));
@@ -69,6 +71,7 @@ impl PackedRecords {
                 });
             }
             payload += len;
+            largest = largest.max(end - n);
             rest = &rest[end..];
         }
         Ok(PackedRecords {
@@ -76,12 +79,18 @@ impl PackedRecords {
             at: 0,
             count,
             payload,
+            largest,
         })
     }
 
     /// How many records (messages) the fragment holds.
     pub fn messages(&self) -> usize {
         self.count
+    }
+
+    /// Bytes of the largest record's message (0 if none).
+    pub fn largest(&self) -> usize {
+        self.largest
     }
 
     /// Stream offsets the records cover: their bytes plus one end-of-message unit
@@ -100,7 +109,10 @@ impl Iterator for PackedRecords {
         let (len, n) = read_varint(rest).ok().flatten()?;
         let start = self.at + n;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
-        let record = self.data.get(start..end).map(|_| self.data.slice(start..end))?;
+        let record = self
+            .data
+            .get(start..end)
+            .map(|_| self.data.slice(start..end))?;
         self.at = end;
         Some(record)
     }
@@ -125,6 +137,7 @@ mod tests {
         let records = PackedRecords::new(data.clone(), 16).unwrap();
         assert_eq!(records.messages(), 4);
         assert_eq!(records.span(), 1 + 0 + 300 + 3 + 4);
+        assert_eq!(records.largest(), 300);
         let out: Vec<Bytes> = records.collect();
         assert_eq!(out, vec![&b"a"[..], b"", &big[..], b"xyz"]);
         let base = data.as_ptr() as usize;
@@ -162,6 +175,9 @@ mod tests {
         let data = pack(&[b"", b"", b""]);
         assert!(PackedRecords::new(data.clone(), 3).is_ok());
         let err = PackedRecords::new(data, 2).unwrap_err();
-        assert!(matches!(err, FrameError::TooManyElements { max: 2, .. }), "{err}");
+        assert!(
+            matches!(err, FrameError::TooManyElements { max: 2, .. }),
+            "{err}"
+        );
     }
 }

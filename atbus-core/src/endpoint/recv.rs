@@ -338,6 +338,8 @@ impl Endpoint {
         let mut dropped = 0u64;
         // One past the last offset this frame carried.
         let mut cursor = offset;
+        // Messages of packed fragments handed over without the reassembler.
+        let mut handed: Vec<(i32, Bytes)> = Vec::new();
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -380,89 +382,132 @@ impl Endpoint {
             // fragment starting there that is final is a whole message.
             let mut run_end =
                 (asm.acknowledge_offset() == asm.read_offset()).then(|| asm.read_offset());
-            let pieces = content
-                .fragment
-                .into_iter()
-                .flat_map(|f| Pieces::of(f, fin, limits.max_fragments));
-            for Piece {
-                data,
-                is_final,
-                meta,
-            } in pieces
-            {
-                let Some(end) = cursor
-                    .checked_add(data.len() as u64)
-                    .and_then(|e| e.checked_add(u64::from(is_final)))
-                else {
-                    break;
-                };
-                let start = cursor;
-                cursor = end;
-                // A message may not grow past the size limit.
-                if end.saturating_sub(asm.read_offset())
-                    > max_message.saturating_add(1).max(asm.window())
+            'fragments: for fragment in content.fragment {
+                // A packed fragment at a drained delivery point is handed over
+                // whole: its messages skip the reassembler (nothing to reorder,
+                // nothing to hold) and count against no budget.
+                if stream_id >= 0 && is_packed(&fragment) {
+                    if let Ok(records) =
+                        PackedRecords::new(fragment.data.clone(), limits.max_fragments)
+                    {
+                        if records.largest() as u64 <= max_message
+                            && asm.take_in_order(cursor, records.span())
+                        {
+                            cursor += records.span();
+                            run_end = Some(cursor);
+                            for record in records {
+                                let payload = if small(record.len()) {
+                                    if block.capacity() < record.len() {
+                                        block = BytesMut::with_capacity(
+                                            copied.min(SHARED_BLOCK).max(record.len()),
+                                        );
+                                    }
+                                    block.extend_from_slice(&record);
+                                    block.split().freeze()
+                                } else {
+                                    record
+                                };
+                                handed.push((fragment.packet_type, payload));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                for Piece {
+                    data,
+                    is_final,
+                    meta,
+                } in Pieces::of(fragment, fin, limits.max_fragments)
                 {
-                    dropped += 1;
-                    continue;
-                }
-                let before = asm.footprint();
-                // What storing it may cost at most.
-                let cost = data.len() + CHUNK_COST + meta.footprint();
-                let in_order = start <= asm.acknowledge_offset();
-                // The control stream has no peer budget (it runs before the
-                // handshake binds one): its own bound covers labels and tokens too,
-                // not just the offsets its window counts. Out-of-order pieces get
-                // one bound; a piece at the in-order edge may use a second one, so
-                // the retransmissions that fill the holes under a full stream are
-                // still taken and the stream drains (a hostile peer's in-order
-                // pieces of an unfinished message stop at twice the bound).
-                let bound = if in_order {
-                    2 * CONTROL_BUFFER_LIMIT
-                } else {
-                    CONTROL_BUFFER_LIMIT
-                };
-                if budget.is_none() && before + cost > bound {
-                    dropped += 1;
-                    continue;
-                }
-                if let Some(budget) = budget.as_mut() {
-                    if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
+                    let Some(end) = cursor
+                        .checked_add(data.len() as u64)
+                        .and_then(|e| e.checked_add(u64::from(is_final)))
+                    else {
+                        break 'fragments;
+                    };
+                    let start = cursor;
+                    cursor = end;
+                    // A message may not grow past the size limit.
+                    if end.saturating_sub(asm.read_offset())
+                        > max_message.saturating_add(1).max(asm.window())
+                    {
                         dropped += 1;
                         continue;
                     }
-                }
-                let at_run =
-                    is_final && run_end == Some(start) && start == asm.acknowledge_offset();
-                // Within the window: a whole message past it would be cut, and the
-                // reassembler must not keep a slice of the shared block.
-                let whole_in_order = at_run
-                    && !data.is_empty()
-                    && end.saturating_sub(asm.read_offset()) <= asm.window();
-                let data = if !small(data.len()) {
-                    data
-                } else if whole_in_order {
-                    if block.capacity() < data.len() {
-                        block = BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(data.len()));
+                    let before = asm.footprint();
+                    // What storing it may cost at most.
+                    let cost = data.len() + CHUNK_COST + meta.footprint();
+                    let in_order = start <= asm.acknowledge_offset();
+                    // The control stream has no peer budget (it runs before the
+                    // handshake binds one): its own bound covers labels and tokens too,
+                    // not just the offsets its window counts. Out-of-order pieces get
+                    // one bound; a piece at the in-order edge may use a second one, so
+                    // the retransmissions that fill the holes under a full stream are
+                    // still taken and the stream drains (a hostile peer's in-order
+                    // pieces of an unfinished message stop at twice the bound).
+                    let bound = if in_order {
+                        2 * CONTROL_BUFFER_LIMIT
+                    } else {
+                        CONTROL_BUFFER_LIMIT
+                    };
+                    if budget.is_none() && before + cost > bound {
+                        dropped += 1;
+                        continue;
                     }
-                    block.extend_from_slice(&data);
-                    block.split().freeze()
-                } else {
-                    Bytes::copy_from_slice(&data)
-                };
-                let outcome = asm.insert(start, data, is_final, Some(meta));
-                if at_run && asm.acknowledge_offset() == end {
-                    run_end = Some(end);
-                }
-                if matches!(outcome, InsertOutcome::BeyondWindow) {
-                    dropped += 1;
-                }
-                let after = asm.footprint();
-                if let Some(budget) = budget.as_mut() {
-                    let grown = after.saturating_sub(before);
-                    *budget.peer_buffered += grown;
-                    *budget.stream_counted += grown;
+                    if let Some(budget) = budget.as_mut() {
+                        if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                    let at_run =
+                        is_final && run_end == Some(start) && start == asm.acknowledge_offset();
+                    // Within the window: a whole message past it would be cut, and the
+                    // reassembler must not keep a slice of the shared block.
+                    let whole_in_order = at_run
+                        && !data.is_empty()
+                        && end.saturating_sub(asm.read_offset()) <= asm.window();
+                    let data = if !small(data.len()) {
+                        data
+                    } else if whole_in_order {
+                        if block.capacity() < data.len() {
+                            block =
+                                BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(data.len()));
+                        }
+                        block.extend_from_slice(&data);
+                        block.split().freeze()
+                    } else {
+                        Bytes::copy_from_slice(&data)
+                    };
+                    let outcome = asm.insert(start, data, is_final, Some(meta));
+                    if at_run && asm.acknowledge_offset() == end {
+                        run_end = Some(end);
+                    }
+                    if matches!(outcome, InsertOutcome::BeyondWindow) {
+                        dropped += 1;
+                    }
+                    let after = asm.footprint();
+                    if let Some(budget) = budget.as_mut() {
+                        let grown = after.saturating_sub(before);
+                        *budget.peer_buffered += grown;
+                        *budget.stream_counted += grown;
+                    }
                 }
             }
+        }
+        if let (false, Some(peer)) = (handed.is_empty(), peer) {
+            self.stats.delivered_messages += handed.len() as u64;
+            let mut run = MessageRun::new(self.config.batch_events);
+            for (packet_type, payload) in handed {
+                let message = ReceivedMessage {
+                    packet_type,
+                    labels: BTreeMap::new(),
+                    token: Bytes::new(),
+                    payload,
+                };
+                run.push(&mut self.events, peer, stream_id, message);
+            }
+            run.flush(&mut self.events, peer, stream_id);
         }
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;

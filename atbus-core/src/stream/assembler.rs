@@ -499,6 +499,33 @@ impl<M: Footprint> Assembler<M> {
         Some(message)
     }
 
+    /// Settles `span` units at `offset` as received and delivered at once, without
+    /// storing them: for whole messages the caller hands over itself (a packed
+    /// fragment at the delivery point). Done, and `true`, only when `offset` is the
+    /// delivery point and nothing is held or waiting (so no message can be
+    /// delivered before them), `span` fits in the window and does not pass the
+    /// final offset; otherwise nothing changes and the caller inserts them.
+    pub fn take_in_order(&mut self, offset: u64, span: u64) -> bool {
+        let Some(end) = offset.checked_add(span) else {
+            return false;
+        };
+        let drained = offset == self.head
+            && self.ack == self.head
+            && self.received_max == self.head
+            && self.ready.is_empty()
+            && self.complete_ends.is_empty()
+            && self.in_order.is_empty()
+            && self.chunks.is_empty();
+        if !drained || span == 0 || span > self.window || self.final_offset.is_some_and(|f| end > f)
+        {
+            return false;
+        }
+        self.head = end;
+        self.ack = end;
+        self.received_max = end;
+        true
+    }
+
     /// Every offset below this has been received, delivered or settled by a reset:
     /// the ACK's `acknowledge_offset`.
     pub fn acknowledge_offset(&self) -> u64 {
@@ -909,6 +936,30 @@ mod tests {
         assert!(rx.pop_message().is_none());
         assert_eq!(rx.footprint(), 0);
         assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    #[test]
+    fn take_in_order_settles_only_at_a_drained_delivery_point() {
+        let mut rx = Assembler::<u32>::new(100);
+        assert!(rx.take_in_order(0, 10));
+        assert_eq!((rx.read_offset(), rx.acknowledge_offset()), (10, 10));
+        // Not at the delivery point, or past the window.
+        assert!(!rx.take_in_order(11, 5));
+        assert!(!rx.take_in_order(10, 101));
+        // Something held: a message waiting to be popped must come first.
+        rx.insert(10, bytes("ab"), true, None);
+        assert!(!rx.take_in_order(13, 5));
+        assert_eq!(rx.pop_message().unwrap().payload, bytes("ab"));
+        assert!(rx.take_in_order(13, 5));
+        // A hole above: not drained.
+        rx.insert(30, bytes("x"), true, None);
+        assert!(!rx.take_in_order(18, 2));
+        // Past the final offset.
+        let mut rx = Assembler::<u32>::new(100);
+        rx.finish_at(4).unwrap();
+        assert!(!rx.take_in_order(0, 5));
+        assert!(rx.take_in_order(0, 4));
+        assert!(rx.is_finished());
     }
 
     #[test]
