@@ -100,21 +100,32 @@ impl PackedRecords {
     }
 }
 
-impl Iterator for PackedRecords {
-    type Item = Bytes;
-
-    fn next(&mut self) -> Option<Bytes> {
+impl PackedRecords {
+    /// The next record: `copy` gets its bytes as a borrowed slice of the data (no
+    /// reference count touched) and returns its own copy, or `None` to take a
+    /// slice of the data instead (what [`Iterator::next`] gives). `None` at the
+    /// end.
+    pub fn next_with(&mut self, copy: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
         let rest = self.data.get(self.at..).filter(|r| !r.is_empty())?;
         // Checked in `new`: every record is whole.
         let (len, n) = read_varint(rest).ok().flatten()?;
         let start = self.at + n;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
-        let record = self
-            .data
-            .get(start..end)
-            .map(|_| self.data.slice(start..end))?;
+        let record = self.data.get(start..end)?;
+        let out = match copy(record) {
+            Some(copied) => copied,
+            None => self.data.slice(start..end),
+        };
         self.at = end;
-        Some(record)
+        Some(out)
+    }
+}
+
+impl Iterator for PackedRecords {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        self.next_with(|_| None)
     }
 }
 
@@ -144,6 +155,21 @@ mod tests {
         let third = out[2].as_ptr() as usize;
         assert!(third > base && third < base + data.len(), "not a slice");
         assert_eq!(packed_record_len(300), 302);
+    }
+
+    #[test]
+    fn next_with_copies_what_the_caller_copies() {
+        let data = pack(&[b"ab", b"cdef"]);
+        let mut records = PackedRecords::new(data.clone(), 16).unwrap();
+        let first = records
+            .next_with(|r| Some(Bytes::copy_from_slice(r)))
+            .unwrap();
+        assert_eq!(first, &b"ab"[..]);
+        let base = data.as_ptr() as usize;
+        let at = first.as_ptr() as usize;
+        assert!(at < base || at >= base + data.len(), "not copied");
+        assert_eq!(records.next_with(|_| None).unwrap(), &b"cdef"[..]);
+        assert!(records.next_with(|_| None).is_none());
     }
 
     #[test]

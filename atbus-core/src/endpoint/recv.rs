@@ -395,18 +395,23 @@ impl Endpoint {
                         {
                             cursor += records.span();
                             run_end = Some(cursor);
-                            for record in records {
-                                let payload = if small(record.len()) {
-                                    if block.capacity() < record.len() {
-                                        block = BytesMut::with_capacity(
-                                            copied.min(SHARED_BLOCK).max(record.len()),
-                                        );
-                                    }
-                                    block.extend_from_slice(&record);
-                                    block.split().freeze()
-                                } else {
-                                    record
-                                };
+                            let mut records = records;
+                            handed.reserve(records.messages());
+                            let copy = |record: &[u8], block: &mut BytesMut| {
+                                if !small(record.len()) {
+                                    return None;
+                                }
+                                if block.capacity() < record.len() {
+                                    *block = BytesMut::with_capacity(
+                                        copied.min(SHARED_BLOCK).max(record.len()),
+                                    );
+                                }
+                                block.extend_from_slice(record);
+                                Some(block.split().freeze())
+                            };
+                            while let Some(payload) =
+                                records.next_with(|record| copy(record, &mut block))
+                            {
                                 handed.push((fragment.packet_type, payload));
                             }
                             continue;
@@ -498,14 +503,9 @@ impl Endpoint {
         if let (false, Some(peer)) = (handed.is_empty(), peer) {
             self.stats.delivered_messages += handed.len() as u64;
             let mut run = MessageRun::new(self.config.batch_events);
+            run.payloads.reserve(handed.len());
             for (packet_type, payload) in handed {
-                let message = ReceivedMessage {
-                    packet_type,
-                    labels: BTreeMap::new(),
-                    token: Bytes::new(),
-                    payload,
-                };
-                run.push(&mut self.events, peer, stream_id, message);
+                run.push_plain(&mut self.events, peer, stream_id, packet_type, payload);
             }
             run.flush(&mut self.events, peer, stream_id);
         }
@@ -1507,6 +1507,29 @@ impl MessageRun {
             packet_type: 0,
             payloads: Vec::new(),
         }
+    }
+
+    /// Adds a message with no labels and no token to the run.
+    fn push_plain(
+        &mut self,
+        events: &mut std::collections::VecDeque<Event>,
+        peer: PeerId,
+        stream: i64,
+        packet_type: i32,
+        payload: Bytes,
+    ) {
+        if self.enabled && (self.packet_type == packet_type || self.payloads.is_empty()) {
+            self.packet_type = packet_type;
+            self.payloads.push(payload);
+            return;
+        }
+        let message = ReceivedMessage {
+            packet_type,
+            labels: BTreeMap::new(),
+            token: Bytes::new(),
+            payload,
+        };
+        self.push(events, peer, stream, message);
     }
 
     /// Adds `message` to the run, or reports it on its own (after the run) when it
