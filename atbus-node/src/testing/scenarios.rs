@@ -600,25 +600,7 @@ pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: 
         config.endpoint.stream_send_window = 16 * 1024;
         let client = bind(&rt, config).unwrap();
         let peer = client.connect(&[address]).await.unwrap();
-        let sending = async {
-            for b in 0..batches {
-                let mut block = Vec::with_capacity(per_batch as usize * size);
-                for i in 0..per_batch {
-                    block.extend_from_slice(&payload(b * per_batch + i, size));
-                }
-                let block = Bytes::from(block);
-                let batch = (0..per_batch as usize)
-                    .map(|i| block.slice(i * size..(i + 1) * size))
-                    .collect();
-                let mut options = SendOptions::default();
-                if b % 2 == 1 {
-                    options.labels.insert("batch".into(), b.to_string());
-                    options.token = Bytes::from_static(b"odd");
-                }
-                client.send_many(peer, 1, batch, options).await.unwrap();
-            }
-            client.finish(peer, 1).await.unwrap();
-        };
+        let sending = send_sliced_batches(&client, peer, batches, per_batch, size, true);
         let receiving = async {
             let (mut next, mut events) = (0u32, Vec::new());
             'receive: loop {
@@ -644,6 +626,122 @@ pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: 
                 }
             }
             assert_eq!(next, batches * per_batch);
+        };
+        within(&rt, future::zip(sending, receiving)).await;
+        client.close().await;
+    }
+}
+
+/// Sends `batches` batches of `per_batch` numbered messages of `size` bytes on
+/// stream 1, each batch sliced from one buffer; with `labelled`, every odd batch
+/// carries labels and a token. Finishes the stream.
+async fn send_sliced_batches(
+    client: &Node,
+    peer: PeerId,
+    batches: u32,
+    per_batch: u32,
+    size: usize,
+    labelled: bool,
+) {
+    for b in 0..batches {
+        let mut block = Vec::with_capacity(per_batch as usize * size);
+        for i in 0..per_batch {
+            block.extend_from_slice(&payload(b * per_batch + i, size));
+        }
+        let block = Bytes::from(block);
+        let batch = (0..per_batch as usize)
+            .map(|i| block.slice(i * size..(i + 1) * size))
+            .collect();
+        let mut options = SendOptions::default();
+        if labelled && b % 2 == 1 {
+            options.labels.insert("batch".into(), b.to_string());
+            options.token = Bytes::from_static(b"odd");
+        }
+        client.send_many(peer, 1, batch, options).await.unwrap();
+    }
+    client.finish(peer, 1).await.unwrap();
+}
+
+/// Small messages travel packed and arrive as runs (`Event::Messages`) through
+/// `recv_batch`, once each and in order, over TCP and Unix, with a small event
+/// capacity (the node pauses on messages held, not on events); `recv` and
+/// `recv_many` calls mixed in between hand the same messages over one per event.
+pub async fn packed_runs_arrive_once_in_order_through_recv_batch_and_recv<R: Runtime + Clone>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix://{}", dir.path().join("s.sock").display());
+    let mut server_config = NodeConfig::new("server");
+    server_config.listen = vec!["tcp://127.0.0.1:0".parse().unwrap(), unix.parse().unwrap()];
+    server_config.event_capacity = 64;
+    let server = bind(&rt, server_config).unwrap();
+    let (batches, per_batch, size) = (40u32, 1000u32, 64usize);
+    for address in addresses(&server) {
+        let client = bind(&rt, NodeConfig::new("client")).unwrap();
+        let peer = client.connect(&[address]).await.unwrap();
+        let sending = send_sliced_batches(&client, peer, batches, per_batch, size, false);
+        let receiving = async {
+            let (mut next, mut runs, mut events) = (0u32, 0u32, Vec::new());
+            let check = |event: Event, next: &mut u32| match event {
+                Event::Message {
+                    stream: 1, message, ..
+                } => {
+                    assert_eq!(message.payload, payload(*next, size), "message {next}");
+                    *next += 1;
+                    false
+                }
+                Event::Messages {
+                    stream: 1,
+                    packet_type: 0,
+                    payloads,
+                    ..
+                } => {
+                    assert!(payloads.len() >= 2);
+                    for p in payloads {
+                        assert_eq!(p, payload(*next, size), "message {next}");
+                        *next += 1;
+                    }
+                    true
+                }
+                Event::StreamFinished { stream: 1, .. } => panic!("finished at {next}"),
+                _ => false,
+            };
+            let mut round = 0u32;
+            while next < batches * per_batch {
+                round += 1;
+                match round % 8 {
+                    // One message per event, from a run split by the node.
+                    0 => {
+                        let event = server.recv().await.unwrap();
+                        assert!(!matches!(event, Event::Messages { .. }));
+                        check(event, &mut next);
+                    }
+                    1 => {
+                        server.recv_many(&mut events, 5).await;
+                        for event in events.drain(..) {
+                            assert!(!matches!(event, Event::Messages { .. }));
+                            check(event, &mut next);
+                        }
+                    }
+                    _ => {
+                        server.recv_batch(&mut events, 16).await;
+                        for event in events.drain(..) {
+                            runs += u32::from(check(event, &mut next));
+                        }
+                    }
+                }
+            }
+            assert_eq!(next, batches * per_batch);
+            assert!(runs > 0, "no run arrived as one event");
+            loop {
+                match server.recv().await.unwrap() {
+                    Event::StreamFinished { stream: 1, .. } => break,
+                    Event::Message { stream: 1, .. } | Event::Messages { stream: 1, .. } => {
+                        panic!("a message past the last")
+                    }
+                    _ => {}
+                }
+            }
         };
         within(&rt, future::zip(sending, receiving)).await;
         client.close().await;
@@ -967,6 +1065,7 @@ macro_rules! loopback_tests {
             a_slow_reader_pauses_the_node_without_losing_messages,
             send_many_queues_batches_in_order_past_a_full_window,
             sliced_small_message_batches_arrive_once_in_order_with_metadata,
+            packed_runs_arrive_once_in_order_through_recv_batch_and_recv,
             connecting_to_a_silent_udp_port_times_out_clearly,
             a_peer_without_the_right_token_is_rejected_clearly,
             a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes,
