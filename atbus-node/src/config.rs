@@ -39,8 +39,9 @@ pub struct NodeConfig {
     /// socket that have not completed their handshake; datagrams from further new
     /// addresses are dropped and counted (resists floods of garbage).
     pub max_pending_accepts: usize,
-    /// Events (messages included) held for the application; when full, the node
-    /// stops reading its sockets until the application catches up.
+    /// Messages (other events count 1 each; a run of messages in one
+    /// `Event::Messages` counts its length) held for the application; when full,
+    /// the node stops reading its sockets until the application catches up.
     pub event_capacity: usize,
     /// Transmits queued towards one stream socket or one datagram socket before
     /// more wait in the driver (stream) or are dropped as loss (datagram).

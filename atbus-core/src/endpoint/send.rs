@@ -28,7 +28,8 @@ const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
 const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
 const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
 
-/// Fragments per data frame at most (well under the decoder's limit).
+/// Fragments per data frame, and records per packed fragment, at most (well under
+/// the decoder's limit on each).
 const MAX_FRAGMENTS_PER_FRAME: usize = 512;
 
 /// A fragment shorter than this is not started at the end of a nearly full
@@ -254,18 +255,28 @@ pub(crate) fn write_data_frame(
             break;
         }
         let message = p.message;
-        if pack && packable(&p) {
+        // A message that does not fit whole waits for the next frame when this
+        // one carries something already; otherwise (a message larger than a
+        // frame) it goes the plain way below, which cuts it.
+        let packed_fit = (pack && packable(&p)).then(|| {
             let packet_type = message.meta.cached.packet_type();
             let group_len = group.as_ref().map_or(0, PackedGroup::encoded_len);
             let remaining = content_budget.saturating_sub(used + group_len);
-            let joins = group.as_ref().is_some_and(|g| g.packet_type == packet_type);
+            // Records per packed fragment stay under the decoder's limit like
+            // fragments per frame do.
+            let joins = group
+                .as_ref()
+                .is_some_and(|g| g.packet_type == packet_type && g.count < MAX_FRAGMENTS_PER_FRAME);
             let grown = match &group {
                 Some(g) if joins => g.encoded_len_with(&message.data) - group_len,
                 _ => PackedGroup::first_len(packet_type, &message.data),
             };
-            if grown > remaining {
-                break;
-            }
+            (grown <= remaining).then_some((packet_type, joins))
+        });
+        if packed_fit == Some(None) && (group.is_some() || !fragments.is_empty()) {
+            break;
+        }
+        if let Some(Some((packet_type, joins))) = packed_fit {
             if !joins {
                 if let Some(g) = group.take() {
                     used += g.finish(&mut fragments);
