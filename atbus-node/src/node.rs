@@ -467,23 +467,14 @@ impl Node {
         if max == 0 {
             return 0;
         }
-        let mut taken = 0;
-        {
-            let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
-            while taken < max {
-                let Some(event) = split.pop_front() else {
-                    break;
-                };
-                out.push(event);
-                taken += 1;
-            }
-        }
+        let mut taken = self.drain_split(out, max);
         if taken == 0 {
             let Some(first) = self.recv().await else {
                 return 0;
             };
             out.push(first);
-            taken = 1;
+            // The rest of a run `recv` split comes before anything newer.
+            taken = 1 + self.drain_split(out, max - 1);
         }
         while taken < max {
             let Ok(event) = self.events.try_recv() else {
@@ -504,6 +495,15 @@ impl Node {
         taken
     }
 
+    /// Appends up to `max` messages split earlier and not handed over yet to
+    /// `out`; returns how many.
+    fn drain_split(&self, out: &mut Vec<Event>, max: usize) -> usize {
+        let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = split.len().min(max);
+        out.extend(split.drain(..n));
+        n
+    }
+
     /// Like [`Node::recv_many`], but a run of in-order messages of one stream
     /// that the node handed over together stays one [`Event::Messages`]: no
     /// event per message, which is what a high message rate needs. `max` counts
@@ -515,17 +515,7 @@ impl Node {
         if max == 0 {
             return 0;
         }
-        let mut taken = 0;
-        {
-            let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
-            while taken < max {
-                let Some(event) = split.pop_front() else {
-                    break;
-                };
-                out.push(event);
-                taken += 1;
-            }
-        }
+        let mut taken = self.drain_split(out, max);
         if taken == 0 {
             let Ok(first) = self.events.recv().await else {
                 self.after_recv();
