@@ -681,14 +681,14 @@ pub async fn packed_runs_arrive_once_in_order_through_recv_batch_and_recv<R: Run
         let peer = client.connect(&[address]).await.unwrap();
         let sending = send_sliced_batches(&client, peer, batches, per_batch, size, false);
         let receiving = async {
-            let (mut next, mut runs, mut events) = (0u32, 0u32, Vec::new());
-            let check = |event: Event, next: &mut u32| match event {
+            let mut events = Vec::new();
+            // (messages checked, runs seen, stream finished)
+            let check = |event: Event, got: &mut (u32, u32, bool)| match event {
                 Event::Message {
                     stream: 1, message, ..
                 } => {
-                    assert_eq!(message.payload, payload(*next, size), "message {next}");
-                    *next += 1;
-                    false
+                    assert_eq!(message.payload, payload(got.0, size), "message {}", got.0);
+                    got.0 += 1;
                 }
                 Event::Messages {
                     stream: 1,
@@ -698,44 +698,45 @@ pub async fn packed_runs_arrive_once_in_order_through_recv_batch_and_recv<R: Run
                 } => {
                     assert!(payloads.len() >= 2);
                     for p in payloads {
-                        assert_eq!(p, payload(*next, size), "message {next}");
-                        *next += 1;
+                        assert_eq!(p, payload(got.0, size), "message {}", got.0);
+                        got.0 += 1;
                     }
-                    true
+                    got.1 += 1;
                 }
                 Event::StreamFinished { stream: 1, .. } => {
-                    assert_eq!(*next, batches * per_batch, "finished early");
-                    false
+                    assert_eq!(got.0, batches * per_batch, "finished early");
+                    got.2 = true;
                 }
-                _ => false,
+                _ => {}
             };
+            let mut got = (0u32, 0u32, false);
             let mut round = 0u32;
-            while next < batches * per_batch {
+            while !got.2 {
                 round += 1;
                 match round % 8 {
                     // One message per event, from a run split by the node.
                     0 => {
                         let event = server.recv().await.unwrap();
                         assert!(!matches!(event, Event::Messages { .. }));
-                        check(event, &mut next);
+                        check(event, &mut got);
                     }
                     1 => {
                         server.recv_many(&mut events, 5).await;
                         for event in events.drain(..) {
                             assert!(!matches!(event, Event::Messages { .. }));
-                            check(event, &mut next);
+                            check(event, &mut got);
                         }
                     }
                     _ => {
                         server.recv_batch(&mut events, 16).await;
                         for event in events.drain(..) {
-                            runs += u32::from(check(event, &mut next));
+                            check(event, &mut got);
                         }
                     }
                 }
             }
-            assert_eq!(next, batches * per_batch);
-            assert!(runs > 0, "no run arrived as one event");
+            assert_eq!(got.0, batches * per_batch);
+            assert!(got.1 > 0, "no run arrived as one event");
         };
         within(&rt, future::zip(sending, receiving)).await;
         client.close().await;
