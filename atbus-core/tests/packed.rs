@@ -166,9 +166,8 @@ fn packing_needs_both_handshakes_to_offer_it() {
 #[test]
 fn the_hello_offers_packing_in_its_options() {
     let mut net = Net::new(packing("client", 1), config("server", 2));
-    net.b.set_authenticator(Box::new(Recording::default()));
-    let pair = net.establish(DATAGRAM);
-    let _ = pair;
+    net.b.set_authenticator(Box::new(Recording));
+    net.establish(DATAGRAM);
     let seen = RECORDED.with(|r| r.borrow().clone());
     assert_eq!(
         seen.first()
@@ -183,7 +182,6 @@ thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
-#[derive(Default)]
 struct Recording;
 
 impl atbus_core::Authenticator for Recording {

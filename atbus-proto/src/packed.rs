@@ -147,7 +147,7 @@ mod tests {
         let data = pack(&[b"a", b"", &big, b"xyz"]);
         let records = PackedRecords::new(data.clone(), 16).unwrap();
         assert_eq!(records.messages(), 4);
-        assert_eq!(records.span(), 1 + 0 + 300 + 3 + 4);
+        assert_eq!(records.span(), 1 + 300 + 3 + 4, "bytes plus one unit per record");
         assert_eq!(records.largest(), 300);
         let out: Vec<Bytes> = records.collect();
         assert_eq!(out, vec![&b"a"[..], b"", &big[..], b"xyz"]);
