@@ -95,6 +95,20 @@ fn packed_runs_arrive_once_in_order_as_batch_events() {
             "{batches} batches"
         );
         assert_eq!(net.b.stats().delivered_messages, expected.len() as u64);
+        // Copied out of the frame into shared blocks of at most 4 KiB: a message
+        // the application keeps pins no more than that.
+        let got = net.payloads(Side::B, 1);
+        let (mut run, mut longest) = (got[0].len(), 0);
+        for w in got.windows(2) {
+            if w[0].as_ptr().wrapping_add(w[0].len()) == w[1].as_ptr() {
+                run += w[1].len();
+            } else {
+                run = w[1].len();
+            }
+            longest = longest.max(run);
+        }
+        assert!(longest <= 4096, "{kind:?}: a shared block of {longest} B");
+        assert!(longest >= 1024, "{kind:?}: not shared ({longest} B)");
     }
 }
 

@@ -101,23 +101,23 @@ impl PackedRecords {
 }
 
 impl PackedRecords {
-    /// The next record: `copy` gets its bytes as a borrowed slice of the data (no
-    /// reference count touched) and returns its own copy, or `None` to take a
-    /// slice of the data instead (what [`Iterator::next`] gives). `None` at the
-    /// end.
-    pub fn next_with(&mut self, copy: impl FnOnce(&[u8]) -> Option<Bytes>) -> Option<Bytes> {
+    /// The bytes the records lie in.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Where the next record's message lies in [`PackedRecords::data`], without
+    /// touching a reference count (a caller that copies the message needs no
+    /// slice); `None` at the end.
+    pub fn next_range(&mut self) -> Option<std::ops::Range<usize>> {
         let rest = self.data.get(self.at..).filter(|r| !r.is_empty())?;
         // Checked in `new`: every record is whole.
         let (len, n) = read_varint(rest).ok().flatten()?;
         let start = self.at + n;
         let end = start.checked_add(usize::try_from(len).ok()?)?;
-        let record = self.data.get(start..end)?;
-        let out = match copy(record) {
-            Some(copied) => copied,
-            None => self.data.slice(start..end),
-        };
+        self.data.get(start..end)?;
         self.at = end;
-        Some(out)
+        Some(start..end)
     }
 }
 
@@ -125,7 +125,8 @@ impl Iterator for PackedRecords {
     type Item = Bytes;
 
     fn next(&mut self) -> Option<Bytes> {
-        self.next_with(|_| None)
+        let range = self.next_range()?;
+        Some(self.data.slice(range))
     }
 }
 
@@ -147,7 +148,11 @@ mod tests {
         let data = pack(&[b"a", b"", &big, b"xyz"]);
         let records = PackedRecords::new(data.clone(), 16).unwrap();
         assert_eq!(records.messages(), 4);
-        assert_eq!(records.span(), 1 + 300 + 3 + 4, "bytes plus one unit per record");
+        assert_eq!(
+            records.span(),
+            1 + 300 + 3 + 4,
+            "bytes plus one unit per record"
+        );
         assert_eq!(records.largest(), 300);
         let out: Vec<Bytes> = records.collect();
         assert_eq!(out, vec![&b"a"[..], b"", &big[..], b"xyz"]);
@@ -158,18 +163,15 @@ mod tests {
     }
 
     #[test]
-    fn next_with_copies_what_the_caller_copies() {
-        let data = pack(&[b"ab", b"cdef"]);
+    fn ranges_point_at_the_messages() {
+        let data = pack(&[b"ab", b"", b"cdef"]);
         let mut records = PackedRecords::new(data.clone(), 16).unwrap();
-        let first = records
-            .next_with(|r| Some(Bytes::copy_from_slice(r)))
-            .unwrap();
-        assert_eq!(first, &b"ab"[..]);
-        let base = data.as_ptr() as usize;
-        let at = first.as_ptr() as usize;
-        assert!(at < base || at >= base + data.len(), "not copied");
-        assert_eq!(records.next_with(|_| None).unwrap(), &b"cdef"[..]);
-        assert!(records.next_with(|_| None).is_none());
+        let mut got = Vec::new();
+        while let Some(range) = records.next_range() {
+            got.push(data.slice(range));
+        }
+        assert_eq!(got, vec![&b"ab"[..], b"", b"cdef"]);
+        assert_eq!(records.data(), &data);
     }
 
     #[test]

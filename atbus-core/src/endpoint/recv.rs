@@ -1,7 +1,7 @@
 //! Input handling: datagrams and stream bytes, frames, packets, acknowledgements,
 //! the handshake and control messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use atbus_proto::{FRAGMENT_FLAG_PACKED, Frames, PackedRecords, decode_content, pb};
@@ -279,10 +279,10 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         };
-        if !packed_fragments_valid(&content, limits.max_fragments) {
+        let Some(mut packed) = checked_packed(&content, limits.max_fragments) else {
             self.count_malformed(id);
             return;
-        }
+        };
         if let Some(c) = self.connections.get_mut(&id) {
             c.rx_fragments += content.fragment.len() as u64;
         }
@@ -386,10 +386,13 @@ impl Endpoint {
                 // A packed fragment at a drained delivery point is handed over
                 // whole: its messages skip the reassembler (nothing to reorder,
                 // nothing to hold) and count against no budget.
-                if stream_id >= 0 && is_packed(&fragment) {
-                    if let Ok(records) =
-                        PackedRecords::new(fragment.data.clone(), limits.max_fragments)
-                    {
+                let records = if is_packed(&fragment) {
+                    packed.pop_front()
+                } else {
+                    None
+                };
+                if stream_id >= 0 {
+                    if let Some(records) = records.clone() {
                         if records.largest() as u64 <= max_message
                             && asm.take_in_order(cursor, records.span())
                         {
@@ -397,23 +400,39 @@ impl Endpoint {
                             run_end = Some(cursor);
                             let mut records = records;
                             handed.reserve(records.messages());
-                            let copy = |record: &[u8], block: &mut BytesMut| {
-                                if !small(record.len()) {
-                                    return None;
-                                }
-                                if block.capacity() < record.len() {
-                                    *block = BytesMut::with_capacity(
-                                        copied.min(SHARED_BLOCK).max(record.len()),
+                            let packet_type = fragment.packet_type;
+                            // Small messages are copied into the shared block
+                            // back to back, then cut from it once it is frozen.
+                            let mut in_block: Vec<std::ops::Range<usize>> = Vec::new();
+                            let cut =
+                                |block: &mut BytesMut,
+                                 in_block: &mut Vec<std::ops::Range<usize>>,
+                                 handed: &mut Vec<(i32, Bytes)>| {
+                                    if in_block.is_empty() {
+                                        return;
+                                    }
+                                    let frozen = block.split().freeze();
+                                    handed.extend(
+                                        in_block.drain(..).map(|r| (packet_type, frozen.slice(r))),
                                     );
+                                };
+                            while let Some(range) = records.next_range() {
+                                let len = range.len();
+                                if !small(len) {
+                                    cut(&mut block, &mut in_block, &mut handed);
+                                    handed.push((packet_type, records.data().slice(range)));
+                                    continue;
                                 }
-                                block.extend_from_slice(record);
-                                Some(block.split().freeze())
-                            };
-                            while let Some(payload) =
-                                records.next_with(|record| copy(record, &mut block))
-                            {
-                                handed.push((fragment.packet_type, payload));
+                                if block.capacity() - block.len() < len {
+                                    cut(&mut block, &mut in_block, &mut handed);
+                                    block =
+                                        BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(len));
+                                }
+                                let at = block.len();
+                                block.extend_from_slice(&records.data()[range]);
+                                in_block.push(at..at + len);
                             }
+                            cut(&mut block, &mut in_block, &mut handed);
                             continue;
                         }
                     }
@@ -422,7 +441,7 @@ impl Endpoint {
                     data,
                     is_final,
                     meta,
-                } in Pieces::of(fragment, fin, limits.max_fragments)
+                } in Pieces::of(fragment, records, fin)
                 {
                     let Some(end) = cursor
                         .checked_add(data.len() as u64)
@@ -1420,18 +1439,29 @@ fn is_packed(fragment: &pb::packet_content::FragmentType) -> bool {
     fragment.fragment_flag & FRAGMENT_FLAG_PACKED != 0
 }
 
-/// Whether every packed fragment of `content` is well formed: no `HAS_MORE`, no
-/// metadata but the type, records whole and at most `max_records`. Checked before
-/// anything of the packet is applied, so a bad one changes nothing.
-fn packed_fragments_valid(content: &pb::PacketContent, max_records: usize) -> bool {
-    content.fragment.iter().filter(|f| is_packed(f)).all(|f| {
-        f.fragment_flag & HAS_MORE == 0
-            && f.options.is_none()
-            && f.labels.is_empty()
-            && f.forward_for.is_none()
-            && f.close_reason.is_none()
-            && PackedRecords::new(f.data.clone(), max_records).is_ok()
-    })
+/// The records of every packed fragment of `content`, in fragment order, if each
+/// is well formed: no `HAS_MORE`, no metadata but the type, records whole and at
+/// most `max_records`; `None` otherwise. Checked before anything of the packet is
+/// applied, so a bad one changes nothing.
+fn checked_packed(
+    content: &pb::PacketContent,
+    max_records: usize,
+) -> Option<VecDeque<PackedRecords>> {
+    content
+        .fragment
+        .iter()
+        .filter(|f| is_packed(f))
+        .map(|f| {
+            let plain = f.fragment_flag & HAS_MORE == 0
+                && f.options.is_none()
+                && f.labels.is_empty()
+                && f.forward_for.is_none()
+                && f.close_reason.is_none();
+            plain
+                .then(|| PackedRecords::new(f.data.clone(), max_records).ok())
+                .flatten()
+        })
+        .collect()
 }
 
 /// One message or piece of a message, as the reassembler takes it.
@@ -1449,14 +1479,16 @@ enum Pieces {
 }
 
 impl Pieces {
-    /// The pieces of `fragment`; `fin`: its packet carries FINISH_STREAM. A packed
-    /// fragment was checked by [`packed_fragments_valid`].
-    fn of(fragment: pb::packet_content::FragmentType, fin: bool, max_records: usize) -> Self {
-        if is_packed(&fragment) {
-            return match PackedRecords::new(fragment.data, max_records) {
-                Ok(records) => Pieces::Packed(records, fragment.packet_type),
-                Err(_) => Pieces::One(None),
-            };
+    /// The pieces of `fragment`; `records`: its records, checked by
+    /// [`checked_packed`], when it is packed; `fin`: its packet carries
+    /// FINISH_STREAM.
+    fn of(
+        fragment: pb::packet_content::FragmentType,
+        records: Option<PackedRecords>,
+        fin: bool,
+    ) -> Self {
+        if let Some(records) = records {
+            return Pieces::Packed(records, fragment.packet_type);
         }
         let meta = RecvMeta::new(
             fragment.packet_type,

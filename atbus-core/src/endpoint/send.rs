@@ -76,16 +76,21 @@ struct PackedGroup {
     /// fragment of one record costs its length varint and the flag more).
     first: Bytes,
     count: usize,
+    /// Bytes the group occupies as a fragment now.
+    encoded: usize,
 }
 
 impl PackedGroup {
-    fn new(packet_type: i32) -> Self {
+    /// An empty group whose records take at most `room` bytes (what is left of
+    /// the frame: allocated once).
+    fn new(packet_type: i32, room: usize) -> Self {
         PackedGroup {
             packet_type,
             meta: CachedMessageMeta::of_type(packet_type),
-            records: BytesMut::new(),
+            records: BytesMut::with_capacity(room),
             first: Bytes::new(),
             count: 0,
+            encoded: 0,
         }
     }
 
@@ -97,11 +102,6 @@ impl PackedGroup {
         )
     }
 
-    /// Bytes the group occupies now.
-    fn encoded_len(&self) -> usize {
-        FragmentSpec::packed_encoded_len(Some(&self.meta), self.records.len())
-    }
-
     /// Bytes the group would occupy with `message` added.
     fn encoded_len_with(&self, message: &[u8]) -> usize {
         FragmentSpec::packed_encoded_len(
@@ -110,16 +110,18 @@ impl PackedGroup {
         )
     }
 
-    fn push(&mut self, message: &Bytes) {
+    /// Adds `message`; the group then occupies `encoded` bytes.
+    fn push(&mut self, message: &Bytes, encoded: usize) {
         if self.count == 0 {
             self.first = message.clone();
         }
         put_packed_record(&mut self.records, message);
         self.count += 1;
+        self.encoded = encoded;
     }
 
     /// Appends the group as one fragment; returns the bytes it occupies (never
-    /// more than [`PackedGroup::encoded_len`]).
+    /// more than `encoded`).
     fn finish(self, fragments: &mut Vec<OwnedFragment>) -> usize {
         let owned = if self.count == 1 {
             OwnedFragment {
@@ -260,7 +262,7 @@ pub(crate) fn write_data_frame(
         // frame) it goes the plain way below, which cuts it.
         let packed_fit = (pack && packable(&p)).then(|| {
             let packet_type = message.meta.cached.packet_type();
-            let group_len = group.as_ref().map_or(0, PackedGroup::encoded_len);
+            let group_len = group.as_ref().map_or(0, |g| g.encoded);
             let remaining = content_budget.saturating_sub(used + group_len);
             // Records per packed fragment stay under the decoder's limit like
             // fragments per frame do.
@@ -271,12 +273,13 @@ pub(crate) fn write_data_frame(
                 Some(g) if joins => g.encoded_len_with(&message.data) - group_len,
                 _ => PackedGroup::first_len(packet_type, &message.data),
             };
-            (grown <= remaining).then_some((packet_type, joins))
+            let encoded = if joins { group_len + grown } else { grown };
+            (grown <= remaining).then_some((packet_type, joins, remaining, encoded))
         });
         if packed_fit == Some(None) && (group.is_some() || !fragments.is_empty()) {
             break;
         }
-        if let Some(Some((packet_type, joins))) = packed_fit {
+        if let Some(Some((packet_type, joins, remaining, encoded))) = packed_fit {
             if !joins {
                 if let Some(g) = group.take() {
                     used += g.finish(&mut fragments);
@@ -284,8 +287,8 @@ pub(crate) fn write_data_frame(
             }
             let end = message.end();
             group
-                .get_or_insert_with(|| PackedGroup::new(packet_type))
-                .push(&message.data);
+                .get_or_insert_with(|| PackedGroup::new(packet_type, remaining))
+                .push(&message.data, encoded);
             any_retransmit |= p.retransmit;
             if copy_range.is_none() {
                 send.mark_sent(cursor, end);
