@@ -53,6 +53,7 @@
 //! ```
 
 mod recv;
+mod runs;
 mod send;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

@@ -1,13 +1,14 @@
 //! Input handling: datagrams and stream bytes, frames, packets, acknowledgements,
 //! the handshake and control messages.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use atbus_proto::{FRAGMENT_FLAG_PACKED, Frames, PackedRecords, decode_content, pb};
+use atbus_proto::{Frames, decode_content, pb};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
+use super::runs::{MessageRun, Piece, Pieces, checked_packed, hand_over, is_packed};
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
 use crate::connection::recovery::{
@@ -24,7 +25,6 @@ use crate::time::Timestamp;
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
 const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
 const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
-const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 
 /// A fragment held by a slice of a datagram pins the whole datagram; fragments that
 /// use less than this share of it are copied out, so that retained memory stays
@@ -398,41 +398,14 @@ impl Endpoint {
                         {
                             cursor += records.span();
                             run_end = Some(cursor);
-                            let mut records = records;
-                            handed.reserve(records.messages());
-                            let packet_type = fragment.packet_type;
-                            // Small messages are copied into the shared block
-                            // back to back, then cut from it once it is frozen.
-                            let mut in_block: Vec<std::ops::Range<usize>> = Vec::new();
-                            let cut =
-                                |block: &mut BytesMut,
-                                 in_block: &mut Vec<std::ops::Range<usize>>,
-                                 handed: &mut Vec<(i32, Bytes)>| {
-                                    if in_block.is_empty() {
-                                        return;
-                                    }
-                                    let frozen = block.split().freeze();
-                                    handed.extend(
-                                        in_block.drain(..).map(|r| (packet_type, frozen.slice(r))),
-                                    );
-                                };
-                            while let Some(range) = records.next_range() {
-                                let len = range.len();
-                                if !small(len) {
-                                    cut(&mut block, &mut in_block, &mut handed);
-                                    handed.push((packet_type, records.data().slice(range)));
-                                    continue;
-                                }
-                                if block.capacity() - block.len() < len {
-                                    cut(&mut block, &mut in_block, &mut handed);
-                                    block =
-                                        BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(len));
-                                }
-                                let at = block.len();
-                                block.extend_from_slice(&records.data()[range]);
-                                in_block.push(at..at + len);
-                            }
-                            cut(&mut block, &mut in_block, &mut handed);
+                            hand_over(
+                                records,
+                                fragment.packet_type,
+                                &small,
+                                copied.min(SHARED_BLOCK),
+                                &mut block,
+                                &mut handed,
+                            );
                             continue;
                         }
                     }
@@ -1432,188 +1405,4 @@ fn per_datagram(ranges: &[SentRange]) -> Vec<(Timestamp, usize)> {
         };
     }
     datagrams.into_values().collect()
-}
-
-/// Whether a fragment is packed (several whole messages as records).
-fn is_packed(fragment: &pb::packet_content::FragmentType) -> bool {
-    fragment.fragment_flag & FRAGMENT_FLAG_PACKED != 0
-}
-
-/// The records of every packed fragment of `content`, in fragment order, if each
-/// is well formed: no `HAS_MORE`, no metadata but the type, records whole and at
-/// most `max_records`; `None` otherwise. Checked before anything of the packet is
-/// applied, so a bad one changes nothing.
-fn checked_packed(
-    content: &pb::PacketContent,
-    max_records: usize,
-) -> Option<VecDeque<PackedRecords>> {
-    content
-        .fragment
-        .iter()
-        .filter(|f| is_packed(f))
-        .map(|f| {
-            let plain = f.fragment_flag & HAS_MORE == 0
-                && f.options.is_none()
-                && f.labels.is_empty()
-                && f.forward_for.is_none()
-                && f.close_reason.is_none();
-            plain
-                .then(|| PackedRecords::new(f.data.clone(), max_records).ok())
-                .flatten()
-        })
-        .collect()
-}
-
-/// One message or piece of a message, as the reassembler takes it.
-struct Piece {
-    data: Bytes,
-    is_final: bool,
-    meta: RecvMeta,
-}
-
-/// The pieces a fragment holds: itself, or each record of a packed fragment (a
-/// whole message each, with the fragment's type).
-enum Pieces {
-    One(Option<Piece>),
-    Packed(PackedRecords, i32),
-}
-
-impl Pieces {
-    /// The pieces of `fragment`; `records`: its records, checked by
-    /// [`checked_packed`], when it is packed; `fin`: its packet carries
-    /// FINISH_STREAM.
-    fn of(
-        fragment: pb::packet_content::FragmentType,
-        records: Option<PackedRecords>,
-        fin: bool,
-    ) -> Self {
-        if let Some(records) = records {
-            return Pieces::Packed(records, fragment.packet_type);
-        }
-        let meta = RecvMeta::new(
-            fragment.packet_type,
-            fin && fragment.close_reason.is_some(),
-            fragment.labels,
-            // Copied: a slice would pin the whole datagram.
-            fragment
-                .options
-                .map(|o| Bytes::copy_from_slice(&o.token))
-                .unwrap_or_default(),
-            fragment.close_reason.as_ref().map(CloseReason::from_pb),
-        );
-        Pieces::One(Some(Piece {
-            data: fragment.data,
-            is_final: fragment.fragment_flag & HAS_MORE == 0,
-            meta,
-        }))
-    }
-}
-
-impl Iterator for Pieces {
-    type Item = Piece;
-
-    fn next(&mut self) -> Option<Piece> {
-        match self {
-            Pieces::One(piece) => piece.take(),
-            Pieces::Packed(records, packet_type) => records.next().map(|data| Piece {
-                data,
-                is_final: true,
-                meta: RecvMeta::new(*packet_type, false, BTreeMap::new(), Bytes::new(), None),
-            }),
-        }
-    }
-}
-
-/// Consecutive plain messages of one stream being delivered, reported as one
-/// [`Event::Messages`] when the endpoint batches events (`batch_events`).
-struct MessageRun {
-    enabled: bool,
-    packet_type: i32,
-    payloads: Vec<Bytes>,
-}
-
-impl MessageRun {
-    fn new(enabled: bool) -> Self {
-        MessageRun {
-            enabled,
-            packet_type: 0,
-            payloads: Vec::new(),
-        }
-    }
-
-    /// Adds a message with no labels and no token to the run.
-    fn push_plain(
-        &mut self,
-        events: &mut std::collections::VecDeque<Event>,
-        peer: PeerId,
-        stream: i64,
-        packet_type: i32,
-        payload: Bytes,
-    ) {
-        if self.enabled && (self.packet_type == packet_type || self.payloads.is_empty()) {
-            self.packet_type = packet_type;
-            self.payloads.push(payload);
-            return;
-        }
-        let message = ReceivedMessage {
-            packet_type,
-            labels: BTreeMap::new(),
-            token: Bytes::new(),
-            payload,
-        };
-        self.push(events, peer, stream, message);
-    }
-
-    /// Adds `message` to the run, or reports it on its own (after the run) when it
-    /// carries labels or a token, or batching is off.
-    fn push(
-        &mut self,
-        events: &mut std::collections::VecDeque<Event>,
-        peer: PeerId,
-        stream: i64,
-        message: ReceivedMessage,
-    ) {
-        let plain = message.labels.is_empty() && message.token.is_empty();
-        if self.enabled && plain {
-            if self.packet_type != message.packet_type {
-                self.flush(events, peer, stream);
-                self.packet_type = message.packet_type;
-            }
-            self.payloads.push(message.payload);
-            return;
-        }
-        self.flush(events, peer, stream);
-        events.push_back(Event::Message {
-            peer,
-            stream,
-            message,
-        });
-    }
-
-    /// Reports what the run holds: one message as [`Event::Message`], several as
-    /// [`Event::Messages`].
-    fn flush(&mut self, events: &mut std::collections::VecDeque<Event>, peer: PeerId, stream: i64) {
-        match self.payloads.len() {
-            0 => {}
-            1 => {
-                let payload = self.payloads.pop().unwrap_or_default();
-                events.push_back(Event::Message {
-                    peer,
-                    stream,
-                    message: ReceivedMessage {
-                        packet_type: self.packet_type,
-                        labels: BTreeMap::new(),
-                        token: Bytes::new(),
-                        payload,
-                    },
-                });
-            }
-            _ => events.push_back(Event::Messages {
-                peer,
-                stream,
-                packet_type: self.packet_type,
-                payloads: std::mem::take(&mut self.payloads),
-            }),
-        }
-    }
 }
