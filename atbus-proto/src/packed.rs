@@ -24,11 +24,13 @@ use crate::varint::read_varint;
 pub const FRAGMENT_FLAG_PACKED: i32 = AtbusPacketFragmentFlagType::Packed as i32;
 
 /// Bytes a record of a `len`-byte message occupies in a packed fragment.
+#[inline]
 pub fn packed_record_len(len: usize) -> usize {
     encoded_len_varint(len as u64) + len
 }
 
 /// Appends the record of `message` (its length, then its bytes) to `buf`.
+#[inline]
 pub fn put_packed_record(buf: &mut impl BufMut, message: &[u8]) {
     encode_varint(message.len() as u64, buf);
     buf.put_slice(message);
@@ -84,17 +86,20 @@ impl PackedRecords {
     }
 
     /// How many records (messages) the fragment holds.
+    #[inline]
     pub fn messages(&self) -> usize {
         self.count
     }
 
     /// Bytes of the largest record's message (0 if none).
+    #[inline]
     pub fn largest(&self) -> usize {
         self.largest
     }
 
     /// Stream offsets the records cover: their bytes plus one end-of-message unit
     /// each.
+    #[inline]
     pub fn span(&self) -> u64 {
         self.payload + self.count as u64
     }
@@ -102,6 +107,7 @@ impl PackedRecords {
 
 impl PackedRecords {
     /// The bytes the records lie in.
+    #[inline]
     pub fn data(&self) -> &Bytes {
         &self.data
     }
@@ -109,6 +115,7 @@ impl PackedRecords {
     /// Where the next record's message lies in [`PackedRecords::data`], without
     /// touching a reference count (a caller that copies the message needs no
     /// slice); `None` at the end.
+    #[inline]
     pub fn next_range(&mut self) -> Option<std::ops::Range<usize>> {
         let rest = self.data.get(self.at..).filter(|r| !r.is_empty())?;
         // Checked in `new`: every record is whole.

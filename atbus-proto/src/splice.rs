@@ -31,11 +31,13 @@ const FRAGMENT_DATA: u8 = 2 << 3 | 2;
 const FRAGMENT_FLAG: u8 = 3 << 3;
 
 /// Length of a length-delimited field with a one-byte key and `len` bytes of value.
+#[inline]
 fn len_field_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
 /// Length of a varint field with a one-byte key, or 0 for the default value 0.
+#[inline]
 fn varint_field_len(value: u64) -> usize {
     if value == 0 {
         0
@@ -109,6 +111,7 @@ impl CachedMessageMeta {
     }
 
     /// Metadata of a message with the given type and nothing else.
+    #[inline]
     pub fn of_type(packet_type: i32) -> Self {
         CachedMessageMeta {
             packet_type,
@@ -117,17 +120,20 @@ impl CachedMessageMeta {
     }
 
     /// The message's `packet_type`.
+    #[inline]
     pub fn packet_type(&self) -> i32 {
         self.packet_type
     }
 
     /// Whether the metadata is the type alone (no options, labels, relay data or
     /// close reason): what a packed fragment may carry.
+    #[inline]
     pub fn is_type_only(&self) -> bool {
         self.tail.is_empty()
     }
 
     /// Bytes the metadata adds to the fragment that starts the message.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         varint_field_len(self.packet_type as u64) + self.tail.len()
     }
@@ -167,6 +173,7 @@ impl FragmentSpec<'_> {
     /// Bytes a packed fragment (`PACKED`, no `HAS_MORE`) with this metadata and
     /// `data_len` bytes of records occupies in a packet content, key and length
     /// included: what a packetizer checks before adding a record.
+    #[inline]
     pub fn packed_encoded_len(meta: Option<&CachedMessageMeta>, data_len: usize) -> usize {
         len_field_len(fragment_body_len(
             meta,
@@ -190,6 +197,7 @@ impl FragmentSpec<'_> {
 }
 
 /// Length of an encoded `fragment_type` message alone.
+#[inline]
 fn fragment_body_len(meta: Option<&CachedMessageMeta>, data_len: usize, flag: i32) -> usize {
     let meta = meta.map_or(0, CachedMessageMeta::encoded_len);
     let data = if data_len == 0 {
