@@ -189,6 +189,18 @@ pub struct ReceivedMessage {
     pub payload: Bytes,
 }
 
+impl ReceivedMessage {
+    /// A message of `packet_type` with no labels and no token.
+    pub(crate) fn plain(packet_type: i32, payload: Bytes) -> Self {
+        ReceivedMessage {
+            packet_type,
+            labels: BTreeMap::new(),
+            token: Bytes::new(),
+            payload,
+        }
+    }
+}
+
 /// Something the application should know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -352,12 +364,7 @@ impl Event {
                 payloads.into_iter().map(move |payload| Event::Message {
                     peer,
                     stream,
-                    message: ReceivedMessage {
-                        packet_type,
-                        labels: BTreeMap::new(),
-                        token: Bytes::new(),
-                        payload,
-                    },
+                    message: ReceivedMessage::plain(packet_type, payload),
                 })
             });
         one.into_iter().chain(run)

@@ -268,6 +268,12 @@ fn labelled_messages_break_packed_runs_and_keep_their_place() {
                 packet_type: 100,
                 ..Default::default()
             },
+            // A run of another type: its own packed fragment, next to runs of
+            // type 0 in the same packet.
+            20..=24 => SendOptions {
+                packet_type: 101,
+                ..Default::default()
+            },
             _ => SendOptions::default(),
         };
         let data = payload(40, i);
@@ -287,6 +293,11 @@ fn labelled_messages_break_packed_runs_and_keep_their_place() {
         assert_eq!(m.packet_type, options.packet_type, "message {i}");
     }
     assert!(fragments_sent(&net, Side::A, 1).0 > 0);
+    let typed_runs = net.count_events(
+        Side::B,
+        |e| matches!(e, Event::Messages { packet_type: 101, payloads, .. } if payloads.len() == 5),
+    );
+    assert_eq!(typed_runs, 6, "each run of type 101 is one event");
 }
 
 /// Messages with a deadline go packed; those in the datagrams that never arrive

@@ -8,7 +8,7 @@ use atbus_proto::{Frames, decode_content, pb};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
-use super::runs::{MessageRun, Piece, Pieces, checked_packed, hand_over, is_packed};
+use super::runs::{Handed, MessageRun, Piece, Pieces, checked_packed, hand_over, is_packed};
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
 use crate::connection::recovery::{
@@ -339,7 +339,7 @@ impl Endpoint {
         // One past the last offset this frame carried.
         let mut cursor = offset;
         // Messages of packed fragments handed over without the reassembler.
-        let mut handed: Vec<(i32, Bytes)> = Vec::new();
+        let mut handed = Handed::default();
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -492,14 +492,9 @@ impl Endpoint {
                 }
             }
         }
-        if let (false, Some(peer)) = (handed.is_empty(), peer) {
+        if let (1.., Some(peer)) = (handed.len(), peer) {
             self.stats.delivered_messages += handed.len() as u64;
-            let mut run = MessageRun::new(self.config.batch_events);
-            run.payloads.reserve(handed.len());
-            for (packet_type, payload) in handed {
-                run.push_plain(&mut self.events, peer, stream_id, packet_type, payload);
-            }
-            run.flush(&mut self.events, peer, stream_id);
+            handed.report(&mut self.events, peer, stream_id, self.config.batch_events);
         }
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;

@@ -109,7 +109,7 @@ impl Iterator for Pieces {
 pub(super) struct MessageRun {
     enabled: bool,
     packet_type: i32,
-    pub payloads: Vec<Bytes>,
+    payloads: Vec<Bytes>,
 }
 
 impl MessageRun {
@@ -119,29 +119,6 @@ impl MessageRun {
             packet_type: 0,
             payloads: Vec::new(),
         }
-    }
-
-    /// Adds a message with no labels and no token to the run.
-    pub fn push_plain(
-        &mut self,
-        events: &mut VecDeque<Event>,
-        peer: PeerId,
-        stream: i64,
-        packet_type: i32,
-        payload: Bytes,
-    ) {
-        if self.enabled && (self.packet_type == packet_type || self.payloads.is_empty()) {
-            self.packet_type = packet_type;
-            self.payloads.push(payload);
-            return;
-        }
-        let message = ReceivedMessage {
-            packet_type,
-            labels: BTreeMap::new(),
-            token: Bytes::new(),
-            payload,
-        };
-        self.push(events, peer, stream, message);
     }
 
     /// Adds `message` to the run, or reports it on its own (after the run) when it
@@ -180,12 +157,7 @@ impl MessageRun {
                 events.push_back(Event::Message {
                     peer,
                     stream,
-                    message: ReceivedMessage {
-                        packet_type: self.packet_type,
-                        labels: BTreeMap::new(),
-                        token: Bytes::new(),
-                        payload,
-                    },
+                    message: ReceivedMessage::plain(self.packet_type, payload),
                 });
             }
             _ => events.push_back(Event::Messages {
@@ -194,6 +166,65 @@ impl MessageRun {
                 packet_type: self.packet_type,
                 payloads: std::mem::take(&mut self.payloads),
             }),
+        }
+    }
+}
+
+/// Messages of packed fragments handed over whole (without the reassembler)
+/// during one packet, in order, with the type of each run of them.
+#[derive(Default)]
+pub(super) struct Handed {
+    payloads: Vec<Bytes>,
+    /// `(packet_type, messages)` of consecutive runs of `payloads`.
+    runs: Vec<(i32, usize)>,
+}
+
+impl Handed {
+    /// How many messages were handed over.
+    pub fn len(&self) -> usize {
+        self.payloads.len()
+    }
+
+    /// `messages` more messages of `packet_type` follow in `payloads`.
+    fn begin(&mut self, packet_type: i32, messages: usize) {
+        self.payloads.reserve(messages);
+        match self.runs.last_mut() {
+            Some((t, n)) if *t == packet_type => *n += messages,
+            _ => self.runs.push((packet_type, messages)),
+        }
+    }
+
+    /// Reports the messages: each run of two or more as one [`Event::Messages`]
+    /// when `batch` (the common case, one run per packet, moves the payloads
+    /// as they are), otherwise one [`Event::Message`] each.
+    pub fn report(self, events: &mut VecDeque<Event>, peer: PeerId, stream: i64, batch: bool) {
+        if let ([(packet_type, _)], true, true) = (&self.runs[..], batch, self.payloads.len() >= 2)
+        {
+            events.push_back(Event::Messages {
+                peer,
+                stream,
+                packet_type: *packet_type,
+                payloads: self.payloads,
+            });
+            return;
+        }
+        let mut payloads = self.payloads.into_iter();
+        for (packet_type, n) in self.runs {
+            let run: Vec<Bytes> = payloads.by_ref().take(n).collect();
+            if batch && run.len() >= 2 {
+                events.push_back(Event::Messages {
+                    peer,
+                    stream,
+                    packet_type,
+                    payloads: run,
+                });
+                continue;
+            }
+            events.extend(run.into_iter().map(|payload| Event::Message {
+                peer,
+                stream,
+                message: ReceivedMessage::plain(packet_type, payload),
+            }));
         }
     }
 }
@@ -208,23 +239,25 @@ pub(super) fn hand_over(
     small: &impl Fn(usize) -> bool,
     block_size: usize,
     block: &mut BytesMut,
-    handed: &mut Vec<(i32, Bytes)>,
+    handed: &mut Handed,
 ) {
-    handed.reserve(records.messages());
+    handed.begin(packet_type, records.messages());
     // Where the messages copied into `block` and not cut yet lie in it.
     let mut in_block: Vec<Range<usize>> = Vec::new();
-    let cut = |block: &mut BytesMut, in_block: &mut Vec<Range<usize>>, handed: &mut Vec<_>| {
+    let cut = |block: &mut BytesMut, in_block: &mut Vec<Range<usize>>, handed: &mut Handed| {
         if in_block.is_empty() {
             return;
         }
         let frozen = block.split().freeze();
-        handed.extend(in_block.drain(..).map(|r| (packet_type, frozen.slice(r))));
+        handed
+            .payloads
+            .extend(in_block.drain(..).map(|r| frozen.slice(r)));
     };
     while let Some(range) = records.next_range() {
         let len = range.len();
         if !small(len) {
             cut(block, &mut in_block, handed);
-            handed.push((packet_type, records.data().slice(range)));
+            handed.payloads.push(records.data().slice(range));
             continue;
         }
         if block.capacity() - block.len() < len {
