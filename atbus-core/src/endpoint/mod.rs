@@ -853,28 +853,27 @@ impl Endpoint {
                 });
                 break;
             }
-            match s.send.push(
-                payload.clone(),
-                SendMeta {
-                    cached: meta.clone(),
-                    fin: false,
-                },
-                options.deadline,
-            ) {
-                Ok(_) => {
-                    payloads.pop_front();
-                    queued = true;
-                }
-                Err(crate::stream::PushError::WouldBlock) => {
-                    s.blocked = Some(len);
-                    result = Err(SendError::WouldBlock);
-                    break;
-                }
-                Err(crate::stream::PushError::Finished) => {
-                    result = Err(SendError::StreamFinished);
-                    break;
-                }
+            // Checked before the payload leaves the queue, so that it is moved
+            // into the send buffer rather than cloned (and the queue's copy
+            // dropped): no reference count touched per message.
+            if s.send.is_finished() {
+                result = Err(SendError::StreamFinished);
+                break;
             }
+            if !s.send.has_room(len) {
+                s.blocked = Some(len);
+                result = Err(SendError::WouldBlock);
+                break;
+            }
+            let Some(payload) = payloads.pop_front() else {
+                break;
+            };
+            let meta = SendMeta {
+                cached: meta.clone(),
+                fin: false,
+            };
+            // Cannot fail: finished and room were checked above.
+            queued |= s.send.push(payload, meta, options.deadline).is_ok();
         }
         if queued {
             if let Some(deadline) = s.send.next_deadline() {
@@ -1540,15 +1539,15 @@ impl Endpoint {
 /// one message, or a queue of them.
 trait PayloadQueue {
     fn front(&self) -> Option<&Bytes>;
-    fn pop_front(&mut self);
+    fn pop_front(&mut self) -> Option<Bytes>;
 }
 
 impl PayloadQueue for Option<Bytes> {
     fn front(&self) -> Option<&Bytes> {
         self.as_ref()
     }
-    fn pop_front(&mut self) {
-        *self = None;
+    fn pop_front(&mut self) -> Option<Bytes> {
+        self.take()
     }
 }
 
@@ -1556,7 +1555,7 @@ impl PayloadQueue for VecDeque<Bytes> {
     fn front(&self) -> Option<&Bytes> {
         VecDeque::front(self)
     }
-    fn pop_front(&mut self) {
-        VecDeque::pop_front(self);
+    fn pop_front(&mut self) -> Option<Bytes> {
+        VecDeque::pop_front(self)
     }
 }
