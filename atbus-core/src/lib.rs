@@ -37,7 +37,9 @@ pub mod timer;
 pub use config::{ConnectionKind, EndpointConfig, Scheduler, UnknownScheduler};
 pub use connection::congestion::CongestionAlgorithm;
 pub use connection::{ConnectionInfo, ConnectionState, ConnectionStats, Role};
-pub use endpoint::{Endpoint, EndpointStats, Input, PeerInfo, SendError, SendOptions};
+pub use endpoint::{
+    DeliveryBudget, Endpoint, EndpointStats, Input, PeerInfo, SendError, SendOptions,
+};
 pub use event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, Output, PeerId,
     ReceivedMessage, Transmit,

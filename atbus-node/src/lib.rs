@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+mod budget;
 pub mod config;
 mod driver;
 pub mod histogram;
@@ -39,6 +40,6 @@ pub use atbus_core::{
     ReceivedMessage, SendError, SendOptions,
 };
 pub use atbus_core::{Scheduler, UnknownScheduler};
-pub use config::{NodeConfig, UDP_INITIAL_MTU};
+pub use config::{DEFAULT_ROUTE_MTU_CAP, NodeConfig, UDP_INITIAL_MTU, UdpPmtudCeiling};
 pub use node::{Node, NodeError, NodeStats, PathStats};
 pub use runtime::Runtime;

@@ -2,7 +2,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use atbus_core::{
@@ -12,6 +11,7 @@ use atbus_core::{
 use bytes::Bytes;
 
 use crate::address::Address;
+use crate::budget::EventGauge;
 use crate::config::NodeConfig;
 use crate::driver::Driver;
 use crate::runtime::Runtime;
@@ -74,6 +74,10 @@ pub enum NodeError {
     /// The node was closed.
     #[error("the node is closed")]
     Closed,
+    /// A [`NodeConfig`] value the node cannot run with (see
+    /// [`NodeConfig::validate`]).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
 }
 
 /// One connection (path) in [`NodeStats`].
@@ -100,8 +104,10 @@ pub struct NodeStats {
     pub windows: atbus_core::stats::StatsSnapshot,
     /// Every live connection.
     pub paths: Vec<PathStats>,
-    /// Datagrams dropped before the core: from unknown remotes beyond the pending
-    /// accept limit, to a dialled socket from a stranger, or over a full send queue.
+    /// Datagrams dropped outside the core: from new remotes without a hello, to a
+    /// dialled socket from a stranger, garbage, over a full send queue, to a Unix
+    /// datagram receiver whose queue is full, or read while the I/O task was behind
+    /// ([`NodeConfig::input_bytes`]).
     pub dropped_datagrams: u64,
     /// Socket errors seen (each one is also handled: retried, or the connection
     /// closed).
@@ -111,8 +117,29 @@ pub struct NodeStats {
     /// Stream connections closed because their peer did not read: more than the
     /// reliable window plus 1 MiB waited to be written.
     pub backlog_closes: u64,
+    /// Accepted connections closed before their handshake completed because
+    /// `max_pending_accepts` newer ones needed the room (the oldest goes first).
+    pub evicted_accepts: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
+    /// Sockets the node holds open: datagram sockets (listening and dialled, each
+    /// with its reader task) and stream connections (each with a reader and a
+    /// writer task; shm connections included). Listening stream sockets are not
+    /// counted. Dialled sockets are released when their path is given up (a
+    /// failed connect, a lost peer).
+    pub open_sockets: usize,
+    /// Events waiting for the application (`recv`); see
+    /// [`NodeConfig::event_capacity`].
+    pub queued_events: usize,
+    /// Payload bytes of the messages waiting for the application; see
+    /// [`NodeConfig::event_bytes`].
+    pub queued_event_bytes: usize,
+    /// Payload bytes the socket tasks have read and the I/O task has not taken
+    /// yet; see [`NodeConfig::input_bytes`].
+    pub queued_input_bytes: usize,
+    /// Times the node held delivery back because the application's queue of
+    /// events was full (its peers were flow-controlled meanwhile).
+    pub delivery_pauses: u64,
 }
 
 pub(crate) type Reply<T> = async_channel::Sender<T>;
@@ -210,10 +237,9 @@ pub struct Node {
     /// `try_recv` or `recv_many` and not handed over yet (those hand over one
     /// message per event); at most one batch.
     split: Mutex<VecDeque<Event>>,
-    paused: Arc<AtomicBool>,
-    /// Messages in the channel (other events count 1), shared with the driver.
-    held: Arc<AtomicUsize>,
+    gauge: Arc<EventGauge>,
     event_capacity: usize,
+    event_bytes: usize,
     local: Vec<Address>,
 }
 
@@ -225,12 +251,15 @@ pub(crate) fn event_weight(event: &Event) -> usize {
 impl Node {
     /// Binds every listen address of `config` and starts the node's I/O on `runtime`.
     /// Must be called from within the runtime (tokio: inside a runtime context).
+    /// Fails with [`NodeError::InvalidConfig`] for values the node cannot run with
+    /// ([`NodeConfig::validate`]).
     pub fn start<R: Runtime>(config: NodeConfig, runtime: R) -> Result<Node, NodeError> {
+        config.validate()?;
         let (commands, command_rx) = async_channel::bounded(1024);
         let (event_tx, events) = async_channel::unbounded();
-        let paused = Arc::new(AtomicBool::new(false));
-        let held = Arc::new(AtomicUsize::new(0));
+        let gauge = Arc::new(EventGauge::default());
         let event_capacity = config.event_capacity.max(1);
+        let event_bytes = config.event_bytes.max(1);
         let dedicated = config.dedicated_thread;
         let bound = crate::driver::bind_all(&config.listen)?;
         let local = bound.iter().map(|b| b.local.clone()).collect();
@@ -239,8 +268,7 @@ impl Node {
             bound,
             commands: command_rx,
             events: event_tx,
-            paused: paused.clone(),
-            held: held.clone(),
+            gauge: gauge.clone(),
         };
         if dedicated {
             runtime
@@ -257,9 +285,9 @@ impl Node {
             commands,
             events,
             split: Mutex::new(VecDeque::new()),
-            paused,
-            held,
+            gauge,
             event_capacity,
+            event_bytes,
             local,
         })
     }
@@ -295,6 +323,11 @@ impl Node {
     /// its connections cleanly, this re-dials it (see [`NodeError::PeerDeparted`]);
     /// a wait for the window fails with `PeerDeparted` if that does not bring it
     /// back.
+    ///
+    /// Cancel-safety: dropping the future before it completes (a timeout) gives
+    /// the message up if it still waits for the window: it is never sent later.
+    /// If the I/O task had already queued it in the core, it is sent. So a caller
+    /// that gave up does not know which happened; retrying may send it twice.
     pub async fn send(
         &self,
         peer: PeerId,
@@ -315,7 +348,9 @@ impl Node {
     /// Queues several messages on one stream, in order, with one round trip to the
     /// I/O task (cheaper than one [`Node::send`] each); waits while the window is
     /// full, like `send`. On an error, the messages before the failing one are
-    /// queued and the rest are not.
+    /// queued and the rest are not. Cancel-safety as for `send`: dropping the
+    /// future gives up the messages still waiting for the window (a prefix of the
+    /// batch may have been queued, and is sent).
     pub async fn send_many(
         &self,
         peer: PeerId,
@@ -539,7 +574,7 @@ impl Node {
 
     /// Counts `event` out of the channel.
     fn taken(&self, event: Event) -> Event {
-        self.held.fetch_sub(event_weight(&event), Ordering::Relaxed);
+        self.gauge.taken(&event);
         event
     }
 
@@ -569,9 +604,12 @@ impl Node {
         first
     }
 
+    /// Wakes the I/O task once a queue it stopped delivering to is half empty
+    /// (the events taken were uncounted by [`Node::taken`]).
     fn after_recv(&self) {
-        if self.paused.load(Ordering::Relaxed)
-            && self.held.load(Ordering::Relaxed) < self.event_capacity / 2
+        if self.gauge.paused()
+            && self.gauge.messages() < self.event_capacity / 2
+            && self.gauge.bytes() < self.event_bytes / 2
         {
             let _ = self.commands.try_send(Command::Wake);
         }
@@ -584,8 +622,14 @@ impl Node {
 
     /// Closes every connection (peers are told, SHUTDOWN), flushes what is queued
     /// to the sockets, and stops the I/O task. Returns once the stream connections'
-    /// writers have written what was queued to them, the close frame last (at most
-    /// 5 s for a peer that does not read), so the process may exit right after.
+    /// writers (shm included) have written what was queued to them, the close
+    /// frame last (at most 5 s for a peer that does not read), so the process may
+    /// exit right after.
+    ///
+    /// It does not wait for acknowledgements: data not yet acknowledged by a peer
+    /// is dropped without a report (no `PeerLost` event follows), and parked sends
+    /// fail with [`NodeError::Closed`]. Call [`Node::wait_acknowledged`] (or
+    /// [`Node::wait_settled`]) for each peer first to know the data arrived.
     pub async fn close(&self) {
         let _ = self.ask(|reply| Command::Close { reply }).await;
     }

@@ -46,9 +46,20 @@ pub trait DatagramSocket: Send + Sync + 'static {
     /// Datagrams one [`DatagramSocket::try_send`] may carry (GSO segments); 1
     /// without GSO.
     fn max_segments(&self) -> usize;
-    /// Sends `contents` to `to` as datagrams of `segment_size` bytes (the last may
-    /// be shorter) if the socket has room (`WouldBlock` otherwise).
-    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()>;
+    /// Sends the concatenation of `parts` to `to` as datagrams of `segment_size`
+    /// bytes (the last may be shorter) if the socket has room (`WouldBlock`
+    /// otherwise). UDP sockets hand the parts to the kernel as they are
+    /// ([`UdpBatching::try_send`](crate::udp::UdpBatching::try_send)).
+    fn try_send(&self, to: &Remote, parts: &[&[u8]], segment_size: usize) -> io::Result<()>;
+}
+
+/// The concatenation of `parts`, borrowed when there is one (for sockets that
+/// take one buffer per send, e.g. Unix datagram sockets).
+pub fn contiguous<'a>(parts: &[&'a [u8]]) -> std::borrow::Cow<'a, [u8]> {
+    match parts {
+        [one] => std::borrow::Cow::Borrowed(one),
+        _ => std::borrow::Cow::Owned(parts.concat()),
+    }
 }
 
 /// The reading half of a byte stream (TCP, Unix stream).

@@ -44,10 +44,12 @@ const LIVENESS_EVERY: Duration = Duration::from_secs(1);
 /// Records taken from a ring per batch.
 const BATCH: usize = 256;
 
-/// The two rings of a connection and the ends this side holds.
+/// The two rings of a connection and the ends this side holds. A link dropped
+/// before its connection started ([`spawn_connection`]) removes both rings: a
+/// re-dial result or an accept the driver gives up on leaves no file behind.
 pub(crate) struct ShmLink {
-    reader: Reader,
-    writer: Writer,
+    /// This side's reader and writer, until the connection's threads take them.
+    ends: Option<(Reader, Writer)>,
     /// The peer's process, once known (from a hello).
     peer_pid: Option<u32>,
     /// Both rings of the connection, removed when it ends.
@@ -64,10 +66,21 @@ impl ShmLink {
             .filter_map(|r| atbus_shm::mapping::channel_path(r).ok())
             .collect()
     }
+}
 
-    /// Removes both rings (a link that is never used).
-    pub(crate) fn remove_rings(&self) {
-        remove_rings(&self.rings);
+#[cfg(feature = "testing")]
+impl ShmLink {
+    /// The name of the ring this side writes to.
+    pub(crate) fn outgoing_ring(&self) -> &str {
+        &self.rings[0]
+    }
+}
+
+impl Drop for ShmLink {
+    fn drop(&mut self) {
+        if self.ends.is_some() {
+            remove_rings(&self.rings);
+        }
     }
 }
 
@@ -77,7 +90,7 @@ fn remove_rings(rings: &[String]) {
     }
 }
 
-fn reader_config() -> ReaderConfig {
+pub(crate) fn reader_config() -> ReaderConfig {
     ReaderConfig {
         wait: WaitStrategy::SpinThenSleep { spins: 2000 },
         ..ReaderConfig::default()
@@ -140,8 +153,7 @@ pub(crate) fn dial(name: &str) -> io::Result<ShmLink> {
         return Err(io::Error::new(io::ErrorKind::WouldBlock, err));
     }
     Ok(ShmLink {
-        reader,
-        writer,
+        ends: Some((reader, writer)),
         peer_pid: None,
         rings,
         remote: format!("shm://{name}"),
@@ -171,8 +183,7 @@ fn accept(name: &str, pid: u32, session: u64) -> Result<ShmLink, atbus_shm::Open
     let reader = Reader::open(&to_us, reader_config())?;
     let writer = Writer::open(&to_peer)?;
     Ok(ShmLink {
-        reader,
-        writer,
+        ends: Some((reader, writer)),
         peer_pid: Some(pid),
         rings: [to_us, to_peer],
         remote: format!("shm://{name}#{pid}"),
@@ -215,10 +226,8 @@ pub(crate) fn spawn_listener<R: Runtime>(
                 let Ok(link) = accept(&name, pid, session) else {
                     continue;
                 };
-                if let Err(async_channel::SendError(NetInput::ShmAccepted { link })) =
-                    net.send_blocking(NetInput::ShmAccepted { link })
-                {
-                    link.remove_rings();
+                // A link the driver cannot take is dropped: that removes its rings.
+                if net.send_blocking(NetInput::ShmAccepted { link }).is_err() {
                     return;
                 }
             }
@@ -231,33 +240,47 @@ pub(crate) fn spawn_listener<R: Runtime>(
 }
 
 /// Starts the threads of a connection: the reader hands the peer's bytes to the
-/// driver as stream `handle`; the writer sends what the driver queues.
+/// driver as stream `handle`; the writer sends what the driver queues, and holds
+/// `writing` until it has written the end record (or given up).
 pub(crate) fn spawn_connection<R: Runtime>(
     link: ShmLink,
     handle: u64,
     net: async_channel::Sender<NetInput<R>>,
+    budget: Arc<crate::budget::InputBudget>,
     stop: async_channel::Receiver<()>,
     queue: async_channel::Receiver<Bytes>,
+    writing: Option<async_channel::Sender<()>>,
 ) -> io::Result<()> {
-    let ShmLink {
-        reader,
-        writer,
-        peer_pid,
-        rings,
-        ..
-    } = link;
+    let mut link = link;
+    let Some((reader, writer)) = link.ends.take() else {
+        return Err(io::Error::other("the shm link is already in use"));
+    };
+    let (peer_pid, rings) = (link.peer_pid, link.rings.clone());
     let alive = Arc::new(AtomicBool::new(true));
     let writer_alive = alive.clone();
     let reader_alive = alive.clone();
     let ring_names = rings.clone();
     let spawned = std::thread::Builder::new()
         .name("atbus-shm-write".into())
-        .spawn(move || write_loop(writer, queue, &writer_alive))
+        .spawn(move || {
+            write_loop(writer, queue, &writer_alive);
+            // The node's close waits for this (bounded): the end record and the
+            // connection's last frames are in the ring before it answers.
+            drop(writing);
+        })
         .and_then(|_| {
             std::thread::Builder::new()
                 .name("atbus-shm-read".into())
                 .spawn(move || {
-                    read_loop(reader, peer_pid, &rings, handle, &net, &stop, &reader_alive);
+                    read_loop(
+                        reader,
+                        peer_pid,
+                        &rings,
+                        handle,
+                        (&net, &budget),
+                        &stop,
+                        &reader_alive,
+                    );
                 })
         });
     if spawned.is_err() {
@@ -274,7 +297,10 @@ fn read_loop<R: Runtime>(
     mut peer_pid: Option<u32>,
     rings: &[String; 2],
     handle: u64,
-    net: &async_channel::Sender<NetInput<R>>,
+    (net, budget): (
+        &async_channel::Sender<NetInput<R>>,
+        &crate::budget::InputBudget,
+    ),
     stop: &async_channel::Receiver<()>,
     alive: &AtomicBool,
 ) {
@@ -295,6 +321,11 @@ fn read_loop<R: Runtime>(
                 data.extend_from_slice(record);
             }
         };
+        // While the driver is behind, the records stay in the ring and the peer's
+        // writer backs up.
+        if !budget.room_blocking(stop) {
+            break;
+        }
         let first = match reader.recv_timeout(READ_WAIT) {
             Ok(Some(record)) => {
                 take(&record);
@@ -310,6 +341,7 @@ fn read_loop<R: Runtime>(
         };
         if !data.is_empty() {
             let batch = Bytes::from(std::mem::take(&mut data));
+            budget.add(batch.len());
             if net
                 .send_blocking(NetInput::StreamData {
                     handle,
@@ -469,6 +501,19 @@ mod tests {
         alive.store(false, Ordering::Release);
         let expired = |_: &[&[u8]]| Err(SendError::Expired { position: 0 });
         assert!(!send_all_with(expired, &records, &alive));
+    }
+
+    #[test]
+    fn a_link_dropped_unused_removes_its_rings() {
+        let name = format!("atbus-unit-drop-{}", std::process::id());
+        let _listener = bind(&name).unwrap();
+        let link = dial(&name).unwrap();
+        remove_rings(&[name]);
+        let files = link.ring_paths();
+        assert_eq!(files.len(), 2);
+        assert!(files.iter().all(|f| f.exists()), "{files:?}");
+        drop(link);
+        assert!(files.iter().all(|f| !f.exists()), "{files:?}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use crate::address::Address;
+use crate::budget::InputBudget;
 use crate::runtime::{DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite};
 use crate::udp::RecvScratch;
 
@@ -79,6 +80,22 @@ pub(crate) enum Dialed<R: Runtime> {
     },
 }
 
+/// Payload bytes of a batch of datagrams.
+fn batch_bytes(batch: &[(Remote, Bytes)]) -> usize {
+    batch.iter().map(|(_, data)| data.len()).sum()
+}
+
+impl<R: Runtime> NetInput<R> {
+    /// Payload bytes counted in the [`InputBudget`] for this input.
+    pub(crate) fn budget_bytes(&self) -> usize {
+        match self {
+            NetInput::Datagrams { batch, .. } => batch_bytes(batch),
+            NetInput::StreamData { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+}
+
 /// Waits for `stop` to be dropped.
 async fn stopped(stop: &async_channel::Receiver<()>) {
     let _ = stop.recv().await;
@@ -88,6 +105,7 @@ pub(crate) async fn datagram_reader<R: Runtime>(
     socket: Arc<R::Datagram>,
     index: usize,
     net: async_channel::Sender<NetInput<R>>,
+    budget: Arc<InputBudget>,
     stop: async_channel::Receiver<()>,
 ) {
     let mut scratch = RecvScratch::new();
@@ -104,6 +122,10 @@ pub(crate) async fn datagram_reader<R: Runtime>(
         let input = match received {
             None => return,
             Some(Ok(())) if batch.is_empty() => continue,
+            // The driver is behind: loss, like a full socket buffer.
+            Some(Ok(())) if !budget.admit_datagrams(batch_bytes(&batch), batch.len()) => {
+                continue;
+            }
             // The whole batch goes to the core at once, before it answers.
             Some(Ok(())) => NetInput::Datagrams {
                 socket: index,
@@ -123,22 +145,33 @@ pub(crate) async fn stream_reader<R: Runtime>(
     mut reader: R::Reader,
     handle: u64,
     net: async_channel::Sender<NetInput<R>>,
+    budget: Arc<InputBudget>,
     stop: async_channel::Receiver<()>,
 ) {
     let mut buf = vec![0u8; STREAM_BUFFER];
     loop {
-        let read = future::or(async { Some(reader.read(&mut buf).await) }, async {
-            stopped(&stop).await;
-            None
-        })
+        // While the driver is behind, nothing is read: the peer's writes back up.
+        let read = future::or(
+            async {
+                budget.room().await;
+                Some(reader.read(&mut buf).await)
+            },
+            async {
+                stopped(&stop).await;
+                None
+            },
+        )
         .await;
         let input = match read {
             None => return,
             Some(Ok(0)) | Some(Err(_)) => NetInput::StreamEnded { handle },
-            Some(Ok(n)) => NetInput::StreamData {
-                handle,
-                data: Bytes::copy_from_slice(&buf[..n]),
-            },
+            Some(Ok(n)) => {
+                budget.add(n);
+                NetInput::StreamData {
+                    handle,
+                    data: Bytes::copy_from_slice(&buf[..n]),
+                }
+            }
         };
         let ended = matches!(input, NetInput::StreamEnded { .. });
         // A full channel stops the reading: the peer's writes back up (flow control).

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use atbus_node::runtime::{
-    DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite,
+    DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite, contiguous,
 };
 use atbus_node::udp::{RecvScratch, UdpBatching};
 use bytes::Bytes;
@@ -127,13 +127,13 @@ impl DatagramSocket for SmolDatagram {
         }
     }
 
-    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()> {
+    fn try_send(&self, to: &Remote, parts: &[&[u8]], segment_size: usize) -> io::Result<()> {
         match (self, to) {
             (SmolDatagram::Udp(s, batching), Remote::Ip(a)) => {
-                batching.try_send(s.get_ref(), *a, contents, segment_size)
+                batching.try_send(s.get_ref(), *a, parts, segment_size)
             }
             (SmolDatagram::Unix(s), Remote::Unix(p)) => {
-                s.get_ref().send_to(contents, p).map(|_| ())
+                s.get_ref().send_to(&contiguous(parts), p).map(|_| ())
             }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,

@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use atbus_node::runtime::{
-    DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite,
+    DatagramSocket, Remote, Runtime, StreamListener, StreamRead, StreamWrite, contiguous,
 };
 use atbus_node::udp::{RecvScratch, UdpBatching};
 use bytes::Bytes;
@@ -146,13 +146,15 @@ impl DatagramSocket for TokioDatagram {
         }
     }
 
-    fn try_send(&self, to: &Remote, contents: &[u8], segment_size: usize) -> io::Result<()> {
+    fn try_send(&self, to: &Remote, parts: &[&[u8]], segment_size: usize) -> io::Result<()> {
         match (self, to) {
             (TokioDatagram::Udp(s, batching), Remote::Ip(a)) => s
                 .try_io(Interest::WRITABLE, || {
-                    batching.try_send(s, *a, contents, segment_size)
+                    batching.try_send(s, *a, parts, segment_size)
                 }),
-            (TokioDatagram::Unix(s), Remote::Unix(p)) => s.try_send_to(contents, p).map(|_| ()),
+            (TokioDatagram::Unix(s), Remote::Unix(p)) => {
+                s.try_send_to(&contiguous(parts), p).map(|_| ())
+            }
             _ => Err(wrong_family()),
         }
     }

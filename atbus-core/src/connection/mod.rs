@@ -146,7 +146,8 @@ pub(crate) struct Connection {
     pub rack_rtt: Duration,
     /// Multiplier of the reordering window, raised when losses prove spurious.
     pub reorder_factor: u32,
-    /// Loss detections since the reordering factor was last raised.
+    /// Recovery episodes since the reordering factor was last raised (see
+    /// `InFlight::began_recovery`).
     pub recoveries_since_reorder: u32,
     /// Consecutive retransmission timeouts without progress.
     pub rto_backoff: u32,

@@ -38,9 +38,9 @@ use crate::time::Timestamp;
 /// hold the window full until the retransmission timeout.
 pub const MAX_REORDER_FACTOR: u32 = 4;
 
-/// Loss detections after which the multiplier returns to 1 (RFC 8985 §6.2: 16
-/// recoveries), so that one episode of reordering does not widen the window for
-/// good.
+/// Recovery episodes after which the multiplier returns to 1 (RFC 8985 §6.2: 16
+/// recoveries; see [`InFlight::began_recovery`]), so that one episode of reordering
+/// does not widen the window for good.
 pub const REORDER_RESET_RECOVERIES: u32 = 16;
 
 /// After a timeout, the next one comes no sooner than this fraction of the
@@ -111,15 +111,27 @@ pub struct InFlight {
     /// only now, arrived after a frame sent later (reordering).
     echo_newest: Timestamp,
     echo_before: Timestamp,
-    /// Loss detections since reordering was last seen, `None` if it never was or
-    /// [`REORDER_RESET_RECOVERIES`] detections ago.
+    /// Recovery episodes since reordering was last seen, `None` if it never was
+    /// or [`REORDER_RESET_RECOVERIES`] episodes ago.
     since_reordering: Option<u32>,
-    /// `(stream, start, end)` of ranges the time-ordered rule declared lost (at
-    /// most [`MAX_RACK_LOST`], the oldest forgotten first): if a retransmission of
-    /// one proves spurious, the original arrived after a newer frame.
-    rack_lost: BTreeSet<(i64, u64, u64)>,
+    /// When the recovery episode in progress began: a loss of a range sent before
+    /// it belongs to it (RFC 8985 §6.2 counts recoveries, not detections: one
+    /// burst found over several acknowledgements is one recovery).
+    episode_start: Option<Timestamp>,
+    /// The latest detection that found a loss began a new recovery episode.
+    new_episode: bool,
+    /// `(stream, start, end)` of ranges the time-ordered rule declared lost, with
+    /// when each was declared (an insertion number): if a retransmission of one
+    /// proves spurious, the original arrived after a newer frame. At most
+    /// [`MAX_RACK_LOST`], the oldest declared forgotten first.
+    rack_lost: BTreeMap<(i64, u64, u64), u64>,
+    /// The same ranges by insertion number, oldest first.
+    rack_lost_order: BTreeMap<u64, (i64, u64, u64)>,
+    rack_lost_next: u64,
     /// Datagrams the latest loss detection that found any declared lost.
     last_lost_datagrams: usize,
+    /// Whether that detection was a timeout while newer frames were in flight.
+    last_timeout_before_newer: bool,
 }
 
 impl InFlight {
@@ -240,7 +252,7 @@ impl InFlight {
                 let overlapping = self
                     .rack_lost
                     .range((stream, 0, 0)..(stream, range.end.max(range.start + 1), 0))
-                    .any(|&(_, _, end)| end > range.start);
+                    .any(|(&(_, _, end), _)| end > range.start);
                 if overlapping {
                     self.since_reordering = Some(0);
                 }
@@ -253,11 +265,11 @@ impl InFlight {
         let done: Vec<_> = self
             .rack_lost
             .range((stream, 0, 0)..(stream, acknowledged, 0))
-            .filter(|&&(_, _, end)| end <= acknowledged)
-            .copied()
+            .filter(|&(&(_, _, end), _)| end <= acknowledged)
+            .map(|(&key, _)| key)
             .collect();
         for key in done {
-            self.rack_lost.remove(&key);
+            self.forget_rack_lost(key);
         }
         settled
     }
@@ -277,6 +289,7 @@ impl InFlight {
         let mut lost = Vec::new();
         // The datagram a timeout declared lost in this call: its other ranges go too.
         let mut probe_packet = None;
+        let mut probe_sent_at = None;
         while let Some((&seq, range)) = self.ranges.first_key_value() {
             let timed_out = now >= Self::timeout_deadline(self.timed_out_at, range.sent_at, rto);
             let rack = range.sent_at + reorder_window < newest_delivered
@@ -288,30 +301,85 @@ impl InFlight {
             let timed_out = timed_out || same_datagram;
             if timed_out && !same_datagram {
                 probe_packet = Some(range.packet);
+                probe_sent_at = Some(range.sent_at);
                 self.timed_out_at = Some(now);
             }
             self.probe_due |= timed_out;
             let range = self.remove(seq).expect("present");
             if !timed_out && range.end > range.start {
-                self.rack_lost
-                    .insert((range.stream, range.start, range.end));
-                if self.rack_lost.len() > MAX_RACK_LOST {
-                    self.rack_lost.pop_first();
-                }
+                self.remember_rack_lost((range.stream, range.start, range.end));
             }
             lost.push(range);
         }
+        self.new_episode = false;
         if !lost.is_empty() {
+            // Frames sent after the timed-out one (by more than the window) are
+            // still in flight: their acknowledgement will show whether it was
+            // lost, by the time-ordered rule.
+            self.last_timeout_before_newer = probe_sent_at.is_some_and(|sent| {
+                self.ranges
+                    .values()
+                    .next_back()
+                    .is_some_and(|newest| newest.sent_at > sent + reorder_window)
+            });
             self.last_lost_datagrams = 1 + lost
                 .windows(2)
                 .filter(|w| w[0].packet != w[1].packet)
                 .count();
-            self.since_reordering = self
-                .since_reordering
-                .map(|n| n + 1)
-                .filter(|&n| n < REORDER_RESET_RECOVERIES);
+            let episode_start = self.episode_start;
+            if lost
+                .iter()
+                .any(|r| episode_start.is_none_or(|start| r.sent_at >= start))
+            {
+                self.episode_start = Some(now);
+                self.new_episode = true;
+                self.since_reordering = self
+                    .since_reordering
+                    .map(|n| n + 1)
+                    .filter(|&n| n < REORDER_RESET_RECOVERIES);
+            }
         }
         lost
+    }
+
+    /// Whether the latest detection that found a loss was a timeout while frames
+    /// sent after the timed-out one were still in flight. Such a timeout is as
+    /// often a lost acknowledgement as a lost datagram (on a short path the
+    /// timeout, 1.2 × RTT, comes before the next frame's acknowledgement), and
+    /// the newer frames' acknowledgement will tell. Not a timeout at the tail of
+    /// the flight (nothing newer to tell), nor the time-ordered rule (a newer
+    /// frame arrived: the loss is certain).
+    pub fn last_timeout_before_newer(&self) -> bool {
+        self.last_timeout_before_newer
+    }
+
+    /// Whether the latest detection that found a loss began a new recovery
+    /// episode: one of its ranges was sent after the episode in progress began.
+    /// Losses of one burst found over several acknowledgements are one episode.
+    pub fn began_recovery(&self) -> bool {
+        self.new_episode
+    }
+
+    /// Remembers a range the time-ordered rule declared lost, forgetting the one
+    /// declared longest ago past [`MAX_RACK_LOST`].
+    fn remember_rack_lost(&mut self, key: (i64, u64, u64)) {
+        let number = self.rack_lost_next;
+        self.rack_lost_next += 1;
+        if let Some(old) = self.rack_lost.insert(key, number) {
+            self.rack_lost_order.remove(&old);
+        }
+        self.rack_lost_order.insert(number, key);
+        if self.rack_lost.len() > MAX_RACK_LOST {
+            if let Some((_, oldest)) = self.rack_lost_order.pop_first() {
+                self.rack_lost.remove(&oldest);
+            }
+        }
+    }
+
+    fn forget_rack_lost(&mut self, key: (i64, u64, u64)) {
+        if let Some(number) = self.rack_lost.remove(&key) {
+            self.rack_lost_order.remove(&number);
+        }
     }
 
     /// Datagrams declared lost together by the latest detection that found a
@@ -321,7 +389,7 @@ impl InFlight {
     }
 
     /// Whether an acknowledgement showed a frame arriving after a newer one, within
-    /// the last [`REORDER_RESET_RECOVERIES`] loss detections (RFC 8985's
+    /// the last [`REORDER_RESET_RECOVERIES`] recovery episodes (RFC 8985's
     /// `RACK.reord`). Until it does, the path is taken to keep send order and the
     /// time-ordered rule needs no reordering window.
     pub fn reordering_seen(&self) -> bool {
@@ -435,7 +503,8 @@ impl InFlight {
         for seq in seqs {
             self.remove(seq);
         }
-        self.rack_lost.retain(|&(s, _, _)| s != stream);
+        self.rack_lost.retain(|&(s, _, _), _| s != stream);
+        self.rack_lost_order.retain(|_, &mut (s, _, _)| s != stream);
     }
 }
 
@@ -540,17 +609,71 @@ mod tests {
             1
         );
         assert!(f.reordering_seen());
-        // Forgotten after enough loss detections (timeouts spaced by at least
-        // `PROBE_SPACING × rto`: nothing is acknowledged between them).
+        // Forgotten after enough recovery episodes (each range sent after the
+        // previous detection, so each loss starts one).
         for i in 0..REORDER_RESET_RECOVERIES as u64 {
-            f.on_sent(range(1, 30 + i, 31 + i, 300 + i));
+            f.on_sent(range(1, 30 + i, 31 + i, 300 + 100 * i));
             assert_eq!(
-                f.detect_lost(at(500 + 100 * i), rto, at(0), rtt, window)
+                f.detect_lost(at(400 + 100 * i), rto, at(0), rtt, window)
                     .len(),
                 1
             );
+            assert!(f.began_recovery());
         }
         assert!(!f.reordering_seen());
+    }
+
+    #[test]
+    fn a_burst_found_over_many_acknowledgements_is_one_recovery() {
+        let rto = Duration::from_secs(10);
+        let rtt = Duration::from_millis(50);
+        let window = Duration::from_millis(1);
+        let mut f = InFlight::default();
+        // Reordering seen: a frame settled after a newer one was reported.
+        f.on_sent(range(1, 0, 10, 0));
+        f.on_sent(range(1, 10, 20, 10));
+        f.on_sent(range(1, 20, 30, 20));
+        f.on_stream_ack(1, 0, &[(10, 20)], Some(at(10)), |_| false);
+        f.on_stream_ack(1, 30, &[], Some(at(20)), |_| false);
+        assert!(f.reordering_seen());
+        // A burst of 2 × REORDER_RESET_RECOVERIES datagrams, each hole found by
+        // its own acknowledgement: one recovery, which does not forget it.
+        let n = 2 * REORDER_RESET_RECOVERIES as u64;
+        for i in 0..n {
+            f.on_sent(range(1, 30 + 10 * i, 40 + 10 * i, 100 + i));
+        }
+        for i in 0..n {
+            let lost = f.detect_lost(at(200 + i), rto, at(102 + i), rtt, window);
+            assert_eq!(lost.len(), 1);
+            assert_eq!(f.began_recovery(), i == 0);
+        }
+        assert!(f.reordering_seen());
+    }
+
+    #[test]
+    fn the_range_declared_lost_longest_ago_is_forgotten_first() {
+        let rto = Duration::from_secs(10);
+        let rtt = Duration::from_millis(10);
+        let window = Duration::from_millis(1);
+        let mut f = InFlight::default();
+        // Declared lost first, with the largest key (stream 5)...
+        f.on_sent(range(5, 0, 10, 0));
+        // ...then MAX_RACK_LOST ranges of stream 1, all in one detection.
+        for i in 0..MAX_RACK_LOST as u64 {
+            f.on_sent(range(1, 10 * i, 10 * i + 10, 1 + i));
+        }
+        let lost = f.detect_lost(at(3000), rto, at(2000), rtt, window);
+        assert_eq!(lost.len(), MAX_RACK_LOST + 1);
+        assert!(!f.reordering_seen());
+        // Stream 1's first range, declared after stream 5's, is still remembered:
+        // its spurious retransmission shows reordering.
+        f.on_sent(SentRange {
+            retransmit: true,
+            ..range(1, 0, 10, 3000)
+        });
+        let settled = f.on_stream_ack(1, 10, &[], Some(at(2500)), |_| false);
+        assert_eq!(settled.spurious, 1);
+        assert!(f.reordering_seen());
     }
 
     #[test]

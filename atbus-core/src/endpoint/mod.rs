@@ -52,6 +52,8 @@
 //! # Ok::<(), atbus_core::SendError>(())
 //! ```
 
+mod delivery;
+pub use delivery::DeliveryBudget;
 mod recv;
 mod runs;
 mod send;
@@ -275,6 +277,9 @@ pub struct Endpoint {
     /// Where transmits are encoded (see `send::TRANSMIT_CHUNK`): each is split off
     /// it, so that datagrams share an allocation instead of one each.
     transmit_buf: bytes::BytesMut,
+    /// What the application lets the endpoint hand out (see
+    /// [`Endpoint::set_delivery_budget`]).
+    delivery: delivery::Delivery,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -325,6 +330,7 @@ impl Endpoint {
             // No minimum burst: the cap holds to within one datagram.
             rate_cap: Pacer::new(0),
             transmit_buf: bytes::BytesMut::new(),
+            delivery: delivery::Delivery::default(),
         }
     }
 
@@ -1500,6 +1506,7 @@ impl Endpoint {
     /// Drops a peer entirely (restart, forget): closes its connections, reports what
     /// was lost.
     fn drop_peer(&mut self, peer: PeerId, reason: CloseReason) {
+        self.release_held(peer);
         // Out of the map first: closing its connections must not hand their ranges
         // back to its streams or report it unreachable.
         let Some(p) = self.peers.remove(&peer) else {

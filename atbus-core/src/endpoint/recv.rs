@@ -336,10 +336,14 @@ impl Endpoint {
         let peer_limit = self.config.peer_receive_limit;
         let max_ack_ranges = self.config.max_ack_ranges.max(1);
         let mut dropped = 0u64;
+        let fragments = content.fragment.len() as u64;
         // One past the last offset this frame carried.
         let mut cursor = offset;
-        // Messages of packed fragments handed over without the reassembler.
+        // Messages of packed fragments handed over without the reassembler; not
+        // while the application holds delivery back (they wait in the window like
+        // any other). A frame may pass what is left of the budget by its records.
         let mut handed = Handed::default();
+        let may_hand = !self.delivery.spent();
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -391,7 +395,7 @@ impl Endpoint {
                 } else {
                     None
                 };
-                if stream_id >= 0 {
+                if stream_id >= 0 && may_hand {
                     if let Some(records) = records.clone() {
                         if records.largest() as u64 <= max_message
                             && asm.take_in_order(cursor, records.span())
@@ -494,12 +498,22 @@ impl Endpoint {
         }
         if let (1.., Some(peer)) = (handed.len(), peer) {
             self.stats.delivered_messages += handed.len() as u64;
+            self.delivery
+                .charge_many(handed.len(), handed.payload_bytes());
             handed.report(&mut self.events, peer, stream_id, self.config.batch_events);
         }
+        // A frame dropped whole while the application holds delivery back is not
+        // acknowledged until it reads (see `delivery.rs`).
+        let withheld = stream_id >= 0
+            && dropped > 0
+            && dropped == fragments
+            && self.delivery.withhold_ack(id, stream_id);
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;
             let since = self.now;
-            c.ack_pending.entry(stream_id).or_insert(since);
+            if !withheld {
+                c.ack_pending.entry(stream_id).or_insert(since);
+            }
             if cursor > offset {
                 let recent = c.ack_recent.entry(stream_id).or_default();
                 if recent.len() >= max_ack_ranges {
@@ -634,7 +648,7 @@ impl Endpoint {
     }
 
     /// Pops every complete message of a stream and turns it into events.
-    fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
+    pub(super) fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
         if stream == -1 {
             loop {
                 let Some(message) = self
@@ -661,6 +675,11 @@ impl Endpoint {
             let Some(s) = p.streams.get_mut(&stream) else {
                 break;
             };
+            if self.delivery.spent() {
+                // The application's queue is full: the rest waits in the window.
+                self.delivery.hold(peer, stream, id);
+                break;
+            }
             let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
                 done = s.is_done();
@@ -703,6 +722,7 @@ impl Endpoint {
                 });
             } else {
                 self.stats.delivered_messages += 1;
+                self.delivery.charge(len);
                 let message = ReceivedMessage {
                     packet_type: meta.packet_type,
                     labels: extra.labels,
@@ -1263,7 +1283,9 @@ impl Endpoint {
             c.cc.on_lost(now, range.sent_at, range.bytes);
         }
         c.stats.lost_packets += packets;
-        c.recoveries_since_reorder = c.recoveries_since_reorder.saturating_add(1);
+        if c.in_flight.began_recovery() {
+            c.recoveries_since_reorder = c.recoveries_since_reorder.saturating_add(1);
+        }
         if c.recoveries_since_reorder >= REORDER_RESET_RECOVERIES {
             c.reorder_factor = 1;
             c.recoveries_since_reorder = 0;

@@ -185,6 +185,11 @@ impl Handed {
         self.payloads.len()
     }
 
+    /// Payload bytes of the messages handed over (an empty one counts one).
+    pub fn payload_bytes(&self) -> usize {
+        self.payloads.iter().map(|p| p.len().max(1)).sum()
+    }
+
     /// `messages` more messages of `packet_type` follow in `payloads`.
     fn begin(&mut self, packet_type: i32, messages: usize) {
         self.payloads.reserve(messages);

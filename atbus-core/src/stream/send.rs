@@ -440,9 +440,15 @@ impl<M> SendBuffer<M> {
         }
         let before = self.acked_units_in(start, end);
         if before == 0 && self.acked.len() >= MAX_SACKED_RANGES {
-            // A new island past the bound: ignored (selective acknowledgements
-            // only spare retransmissions; the cumulative one still counts), so a
-            // peer acknowledging every other unit cannot grow the set without end.
+            // A new island past the bound: not remembered (selective
+            // acknowledgements only spare retransmissions; the cumulative one
+            // still counts), so a peer acknowledging every other unit cannot grow
+            // the set without end. The peer has it all the same: it is not resent
+            // if it was declared lost (a removal splits at most one lost range,
+            // so the lost set is held to the same bound).
+            if self.lost.len() < MAX_SACKED_RANGES {
+                self.lost.remove(start..end);
+            }
             return 0;
         }
         self.acked.insert(start..end);
@@ -571,6 +577,27 @@ mod tests {
             units - MAX_SACKED_RANGES as u64 - 2
         );
         assert_eq!(buf.acked.len(), 0);
+    }
+
+    #[test]
+    fn a_lost_range_acknowledged_past_the_bound_is_not_resent() {
+        let mut buf = buffer();
+        let units = 4 * MAX_SACKED_RANGES as u64;
+        buf.push(Bytes::from(vec![7u8; units as usize - 1]), 1, None)
+            .unwrap();
+        send_all(&mut buf, 1000);
+        for u in (1..2 * MAX_SACKED_RANGES as u64).step_by(2) {
+            buf.on_range_acknowledged(u, u + 1);
+        }
+        assert_eq!(buf.acked.len(), MAX_SACKED_RANGES);
+        // Declared lost, then acknowledged selectively past the bound: the peer
+        // has it, so only the rest of the lost range goes out again.
+        let high = units - 100;
+        buf.on_lost(high, high + 50);
+        assert_eq!(buf.on_range_acknowledged(high + 10, high + 20), 0);
+        assert_eq!(buf.acked.len(), MAX_SACKED_RANGES);
+        let lost: Vec<_> = buf.lost.iter().cloned().collect();
+        assert_eq!(lost, vec![high..high + 10, high + 20..high + 50]);
     }
 
     #[test]

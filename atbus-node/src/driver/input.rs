@@ -122,7 +122,9 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Queues messages in order; what the window cannot take yet waits, parked, for
-    /// [`Event::Writable`].
+    /// [`Event::Writable`]. A send whose caller gave up (its future dropped) is not
+    /// queued, and leaves the parked ones: it must not go out later, and a caller
+    /// retrying on a timeout must not pile up parked copies.
     fn on_send(
         &mut self,
         peer: PeerId,
@@ -131,7 +133,11 @@ impl<R: Runtime> Driver<R> {
         options: SendOptions,
         reply: Done,
     ) {
+        if reply.is_closed() {
+            return;
+        }
         if let Some(queue) = self.parked.get_mut(&(peer, stream)) {
+            queue.retain(|parked| !parked.is_cancelled());
             queue.push_back(Parked::Messages {
                 payloads,
                 options,
@@ -182,6 +188,9 @@ impl<R: Runtime> Driver<R> {
     pub(super) fn begin_close(&mut self, reply: Option<Reply<()>>) {
         let now = self.now();
         self.closing = true;
+        // What was received and acknowledged but held back for the application is
+        // handed over: the application may still read it after the close.
+        self.endpoint.set_delivery_budget(None);
         let connections: Vec<ConnectionId> = self.endpoint.connections().collect();
         for connection in connections {
             let _ = self.endpoint.close_connection(
@@ -224,6 +233,7 @@ impl<R: Runtime> Driver<R> {
 
     pub(super) fn on_net(&mut self, input: NetInput<R>) {
         let now = self.now();
+        self.input_budget.release(input.budget_bytes());
         match input {
             NetInput::Datagrams { socket, batch } => {
                 for (remote, data) in batch {
@@ -242,16 +252,11 @@ impl<R: Runtime> Driver<R> {
                 });
             }
             NetInput::ShmAccepted { link } => {
+                // Not accepted: the link is dropped, which removes its rings.
                 let remote = link.remote.clone();
-                let rings = link.ring_paths();
-                let accepted = self.accept_stream(now, remote, |driver, connection| {
+                self.accept_stream(now, remote, |driver, connection| {
                     driver.add_shm_stream(link, connection)
                 });
-                if !accepted {
-                    for ring in rings {
-                        let _ = std::fs::remove_file(ring);
-                    }
-                }
             }
             NetInput::StreamData { handle, data } => {
                 if let Some(slot) = self.streams.get(&handle) {
@@ -291,20 +296,20 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Accepts a stream connection (bounded by `max_pending_accepts`); `add` makes
-    /// its slot. Returns whether it was accepted.
+    /// Accepts a stream connection (see `max_pending_accepts`); `add` makes its
+    /// slot. Not accepted (the node closes), `add` is dropped with what it holds.
     fn accept_stream(
         &mut self,
         now: Timestamp,
         remote: String,
         add: impl FnOnce(&mut Self, ConnectionId) -> u64,
-    ) -> bool {
-        if self.closing || self.pending_accepts.len() >= self.config.max_pending_accepts {
-            self.dropped_datagrams += 1;
-            return false;
+    ) {
+        if self.closing {
+            return;
         }
+        self.make_room_for_an_accept(now);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Stream) else {
-            return false;
+            return;
         };
         let handle = add(self, connection);
         self.pending_accepts.insert(connection);
@@ -316,7 +321,6 @@ impl<R: Runtime> Driver<R> {
                 dialed: None,
             },
         );
-        true
     }
 
     pub(super) fn on_datagram(
@@ -332,27 +336,26 @@ impl<R: Runtime> Driver<R> {
             self.discard_if_garbage(now, connection);
             return;
         }
-        let Some(Some(slot)) = self.sockets.get(socket) else {
+        let Some(slot) = self.sockets.get(&socket) else {
             return;
         };
-        if !slot.listening
-            || self.closing
-            || remote == Remote::UnixUnnamed
-            || self.pending_accepts.len() >= self.config.max_pending_accepts
-        {
+        if !slot.listening || self.closing || remote == Remote::UnixUnnamed {
             self.dropped_datagrams += 1;
             return;
         }
-        // A new remote's datagram must start with a well-formed frame (header and
-        // CRC32C) before a connection is made for it: building and discarding a
-        // connection per garbage datagram costs far more than reading it, and a
-        // flood the driver cannot keep up with queues in the socket's receive
-        // buffer ahead of real peers (docs/adapters.md).
-        if atbus_proto::decode_frame(&data, &self.config.endpoint.decode_limits).is_err() {
+        // A new remote's first datagram must carry a hello (well-formed frames,
+        // header and CRC32C, one of them the start of the control stream) before a
+        // connection is made for it: building and discarding a connection per
+        // garbage datagram costs far more than reading it, a flood the driver
+        // cannot keep up with queues in the socket's receive buffer ahead of real
+        // peers, and one cheap valid frame (a ping) per spoofed source must not
+        // hold a pending-accept slot (docs/adapters.md).
+        if !starts_a_connection(&data, &self.config.endpoint.decode_limits) {
             self.dropped_datagrams += 1;
             return;
         }
         let (scheme, mtu) = (slot.scheme, slot.mtu);
+        self.make_room_for_an_accept(now);
         let Ok(connection) = self.endpoint.accept(now, ConnectionKind::Datagram { mtu }) else {
             self.dropped_datagrams += 1;
             return;
@@ -392,19 +395,42 @@ impl<R: Runtime> Driver<R> {
             return;
         }
         self.dropped_datagrams += 1;
+        self.discard_pending(now, connection, "malformed input");
+    }
+
+    /// Evicts the oldest pending accept if `max_pending_accepts` of them wait:
+    /// a connection that sends nothing (or nothing but a hello that goes
+    /// nowhere) holds its slot only until newer ones need it, not for the whole
+    /// handshake timeout; a real peer's handshake takes one round trip.
+    fn make_room_for_an_accept(&mut self, now: Timestamp) {
+        while self.pending_accepts.len() >= self.config.max_pending_accepts {
+            let Some(&oldest) = self.pending_accepts.first() else {
+                return;
+            };
+            self.evicted_accepts += 1;
+            self.discard_pending(now, oldest, "evicted by newer connections");
+        }
+    }
+
+    /// Closes a pending accept silently: no FINISH_CONNECTION goes to a possibly
+    /// spoofed source, and the application hears nothing of it.
+    fn discard_pending(&mut self, now: Timestamp, connection: ConnectionId, why: &str) {
         self.pending_accepts.remove(&connection);
+        // A datagram remote is forgotten at once (its next datagram must be a
+        // hello); a stream's slot goes with the close, in `finish_closed`.
         if let Some(Conn {
             link: Link::Datagram { socket, remote },
             ..
-        }) = self.conns.remove(&connection)
+        }) = self.conns.get(&connection)
         {
-            self.by_remote.remove(&(socket, remote));
+            self.by_remote.remove(&(*socket, remote.clone()));
+            self.conns.remove(&connection);
         }
         self.discarded.insert(connection);
         let _ = self.endpoint.close_connection(
             now,
             connection,
-            CloseReason::new(CloseCode::PeerReset, "malformed input"),
+            CloseReason::new(CloseCode::PeerReset, why),
         );
     }
 
@@ -416,7 +442,9 @@ impl<R: Runtime> Driver<R> {
         connection: ConnectionId,
         remote: &Remote,
     ) {
-        if let Some(config) = crate::udp::udp_pmtud(remote, self.config.udp_pmtud) {
+        if let Some(config) =
+            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, self.config.udp_pmtud_ceiling)
+        {
             self.endpoint.set_pmtud(now, connection, Some(config));
         }
     }
@@ -447,24 +475,15 @@ impl<R: Runtime> Driver<R> {
             match result {
                 Ok(d) => dialed.push(d),
                 Err((address, source)) => {
-                    for d in dialed {
-                        match d {
-                            Dialed::Datagram {
-                                own_path: Some(p), ..
-                            } => {
-                                let _ = std::fs::remove_file(p);
-                            }
-                            Dialed::Shm { link, .. } => link.remove_rings(),
-                            _ => {}
-                        }
-                    }
+                    dialed.into_iter().for_each(discard_dialed);
                     let _ = reply.try_send(Err(NodeError::Dial { address, source }));
                     return;
                 }
             }
         }
         let mut peer: Option<PeerId> = None;
-        for d in dialed {
+        let mut dialed = dialed.into_iter();
+        while let Some(d) = dialed.next() {
             let address = match &d {
                 Dialed::Datagram { address, .. }
                 | Dialed::Stream { address, .. }
@@ -479,6 +498,14 @@ impl<R: Runtime> Driver<R> {
                 Some(p) => self.endpoint.add_connection(now, p, kind),
             };
             let (Ok(connection), Some(p)) = (created, peer) else {
+                // Nothing of the attempt stays: the paths made so far, and what was
+                // dialled for the rest.
+                discard_dialed(d);
+                dialed.for_each(discard_dialed);
+                if let Some(p) = peer {
+                    self.release_paths_of(p);
+                    let _ = self.endpoint.forget_peer(now, p);
+                }
                 let _ = reply.try_send(Err(NodeError::Unsupported(format!(
                     "{address}: the core refused the connection"
                 ))));
@@ -487,6 +514,7 @@ impl<R: Runtime> Driver<R> {
             let path = self.next_path;
             self.next_path += 1;
             let mut socket_of_path = None;
+            let mut own_path_of_path = None;
             let link = match d {
                 Dialed::Datagram {
                     socket,
@@ -495,7 +523,8 @@ impl<R: Runtime> Driver<R> {
                     ..
                 } => {
                     if let Some(own) = own_path {
-                        self.unix_paths.push(own);
+                        self.unix_paths.push(own.clone());
+                        own_path_of_path = Some(own);
                     }
                     let (scheme, mtu) = match &address {
                         Address::Udp(_) => ("udp", self.config.udp_mtu),
@@ -541,6 +570,8 @@ impl<R: Runtime> Driver<R> {
                     dialing: false,
                     after_goodbye: false,
                     not_before: Instant::now(),
+                    own_path: own_path_of_path,
+                    node_name: None,
                 },
             );
         }
@@ -572,7 +603,7 @@ impl<R: Runtime> Driver<R> {
                     self.endpoint
                         .add_connection(now, peer, ConnectionKind::Stream)
                 else {
-                    self.dialed.remove(&path);
+                    self.release_path(path);
                     return;
                 };
                 let remote = p.address.to_string();
@@ -650,4 +681,31 @@ impl<R: Runtime> Driver<R> {
     }
 
     // ----- the core's outputs -----
+}
+
+/// Lets go of a transport dialled for a connect that failed: its socket closes,
+/// and the files it made go (a Unix datagram client's socket file here; a shm
+/// link removes its rings when dropped).
+fn discard_dialed<R: Runtime>(d: Dialed<R>) {
+    if let Dialed::Datagram {
+        own_path: Some(p), ..
+    } = d
+    {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+/// Whether a datagram from a new remote may open a connection: well-formed
+/// frames, one of them the start of the control stream (where the hello is).
+fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool {
+    use atbus_proto::pb::frame_message::Body;
+    atbus_proto::Frames::new(data.clone(), *limits).any(|frame| {
+        matches!(
+            frame,
+            Ok(atbus_proto::pb::FrameMessage {
+                body: Some(Body::Packet(ref p)),
+                ..
+            }) if p.stream_id == -1 && p.stream_offset == 0
+        )
+    })
 }

@@ -2,11 +2,10 @@
 //! sockets, and runs the loop "wait for input, hand it all to the core, drain the
 //! outputs, write the transmits". Written once against [`Runtime`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use atbus_core::{ConnectionId, Endpoint, Event, PeerId, SendOptions, Timestamp};
@@ -14,8 +13,9 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use crate::address::Address;
+use crate::budget::{EventGauge, InputBudget};
 use crate::config::{NodeConfig, UNIX_DATAGRAM_MTU};
-use crate::node::{Command, NodeError, NodeStats, PathStats, Reply, event_weight};
+use crate::node::{Command, NodeError, NodeStats, PathStats, Reply};
 use crate::runtime::{DatagramSocket, Remote, Runtime};
 use crate::tasks::{self, Dialed, NetInput};
 
@@ -31,7 +31,8 @@ pub(crate) use bind::{Bound, bind_all};
 const EPOCH: Duration = Duration::from_secs(1);
 /// Inputs taken from a channel before the core's outputs are drained.
 const INPUT_BURST: usize = 256;
-/// How often a node whose application stopped reading events looks again.
+/// How often a node holding delivery back for its application looks again (the
+/// application's reads wake it up sooner).
 const PAUSED_RECHECK: Duration = Duration::from_millis(5);
 /// How soon a backed-up socket queue is tried again.
 const OVERFLOW_RETRY: Duration = Duration::from_millis(1);
@@ -42,10 +43,7 @@ pub(crate) struct DriverParts {
     pub bound: Vec<Bound>,
     pub commands: async_channel::Receiver<Command>,
     pub events: async_channel::Sender<Event>,
-    pub paused: Arc<AtomicBool>,
-    /// Messages (other events: 1 each) in the event channel, shared with the
-    /// [`Node`](crate::Node) handle, which takes them out.
-    pub held: Arc<AtomicUsize>,
+    pub gauge: Arc<EventGauge>,
 }
 
 struct DatagramSlot<R: Runtime> {
@@ -56,8 +54,6 @@ struct DatagramSlot<R: Runtime> {
     mtu: usize,
     /// Datagrams waiting to be written (bounded by `write_queue`).
     queue: VecDeque<(Remote, Bytes)>,
-    /// Scratch space for GSO runs.
-    gso: Vec<u8>,
     _stop: async_channel::Sender<()>,
 }
 
@@ -67,9 +63,16 @@ const GSO_BYTES: usize = 60_000;
 impl<R: Runtime> DatagramSlot<R> {
     /// Writes queued datagrams until the socket is full; consecutive datagrams to
     /// one remote of one size (the last may be shorter) leave in one system call.
-    /// Returns the number of send errors (the datagrams are dropped: loss).
-    fn flush(&mut self) -> u64 {
+    /// Returns the number of send errors and of datagrams dropped because their
+    /// Unix receiver's queue was full (both are loss, which the core repairs).
+    ///
+    /// A full UDP socket is full for every remote: writing stops and the rest
+    /// waits. A Unix datagram socket answers "would block" when the one
+    /// receiver's queue is full: that datagram is dropped and the others go on,
+    /// so that a receiver that does not read cannot hold up every peer behind it.
+    fn flush(&mut self) -> (u64, u64) {
         let mut errors = 0;
+        let mut dropped = 0;
         let max_segments = self.socket.max_segments();
         while let Some((remote, first)) = self.queue.front() {
             let size = first.len();
@@ -89,23 +92,27 @@ impl<R: Runtime> DatagramSlot<R> {
                     _ => break,
                 }
             }
+            // The run's datagrams go to the kernel as they are (no copy into one
+            // buffer): it gathers them and cuts them at `size`.
             let result = if run == 1 {
-                self.socket.try_send(remote, first, size.max(1))
+                self.socket.try_send(remote, &[first], size.max(1))
             } else {
-                self.gso.clear();
-                for (_, d) in self.queue.iter().take(run) {
-                    self.gso.extend_from_slice(d);
-                }
-                self.socket.try_send(remote, &self.gso, size)
+                let parts: Vec<&[u8]> = self.queue.iter().take(run).map(|(_, d)| &d[..]).collect();
+                self.socket.try_send(remote, &parts, size)
             };
             match result {
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if !matches!(remote, Remote::Unix(_)) {
+                        break;
+                    }
+                    dropped += run as u64;
+                }
                 Ok(()) => {}
                 Err(_) => errors += 1,
             }
             self.queue.drain(..run);
         }
-        errors
+        (errors, dropped)
     }
 }
 
@@ -178,6 +185,11 @@ struct DialedPath {
     /// An on-demand re-dial of a path after a goodbye waits until then (the
     /// backoff of its failed attempts).
     not_before: Instant,
+    /// The socket file a Unix datagram path bound for itself: removed with the path.
+    own_path: Option<PathBuf>,
+    /// The name of the node at the address, once a handshake on the path
+    /// completed: a restarted node (a new peer) takes over the path.
+    node_name: Option<String>,
 }
 
 /// Where the answer to an operation without a value goes.
@@ -192,6 +204,16 @@ enum Parked {
     Finish {
         reply: Reply<Result<(), NodeError>>,
     },
+}
+
+impl Parked {
+    /// Whether its caller gave up waiting (dropped the future of `send`,
+    /// `send_many` or `finish`): it is not carried out.
+    fn is_cancelled(&self) -> bool {
+        match self {
+            Parked::Messages { reply, .. } | Parked::Finish { reply } => reply.is_closed(),
+        }
+    }
 }
 
 enum Wake<R: Runtime> {
@@ -210,15 +232,26 @@ pub(crate) struct Driver<R: Runtime> {
     net_tx: async_channel::Sender<NetInput<R>>,
     net_rx: async_channel::Receiver<NetInput<R>>,
     events: async_channel::Sender<Event>,
-    paused: Arc<AtomicBool>,
-    held: Arc<AtomicUsize>,
+    /// The application's queue of events: its payload bytes, and whether delivery
+    /// is held back.
+    gauge: Arc<EventGauge>,
+    /// Bytes the socket tasks queue in `net_rx`.
+    input_budget: Arc<InputBudget>,
+    /// Times delivery was held back because the application's queue was full.
+    delivery_pauses: u64,
     bound: Vec<Bound>,
-    sockets: Vec<Option<DatagramSlot<R>>>,
+    /// Datagram sockets by number (never reused: a batch still in the channel
+    /// from a closed socket's reader is dropped, not given to a newer socket).
+    sockets: HashMap<usize, DatagramSlot<R>>,
+    next_socket: usize,
     by_remote: HashMap<(usize, Remote), ConnectionId>,
     streams: HashMap<u64, StreamSlot>,
     next_handle: u64,
     conns: HashMap<ConnectionId, Conn>,
-    pending_accepts: HashSet<ConnectionId>,
+    /// Accepted connections whose handshake has not completed, oldest (lowest
+    /// id) first: when `max_pending_accepts` of them wait, a new one evicts the
+    /// oldest.
+    pending_accepts: BTreeSet<ConnectionId>,
     /// Garbage connections closed silently; their close event is not forwarded.
     discarded: HashSet<ConnectionId>,
     listener_stops: Vec<async_channel::Sender<()>>,
@@ -227,6 +260,9 @@ pub(crate) struct Driver<R: Runtime> {
     connect_waiters: HashMap<PeerId, Reply<Result<PeerId, NodeError>>>,
     dialed: BTreeMap<u64, DialedPath>,
     next_path: u64,
+    /// Dialled paths whose peer was lost in this drain, without a live
+    /// connection: a restarted node's new peer may take them over.
+    orphans: Vec<u64>,
     parked: HashMap<(PeerId, i64), VecDeque<Parked>>,
     settle_waiters: Vec<(PeerId, bool, Done)>,
     /// Peers whose last connection the peer closed cleanly (`SHUTDOWN`), with its
@@ -238,11 +274,14 @@ pub(crate) struct Driver<R: Runtime> {
     dropped_datagrams: u64,
     io_errors: u64,
     backlog_closes: u64,
+    evicted_accepts: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
-    /// Each stream writer task holds a clone until it ends; `None` once closing.
+    /// Each task or thread that holds a socket (stream writers and readers,
+    /// datagram readers, listeners, shm writers) holds a clone until it ends
+    /// (see [`Driver::spawn_io`]); `None` once closing.
     writers_alive: Option<async_channel::Sender<()>>,
-    /// Closed once every stream writer has ended.
+    /// Closed once every such task has ended.
     writers_done: async_channel::Receiver<()>,
     /// The application's close, answered once the writers are done.
     close_reply: Option<Reply<()>>,
@@ -254,6 +293,7 @@ impl<R: Runtime> Driver<R> {
     pub(crate) fn new(parts: DriverParts, rt: R) -> Self {
         let (net_tx, net_rx) = async_channel::bounded(1024);
         let (writers_alive, writers_done) = async_channel::bounded(1);
+        let input_budget = Arc::new(InputBudget::new(parts.config.input_bytes));
         let mut endpoint_config = parts.config.endpoint.clone();
         endpoint_config.scheduler = parts.config.scheduler;
         let mut endpoint = Endpoint::new(endpoint_config);
@@ -271,15 +311,17 @@ impl<R: Runtime> Driver<R> {
             net_tx,
             net_rx,
             events: parts.events,
-            paused: parts.paused,
-            held: parts.held,
+            gauge: parts.gauge,
+            input_budget,
+            delivery_pauses: 0,
             bound: parts.bound,
-            sockets: Vec::new(),
+            sockets: HashMap::new(),
+            next_socket: 0,
             by_remote: HashMap::new(),
             streams: HashMap::new(),
             next_handle: 0,
             conns: HashMap::new(),
-            pending_accepts: HashSet::new(),
+            pending_accepts: BTreeSet::new(),
             discarded: HashSet::new(),
             listener_stops: Vec::new(),
             dial_requests: HashMap::new(),
@@ -287,6 +329,7 @@ impl<R: Runtime> Driver<R> {
             connect_waiters: HashMap::new(),
             dialed: BTreeMap::new(),
             next_path: 0,
+            orphans: Vec::new(),
             parked: HashMap::new(),
             settle_waiters: Vec::new(),
             departed: HashMap::new(),
@@ -295,6 +338,7 @@ impl<R: Runtime> Driver<R> {
             dropped_datagrams: 0,
             io_errors: 0,
             backlog_closes: 0,
+            evicted_accepts: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
             writers_alive: Some(writers_alive),
@@ -317,8 +361,13 @@ impl<R: Runtime> Driver<R> {
     pub(crate) async fn run(mut self) {
         self.open_listeners();
         while !self.finished {
-            let paused = self.held.load(Ordering::Relaxed) >= self.config.event_capacity;
-            self.paused.store(paused, Ordering::Relaxed);
+            // Socket input is always taken (acknowledgements, handshakes, control
+            // must flow while the application is busy, or a node whose application
+            // awaits it would wedge); what the application has not taken bounds
+            // only the delivery of messages, which stay in their streams' receive
+            // windows meanwhile (flow control towards the peers).
+            self.set_delivery_budget();
+            let paused = self.gauge.paused();
             let wake_at = self.wake_instant(paused);
             let sleep = self.rt.sleep_until(wake_at);
             let commands = self.commands.clone();
@@ -327,9 +376,6 @@ impl<R: Runtime> Driver<R> {
                 async { Wake::Command(commands.recv().await.ok()) },
                 future::or(
                     async {
-                        if paused {
-                            future::pending::<()>().await;
-                        }
                         match net.recv().await {
                             Ok(input) => Wake::Net(input),
                             Err(_) => future::pending().await,
@@ -354,21 +400,32 @@ impl<R: Runtime> Driver<R> {
                     Err(_) => break,
                 }
             }
-            if !paused {
-                for _ in 0..INPUT_BURST {
-                    match self.net_rx.try_recv() {
-                        Ok(input) => self.on_net(input),
-                        Err(_) => break,
-                    }
+            for _ in 0..INPUT_BURST {
+                match self.net_rx.try_recv() {
+                    Ok(input) => self.on_net(input),
+                    Err(_) => break,
                 }
             }
             self.service();
+            let paused = self
+                .endpoint
+                .delivery_budget()
+                .is_some_and(|b| b.is_spent());
+            if paused && !self.gauge.paused() {
+                self.delivery_pauses += 1;
+            }
+            self.gauge.set_paused(paused);
         }
         // What was handed to the stream writers (each connection's FINISH_CONNECTION
         // last) reaches the sockets before the close is answered: a process may exit
         // right after it, and its peers would see a lost connection instead of a
         // goodbye. Bounded: a writer gives up WRITER_CLOSE_GRACE after its slot goes.
+        // Every other socket is closed by then too (its task stops at once), so a
+        // listen address is free again when `close` returns.
         self.streams.clear();
+        self.sockets.clear();
+        self.listener_stops.clear();
+        self.net_rx.close();
         self.writers_alive = None;
         let writers_done = self.writers_done.clone();
         let grace = self
@@ -390,6 +447,20 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// Lets the core deliver what the application's queue has room for: none once
+    /// it holds `event_capacity` messages (other events count 1) or `event_bytes`
+    /// payload bytes.
+    fn set_delivery_budget(&mut self) {
+        let room = atbus_core::DeliveryBudget {
+            bytes: self.config.event_bytes.saturating_sub(self.gauge.bytes()),
+            messages: self
+                .config
+                .event_capacity
+                .saturating_sub(self.gauge.messages()),
+        };
+        self.endpoint.set_delivery_budget(Some(room));
+    }
+
     /// Remembers the ring files of a dialled shm connection, to remove at close
     /// if its reader has not; the files already removed are forgotten, so a node
     /// that re-dials for ever keeps a bounded list.
@@ -403,7 +474,7 @@ impl<R: Runtime> Driver<R> {
         let mut at = self
             .instant_of(self.deadline)
             .unwrap_or(now + Duration::from_secs(3600));
-        let overflow = self.sockets.iter().flatten().any(|s| !s.queue.is_empty())
+        let overflow = self.sockets.values().any(|s| !s.queue.is_empty())
             || self.streams.values().any(|s| !s.overflow.is_empty());
         if overflow {
             at = at.min(now + OVERFLOW_RETRY);
@@ -466,7 +537,7 @@ impl<R: Runtime> Driver<R> {
     fn add_listener(&mut self, listener: R::Listener) {
         let (stop, stopped) = async_channel::bounded(1);
         self.listener_stops.push(stop);
-        self.rt.spawn(tasks::accept_loop(
+        self.spawn_io(tasks::accept_loop(
             listener,
             self.net_tx.clone(),
             stopped,
@@ -483,22 +554,26 @@ impl<R: Runtime> Driver<R> {
     ) -> usize {
         let socket = Arc::new(socket);
         let (stop, stopped) = async_channel::bounded(1);
-        let index = self.sockets.len();
-        self.rt.spawn(tasks::datagram_reader(
+        let index = self.next_socket;
+        self.next_socket += 1;
+        self.spawn_io(tasks::datagram_reader(
             socket.clone(),
             index,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped,
         ));
-        self.sockets.push(Some(DatagramSlot {
-            socket,
-            listening,
-            scheme,
-            mtu,
-            queue: VecDeque::new(),
-            gso: Vec::new(),
-            _stop: stop,
-        }));
+        self.sockets.insert(
+            index,
+            DatagramSlot {
+                socket,
+                listening,
+                scheme,
+                mtu,
+                queue: VecDeque::new(),
+                _stop: stop,
+            },
+        );
         index
     }
 
@@ -509,10 +584,11 @@ impl<R: Runtime> Driver<R> {
         connection: ConnectionId,
     ) -> u64 {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
-        self.rt.spawn(tasks::stream_reader(
+        self.spawn_io(tasks::stream_reader(
             reader,
             handle,
             self.net_tx.clone(),
+            self.input_budget.clone(),
             stopped.clone(),
         ));
         // Once the connection is gone, its writer has a grace period to write what
@@ -523,20 +599,29 @@ impl<R: Runtime> Driver<R> {
             rt.sleep_until(Instant::now() + tasks::WRITER_CLOSE_GRACE)
                 .await;
         };
-        let writing = tasks::stream_writer(writer, queued, abort);
+        self.spawn_io(tasks::stream_writer(writer, queued, abort));
+        handle
+    }
+
+    /// Spawns a task that holds a socket: the node's close waits (bounded) until
+    /// every such task has ended.
+    fn spawn_io(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         let alive = self.writers_alive.clone();
         self.rt.spawn(async move {
-            writing.await;
+            task.await;
             drop(alive);
         });
-        handle
     }
 
     /// A shm connection: a stream served by its reader and writer threads.
     fn add_shm_stream(&mut self, link: crate::shm::ShmLink, connection: ConnectionId) -> u64 {
         let (handle, stopped, queued) = self.new_stream_slot(connection);
         let net = self.net_tx.clone();
-        if crate::shm::spawn_connection(link, handle, net, stopped, queued).is_err() {
+        let writing = self.writers_alive.clone();
+        let budget = self.input_budget.clone();
+        if crate::shm::spawn_connection(link, handle, net, budget, stopped, queued, writing)
+            .is_err()
+        {
             // No thread: the connection ends at once.
             self.io_errors += 1;
             let now = self.now();

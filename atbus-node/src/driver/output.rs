@@ -31,6 +31,7 @@ impl<R: Runtime> Driver<R> {
                 }
             }
         }
+        self.release_orphans();
     }
 
     pub(super) fn route(&mut self, transmit: Transmit) {
@@ -39,7 +40,7 @@ impl<R: Runtime> Driver<R> {
         };
         match &conn.link {
             Link::Datagram { socket, remote } => {
-                let Some(Some(slot)) = self.sockets.get_mut(*socket) else {
+                let Some(slot) = self.sockets.get_mut(socket) else {
                     return;
                 };
                 // Queued, then written in `flush` after the whole drain, so that runs
@@ -47,7 +48,9 @@ impl<R: Runtime> Driver<R> {
                 // yield more than the queue holds (a congestion window of datagrams):
                 // a full queue is written out before it drops anything.
                 if slot.queue.len() >= self.config.write_queue {
-                    self.io_errors += slot.flush();
+                    let (errors, dropped) = slot.flush();
+                    self.io_errors += errors;
+                    self.dropped_datagrams += dropped;
                 }
                 if slot.queue.len() < self.config.write_queue {
                     slot.queue.push_back((remote.clone(), transmit.data));
@@ -93,8 +96,10 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn flush(&mut self) {
-        for slot in self.sockets.iter_mut().flatten() {
-            self.io_errors += slot.flush();
+        for slot in self.sockets.values_mut() {
+            let (errors, dropped) = slot.flush();
+            self.io_errors += errors;
+            self.dropped_datagrams += dropped;
         }
         for slot in self.streams.values_mut() {
             while let Some(data) = slot.next_held() {
@@ -114,16 +119,20 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn forward(&mut self, event: Event) {
-        let weight = event_weight(&event);
-        if self.events.try_send(event).is_ok() {
-            self.held.fetch_add(weight, Ordering::Relaxed);
+        let (bytes, messages) = self.gauge.queued(&event);
+        if self.events.try_send(event).is_err() {
+            self.gauge.release(bytes, messages);
         }
     }
 
     pub(super) fn on_event(&mut self, event: Event) {
         match &event {
             Event::PeerConnected {
-                peer, connection, ..
+                peer,
+                connection,
+                node_name,
+                restarted,
+                ..
             } => {
                 self.pending_accepts.remove(connection);
                 self.departed.remove(peer);
@@ -131,7 +140,13 @@ impl<R: Runtime> Driver<R> {
                     if let Some(p) = self.dialed.get_mut(&path) {
                         p.backoff = self.config.reconnect_min;
                         p.after_goodbye = false;
+                        // A restarted node is a new peer on the same path.
+                        p.peer = *peer;
+                        p.node_name = Some(node_name.clone());
                     }
+                }
+                if *restarted {
+                    self.adopt_orphans(*peer, node_name);
                 }
                 if let Some(reply) = self.connect_waiters.remove(peer) {
                     let _ = reply.try_send(Ok(*peer));
@@ -144,6 +159,8 @@ impl<R: Runtime> Driver<R> {
                 by_peer,
             } => {
                 if self.discarded.remove(connection) {
+                    // A stream's slot (its socket and tasks) still goes.
+                    self.closed_now.push(*connection);
                     return;
                 }
                 // The peer said goodbye: its node closed, or its application closed
@@ -156,25 +173,26 @@ impl<R: Runtime> Driver<R> {
                 self.pending_accepts.remove(connection);
                 let path = self.conns.get(connection).and_then(|c| c.dialed);
                 let waiting = peer.filter(|p| self.connect_waiters.contains_key(p));
-                if let Some(peer) = waiting {
-                    let none_left = self
-                        .endpoint
+                // A connect fails once none of its paths is left; a path that fails
+                // while another may still succeed is re-dialled like any other.
+                let failed = waiting.filter(|&peer| {
+                    self.endpoint
                         .peer_info(peer)
-                        .is_none_or(|p| p.connections.is_empty());
-                    if none_left {
-                        if let Some(reply) = self.connect_waiters.remove(&peer) {
-                            let error = if reason.code == CloseCode::Unauthorized {
-                                NodeError::Rejected(reason.message.clone())
-                            } else if reason.message.contains("handshake timed out") {
-                                NodeError::TimedOut(self.config.endpoint.handshake_timeout)
-                            } else {
-                                NodeError::ConnectionFailed(reason.clone())
-                            };
-                            let _ = reply.try_send(Err(error));
-                        }
-                        self.dialed.retain(|_, p| p.peer != peer);
-                        let _ = self.endpoint.forget_peer(self.now(), peer);
+                        .is_none_or(|p| p.connections.is_empty())
+                });
+                if let Some(peer) = failed {
+                    if let Some(reply) = self.connect_waiters.remove(&peer) {
+                        let error = if reason.code == CloseCode::Unauthorized {
+                            NodeError::Rejected(reason.message.clone())
+                        } else if reason.message.contains("handshake timed out") {
+                            NodeError::TimedOut(self.config.endpoint.handshake_timeout)
+                        } else {
+                            NodeError::ConnectionFailed(reason.clone())
+                        };
+                        let _ = reply.try_send(Err(error));
                     }
+                    self.release_paths_of(peer);
+                    let _ = self.endpoint.forget_peer(self.now(), peer);
                 } else if let (Some(path), false) = (path, self.closing) {
                     if let Some(p) = self.dialed.get_mut(&path) {
                         p.connection = None;
@@ -199,22 +217,103 @@ impl<R: Runtime> Driver<R> {
                 if let Some(reply) = self.connect_waiters.remove(&peer) {
                     let _ = reply.try_send(Err(NodeError::PeerGone));
                 }
-                let sockets: Vec<usize> = self
-                    .dialed
-                    .values()
-                    .filter(|p| p.peer == peer)
-                    .filter_map(|p| p.socket.as_ref().map(|(s, _)| *s))
-                    .collect();
-                for socket in sockets {
-                    if let Some(slot) = self.sockets.get_mut(socket) {
-                        *slot = None;
-                    }
-                }
-                self.dialed.retain(|_, p| p.peer != peer);
+                self.on_peer_lost(peer);
             }
             _ => {}
         }
         self.forward(event);
+    }
+
+    /// `peer` is gone. A dialled path belongs to its address, not to one
+    /// incarnation of the node there: a path whose connection now serves another
+    /// peer (the node restarted, and the handshake of the path's re-dial bound a
+    /// new peer) is kept for it; a path without a live connection is held until
+    /// the end of this drain, for a restarted node's new peer to take over
+    /// ([`Driver::adopt_orphans`]), and released then.
+    fn on_peer_lost(&mut self, peer: PeerId) {
+        let ids: Vec<u64> = self
+            .dialed
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            let now_serves = self.dialed[&id]
+                .connection
+                .and_then(|c| self.endpoint.connection_info(c))
+                .and_then(|info| info.peer)
+                .filter(|&p| p != peer);
+            match now_serves {
+                Some(new_peer) => {
+                    if let Some(p) = self.dialed.get_mut(&id) {
+                        p.peer = new_peer;
+                    }
+                }
+                None => {
+                    if let Some(p) = self.dialed.get_mut(&id) {
+                        p.connection = None;
+                    }
+                    self.orphans.push(id);
+                }
+            }
+        }
+    }
+
+    /// A restarted node connected as `peer`: the dialled paths to it left
+    /// without a peer in this drain serve the new one, and are re-dialled.
+    fn adopt_orphans(&mut self, peer: PeerId, node_name: &str) {
+        let now = Instant::now();
+        let orphans = std::mem::take(&mut self.orphans);
+        for id in orphans {
+            match self.dialed.get_mut(&id) {
+                Some(p) if p.node_name.as_deref() == Some(node_name) => {
+                    p.peer = peer;
+                    p.after_goodbye = false;
+                    if !p.dialing && p.retry_at.is_none() {
+                        p.retry_at = Some(now);
+                    }
+                }
+                Some(_) => self.orphans.push(id),
+                None => {}
+            }
+        }
+    }
+
+    /// Releases the dialled paths left without a peer (see [`Driver::on_peer_lost`]).
+    pub(super) fn release_orphans(&mut self) {
+        for id in std::mem::take(&mut self.orphans) {
+            self.release_path(id);
+        }
+    }
+
+    /// Drops every dialled path to `peer` with what it holds.
+    pub(super) fn release_paths_of(&mut self, peer: PeerId) {
+        let ids: Vec<u64> = self
+            .dialed
+            .iter()
+            .filter(|(_, p)| p.peer == peer)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.release_path(id);
+        }
+    }
+
+    /// Drops a dialled path and what it holds: its datagram socket (and with it
+    /// the socket's reader task and buffers) and the socket file it bound. A
+    /// stream path's socket belongs to its connection, which is closed already.
+    pub(super) fn release_path(&mut self, id: u64) {
+        let Some(path) = self.dialed.remove(&id) else {
+            return;
+        };
+        if let Some((socket, _)) = path.socket {
+            self.sockets.remove(&socket);
+            self.by_remote.retain(|(s, _), _| *s != socket);
+        }
+        if let Some(own) = path.own_path {
+            let _ = std::fs::remove_file(&own);
+            self.unix_paths.retain(|p| *p != own);
+        }
     }
 
     /// Fails every send and finish parked on `peer` with `error()`.
@@ -241,6 +340,9 @@ impl<R: Runtime> Driver<R> {
             return;
         };
         while let Some(parked) = queue.pop_front() {
+            if parked.is_cancelled() {
+                continue;
+            }
             match parked {
                 Parked::Messages {
                     mut payloads,
@@ -293,7 +395,7 @@ impl<R: Runtime> Driver<R> {
             p.retry_at = None;
             let peer = p.peer;
             if self.endpoint.peer_info(peer).is_none() {
-                self.dialed.remove(&path);
+                self.release_path(path);
                 continue;
             }
             let address = p.address.clone();
@@ -319,7 +421,7 @@ impl<R: Runtime> Driver<R> {
                             );
                         }
                         Err(_) => {
-                            self.dialed.remove(&path);
+                            self.release_path(path);
                         }
                     }
                 }
@@ -395,6 +497,10 @@ impl<R: Runtime> Driver<R> {
         }
         let endpoint = &self.endpoint;
         self.settle_waiters.retain(|(peer, full, reply)| {
+            if reply.is_closed() {
+                // The caller gave up.
+                return false;
+            }
             let result = match endpoint.peer_info(*peer) {
                 None => Some(Err(NodeError::PeerGone)),
                 Some(info) if info.send_buffered == 0 && (!*full || info.streams == 0) => {
@@ -440,11 +546,17 @@ impl<R: Runtime> Driver<R> {
             endpoint: self.endpoint.stats(),
             windows: self.endpoint.snapshot(now),
             paths,
-            dropped_datagrams: self.dropped_datagrams,
+            dropped_datagrams: self.dropped_datagrams + self.input_budget.dropped_datagrams(),
             io_errors: self.io_errors,
             reconnects: self.reconnects,
             backlog_closes: self.backlog_closes,
+            evicted_accepts: self.evicted_accepts,
             buffered_bytes: self.endpoint.buffered_bytes(),
+            open_sockets: self.sockets.len() + self.streams.len(),
+            queued_events: self.events.len(),
+            queued_event_bytes: self.gauge.bytes(),
+            queued_input_bytes: self.input_budget.queued(),
+            delivery_pauses: self.delivery_pauses,
         }
     }
 }

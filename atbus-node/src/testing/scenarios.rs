@@ -16,10 +16,18 @@ use bytes::Bytes;
 use futures_lite::future;
 
 use super::{payload, receive_numbered, receive_numbered_batched, send_numbered};
+
+mod flow;
 use crate::runtime::Runtime;
 use crate::{
     Address, CloseCode, CommandId, Event, Node, NodeConfig, NodeError, NodeStats, PeerId,
     SendOptions,
+};
+pub use flow::{
+    a_node_whose_application_does_not_read_holds_bounded_memory,
+    a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
+    an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+    connect_and_waits_complete_while_the_application_reads_no_events,
 };
 
 /// How long any scenario waits for a transfer or an event before failing.
@@ -239,28 +247,92 @@ pub async fn udp_transfer_arrives_in_order<R: Runtime + Clone>(rt: R) {
     server.close().await;
 }
 
-/// PMTUD is on by default: the path starts at 548 bytes and probes upward;
-/// loopback carries the configured maximum, 1452.
-pub async fn a_udp_path_discovers_an_mtu_above_the_ipv4_base<R: Runtime + Clone>(rt: R) {
-    use atbus_core::connection::pmtud::{DEFAULT_MAX, IPV4_BASE};
-    let server = server(&rt, &["udp://127.0.0.1:0"]);
-    let client = transfer(&rt, &server, &addresses(&server), 200, 3000).await;
-    let mtu = within(&rt, async {
+/// Waits (bounded by [`LIMIT`]) until the first path of `client` has an MTU of
+/// at least `at_least`, and returns it.
+async fn mtu_reaching<R: Runtime>(rt: &R, client: &Node, at_least: usize) -> usize {
+    within(rt, async {
         loop {
             let mtu = client.stats().await.unwrap().paths[0].info.mtu;
-            if mtu > IPV4_BASE {
+            if mtu >= at_least {
                 break mtu;
             }
             future::yield_now().await;
         }
     })
-    .await;
-    assert_eq!(mtu, DEFAULT_MAX);
+    .await
+}
+
+/// A client connected to a new UDP server on 127.0.0.1, both with `ceiling`.
+async fn udp_pair<R: Runtime + Clone>(
+    rt: &R,
+    ceiling: crate::UdpPmtudCeiling,
+) -> (Node, Node, PeerId) {
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.udp_pmtud_ceiling = ceiling;
+    let server = bind(rt, config).expect("bind");
+    let mut config = NodeConfig::new("client");
+    config.udp_pmtud_ceiling = ceiling;
+    let client = bind(rt, config).expect("bind");
+    let peer = client.connect(&addresses(&server)).await.expect("connect");
+    (server, client, peer)
+}
+
+/// PMTUD is on by default: the path starts at 548 bytes and probes upward to the
+/// route's MTU, which loopback reports as the MTU of `lo` (65536 on Linux): the
+/// path finds 65507 bytes (the largest IPv4 UDP payload), and data then flows
+/// in datagrams of that size.
+pub async fn a_udp_path_discovers_the_loopback_mtu<R: Runtime + Clone>(rt: R) {
+    use atbus_core::connection::pmtud::DEFAULT_MAX;
+    // What `ip link` says of loopback (read here apart from the node's socket
+    // option), less the IPv4 and UDP headers, within one datagram's limit.
+    let expected = match std::fs::read_to_string("/sys/class/net/lo/mtu") {
+        Ok(lo) => (lo.trim().parse::<usize>().unwrap() - 28).min(65_507),
+        Err(_) => DEFAULT_MAX, // no route MTU to read: the configured maximum
+    };
+    let (server, client, peer) = udp_pair(&rt, crate::UdpPmtudCeiling::default()).await;
+    let mtu = mtu_reaching(&rt, &client, expected).await;
+    assert_eq!(mtu, expected);
+    // The listening side looks its peer's route up as well (its socket is not
+    // connected): its path to the client finds the same size.
+    assert_eq!(mtu_reaching(&rt, &server, expected).await, expected);
     let stats = client.stats().await.unwrap();
     let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
-    // Loopback has no MTU limit, but a probe can still be dropped by a full
-    // socket buffer (208 KiB) during the transfer's bursts; only such a loss may
-    // pass for a black hole, and the search still ends at the maximum.
+    assert_eq!(pmtud.black_holes, 0, "{pmtud:?}");
+    // Data now leaves in datagrams of the MTU found: 40 messages of 60,000 B
+    // reach the server in datagrams averaging well above Ethernet's 1452.
+    let received = |s: &NodeStats| {
+        let c = &s.paths[0].info.stats;
+        (c.received_bytes, c.received_packets)
+    };
+    let (bytes_before, packets_before) = received(&server.stats().await.unwrap());
+    let sending = send_numbered(&client, peer, 40, 60_000);
+    let receiving = receive_numbered(&server, 40, 60_000);
+    within(&rt, future::zip(sending, receiving)).await;
+    let (bytes_after, packets_after) = received(&server.stats().await.unwrap());
+    let packets = packets_after - packets_before;
+    let average = usize::try_from((bytes_after - bytes_before) / packets.max(1)).unwrap();
+    assert!(bytes_after - bytes_before >= 40 * 60_000);
+    if expected > DEFAULT_MAX {
+        assert!(average > 8 * DEFAULT_MAX, "{average} B per datagram");
+    }
+    assert!(average <= mtu, "{average} B per datagram");
+    client.close().await;
+    server.close().await;
+}
+
+/// With the ceiling fixed ([`crate::UdpPmtudCeiling::Fixed`]) loopback's path
+/// stops at the configured maximum, 1452, whatever the route carries.
+pub async fn a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum<R: Runtime + Clone>(
+    rt: R,
+) {
+    use atbus_core::connection::pmtud::DEFAULT_MAX;
+    let (server, client, peer) = udp_pair(&rt, crate::UdpPmtudCeiling::Fixed).await;
+    let sending = send_numbered(&client, peer, 200, 3000);
+    let receiving = receive_numbered(&server, 200, 3000);
+    within(&rt, future::zip(sending, receiving)).await;
+    assert_eq!(mtu_reaching(&rt, &client, DEFAULT_MAX).await, DEFAULT_MAX);
+    let stats = client.stats().await.unwrap();
+    let pmtud = stats.paths[0].info.pmtud.expect("PMTUD runs on UDP");
     assert!(pmtud.black_holes <= pmtud.probes_lost, "{pmtud:?}");
     client.close().await;
     server.close().await;
@@ -310,13 +382,36 @@ pub async fn unix_stream_and_datagram_transfers_arrive_in_order<R: Runtime + Clo
     transfer(&rt, &server, &[dgram.parse().unwrap()], 1000, 5000).await;
 }
 
-/// A peer reached over UDP and TCP at once sends on both paths.
+/// A peer reached over UDP and TCP at once, with the round-robin scheduler:
+/// each path carries data: at least 1 % of it (60 KB) each, where the hello,
+/// pings and MTU probes are about 10 KB (all that went on the TCP path with the
+/// min-RTT scheduler in a run here). Round robin gives the TCP path most of it:
+/// the UDP path's congestion window stays smaller.
 pub async fn multi_path_udp_and_tcp_peer_uses_both_paths<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
-    let client = transfer(&rt, &server, &addresses(&server), 3000, 2000).await;
+    let mut config = NodeConfig::new("client");
+    config.scheduler = atbus_core::Scheduler::RoundRobin;
+    let client = bind(&rt, config).unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    let (count, size) = (3000, 2000);
+    let sending = send_numbered(&client, peer, count, size);
+    within(
+        &rt,
+        future::zip(sending, receive_numbered(&server, count, size)),
+    )
+    .await;
     let stats = client.stats().await.unwrap();
     assert_eq!(stats.paths.len(), 2, "{stats:?}");
-    assert!(stats.paths.iter().all(|p| p.info.stats.sent_packets > 0));
+    let share = count as u64 * size as u64 / 100;
+    for path in &stats.paths {
+        assert!(
+            path.info.stats.sent_bytes >= share,
+            "{} carried {} bytes: {:?}",
+            path.remote,
+            path.info.stats.sent_bytes,
+            stats.paths
+        );
+    }
 }
 
 /// Binding a taken address, dialling a closed port or a missing ring: clear
@@ -383,9 +478,37 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
         .unwrap();
     let mut truncated = TcpStream::connect(target).unwrap();
     truncated.write_all(&[3, 40, 1, 2]).unwrap();
-    drop(truncated);
+    // Half-closed: the server reads the cut-off frame, then end of stream.
+    truncated.shutdown(std::net::Shutdown::Write).unwrap();
+    let closed = [hostile, truncated].map(closed_by_server);
     transfer(&rt, &server, &addresses(&server), 500, 1000).await;
-    drop(hostile);
+    for (name, closed) in ["oversized", "truncated"].into_iter().zip(closed) {
+        let outcome = within(&rt, closed.recv()).await.expect("reader thread");
+        assert!(outcome.is_ok(), "{name} frame: {outcome:?}");
+    }
+}
+
+/// Watches `stream` on a thread of its own until the server closes it: `Ok` on end
+/// of stream or reset (whatever the server wrote before, e.g. a close frame, is
+/// read and ignored), `Err` if it stays open past [`LIMIT`] or keeps writing.
+fn closed_by_server(mut stream: TcpStream) -> async_channel::Receiver<Result<(), String>> {
+    let (tx, rx) = async_channel::bounded(1);
+    stream.set_read_timeout(Some(LIMIT)).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut read = 0;
+        let outcome = loop {
+            match stream.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break Ok(()),
+                Ok(n) if read + n <= 64 * 1024 => read += n,
+                Ok(_) => break Err("the server wrote more than 64 KiB".to_string()),
+                Err(e) => break Err(format!("still open after {read} bytes: {e}")),
+            }
+        };
+        let _ = tx.try_send(outcome);
+    });
+    rx
 }
 
 /// Closing the only TCP connection mid-transfer: it is redialled and nothing is
@@ -519,8 +642,8 @@ pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Run
     client.close().await;
 }
 
-/// A reader that pauses now and then, with an event queue of 8: the node waits
-/// for it and loses nothing.
+/// A reader that pauses now and then, with an event queue of 8: the node holds
+/// delivery back for it (counted in `delivery_pauses`) and loses nothing.
 pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + Clone>(rt: R) {
     let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
     config.event_capacity = 8;
@@ -555,6 +678,11 @@ pub async fn a_slow_reader_pauses_the_node_without_losing_messages<R: Runtime + 
         assert_eq!(next, count);
     };
     within(&rt, future::zip(sending, receiving)).await;
+    let stats = server.stats().await.unwrap();
+    assert!(
+        stats.delivery_pauses > 0,
+        "the queue of 8 events never filled: nothing was held back"
+    );
 }
 
 /// `send_many` batches queue past a full 64 KiB stream window, in order.
@@ -743,19 +871,6 @@ pub async fn packed_runs_arrive_once_in_order_through_recv_batch_and_recv<R: Run
     }
 }
 
-/// A UDP port that never answers: the handshake times out with a clear error.
-pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
-    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut config = NodeConfig::new("client");
-    config.endpoint.handshake_timeout = Duration::from_millis(300);
-    let client = bind(&rt, config).unwrap();
-    let err = client
-        .connect(&[Address::Udp(silent.local_addr().unwrap())])
-        .await
-        .unwrap_err();
-    assert!(err.to_string().starts_with("timed out"), "{err}");
-}
-
 /// A wrong token is rejected with a clear error; the right one is accepted.
 pub async fn a_peer_without_the_right_token_is_rejected_clearly<R: Runtime + Clone>(rt: R) {
     let mut config = NodeConfig::new("server").listen("tcp://127.0.0.1:0".parse().unwrap());
@@ -898,6 +1013,25 @@ fn datagram_renewals(stats: &NodeStats) -> u64 {
     stats.reconnects
 }
 
+/// `node`'s stats once `done` holds for them (looked at every 10 ms; a panic
+/// after [`LIMIT`]).
+async fn stats_until<R: Runtime>(
+    rt: &R,
+    node: &Node,
+    done: impl Fn(&NodeStats) -> bool,
+) -> NodeStats {
+    within(rt, async {
+        loop {
+            let stats = node.stats().await.unwrap();
+            if done(&stats) {
+                return stats;
+            }
+            sleep(rt, Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
 /// `count` of `node`'s current stats.
 async fn counted(node: &Node, count: fn(&NodeStats) -> u64) -> u64 {
     count(&node.stats().await.unwrap())
@@ -1032,6 +1166,361 @@ pub async fn connecting_to_a_missing_shm_listener_fails_clearly<R: Runtime + Clo
     assert_eq!(shm_files(&name), Vec::<String>::new());
 }
 
+/// A server restarted on the same UDP port (a new session, so a new peer): the
+/// client's renewed path carries the transfer to the new peer and is renewed
+/// again when it drops.
+pub async fn a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    restarted_server(&rt, "udp://127.0.0.1:0").await;
+}
+
+/// [`a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path`] over
+/// TCP: the re-dialled path is kept for the new peer and re-dialled when cut.
+pub async fn a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    restarted_server(&rt, "tcp://127.0.0.1:0").await;
+}
+
+/// The restarted-server scenario on `listen`.
+async fn restarted_server<R: Runtime + Clone>(rt: &R, listen: &str) {
+    let first = server(rt, &[listen]);
+    let to = addresses(&first);
+    let client = bind(rt, NodeConfig::new("client")).unwrap();
+    let old = client.connect(&to).await.unwrap();
+    first.close().await;
+    goodbye_seen(rt, &client).await;
+    let second = bind(rt, NodeConfig::new("server").listen(to[0].clone())).unwrap();
+    // Sending to the departed peer re-dials its path (on the same socket over
+    // UDP), even if the send itself fails (a command needs a connection); the
+    // handshake finds a new session of the node: a new peer.
+    let nudge = client.send_command(old, CommandId::User(150), Bytes::from_static(b"hi"));
+    let _ = within(rt, nudge).await;
+    let new = within(rt, async {
+        loop {
+            if let Some(Event::PeerConnected {
+                peer,
+                restarted: true,
+                ..
+            }) = client.recv().await
+            {
+                return peer;
+            }
+        }
+    })
+    .await;
+    assert_ne!(new, old);
+    let before = client.stats().await.unwrap().reconnects;
+    // The path carries a transfer to the new peer, and is re-dialled when its
+    // connection drops midway.
+    transfer_around(rt, &client, new, &second, (1000, 1000), || async {
+        let stats = client.stats().await.unwrap();
+        assert_eq!(stats.paths.len(), 1, "{:?}", stats.paths);
+        client
+            .close_connection(stats.paths[0].connection)
+            .await
+            .unwrap();
+    })
+    .await;
+    within(rt, client.wait_acknowledged(new)).await.unwrap();
+    let stats = client.stats().await.unwrap();
+    assert!(stats.reconnects > before, "{stats:?}");
+    assert_eq!(stats.open_sockets, 1, "one path, one socket: {stats:?}");
+    client.close().await;
+    second.close().await;
+}
+
+/// A UDP port (and a Unix datagram socket) that never answers: the handshake
+/// times out with a clear error, and the failed connects release the sockets,
+/// reader tasks and socket files they made.
+pub async fn connecting_to_a_silent_udp_port_times_out_clearly<R: Runtime + Clone>(rt: R) {
+    let dir = tempfile::tempdir().unwrap();
+    let silent_udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_unix = dir.path().join("silent.sock");
+    let _silent_unix = std::os::unix::net::UnixDatagram::bind(&silent_unix).unwrap();
+    let mut config = NodeConfig::new("client");
+    config.endpoint.handshake_timeout = Duration::from_millis(200);
+    let client = bind(&rt, config).unwrap();
+    let targets = [
+        Address::Udp(silent_udp.local_addr().unwrap()),
+        Address::UnixDatagram(silent_unix.clone()),
+    ];
+    for _ in 0..3 {
+        for target in &targets {
+            let err = within(&rt, client.connect(std::slice::from_ref(target)))
+                .await
+                .unwrap_err();
+            assert!(err.to_string().starts_with("timed out"), "{err}");
+        }
+    }
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.open_sockets, 0, "{stats:?}");
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(files, vec![std::ffi::OsString::from("silent.sock")]);
+    client.close().await;
+}
+
+/// The mesh case of a restart: the server closes, a new one binds the same
+/// address and dials the client first. The client's dialled path to the old
+/// server is taken over by the new peer and re-dialled (before, the path was
+/// forgotten with the old peer): the client ends with two connections to it.
+pub async fn a_restarted_node_that_dials_first_takes_over_the_path_to_it<R: Runtime + Clone>(
+    rt: R,
+) {
+    let first = server(&rt, &["tcp://127.0.0.1:0"]);
+    let to = addresses(&first);
+    let client = bind(
+        &rt,
+        NodeConfig::new("client").listen("tcp://127.0.0.1:0".parse().unwrap()),
+    )
+    .unwrap();
+    client.connect(&to).await.unwrap();
+    first.close().await;
+    goodbye_seen(&rt, &client).await;
+    let second = bind(&rt, NodeConfig::new("server").listen(to[0].clone())).unwrap();
+    within(&rt, second.connect(&addresses(&client)))
+        .await
+        .unwrap();
+    let stats = stats_until(&rt, &client, |stats| {
+        let established =
+            |p: &&crate::PathStats| p.info.state == atbus_core::ConnectionState::Established;
+        stats.paths.iter().filter(established).count() == 2
+    })
+    .await;
+    assert_eq!(stats.reconnects, 1, "{stats:?}");
+    client.close().await;
+    second.close().await;
+}
+
+/// A multi-path connect whose TCP path fails during the handshake while the UDP
+/// path may still succeed: the connect succeeds over UDP, and the TCP path is
+/// re-dialled like any dropped path (both end up established).
+pub async fn a_path_that_fails_during_a_multi_path_connect_is_redialled<R: Runtime + Clone>(rt: R) {
+    let server = server(&rt, &["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]);
+    let to = addresses(&server);
+    let (Address::Udp(udp), Address::Tcp(tcp)) = (&to[0], &to[1]) else {
+        unreachable!()
+    };
+    let tcp = *tcp;
+    // The UDP path answers only once the TCP one has failed.
+    let (relay, blocked) = pausable_relay(*udp);
+    blocked.store(true, Ordering::Relaxed);
+    // The proxy closes the first TCP connection at once, and forwards the next.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = listener.local_addr().unwrap();
+    let refuse = AtomicBool::new(true);
+    let _proxy = CuttableProxy::start(
+        move || listener.accept().map(|(s, _)| s),
+        move || {
+            if refuse.swap(false, Ordering::Relaxed) {
+                Err(std::io::Error::other("refused once"))
+            } else {
+                TcpStream::connect(tcp)
+            }
+        },
+    );
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let paths = [Address::Udp(relay), Address::Tcp(front)];
+    let connecting = client.connect(&paths);
+    let tcp_failed = async {
+        loop {
+            if let Some(Event::ConnectionClosed { .. }) = client.recv().await {
+                blocked.store(false, Ordering::Relaxed);
+                return;
+            }
+        }
+    };
+    let (peer, ()) = within(&rt, future::zip(connecting, tcp_failed)).await;
+    peer.unwrap();
+    stats_until(&rt, &client, |stats| {
+        let established =
+            |p: &&crate::PathStats| p.info.state == atbus_core::ConnectionState::Established;
+        stats.paths.iter().filter(established).count() == 2
+    })
+    .await;
+    client.close().await;
+}
+
+/// Cheap input cannot lock new peers out of a server that accepts at most 4
+/// pending connections: a valid ping from each of 8 UDP sources opens no
+/// connection (a new remote's first datagram must carry a hello), and 8 TCP
+/// connections that send nothing are evicted, oldest first, by a real client,
+/// long before their handshake timeout.
+pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone>(rt: R) {
+    let mut config = NodeConfig::new("server")
+        .listen("udp://127.0.0.1:0".parse().unwrap())
+        .listen("tcp://127.0.0.1:0".parse().unwrap());
+    config.max_pending_accepts = 4;
+    config.endpoint.handshake_timeout = LIMIT * 2;
+    let server = bind(&rt, config).unwrap();
+    let to = addresses(&server);
+    let (Address::Udp(udp), Address::Tcp(tcp)) = (&to[0], &to[1]) else {
+        unreachable!()
+    };
+    let mut ping = bytes::BytesMut::new();
+    atbus_proto::encode_frame(
+        &atbus_proto::pb::FrameMessage {
+            head: None,
+            body: Some(atbus_proto::pb::frame_message::Body::Ping(
+                atbus_proto::pb::PingData {
+                    timepoint_microseconds: 1,
+                    ..Default::default()
+                },
+            )),
+        },
+        &mut ping,
+    );
+    let pingers: Vec<_> = (0..8)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for pinger in &pingers {
+        pinger.send_to(&ping, udp).unwrap();
+    }
+    let handshaking = |stats: &NodeStats| {
+        stats
+            .paths
+            .iter()
+            .filter(|p| p.info.state == atbus_core::ConnectionState::Handshaking)
+            .count()
+    };
+    let stats = stats_until(&rt, &server, |s| s.dropped_datagrams >= 8).await;
+    assert_eq!(handshaking(&stats), 0, "{:?}", stats.paths);
+    let silent: Vec<_> = (0..8).map(|_| TcpStream::connect(tcp).unwrap()).collect();
+    let stats = stats_until(&rt, &server, |s| s.evicted_accepts >= 4).await;
+    assert_eq!(handshaking(&stats), 4, "{:?}", stats.paths);
+    let client = transfer(&rt, &server, &[to[1].clone()], 100, 1000).await;
+    let stats = server.stats().await.unwrap();
+    assert!(stats.evicted_accepts >= 5, "{stats:?}");
+    // The evicted connections' sockets are closed: the UDP socket, the
+    // client's connection and the pending ones are left.
+    assert_eq!(stats.open_sockets, 2 + handshaking(&stats), "{stats:?}");
+    drop(silent);
+    client.close().await;
+    server.close().await;
+}
+
+/// A Unix datagram peer that stops reading (its socket queue fills up) does not
+/// hold up the server's other peers on the same listening socket: what the
+/// silent receiver cannot take is dropped (loss, counted), the rest goes on.
+pub async fn a_unix_datagram_peer_that_stops_reading_does_not_block_the_others<
+    R: Runtime + Clone,
+>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unixgram://{}", dir.path().join("server.sock").display());
+    let server = server(&rt, &[&listen]);
+    let (own, target) = (
+        dir.path().join("silent.sock"),
+        dir.path().join("server.sock"),
+    );
+    let (handshaken, silent_socket) = async_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = handshaken.send_blocking(silent_unix_peer(&own, &target));
+    });
+    let _silent_socket = within(&rt, silent_socket.recv()).await.unwrap();
+    let silent = within(&rt, async {
+        loop {
+            if let Some(Event::PeerConnected { peer, .. }) = server.recv().await {
+                return peer;
+            }
+        }
+    })
+    .await;
+    // The server sends the silent peer small messages one by one (a datagram
+    // each): more than the peer's socket queue holds (10 by default).
+    for i in 0..40 {
+        let message = payload(i, 1000);
+        let sent = server.send(silent, 1, message, SendOptions::default());
+        within(&rt, sent).await.unwrap();
+    }
+    let client = transfer(&rt, &server, &[listen.parse().unwrap()], 500, 1000).await;
+    let stats = server.stats().await.unwrap();
+    assert!(stats.dropped_datagrams > 0, "{stats:?}");
+    client.close().await;
+    server.close().await;
+}
+
+/// A Unix datagram socket at `own` that completes a handshake with the node
+/// listening at `server` (with an endpoint of its own, on the calling thread),
+/// then is handed back to be never read again.
+fn silent_unix_peer(
+    own: &std::path::Path,
+    server: &std::path::Path,
+) -> std::os::unix::net::UnixDatagram {
+    use atbus_core::{ConnectionKind, Endpoint, EndpointConfig, Input, Output, Timestamp};
+    // Not connected: the kernel limits the queue of a socket (10 datagrams by
+    // default) only towards senders that are not its connected peer.
+    let socket = std::os::unix::net::UnixDatagram::bind(own).unwrap();
+    socket.set_read_timeout(Some(LIMIT)).unwrap();
+    let start = Instant::now();
+    let now = || Timestamp::from_duration(start.elapsed() + Duration::from_secs(1));
+    let mut endpoint = Endpoint::new(EndpointConfig::new("silent", 1));
+    let kind = ConnectionKind::Datagram {
+        mtu: crate::config::UNIX_DATAGRAM_MTU,
+    };
+    let (_, connection) = endpoint.connect(now(), kind).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match endpoint.poll_output() {
+                Output::Transmit(t) => {
+                    socket.send_to(&t.data, server).unwrap();
+                }
+                Output::Event(Event::PeerConnected { .. }) => return socket,
+                Output::Event(_) => {}
+                Output::Timeout(_) => break,
+            }
+        }
+        let n = socket.recv(&mut buf).expect("the server answers");
+        let data = Bytes::copy_from_slice(&buf[..n]);
+        endpoint.handle_input(now(), Input::Datagram { connection, data });
+    }
+}
+
+/// A shm connection's writer thread holds the node's close until it has
+/// written the connection's last transmits and its end record: a process that
+/// exits right after `close` must not cut them off (its peer would see a lost
+/// connection, not a goodbye). Driven at the level of the connection's threads.
+pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Runtime + Clone>(
+    rt: R,
+) {
+    let name = shm_name("end");
+    let _listener = crate::shm::bind(&name).unwrap();
+    let link = crate::shm::dial(&name).unwrap();
+    let mut peer =
+        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
+    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
+    let (stop, stopped) = async_channel::bounded(1);
+    let (queue, queued) = async_channel::bounded(16);
+    let (writing, written) = async_channel::bounded::<()>(1);
+    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
+    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    for i in 0..8 {
+        queue.send(payload(i, 100)).await.unwrap();
+    }
+    // The driver lets go of the connection (as at the node's close) and waits
+    // for its writers.
+    drop((queue, stop));
+    assert!(within(&rt, written.recv()).await.is_err());
+    let mut records = Vec::new();
+    while let Ok(Some(record)) = peer.recv_timeout(Duration::ZERO) {
+        records.push(record.to_vec());
+    }
+    assert_eq!(records.len(), 10, "hello, 8 transmits, end: {records:?}");
+    assert!(records[9].is_empty(), "the end record is last: {records:?}");
+    let _ = atbus_shm::remove_force(&name);
+}
+
 /// One `#[test]` per scenario of this module, each calling `$run(scenario)`, where `$run` is the adapter's
 /// `fn run<F: Future<Output = ()>>(scenario: impl FnOnce(MyRuntime) -> F)`
 /// that blocks on the scenario inside its runtime.
@@ -1040,7 +1529,8 @@ macro_rules! loopback_tests {
     ($run:ident) => {
         $crate::loopback_tests!(@each $run;
             udp_transfer_arrives_in_order,
-            a_udp_path_discovers_an_mtu_above_the_ipv4_base,
+            a_udp_path_discovers_the_loopback_mtu,
+            a_udp_path_with_a_fixed_ceiling_stops_at_the_configured_maximum,
             udp_over_ipv6_transfer_arrives_in_order,
             tcp_transfer_arrives_in_order,
             small_messages_received_in_batches_arrive_once_in_order,
@@ -1058,6 +1548,10 @@ macro_rules! loopback_tests {
             a_cut_unix_stream_connection_is_redialled_and_data_in_flight_survives,
             a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots,
             a_slow_reader_pauses_the_node_without_losing_messages,
+            an_echo_server_awaiting_each_reply_in_its_receive_loop_does_not_wedge,
+            connect_and_waits_complete_while_the_application_reads_no_events,
+            a_node_whose_application_does_not_read_holds_bounded_memory,
+            a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
             send_many_queues_batches_in_order_past_a_full_window,
             sliced_small_message_batches_arrive_once_in_order_with_metadata,
             packed_runs_arrive_once_in_order_through_recv_batch_and_recv,
@@ -1068,6 +1562,13 @@ macro_rules! loopback_tests {
             commands_travel_on_the_control_stream,
             shm_transfers_arrive_in_order_and_the_rings_are_removed_at_close,
             connecting_to_a_missing_shm_listener_fails_clearly,
+            a_udp_server_restarted_on_the_same_port_is_served_on_the_same_path,
+            a_tcp_server_restarted_on_the_same_port_is_served_on_the_same_path,
+            a_restarted_node_that_dials_first_takes_over_the_path_to_it,
+            a_path_that_fails_during_a_multi_path_connect_is_redialled,
+            cheap_input_cannot_hold_the_pending_accept_slots,
+            a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
+            a_shm_writer_holds_the_close_until_its_end_record_is_written,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
