@@ -54,6 +54,11 @@ impl Delivery {
         self.remaining.is_some_and(|r| r.is_spent())
     }
 
+    /// What may still be delivered, as `(bytes, messages)`; `None`: no limit.
+    pub(super) fn room(&self) -> Option<(usize, usize)> {
+        self.remaining.map(|r| (r.bytes, r.messages))
+    }
+
     /// Counts a delivered message.
     pub(super) fn charge(&mut self, payload: usize) {
         if let Some(r) = self.remaining.as_mut() {

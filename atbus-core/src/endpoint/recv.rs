@@ -336,14 +336,17 @@ impl Endpoint {
         let peer_limit = self.config.peer_receive_limit;
         let max_ack_ranges = self.config.max_ack_ranges.max(1);
         let mut dropped = 0u64;
-        let fragments = content.fragment.len() as u64;
+        // Pieces (plain fragments, or records of packed ones) offered to the
+        // reassembler: a frame is "dropped whole" when each of them was dropped.
+        let mut pieces = 0u64;
         // One past the last offset this frame carried.
         let mut cursor = offset;
         // Messages of packed fragments handed over without the reassembler; not
         // while the application holds delivery back (they wait in the window like
-        // any other). A frame may pass what is left of the budget by its records.
+        // any other), and only as many as the budget has room for: the rest go
+        // through the reassembler and wait for it like any other.
         let mut handed = Handed::default();
-        let may_hand = !self.delivery.spent();
+        let mut room = self.delivery.room();
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -395,11 +398,18 @@ impl Endpoint {
                 } else {
                     None
                 };
-                if stream_id >= 0 && may_hand {
+                if stream_id >= 0 {
                     if let Some(records) = records.clone() {
-                        if records.largest() as u64 <= max_message
+                        let bytes = records.data().len();
+                        let fits = room.is_none_or(|(b, m)| records.messages() <= m && bytes <= b);
+                        if fits
+                            && records.largest() as u64 <= max_message
                             && asm.take_in_order(cursor, records.span())
                         {
+                            if let Some((b, m)) = room.as_mut() {
+                                *b -= bytes;
+                                *m -= records.messages();
+                            }
                             cursor += records.span();
                             run_end = Some(cursor);
                             hand_over(
@@ -420,6 +430,7 @@ impl Endpoint {
                     meta,
                 } in Pieces::of(fragment, records, fin)
                 {
+                    pieces += 1;
                     let Some(end) = cursor
                         .checked_add(data.len() as u64)
                         .and_then(|e| e.checked_add(u64::from(is_final)))
@@ -496,6 +507,19 @@ impl Endpoint {
                 }
             }
         }
+        let handed_any = handed.len() > 0;
+        // The gap a reset skipped comes before the messages after it.
+        if skipped > 0 || skipped_offsets > 0 {
+            if let Some(peer) = peer {
+                self.stats.skipped_messages += skipped;
+                self.events.push_back(Event::MessagesSkipped {
+                    peer,
+                    stream: stream_id,
+                    messages: skipped,
+                    offsets: skipped_offsets,
+                });
+            }
+        }
         if let (1.., Some(peer)) = (handed.len(), peer) {
             self.stats.delivered_messages += handed.len() as u64;
             self.delivery
@@ -506,7 +530,8 @@ impl Endpoint {
         // acknowledged until it reads (see `delivery.rs`).
         let withheld = stream_id >= 0
             && dropped > 0
-            && dropped == fragments
+            && dropped == pieces
+            && !handed_any
             && self.delivery.withhold_ack(id, stream_id);
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;
@@ -522,17 +547,6 @@ impl Endpoint {
                 recent.push(offset);
             }
             c.echo = c.echo.max(timepoint);
-        }
-        if skipped > 0 || skipped_offsets > 0 {
-            if let Some(peer) = peer {
-                self.stats.skipped_messages += skipped;
-                self.events.push_back(Event::MessagesSkipped {
-                    peer,
-                    stream: stream_id,
-                    messages: skipped,
-                    offsets: skipped_offsets,
-                });
-            }
         }
         self.deliver(id, peer, stream_id);
     }

@@ -493,9 +493,7 @@ impl<M: Footprint> Assembler<M> {
         self.overhead -= freed;
         self.buffered -= message.payload.len();
         self.head = end;
-        if self.in_order.is_empty() && self.in_order.capacity() > IN_ORDER_KEEP {
-            self.in_order.shrink_to(IN_ORDER_KEEP);
-        }
+        self.trim_in_order();
         Some(message)
     }
 
@@ -705,6 +703,15 @@ impl<M: Footprint> Assembler<M> {
     /// every stored chunk. Each chunk moves at most once.
     fn spill(&mut self) {
         self.chunks.extend(self.in_order.drain(..));
+        self.trim_in_order();
+    }
+
+    /// Gives the fast path's queue back its resting capacity once it is empty:
+    /// what it grew to is not counted once its pieces are gone.
+    fn trim_in_order(&mut self) {
+        if self.in_order.is_empty() && self.in_order.capacity() > IN_ORDER_KEEP {
+            self.in_order.shrink_to(IN_ORDER_KEEP);
+        }
     }
 
     fn store(&mut self, chunk: (u64, Chunk<M>), end: u64) {
@@ -933,6 +940,23 @@ mod tests {
         for _ in 0..run {
             assert_eq!(rx.pop_message().unwrap().payload, bytes("m"));
         }
+        assert!(rx.pop_message().is_none());
+        assert_eq!(rx.footprint(), 0);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    /// (From review) pieces of an unfinished message that a reset discards leave
+    /// the fast path's queue at its resting capacity: nothing counts it once they
+    /// are gone.
+    #[test]
+    fn a_reset_past_an_unfinished_in_order_run_gives_back_the_queue() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let run = 2000u64;
+        for i in 0..run {
+            assert_eq!(rx.insert(i, bytes("x"), false, None), accepted(1));
+        }
+        assert!(rx.in_order.capacity() > IN_ORDER_KEEP);
+        rx.reset_to(run + 10).unwrap();
         assert!(rx.pop_message().is_none());
         assert_eq!(rx.footprint(), 0);
         assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
