@@ -18,7 +18,9 @@ use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
 };
 use crate::handshake::{self, AuthDecision, HandshakeKind, Hello};
-use crate::stream::{AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, RecvMeta, Stream};
+use crate::stream::{
+    AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, PendingSkip, RecvMeta, Stream,
+};
 use crate::time::Timestamp;
 
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
@@ -484,12 +486,7 @@ impl Endpoint {
         if skipped > 0 || skipped_offsets > 0 {
             if let Some(peer) = peer {
                 self.stats.skipped_messages += skipped;
-                self.events.push_back(Event::MessagesSkipped {
-                    peer,
-                    stream: stream_id,
-                    messages: skipped,
-                    offsets: skipped_offsets,
-                });
+                self.note_skip(peer, stream_id, offset, skipped, skipped_offsets);
             }
         }
         self.deliver(id, peer, stream_id);
@@ -606,6 +603,36 @@ impl Endpoint {
     }
 
     /// Pops every complete message of a stream and turns it into events.
+    /// A reset at `at` skipped messages of a stream: reported by `deliver`, after
+    /// the messages the reset kept, within the budget (merged with earlier skips
+    /// not reported yet, so a peer's resets queue at most one event per stream).
+    /// The control stream has no messages held for the application: its skips are
+    /// reported at once, while the budget is not spent, and otherwise only counted.
+    fn note_skip(&mut self, peer: PeerId, stream: i64, at: u64, messages: u64, offsets: u64) {
+        let s = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.streams.get_mut(&stream));
+        match s {
+            Some(s) if stream >= 0 => {
+                let k = s.skipped.get_or_insert_with(PendingSkip::default);
+                k.at = k.at.max(at);
+                k.messages += messages;
+                k.offsets += offsets;
+            }
+            _ if self.delivery.spent() => {}
+            _ => {
+                self.delivery.charge(0);
+                self.events.push_back(Event::MessagesSkipped {
+                    peer,
+                    stream,
+                    messages,
+                    offsets,
+                });
+            }
+        }
+    }
+
     pub(super) fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
         if stream == -1 {
             loop {
@@ -616,6 +643,18 @@ impl Endpoint {
                 else {
                     break;
                 };
+                let command = message.meta.as_ref().is_some_and(|m| {
+                    m.packet_type == pb::AtbusPacketType::Command as i32
+                });
+                if command && self.delivery.spent() {
+                    // A command is an event for the application: it waits in the
+                    // control stream's bounded window like messages in theirs.
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.control_recv.unpop(message);
+                    }
+                    self.delivery.hold_control(id);
+                    break;
+                }
                 self.on_control_message(id, message);
                 if !self.is_open(id) {
                     break;
@@ -635,6 +674,20 @@ impl Endpoint {
                 // The application's queue is full: the rest waits in the window.
                 self.delivery.hold(peer, stream, id);
                 break;
+            }
+            if let Some(k) = s.skipped {
+                if s.recv.next_kept_offset().is_none_or(|o| o >= k.at) {
+                    // What came before the skips was delivered: report them.
+                    s.skipped = None;
+                    self.delivery.charge(0);
+                    self.events.push_back(Event::MessagesSkipped {
+                        peer,
+                        stream,
+                        messages: k.messages,
+                        offsets: k.offsets,
+                    });
+                    continue;
+                }
             }
             let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
@@ -724,6 +777,7 @@ impl Endpoint {
             if let (Some(peer), true) = (peer, established) {
                 if let Some(command) = handshake::decode_command(message.payload) {
                     if let Some(cid) = CommandId::from_wire(command.command_id) {
+                        self.delivery.charge(command.payload.len());
                         self.events.push_back(Event::Command {
                             peer,
                             command: Command {
