@@ -275,6 +275,11 @@ pub(crate) struct Driver<R: Runtime> {
     io_errors: u64,
     backlog_closes: u64,
     evicted_accepts: u64,
+    /// UDP connections whose PMTUD ceiling waits for their route's MTU, looked
+    /// up once their handshake completes: not per new remote (a spoofed source
+    /// never gets that far), and only for a peer that is there.
+    route_pending: HashSet<ConnectionId>,
+    route_lookups: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
     /// Each task or thread that holds a socket (stream writers and readers,
@@ -339,6 +344,8 @@ impl<R: Runtime> Driver<R> {
             io_errors: 0,
             backlog_closes: 0,
             evicted_accepts: 0,
+            route_pending: HashSet::new(),
+            route_lookups: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
             writers_alive: Some(writers_alive),

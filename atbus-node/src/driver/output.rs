@@ -135,6 +135,7 @@ impl<R: Runtime> Driver<R> {
                 ..
             } => {
                 self.pending_accepts.remove(connection);
+                self.start_route_ceiling(*connection);
                 self.departed.remove(peer);
                 if let Some(path) = self.conns.get(connection).and_then(|c| c.dialed) {
                     if let Some(p) = self.dialed.get_mut(&path) {
@@ -171,6 +172,7 @@ impl<R: Runtime> Driver<R> {
                 }
                 self.closed_now.push(*connection);
                 self.pending_accepts.remove(connection);
+                self.route_pending.remove(connection);
                 let path = self.conns.get(connection).and_then(|c| c.dialed);
                 let waiting = peer.filter(|p| self.connect_waiters.contains_key(p));
                 // A connect fails once none of its paths is left; a path that fails
@@ -551,6 +553,7 @@ impl<R: Runtime> Driver<R> {
             reconnects: self.reconnects,
             backlog_closes: self.backlog_closes,
             evicted_accepts: self.evicted_accepts,
+            route_lookups: self.route_lookups,
             buffered_bytes: self.endpoint.buffered_bytes(),
             open_sockets: self.sockets.len() + self.streams.len(),
             queued_events: self.events.len(),
