@@ -1448,7 +1448,10 @@ fn held_streams_share_the_delivery_budget_in_turn() {
     net.b.set_delivery_budget(ten);
     net.drain(Side::B);
     assert_eq!(
-        (net.messages(Side::B, 1).len(), net.messages(Side::B, 2).len()),
+        (
+            net.messages(Side::B, 1).len(),
+            net.messages(Side::B, 2).len()
+        ),
         (15, 5),
         "stream 2 served first this time"
     );
@@ -1482,9 +1485,8 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
         );
         net.drain(Side::B);
     }
-    let skips = |net: &Net| {
-        net.count_events(Side::B, |e| matches!(e, Event::MessagesSkipped { .. }))
-    };
+    let skips =
+        |net: &Net| net.count_events(Side::B, |e| matches!(e, Event::MessagesSkipped { .. }));
     assert_eq!(skips(&net), 0, "held back with the messages");
     net.b.set_delivery_budget(None);
     net.drain(Side::B);

@@ -643,9 +643,10 @@ impl Endpoint {
                 else {
                     break;
                 };
-                let command = message.meta.as_ref().is_some_and(|m| {
-                    m.packet_type == pb::AtbusPacketType::Command as i32
-                });
+                let command = message
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| m.packet_type == pb::AtbusPacketType::Command as i32);
                 if command && self.delivery.spent() {
                     // A command is an event for the application: it waits in the
                     // control stream's bounded window like messages in theirs.

@@ -47,13 +47,14 @@ impl<R: Runtime> Driver<R> {
                 // of datagrams to one remote leave in one GSO system call. A drain can
                 // yield more than the queue holds (a congestion window of datagrams):
                 // a full queue is written out before it drops anything.
-                if slot.queue.len() >= self.config.write_queue {
+                let (len, limit) = (transmit.data.len(), self.config.write_queue);
+                if !slot.has_room(len, limit) {
                     let (errors, dropped) = slot.flush();
                     self.io_errors += errors;
                     self.dropped_datagrams += dropped;
                 }
-                if slot.queue.len() < self.config.write_queue {
-                    slot.queue.push_back((remote.clone(), transmit.data));
+                if slot.has_room(len, limit) {
+                    slot.push(remote.clone(), transmit.data);
                 } else {
                     // Lost like any datagram; the core retransmits.
                     self.dropped_datagrams += 1;
