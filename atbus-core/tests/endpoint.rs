@@ -1425,6 +1425,75 @@ fn commands_wait_for_the_delivery_budget() {
     );
 }
 
+/// Commands past a full control window while the application reads nothing: the
+/// sender is flow-controlled by that window and does not resend into it in a loop
+/// (frames dropped whole are not acknowledged, as for data); once the application
+/// reads, every command arrives once, in order.
+#[test]
+fn commands_past_a_held_control_window_are_flow_controlled() {
+    let (mut net, pair) = Net::pair(
+        config("client", 1),
+        config("server", 2),
+        ConnectionKind::Stream,
+    );
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
+    let sent: Vec<Bytes> = (0..60).map(|i| payload(1000, i)).collect();
+    let mut next = 0;
+    let sent_bytes = |net: &Net| net.a.connection_info(pair.a_conn).unwrap().stats.sent_bytes;
+    let mut steady_from = 0;
+    for round in 0..50 {
+        let now = net.now;
+        while let Some(m) = sent.get(next) {
+            match net
+                .a
+                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+            {
+                Ok(()) => next += 1,
+                Err(SendError::WouldBlock) => break,
+                Err(err) => panic!("send_command: {err}"),
+            }
+        }
+        net.run_for(Duration::from_millis(100));
+        if round == 9 {
+            steady_from = sent_bytes(&net);
+        }
+    }
+    assert!(next < sent.len(), "A was flow-controlled ({next} sent)");
+    let steady = sent_bytes(&net) - steady_from;
+    assert!(
+        steady <= 64 * 1024,
+        "A sent {steady} B into a full window in 4 s"
+    );
+    let commands = |net: &Net| -> Vec<Bytes> {
+        net.events(Side::B)
+            .filter_map(|e| match e {
+                Event::Command { command, .. } => Some(command.payload.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(commands(&net).is_empty());
+    net.b.set_delivery_budget(None);
+    for _ in 0..100 {
+        if commands(&net).len() == sent.len() {
+            break;
+        }
+        let now = net.now;
+        while let Some(m) = sent.get(next) {
+            match net
+                .a
+                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+            {
+                Ok(()) => next += 1,
+                Err(SendError::WouldBlock) => break,
+                Err(err) => panic!("send_command: {err}"),
+            }
+        }
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(commands(&net), sent);
+}
+
 /// A stream with more waiting than one budget does not starve the streams after
 /// it: held streams get the budget in turn.
 #[test]

@@ -78,6 +78,11 @@ impl Delivery {
         self.held_control.insert(connection);
     }
 
+    /// Whether a command waits in `connection`'s control stream for the budget.
+    pub(super) fn holds_control(&self, connection: ConnectionId) -> bool {
+        self.held_control.contains(&connection)
+    }
+
     /// Remembers a frame dropped whole while delivery was held; false (the frame
     /// is acknowledged as usual) while the budget is not spent.
     pub(super) fn withhold_ack(&mut self, connection: ConnectionId, stream: i64) -> bool {
@@ -133,7 +138,12 @@ impl Endpoint {
         let unacknowledged = std::mem::take(&mut self.delivery.unacknowledged);
         for (id, stream) in unacknowledged {
             let peer = self.connections.get(&id).and_then(|c| c.peer);
-            if peer.is_some_and(|p| self.delivery.held.contains_key(&(p, stream))) {
+            let full = if stream < 0 {
+                self.delivery.holds_control(id)
+            } else {
+                peer.is_some_and(|p| self.delivery.held.contains_key(&(p, stream)))
+            };
+            if full {
                 // Its window is still full.
                 self.delivery.unacknowledged.insert((id, stream));
                 continue;

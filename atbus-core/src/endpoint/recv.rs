@@ -464,7 +464,7 @@ impl Endpoint {
         }
         // A frame dropped whole while the application holds delivery back is not
         // acknowledged until it reads (see `delivery.rs`).
-        let withheld = stream_id >= 0
+        let withheld = (stream_id >= 0 || self.delivery.holds_control(id))
             && dropped > 0
             && dropped == fragments
             && self.delivery.withhold_ack(id, stream_id);
