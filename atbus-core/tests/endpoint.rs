@@ -1407,6 +1407,196 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
     assert!(last_message < lost, "messages before PeerLost");
 }
 
+/// Commands are events for the application too: while its queue is full they wait
+/// in the control stream's bounded window (a peer cannot grow the queue with
+/// them), count against the budget by their payload, and come out in order.
+#[test]
+fn commands_wait_for_the_delivery_budget() {
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
+    let sent: Vec<Bytes> = (0..20).map(|i| payload(100, i)).collect();
+    for m in &sent {
+        let now = net.now;
+        net.a
+            .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+            .unwrap();
+    }
+    net.run_for(Duration::from_secs(1));
+    let commands = |net: &Net| -> Vec<Bytes> {
+        net.events(Side::B)
+            .filter_map(|e| match e {
+                Event::Command { command, .. } => Some(command.payload.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(commands(&net).is_empty(), "held back");
+    // 100 + 100 is below 250; the third passes it.
+    net.b.set_delivery_budget(bytes(250));
+    net.drain(Side::B);
+    assert_eq!(commands(&net), sent[..3].to_vec());
+    assert!(net.b.delivery_budget().unwrap().is_spent());
+    net.b.set_delivery_budget(None);
+    net.drain(Side::B);
+    assert_eq!(commands(&net), sent);
+    assert_eq!(
+        net.b.connection_info(pair.b_conn).unwrap().state,
+        ConnectionState::Established
+    );
+}
+
+/// Commands past a full control window while the application reads nothing: the
+/// sender is flow-controlled by that window and does not resend into it in a loop
+/// (frames dropped whole are not acknowledged, as for data); once the application
+/// reads, every command arrives once, in order.
+#[test]
+fn commands_past_a_held_control_window_are_flow_controlled() {
+    let (mut net, pair) = Net::pair(
+        config("client", 1),
+        config("server", 2),
+        ConnectionKind::Stream,
+    );
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
+    let sent: Vec<Bytes> = (0..60).map(|i| payload(1000, i)).collect();
+    let mut next = 0;
+    let sent_bytes = |net: &Net| net.a.connection_info(pair.a_conn).unwrap().stats.sent_bytes;
+    let mut steady_from = 0;
+    for round in 0..50 {
+        let now = net.now;
+        while let Some(m) = sent.get(next) {
+            match net
+                .a
+                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+            {
+                Ok(()) => next += 1,
+                Err(SendError::WouldBlock) => break,
+                Err(err) => panic!("send_command: {err}"),
+            }
+        }
+        net.run_for(Duration::from_millis(100));
+        if round == 9 {
+            steady_from = sent_bytes(&net);
+        }
+    }
+    assert!(next < sent.len(), "A was flow-controlled ({next} sent)");
+    let steady = sent_bytes(&net) - steady_from;
+    assert!(
+        steady <= 64 * 1024,
+        "A sent {steady} B into a full window in 4 s"
+    );
+    let commands = |net: &Net| -> Vec<Bytes> {
+        net.events(Side::B)
+            .filter_map(|e| match e {
+                Event::Command { command, .. } => Some(command.payload.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(commands(&net).is_empty());
+    net.b.set_delivery_budget(None);
+    for _ in 0..100 {
+        if commands(&net).len() == sent.len() {
+            break;
+        }
+        let now = net.now;
+        while let Some(m) = sent.get(next) {
+            match net
+                .a
+                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+            {
+                Ok(()) => next += 1,
+                Err(SendError::WouldBlock) => break,
+                Err(err) => panic!("send_command: {err}"),
+            }
+        }
+        net.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(commands(&net), sent);
+}
+
+/// A stream with more waiting than one budget does not starve the streams after
+/// it: held streams get the budget in turn.
+#[test]
+fn held_streams_share_the_delivery_budget_in_turn() {
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
+    for i in 0..40 {
+        send(&mut net, Side::A, pair.a_peer, 1, payload(100, i));
+    }
+    for i in 0..5 {
+        send(&mut net, Side::A, pair.a_peer, 2, payload(100, 100 + i));
+    }
+    assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    let ten = Some(DeliveryBudget {
+        bytes: usize::MAX,
+        messages: 10,
+    });
+    net.b.set_delivery_budget(ten);
+    net.drain(Side::B);
+    assert_eq!(net.messages(Side::B, 1).len(), 10);
+    net.b.set_delivery_budget(ten);
+    net.drain(Side::B);
+    assert_eq!(
+        (
+            net.messages(Side::B, 1).len(),
+            net.messages(Side::B, 2).len()
+        ),
+        (15, 5),
+        "stream 2 served first this time"
+    );
+    net.b.set_delivery_budget(None);
+    net.drain(Side::B);
+    assert_eq!(net.messages(Side::B, 1).len(), 40);
+}
+
+/// A peer's skips (RESET_OFFSET) of a stream whose messages are held back wait
+/// behind those messages, merged into one event: the application sees the
+/// messages from before the gap first, and a peer's resets cannot grow its queue.
+#[test]
+fn skips_wait_behind_held_messages_merged_into_one_event() {
+    use atbus_proto::pb::AtbusPacketFlagType as Flag;
+    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
+    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
+    let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
+    for m in &sent {
+        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
+    }
+    assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    // Each message takes its bytes and a final marker: they end at 3003.
+    for i in 0..50u64 {
+        let now = net.now;
+        net.b.handle_input(
+            now,
+            Input::Datagram {
+                connection: pair.b_conn,
+                data: hostile_frame(1, 3503 + i, &[], Flag::ResetOffset as i32),
+            },
+        );
+        net.drain(Side::B);
+    }
+    let skips =
+        |net: &Net| net.count_events(Side::B, |e| matches!(e, Event::MessagesSkipped { .. }));
+    assert_eq!(skips(&net), 0, "held back with the messages");
+    net.b.set_delivery_budget(None);
+    net.drain(Side::B);
+    assert_eq!(net.payloads(Side::B, 1), sent);
+    let events: Vec<&Event> = net.events(Side::B).collect();
+    let last_message = events
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }))
+        .unwrap();
+    let skip = events
+        .iter()
+        .position(|e| matches!(e, Event::MessagesSkipped { .. }))
+        .expect("MessagesSkipped");
+    assert!(last_message < skip, "the messages before the gap first");
+    assert_eq!(skips(&net), 1);
+    assert!(matches!(
+        events[skip],
+        Event::MessagesSkipped { offsets: 549, .. }
+    ));
+}
+
 /// Data frames of `stream` at `offset`, one per `(data, has_more)`, in one datagram.
 fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i32) -> Bytes {
     use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};

@@ -88,8 +88,7 @@ pub struct NodeConfig {
     /// received messages wait in their streams' receive windows and the peers are
     /// flow-controlled by them, while the node goes on reading its sockets
     /// (acknowledgements, handshakes, commands). Events other than messages are
-    /// not held back and may pass it, and so may the messages of one packed
-    /// fragment.
+    /// not held back and may pass it.
     pub event_capacity: usize,
     /// Payload bytes of the messages held for the application (default 64 MiB):
     /// delivery is held back at this bound like at

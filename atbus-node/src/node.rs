@@ -120,6 +120,11 @@ pub struct NodeStats {
     /// Accepted connections closed before their handshake completed because
     /// `max_pending_accepts` newer ones needed the room (the oldest goes first).
     pub evicted_accepts: u64,
+    /// Route MTUs looked up for the PMTUD ceiling of UDP paths
+    /// ([`UdpPmtudCeiling::Route`](crate::UdpPmtudCeiling::Route)): one per UDP
+    /// connection whose handshake completed, none for remotes that never complete
+    /// one.
+    pub route_lookups: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
     /// Sockets the node holds open: datagram sockets (listening and dialled, each

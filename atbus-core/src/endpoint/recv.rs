@@ -19,7 +19,9 @@ use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
 };
 use crate::handshake::{self, AuthDecision, HandshakeKind, Hello};
-use crate::stream::{AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, RecvMeta, Stream};
+use crate::stream::{
+    AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, PendingSkip, RecvMeta, Stream,
+};
 use crate::time::Timestamp;
 
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
@@ -347,6 +349,7 @@ impl Endpoint {
         // through the reassembler and wait for it like any other.
         let mut handed = Handed::default();
         let mut room = self.delivery.room();
+        let resets = packet.flags & FLAG_RESET_OFFSET != 0;
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -401,7 +404,10 @@ impl Endpoint {
                 if stream_id >= 0 {
                     if let Some(records) = records.clone() {
                         let bytes = records.data().len();
-                        let fits = room.is_none_or(|(b, m)| records.messages() <= m && bytes <= b);
+                        // Not in a frame that reset the stream: the skip it
+                        // reports (from `deliver`) comes before what follows the gap.
+                        let fits = !resets
+                            && room.is_none_or(|(b, m)| records.messages() <= m && bytes <= b);
                         if fits
                             && records.largest() as u64 <= max_message
                             && asm.take_in_order(cursor, records.span())
@@ -508,18 +514,6 @@ impl Endpoint {
             }
         }
         let handed_any = handed.len() > 0;
-        // The gap a reset skipped comes before the messages after it.
-        if skipped > 0 || skipped_offsets > 0 {
-            if let Some(peer) = peer {
-                self.stats.skipped_messages += skipped;
-                self.events.push_back(Event::MessagesSkipped {
-                    peer,
-                    stream: stream_id,
-                    messages: skipped,
-                    offsets: skipped_offsets,
-                });
-            }
-        }
         if let (1.., Some(peer)) = (handed.len(), peer) {
             self.stats.delivered_messages += handed.len() as u64;
             self.delivery
@@ -528,7 +522,7 @@ impl Endpoint {
         }
         // A frame dropped whole while the application holds delivery back is not
         // acknowledged until it reads (see `delivery.rs`).
-        let withheld = stream_id >= 0
+        let withheld = (stream_id >= 0 || self.delivery.holds_control(id))
             && dropped > 0
             && dropped == pieces
             && !handed_any
@@ -547,6 +541,12 @@ impl Endpoint {
                 recent.push(offset);
             }
             c.echo = c.echo.max(timepoint);
+        }
+        if skipped > 0 || skipped_offsets > 0 {
+            if let Some(peer) = peer {
+                self.stats.skipped_messages += skipped;
+                self.note_skip(peer, stream_id, offset, skipped, skipped_offsets);
+            }
         }
         self.deliver(id, peer, stream_id);
     }
@@ -662,6 +662,36 @@ impl Endpoint {
     }
 
     /// Pops every complete message of a stream and turns it into events.
+    /// A reset at `at` skipped messages of a stream: reported by `deliver`, after
+    /// the messages the reset kept, within the budget (merged with earlier skips
+    /// not reported yet, so a peer's resets queue at most one event per stream).
+    /// The control stream has no messages held for the application: its skips are
+    /// reported at once, while the budget is not spent, and otherwise only counted.
+    fn note_skip(&mut self, peer: PeerId, stream: i64, at: u64, messages: u64, offsets: u64) {
+        let s = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.streams.get_mut(&stream));
+        match s {
+            Some(s) if stream >= 0 => {
+                let k = s.skipped.get_or_insert_with(PendingSkip::default);
+                k.at = k.at.max(at);
+                k.messages += messages;
+                k.offsets += offsets;
+            }
+            _ if self.delivery.spent() => {}
+            _ => {
+                self.delivery.charge(0);
+                self.events.push_back(Event::MessagesSkipped {
+                    peer,
+                    stream,
+                    messages,
+                    offsets,
+                });
+            }
+        }
+    }
+
     pub(super) fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
         if stream == -1 {
             loop {
@@ -672,6 +702,19 @@ impl Endpoint {
                 else {
                     break;
                 };
+                let command = message
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| m.packet_type == pb::AtbusPacketType::Command as i32);
+                if command && self.delivery.spent() {
+                    // A command is an event for the application: it waits in the
+                    // control stream's bounded window like messages in theirs.
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.control_recv.unpop(message);
+                    }
+                    self.delivery.hold_control(id);
+                    break;
+                }
                 self.on_control_message(id, message);
                 if !self.is_open(id) {
                     break;
@@ -693,6 +736,22 @@ impl Endpoint {
                 // The application's queue is full: the rest waits in the window.
                 self.delivery.hold(peer, stream, id);
                 break;
+            }
+            if let Some(k) = s.skipped {
+                if s.recv.next_kept_offset().is_none_or(|o| o >= k.at) {
+                    // What came before the skips was delivered: report them.
+                    s.skipped = None;
+                    self.delivery.charge(0);
+                    // After the messages before the gap batched so far.
+                    run.flush(&mut self.events, peer, stream);
+                    self.events.push_back(Event::MessagesSkipped {
+                        peer,
+                        stream,
+                        messages: k.messages,
+                        offsets: k.offsets,
+                    });
+                    continue;
+                }
             }
             let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
@@ -781,6 +840,7 @@ impl Endpoint {
             if let (Some(peer), true) = (peer, established) {
                 if let Some(command) = handshake::decode_command(message.payload) {
                     if let Some(cid) = CommandId::from_wire(command.command_id) {
+                        self.delivery.charge(command.payload.len());
                         self.events.push_back(Event::Command {
                             peer,
                             command: Command {

@@ -524,6 +524,20 @@ impl<M: Footprint> Assembler<M> {
         true
     }
 
+    /// Puts back the message [`pop_message`](Self::pop_message) just returned: it is
+    /// returned again next.
+    pub fn unpop(&mut self, message: AssembledMessage<M>) {
+        self.buffered += message.payload.len();
+        self.overhead += charge(&message.meta);
+        self.ready.push_front(message);
+    }
+
+    /// Offset of the next complete message a reset left below the delivery point,
+    /// if one waits (see [`reset_to`](Self::reset_to)).
+    pub fn next_kept_offset(&self) -> Option<u64> {
+        self.ready.front().map(|m| m.offset)
+    }
+
     /// Every offset below this has been received, delivered or settled by a reset:
     /// the ACK's `acknowledge_offset`.
     pub fn acknowledge_offset(&self) -> u64 {

@@ -1408,6 +1408,62 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
     server.close().await;
 }
 
+/// A UDP hello from a remote that never completes its handshake (here: without
+/// the token the server asks for) costs no route MTU look-up (system calls per
+/// new, possibly spoofed, remote): the PMTUD ceiling is looked up once a
+/// handshake completes.
+pub async fn a_udp_hello_that_never_completes_costs_no_route_lookup<R: Runtime + Clone>(rt: R) {
+    // A client's hello, caught by a plain socket.
+    let catcher = UdpSocket::bind("127.0.0.1:0").unwrap();
+    catcher.set_nonblocking(true).unwrap();
+    let caught = Address::Udp(catcher.local_addr().unwrap());
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let hello = within(
+        &rt,
+        future::or(
+            async {
+                let _ = client.connect(&[caught]).await;
+                unreachable!("nothing answers")
+            },
+            async {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    match catcher.recv(&mut buf) {
+                        Ok(n) => break buf[..n].to_vec(),
+                        Err(_) => sleep(&rt, Duration::from_millis(5)).await,
+                    }
+                }
+            },
+        ),
+    )
+    .await;
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
+    let server = bind(&rt, config).unwrap();
+    let to = addresses(&server);
+    let Address::Udp(target) = to[0] else {
+        unreachable!()
+    };
+    let replayers: Vec<_> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for r in &replayers {
+        r.send_to(&hello, target).unwrap();
+    }
+    let stats = stats_until(&rt, &server, |s| s.windows.totals.packets_received >= 3).await;
+    assert_eq!(stats.route_lookups, 0, "{stats:?}");
+    // A real peer's path gets its ceiling once connected.
+    let mut config = NodeConfig::new("other");
+    config.endpoint.token = Bytes::from_static(b"secret");
+    let other = bind(&rt, config).unwrap();
+    within(&rt, other.connect(&to)).await.unwrap();
+    let stats = stats_until(&rt, &server, |s| s.route_lookups >= 1).await;
+    assert_eq!(stats.route_lookups, 1, "{stats:?}");
+    other.close().await;
+    client.close().await;
+    server.close().await;
+}
+
 /// A Unix datagram peer that stops reading (its socket queue fills up) does not
 /// hold up the server's other peers on the same listening socket: what the
 /// silent receiver cannot take is dropped (loss, counted), the rest goes on.
@@ -1569,6 +1625,7 @@ macro_rules! loopback_tests {
             cheap_input_cannot_hold_the_pending_accept_slots,
             a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
             a_shm_writer_holds_the_close_until_its_end_record_is_written,
+            a_udp_hello_that_never_completes_costs_no_route_lookup,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
