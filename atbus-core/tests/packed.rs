@@ -364,6 +364,55 @@ fn a_reset_across_packed_records_keeps_what_arrived() {
     assert_eq!(net.payloads(Side::B, 1).len(), got.len() + 1);
 }
 
+/// (From review) the messages after a gap that expired at the sender come after
+/// the skip event that reports the gap, also when the first frame past the gap
+/// (which carries the reset) is packed and could be handed over whole.
+#[test]
+fn a_skip_event_comes_before_the_packed_messages_after_the_gap() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (mut net, pair) = Net::pair(packing("client", 1), packing("server", 2), DATAGRAM);
+    let blocked = Arc::new(AtomicBool::new(true));
+    let gate = blocked.clone();
+    net.fate = Box::new(move |d| {
+        // Stream 1's data and the resets the sender sends on their own.
+        let stream = packets(d.data).iter().any(|p| p.stream_id == 1);
+        if d.from == Side::A && stream && gate.load(Ordering::Relaxed) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let lost: Vec<Bytes> = (0..3).map(|i| payload(48, i)).collect();
+    let options = SendOptions {
+        deadline: Some(net.now + Duration::from_millis(100)),
+        ..Default::default()
+    };
+    send_all(&mut net, &pair, 1, &lost, &options);
+    net.run_for(Duration::from_millis(400));
+    assert!(net.count_events(Side::A, |e| matches!(e, Event::MessagesExpired { .. })) > 0);
+    blocked.store(false, Ordering::Relaxed);
+    let after: Vec<Bytes> = (10..30).map(|i| payload(48, i)).collect();
+    send_all(&mut net, &pair, 1, &after, &SendOptions::default());
+    assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == after.len()));
+    assert_eq!(net.payloads(Side::B, 1), after);
+    let events: Vec<&Event> = net.events(Side::B).collect();
+    let skip = events
+        .iter()
+        .position(|e| matches!(e, Event::MessagesSkipped { stream: 1, .. }))
+        .expect("a skip event");
+    let first = events
+        .iter()
+        .position(|e| {
+            matches!(
+                e,
+                Event::Message { stream: 1, .. } | Event::Messages { stream: 1, .. }
+            )
+        })
+        .unwrap();
+    assert!(skip < first, "skip at {skip}, first message at {first}");
+}
+
 /// A packed data frame of stream `stream` at `offset` whose fragment's data is
 /// `records` (encoded by the caller), with `flag` added to PACKED and `meta`.
 fn packed_frame(
