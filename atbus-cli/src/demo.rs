@@ -107,6 +107,7 @@ async fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
             delay: Duration::from_millis(2),
             reorder: 0.02,
             reorder_extra: Duration::from_millis(6),
+            mtu: 1400,
             seed: 1,
         },
         RelayConfig {
@@ -114,6 +115,7 @@ async fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
             delay: Duration::from_millis(8),
             reorder: 0.01,
             reorder_extra: Duration::from_millis(10),
+            mtu: 1200,
             seed: 2,
         },
     ];
@@ -134,11 +136,12 @@ async fn run(args: &DemoArgs) -> Result<ExitCode, Failure> {
     );
     for (i, (address, config, _)) in relays.iter().enumerate() {
         eprintln!(
-            "  path {}: via relay {address}: {:.1}% loss each way, {} ms delay, {:.0}% reordered",
+            "  path {}: via relay {address}: {:.1}% loss each way, {} ms delay, {:.0}% reordered, MTU {} B",
             i + 1,
             config.loss * 100.0,
             config.delay.as_millis(),
-            config.reorder * 100.0
+            config.reorder * 100.0,
+            config.mtu
         );
     }
     let peer = client.connect(&addresses).await.map_err(|e| fail(&e))?;
@@ -377,6 +380,22 @@ fn print_report(
         totals[3],
         totals[4],
         totals[5]
+    );
+    let too_big: Vec<String> = relays
+        .iter()
+        .enumerate()
+        .map(|(i, (_, config, r))| {
+            format!(
+                "path {}: {} over its {} B MTU",
+                i + 1,
+                r.too_big.load(Ordering::Relaxed),
+                config.mtu
+            )
+        })
+        .collect();
+    println!(
+        "  MTU probes the relays dropped for size (not in \"relay drop\"): {}",
+        too_big.join(", ")
     );
     let payload: u64 = (0..delivered).map(|i| size_of(i) as u64).sum();
     let seconds = elapsed.as_secs_f64().max(1e-9);

@@ -21,6 +21,10 @@ pub struct RelayConfig {
     pub reorder: f64,
     /// Extra delay of reordered datagrams.
     pub reorder_extra: Duration,
+    /// Largest datagram (UDP payload) the link carries; larger ones are dropped,
+    /// like on a link with a smaller MTU (so path MTU discovery has something to
+    /// find).
+    pub mtu: usize,
     /// Seed of the random draws.
     pub seed: u64,
 }
@@ -34,6 +38,8 @@ pub struct RelayStats {
     pub dropped: AtomicU64,
     /// Datagrams held back to be overtaken.
     pub reordered: AtomicU64,
+    /// Datagrams dropped for being larger than the link's MTU (path MTU probes).
+    pub too_big: AtomicU64,
 }
 
 /// xorshift64*: small, seeded, good enough to pick datagrams to drop.
@@ -98,6 +104,10 @@ fn forward(
     rng: &mut Rng,
     stats: &RelayStats,
 ) {
+    if data.len() > config.mtu {
+        stats.too_big.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     if rng.unit() < config.loss {
         stats.dropped.fetch_add(1, Ordering::Relaxed);
         return;

@@ -50,6 +50,17 @@ fn a_short_demo_delivers_everything_and_prints_the_tables() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("Paths (client side):"), "{stdout}");
     assert!(stdout.contains("0-15 ms"), "{stdout}");
+    // Each path's MTU stays within what its relay carries (1400 and 1200 B).
+    let mtus: Vec<usize> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Paths (client side):"))
+        .skip(2)
+        .take_while(|l| !l.trim_start().starts_with("total"))
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .collect();
+    assert_eq!(mtus.len(), 2, "{stdout}");
+    assert!(mtus.iter().all(|&m| m <= 1400), "{mtus:?}");
+    assert!(stdout.contains("dropped for size"), "{stdout}");
     assert!(
         stdout.contains("OK: all 1500 messages delivered"),
         "{stdout}"

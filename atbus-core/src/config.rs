@@ -103,6 +103,19 @@ pub struct EndpointConfig {
     /// [`Endpoint::set_pmtud`](crate::Endpoint::set_pmtud) changes it per
     /// connection.
     pub pmtud: Option<PmtudConfig>,
+    /// Whether the endpoint offers packed fragments in its handshakes and, on a
+    /// connection whose peer offered them too, sends runs of small whole messages
+    /// (type only, no labels, token or deadline) as one packed fragment each
+    /// (docs/protocol.md, "Packed fragments"). Packed fragments are accepted
+    /// whatever this says. Off by default (the simulator's figures are taken
+    /// without it); `atbus-node` turns it on.
+    pub pack_messages: bool,
+    /// Whether in-order messages handed over together are reported as one
+    /// [`Event::Messages`](crate::Event::Messages) (a run of messages of one
+    /// stream with no labels or token) instead of one [`Event::Message`](crate::Event::Message)
+    /// each. Off by default; `atbus-node` turns it on and splits the runs again for
+    /// callers that take one message at a time.
+    pub batch_events: bool,
 }
 
 impl EndpointConfig {
@@ -136,6 +149,8 @@ impl EndpointConfig {
             decode_limits: DecodeLimits::default(),
             record_stats: true,
             pmtud: None,
+            pack_messages: false,
+            batch_events: false,
         }
     }
 }

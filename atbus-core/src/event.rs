@@ -189,6 +189,18 @@ pub struct ReceivedMessage {
     pub payload: Bytes,
 }
 
+impl ReceivedMessage {
+    /// A message of `packet_type` with no labels and no token.
+    pub(crate) fn plain(packet_type: i32, payload: Bytes) -> Self {
+        ReceivedMessage {
+            packet_type,
+            labels: BTreeMap::new(),
+            token: Bytes::new(),
+            payload,
+        }
+    }
+}
+
 /// Something the application should know.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -254,6 +266,22 @@ pub enum Event {
         /// The message.
         message: ReceivedMessage,
     },
+    /// Several messages of one stream that arrived in order and were handed over
+    /// together, in stream order: each a plain message (no labels, no token) of
+    /// `packet_type`. Raised only when
+    /// [`EndpointConfig::batch_events`](crate::EndpointConfig::batch_events) is on,
+    /// for runs of at least two; it stands for one [`Event::Message`] per payload
+    /// ([`Event::into_messages`] makes them).
+    Messages {
+        /// From whom.
+        peer: PeerId,
+        /// On which stream.
+        stream: i64,
+        /// `packet_type` of every message: 0 (DATA) or a user type >= 100.
+        packet_type: i32,
+        /// The payloads, in stream order.
+        payloads: Vec<Bytes>,
+    },
     /// The peer skipped part of a stream with RESET_OFFSET (messages that expired
     /// at the sender): raised whenever a reset jumps over anything.
     MessagesSkipped {
@@ -305,4 +333,40 @@ pub enum Event {
         /// The command.
         command: Command,
     },
+}
+
+impl Event {
+    /// How many messages the event delivers: 1 for [`Event::Message`], the number
+    /// of payloads for [`Event::Messages`], 0 otherwise.
+    pub fn message_count(&self) -> usize {
+        match self {
+            Event::Message { .. } => 1,
+            Event::Messages { payloads, .. } => payloads.len(),
+            _ => 0,
+        }
+    }
+
+    /// The event as events of one message each: [`Event::Messages`] becomes one
+    /// [`Event::Message`] per payload, in order; any other event is itself.
+    pub fn into_messages(self) -> impl Iterator<Item = Event> {
+        let (one, run) = match self {
+            Event::Messages {
+                peer,
+                stream,
+                packet_type,
+                payloads,
+            } => (None, Some((peer, stream, packet_type, payloads))),
+            other => (Some(other), None),
+        };
+        let run = run
+            .into_iter()
+            .flat_map(|(peer, stream, packet_type, payloads)| {
+                payloads.into_iter().map(move |payload| Event::Message {
+                    peer,
+                    stream,
+                    message: ReceivedMessage::plain(packet_type, payload),
+                })
+            });
+        one.into_iter().chain(run)
+    }
 }

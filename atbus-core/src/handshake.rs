@@ -90,6 +90,28 @@ impl Authenticator for TokenAuthenticator {
     }
 }
 
+/// The handshake option a node sets (to `"1"`) in its hello or accept when it
+/// takes packed fragments (docs/protocol.md, "Packed fragments"); packed fragments
+/// are sent on a connection only when both handshake messages carry it, so a peer
+/// that does not know them never gets one.
+pub const OPTION_PACKED_FRAGMENTS: &str = "packed_fragments";
+
+/// The options a handshake message carries: packed fragments offered or not.
+pub(crate) fn handshake_options(pack: bool) -> BTreeMap<String, String> {
+    let mut options = BTreeMap::new();
+    if pack {
+        options.insert(OPTION_PACKED_FRAGMENTS.to_owned(), "1".to_owned());
+    }
+    options
+}
+
+/// Whether handshake `options` offer packed fragments.
+pub(crate) fn offers_packed(options: &BTreeMap<String, String>) -> bool {
+    options
+        .get(OPTION_PACKED_FRAGMENTS)
+        .is_some_and(|v| v == "1")
+}
+
 /// Kinds of handshake message.
 pub(crate) use pb::handshake_data::KindType as HandshakeKind;
 

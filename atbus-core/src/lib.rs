@@ -44,5 +44,7 @@ pub use event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, Output, PeerId,
     ReceivedMessage, Transmit,
 };
-pub use handshake::{AcceptAll, AuthDecision, Authenticator, Hello, TokenAuthenticator};
+pub use handshake::{
+    AcceptAll, AuthDecision, Authenticator, Hello, OPTION_PACKED_FRAGMENTS, TokenAuthenticator,
+};
 pub use time::Timestamp;

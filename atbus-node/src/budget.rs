@@ -11,9 +11,12 @@ use event_listener::Listener as _;
 use atbus_core::Event;
 
 /// Payload bytes the socket tasks have handed to the driver and it has not taken
-/// yet. A task may queue more while the total is below the limit, so the total
-/// passes it by at most one input per task (64 KiB for a stream read, one batch of
-/// datagrams or shm records).
+/// yet. Stream and shm readers queue more only while the total is below half the
+/// limit; datagram readers while it is below the limit: the other half is the
+/// datagrams' headroom, so that bulk stream or shm input keeping the driver busy
+/// does not have every datagram batch (acknowledgements, pongs, handshakes of the
+/// UDP paths) dropped. The total passes the limit by at most one input per task
+/// (64 KiB for a stream read, one batch of datagrams or shm records).
 #[derive(Debug)]
 pub(crate) struct InputBudget {
     queued: AtomicUsize,
@@ -33,8 +36,9 @@ impl InputBudget {
         }
     }
 
+    /// Room for a stream or shm reader: below half the limit.
     fn has_room(&self) -> bool {
-        self.queued.load(Ordering::Acquire) < self.limit
+        self.queued.load(Ordering::Acquire) < self.limit.div_ceil(2)
     }
 
     /// Waits until there is room (a stream reader, before it reads: what it does
@@ -71,10 +75,11 @@ impl InputBudget {
         self.queued.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// A datagram reader's batch: counted if there is room; otherwise dropped
+    /// A datagram reader's batch: counted if the total is below the limit (stream
+    /// readers stop at half of it); otherwise dropped
     /// (loss, as if the socket's buffer had overflowed) and counted as such.
     pub(crate) fn admit_datagrams(&self, bytes: usize, datagrams: usize) -> bool {
-        if self.has_room() {
+        if self.queued.load(Ordering::Acquire) < self.limit {
             self.add(bytes);
             true
         } else {
@@ -105,44 +110,61 @@ impl InputBudget {
     }
 }
 
-/// The application's queue of events as both ends see it: the payload bytes it
-/// holds, and whether the driver holds delivery back because it is full.
+/// The application's queue of events as both ends see it: the messages (other
+/// events count 1; see [`event_weight`](crate::node::event_weight)) and payload
+/// bytes it holds, and whether the driver holds delivery back because it is full.
 #[derive(Debug, Default)]
 pub(crate) struct EventGauge {
     bytes: AtomicUsize,
+    messages: AtomicUsize,
     paused: AtomicBool,
 }
 
 impl EventGauge {
-    /// Payload bytes of the messages an event carries.
+    /// Payload bytes of the message or command an event carries.
     pub(crate) fn payload_bytes(event: &Event) -> usize {
         match event {
             Event::Message { message, .. } => message.payload.len(),
+            Event::Messages { payloads, .. } => payloads.iter().map(|p| p.len()).sum(),
+            Event::Command { command, .. } => command.payload.len(),
             _ => 0,
         }
     }
 
     /// Counts an event about to be queued (before it is, so that the reader never
-    /// takes away more than was added).
-    pub(crate) fn queued(&self, event: &Event) -> usize {
-        let bytes = Self::payload_bytes(event);
-        self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        bytes
+    /// takes away more than was added); returns `(bytes, messages)` counted, for
+    /// [`EventGauge::release`] if it is not queued after all.
+    pub(crate) fn queued(&self, event: &Event) -> (usize, usize) {
+        let counted = (Self::payload_bytes(event), crate::node::event_weight(event));
+        self.bytes.fetch_add(counted.0, Ordering::AcqRel);
+        self.messages.fetch_add(counted.1, Ordering::AcqRel);
+        counted
     }
 
-    /// Uncounts `bytes`: the application took them (or they were not queued).
-    pub(crate) fn taken(&self, bytes: usize) {
-        if bytes > 0 {
-            let _ = self
-                .bytes
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
-                    Some(b.saturating_sub(bytes))
+    /// Uncounts an event the application took.
+    pub(crate) fn taken(&self, event: &Event) {
+        self.release(Self::payload_bytes(event), crate::node::event_weight(event));
+    }
+
+    /// Uncounts `bytes` and `messages`: the application took them (or they were
+    /// not queued).
+    pub(crate) fn release(&self, bytes: usize, messages: usize) {
+        for (counter, n) in [(&self.bytes, bytes), (&self.messages, messages)] {
+            if n > 0 {
+                let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                    Some(b.saturating_sub(n))
                 });
+            }
         }
     }
 
     pub(crate) fn bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
+    }
+
+    /// Messages held (other events count 1).
+    pub(crate) fn messages(&self) -> usize {
+        self.messages.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_paused(&self, paused: bool) {
@@ -174,8 +196,41 @@ mod tests {
         budget.release(600);
         assert!(
             futures_lite::future::block_on(futures_lite::future::poll_once(waiting.as_mut()))
+                .is_none(),
+            "readers wait for half the limit"
+        );
+        budget.release(200);
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(waiting.as_mut()))
                 .is_some()
         );
-        assert_eq!(budget.queued(), 600);
+        assert_eq!(budget.queued(), 400);
+    }
+
+    #[test]
+    fn stream_readers_leave_datagrams_headroom() {
+        let budget = InputBudget::new(1000);
+        // Stream readers fill the budget as far as they may.
+        budget.add(499);
+        let mut waiting = std::pin::pin!(budget.room());
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(waiting.as_mut()))
+                .is_some()
+        );
+        budget.add(64 * 1024 / 200);
+        let mut waiting = std::pin::pin!(budget.room());
+        assert!(
+            futures_lite::future::block_on(futures_lite::future::poll_once(waiting.as_mut()))
+                .is_none(),
+            "a stream reader waits at half the limit"
+        );
+        let (tx, rx) = async_channel::bounded::<()>(1);
+        drop(tx);
+        assert!(!budget.room_blocking(&rx), "so does an shm reader");
+        assert!(
+            budget.admit_datagrams(300, 3),
+            "datagrams still have the other half"
+        );
+        assert_eq!(budget.dropped_datagrams(), 0);
     }
 }

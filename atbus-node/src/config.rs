@@ -82,7 +82,8 @@ pub struct NodeConfig {
     /// new remote opens a connection only if it carries a hello; others are
     /// dropped and counted (resists floods of garbage).
     pub max_pending_accepts: usize,
-    /// Events (messages included) held for the application. When it holds this
+    /// Messages held for the application (other events count 1 each; a run of
+    /// messages in one `Event::Messages` counts its length). When it holds this
     /// many, or [`event_bytes`](Self::event_bytes), the node holds delivery back:
     /// received messages wait in their streams' receive windows and the peers are
     /// flow-controlled by them, while the node goes on reading its sockets
@@ -119,7 +120,13 @@ impl NodeConfig {
     /// Defaults for a node with this name; the session id is drawn at random.
     pub fn new(name: impl Into<String>) -> Self {
         NodeConfig {
-            endpoint: EndpointConfig::new(name, random_session_id()),
+            endpoint: EndpointConfig {
+                // Runs of small messages travel packed and are handed over as one
+                // event; `Node::recv` and `recv_many` split them again.
+                pack_messages: true,
+                batch_events: true,
+                ..EndpointConfig::new(name, random_session_id())
+            },
             listen: Vec::new(),
             scheduler: Scheduler::default(),
             udp_mtu: UDP_INITIAL_MTU,

@@ -1,7 +1,8 @@
 //! The application's handle on a node: commands to the I/O task, events back.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use atbus_core::{
     CloseReason, CommandId, ConnectionId, ConnectionInfo, EndpointStats, Event, PeerId, SendError,
@@ -119,6 +120,11 @@ pub struct NodeStats {
     /// Accepted connections closed before their handshake completed because
     /// `max_pending_accepts` newer ones needed the room (the oldest goes first).
     pub evicted_accepts: u64,
+    /// Route MTUs looked up for the PMTUD ceiling of UDP paths
+    /// ([`UdpPmtudCeiling::Route`](crate::UdpPmtudCeiling::Route)): one per UDP
+    /// connection whose handshake completed, none for remotes that never complete
+    /// one.
+    pub route_lookups: u64,
     /// Payload bytes the endpoint holds (queued and received).
     pub buffered_bytes: usize,
     /// Sockets the node holds open: datagram sockets (listening and dialled, each
@@ -232,10 +238,19 @@ impl Command {
 pub struct Node {
     commands: async_channel::Sender<Command>,
     events: async_channel::Receiver<Event>,
+    /// Messages of an [`Event::Messages`] taken from the channel by `recv`,
+    /// `try_recv` or `recv_many` and not handed over yet (those hand over one
+    /// message per event); at most one batch.
+    split: Mutex<VecDeque<Event>>,
     gauge: Arc<EventGauge>,
     event_capacity: usize,
     event_bytes: usize,
     local: Vec<Address>,
+}
+
+/// What an event counts against [`NodeConfig::event_capacity`]: its messages, or 1.
+pub(crate) fn event_weight(event: &Event) -> usize {
+    event.message_count().max(1)
 }
 
 impl Node {
@@ -274,6 +289,7 @@ impl Node {
         Ok(Node {
             commands,
             events,
+            split: Mutex::new(VecDeque::new()),
             gauge,
             event_capacity,
             event_bytes,
@@ -447,56 +463,157 @@ impl Node {
     }
 
     /// The next event: messages, stream ends, peers connected and lost,
-    /// connections closed. `None` once the node is closed and drained.
+    /// connections closed. `None` once the node is closed and drained. Messages
+    /// come one per event ([`Event::Message`]); see [`Node::recv_batch`] for runs
+    /// of them as one event.
     pub async fn recv(&self) -> Option<Event> {
-        let event = self.events.recv().await.ok();
-        self.after_recv(event.as_slice());
-        event
+        if let Some(event) = self.take_split() {
+            return Some(event);
+        }
+        loop {
+            let Ok(event) = self.events.recv().await else {
+                self.after_recv();
+                return None;
+            };
+            if let Some(first) = self.split_first(self.taken(event)) {
+                return Some(first);
+            }
+        }
     }
 
-    /// The next event if one is ready.
+    /// The next event if one is ready (one message per event, like [`Node::recv`]).
     pub fn try_recv(&self) -> Option<Event> {
-        let event = self.events.try_recv().ok();
-        self.after_recv(event.as_slice());
-        event
+        if let Some(event) = self.take_split() {
+            return Some(event);
+        }
+        loop {
+            let Ok(event) = self.events.try_recv() else {
+                self.after_recv();
+                return None;
+            };
+            if let Some(first) = self.split_first(self.taken(event)) {
+                return Some(first);
+            }
+        }
     }
 
     /// Waits for the next event, then appends it and every further event already
     /// queued, up to `max` in all, to `out`: one wake-up for a batch of messages
     /// instead of one per message (events keep their order, each is handed over
-    /// once). Returns how many were appended; 0 once the node is closed and drained
-    /// (or if `max` is 0). Bounded by `max`: the caller sizes its batch.
+    /// once, one message per event). Returns how many were appended; 0 once the
+    /// node is closed and drained (or if `max` is 0). Bounded by `max`: the caller
+    /// sizes its batch.
     pub async fn recv_many(&self, out: &mut Vec<Event>, max: usize) -> usize {
         if max == 0 {
             return 0;
         }
-        let Ok(first) = self.events.recv().await else {
-            self.after_recv(&[]);
+        let mut taken = self.drain_split(out, max);
+        if taken == 0 {
+            let Some(first) = self.recv().await else {
+                return 0;
+            };
+            out.push(first);
+            // The rest of a run `recv` split comes before anything newer.
+            taken = 1 + self.drain_split(out, max - 1);
+        }
+        while taken < max {
+            let Ok(event) = self.events.try_recv() else {
+                break;
+            };
+            let mut messages = self.taken(event).into_messages();
+            for event in messages.by_ref() {
+                out.push(event);
+                taken += 1;
+                if taken == max {
+                    break;
+                }
+            }
+            let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
+            split.extend(messages);
+        }
+        self.after_recv();
+        taken
+    }
+
+    /// Appends up to `max` messages split earlier and not handed over yet to
+    /// `out`; returns how many.
+    fn drain_split(&self, out: &mut Vec<Event>, max: usize) -> usize {
+        let mut split = self.split.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = split.len().min(max);
+        out.extend(split.drain(..n));
+        n
+    }
+
+    /// Like [`Node::recv_many`], but a run of in-order messages of one stream
+    /// that the node handed over together stays one [`Event::Messages`]: no
+    /// event per message, which is what a high message rate needs. `max` counts
+    /// events, so a call may bring many more messages than `max`.
+    /// ([`Event::message_count`] says how many an event holds;
+    /// [`Event::into_messages`] splits one.) Messages that `recv` or `recv_many`
+    /// had split but not handed over come first, one per event.
+    pub async fn recv_batch(&self, out: &mut Vec<Event>, max: usize) -> usize {
+        if max == 0 {
             return 0;
-        };
-        let start = out.len();
-        out.push(first);
-        let mut taken = 1;
+        }
+        let mut taken = self.drain_split(out, max);
+        if taken == 0 {
+            let Ok(first) = self.events.recv().await else {
+                self.after_recv();
+                return 0;
+            };
+            out.push(self.taken(first));
+            taken = 1;
+        }
         while taken < max {
             match self.events.try_recv() {
                 Ok(event) => {
-                    out.push(event);
+                    out.push(self.taken(event));
                     taken += 1;
                 }
                 Err(_) => break,
             }
         }
-        self.after_recv(&out[start..]);
+        self.after_recv();
         taken
     }
 
-    /// Uncounts the events taken; wakes the I/O task once a queue it stopped
-    /// delivering to is half empty.
-    fn after_recv(&self, taken: &[Event]) {
-        self.gauge
-            .taken(taken.iter().map(EventGauge::payload_bytes).sum());
+    /// Counts `event` out of the channel.
+    fn taken(&self, event: Event) -> Event {
+        self.gauge.taken(&event);
+        event
+    }
+
+    /// A message split earlier and not handed over yet.
+    fn take_split(&self) -> Option<Event> {
+        let event = self
+            .split
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        if event.is_some() {
+            self.after_recv();
+        }
+        event
+    }
+
+    /// The first message of `event` (or the event itself); the others wait in
+    /// `split`. `None` only for a run of no message.
+    fn split_first(&self, event: Event) -> Option<Event> {
+        let mut messages = event.into_messages();
+        let first = messages.next();
+        self.split
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(messages);
+        self.after_recv();
+        first
+    }
+
+    /// Wakes the I/O task once a queue it stopped delivering to is half empty
+    /// (the events taken were uncounted by [`Node::taken`]).
+    fn after_recv(&self) {
         if self.gauge.paused()
-            && self.events.len() < self.event_capacity / 2
+            && self.gauge.messages() < self.event_capacity / 2
             && self.gauge.bytes() < self.event_bytes / 2
         {
             let _ = self.commands.try_send(Command::Wake);

@@ -109,20 +109,30 @@ impl UdpBatching {
         parts: &[&[u8]],
         segment_size: usize,
     ) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let result = match parts {
-            [one] => self.send_contiguous(socket, to, one, segment_size),
+            [one] if total <= segment_size => self.send_contiguous(socket, to, one, segment_size),
             _ => {
+                // GSO (or several parts): sent here first, so that an `EINVAL` for
+                // a segment larger than the route carries is not taken for a lack
+                // of GSO support.
                 #[cfg(target_os = "linux")]
                 if let Ok(segment) = u16::try_from(segment_size) {
                     match gather::send(socket2::SockRef::from(socket), to, parts, segment) {
                         Ok(()) => return Ok(()),
                         Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Err(err),
+                        Err(err) if is_invalid(&err) && segment_too_large(to, segment_size) => {
+                            return Ok(());
+                        }
                         // Anything else goes the copying way through quinn-udp, which
                         // knows what to do about it (turning GSO off after `EIO`, ...).
                         Err(_) => {}
                     }
                 }
-                self.send_contiguous(socket, to, &parts.concat(), segment_size)
+                match parts {
+                    [one] => self.send_contiguous(socket, to, one, segment_size),
+                    _ => self.send_contiguous(socket, to, &parts.concat(), segment_size),
+                }
             }
         };
         match result {
@@ -243,6 +253,36 @@ pub fn grow_buffers<'s>(socket: impl Into<socket2::SockRef<'s>>, bytes: usize) -
 }
 
 /// `EMSGSIZE`: a datagram larger than the path (or the interface) carries.
+/// `EINVAL`: what Linux answers a GSO send whose segment (with its headers) is
+/// larger than the route's MTU, as it does a socket without GSO support.
+#[cfg(target_os = "linux")]
+fn is_invalid(err: &io::Error) -> bool {
+    const EINVAL: i32 = 22;
+    err.raw_os_error() == Some(EINVAL)
+}
+
+/// Whether GSO segments of `segment_size` bytes are larger than the route to
+/// `to` carries (see [`segment_exceeds_route`]); looked up only after an error.
+#[cfg(target_os = "linux")]
+fn segment_too_large(to: SocketAddr, segment_size: usize) -> bool {
+    segment_exceeds_route(is_ipv4(&to), segment_size, route_mtu(to))
+}
+
+/// Whether a datagram of `segment_size` bytes of UDP payload, with its IP and UDP
+/// headers, is larger than `route` (the route's MTU, if known). Such an `EINVAL`
+/// of a GSO send is the datagrams' loss, as `EMSGSIZE` would be (the route
+/// changed under PMTUD, which finds the new size): handing it to quinn-udp would
+/// turn GSO off for the socket for good.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn segment_exceeds_route(ipv4: bool, segment_size: usize, route: Option<usize>) -> bool {
+    let headers = if ipv4 {
+        IPV4_UDP_HEADERS
+    } else {
+        IPV6_UDP_HEADERS
+    };
+    route.is_some_and(|mtu| segment_size + headers > mtu)
+}
+
 fn is_message_too_long(err: &io::Error) -> bool {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     const EMSGSIZE: i32 = 90;
@@ -374,6 +414,18 @@ mod tests {
         assert_eq!(udp_pmtud(&Remote::UnixUnnamed, config, fixed), None);
         let ip = Remote::Ip("[::1]:1".parse().unwrap());
         assert_eq!(udp_pmtud(&ip, None, UdpPmtudCeiling::default()), None);
+    }
+
+    #[test]
+    fn a_gso_segment_larger_than_the_route_is_a_loss_not_a_lack_of_gso() {
+        // A 9000-byte ceiling found on a jumbo route, then the route moves to a
+        // 1500-byte device.
+        assert!(segment_exceeds_route(true, 8972, Some(1500)));
+        assert!(segment_exceeds_route(false, 1453, Some(1500)));
+        assert!(!segment_exceeds_route(true, 1472, Some(1500)));
+        assert!(!segment_exceeds_route(false, 1452, Some(1500)));
+        // Unknown route: quinn-udp decides.
+        assert!(!segment_exceeds_route(true, 8972, None));
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub mod pb {
 mod codec;
 mod error;
 mod limits;
+mod packed;
 mod padding;
 mod splice;
 mod stream_decoder;
@@ -61,6 +62,7 @@ pub use error::FrameError;
 pub use limits::{
     DEFAULT_MAX_FRAGMENTS, DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MAP_ENTRIES, DecodeLimits,
 };
+pub use packed::{FRAGMENT_FLAG_PACKED, PackedRecords, packed_record_len, put_packed_record};
 pub use padding::{BlockAlignment, PaddingError, pad_to_alignment, padding_for, strip_padding};
 pub use splice::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, encode_content};
 pub use stream_decoder::StreamDecoder;

@@ -31,11 +31,13 @@ const FRAGMENT_DATA: u8 = 2 << 3 | 2;
 const FRAGMENT_FLAG: u8 = 3 << 3;
 
 /// Length of a length-delimited field with a one-byte key and `len` bytes of value.
+#[inline]
 fn len_field_len(len: usize) -> usize {
     1 + encoded_len_varint(len as u64) + len
 }
 
 /// Length of a varint field with a one-byte key, or 0 for the default value 0.
+#[inline]
 fn varint_field_len(value: u64) -> usize {
     if value == 0 {
         0
@@ -109,6 +111,7 @@ impl CachedMessageMeta {
     }
 
     /// Metadata of a message with the given type and nothing else.
+    #[inline]
     pub fn of_type(packet_type: i32) -> Self {
         CachedMessageMeta {
             packet_type,
@@ -117,11 +120,20 @@ impl CachedMessageMeta {
     }
 
     /// The message's `packet_type`.
+    #[inline]
     pub fn packet_type(&self) -> i32 {
         self.packet_type
     }
 
+    /// Whether the metadata is the type alone (no options, labels, relay data or
+    /// close reason): what a packed fragment may carry.
+    #[inline]
+    pub fn is_type_only(&self) -> bool {
+        self.tail.is_empty()
+    }
+
     /// Bytes the metadata adds to the fragment that starts the message.
+    #[inline]
     pub fn encoded_len(&self) -> usize {
         varint_field_len(self.packet_type as u64) + self.tail.len()
     }
@@ -136,26 +148,38 @@ pub struct FragmentSpec<'a> {
     pub data: &'a [u8],
     /// Whether more fragments of the message follow (`HAS_MORE`).
     pub has_more: bool,
+    /// Whether `data` holds whole messages as packed records (`PACKED`, see
+    /// [`PackedRecords`](crate::PackedRecords)); never with `has_more`.
+    pub packed: bool,
 }
 
 impl FragmentSpec<'_> {
     /// Length of the encoded `fragment_type` message alone.
     fn body_len(&self) -> usize {
-        let meta = self.meta.map_or(0, CachedMessageMeta::encoded_len);
-        let data = if self.data.is_empty() {
-            0
-        } else {
-            len_field_len(self.data.len())
-        };
-        meta + data + varint_field_len(self.flag() as u64)
+        fragment_body_len(self.meta, self.data.len(), self.flag())
     }
 
     fn flag(&self) -> i32 {
+        let mut flag = 0;
         if self.has_more {
-            AtbusPacketFragmentFlagType::HasMore as i32
-        } else {
-            0
+            flag |= AtbusPacketFragmentFlagType::HasMore as i32;
         }
+        if self.packed {
+            flag |= AtbusPacketFragmentFlagType::Packed as i32;
+        }
+        flag
+    }
+
+    /// Bytes a packed fragment (`PACKED`, no `HAS_MORE`) with this metadata and
+    /// `data_len` bytes of records occupies in a packet content, key and length
+    /// included: what a packetizer checks before adding a record.
+    #[inline]
+    pub fn packed_encoded_len(meta: Option<&CachedMessageMeta>, data_len: usize) -> usize {
+        len_field_len(fragment_body_len(
+            meta,
+            data_len,
+            AtbusPacketFragmentFlagType::Packed as i32,
+        ))
     }
 
     /// Bytes this fragment occupies in a packet content, key and length included.
@@ -170,6 +194,18 @@ impl FragmentSpec<'_> {
     pub fn overhead(&self) -> usize {
         self.encoded_len() - self.data.len()
     }
+}
+
+/// Length of an encoded `fragment_type` message alone.
+#[inline]
+fn fragment_body_len(meta: Option<&CachedMessageMeta>, data_len: usize, flag: i32) -> usize {
+    let meta = meta.map_or(0, CachedMessageMeta::encoded_len);
+    let data = if data_len == 0 {
+        0
+    } else {
+        len_field_len(data_len)
+    };
+    meta + data + varint_field_len(flag as u64)
 }
 
 /// The `content` of a data packet.
@@ -206,7 +242,7 @@ impl Content<'_> {
 /// let meta = CachedMessageMeta::of_type(pb::AtbusPacketType::Data as i32);
 /// let payload = vec![7u8; 3000];
 /// // The first 1000 bytes of a message, in one fragment.
-/// let fragments = [FragmentSpec { meta: Some(&meta), data: &payload[..1000], has_more: true }];
+/// let fragments = [FragmentSpec { meta: Some(&meta), data: &payload[..1000], has_more: true, packed: false }];
 /// let frame = DataFrame {
 ///     head: &head,
 ///     stream_id: 1,
@@ -325,7 +361,7 @@ fn write_fragment_body(fragment: &FragmentSpec<'_>, mut put: impl FnMut(&[u8])) 
         small(FRAGMENT_DATA, fragment.data.len() as u64, &mut put);
         put(fragment.data);
     }
-    if fragment.has_more {
+    if fragment.has_more || fragment.packed {
         small(FRAGMENT_FLAG, fragment.flag() as u64, &mut put);
     }
     if let Some(meta) = fragment.meta {

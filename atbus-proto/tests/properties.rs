@@ -98,26 +98,28 @@ proptest! {
     fn spliced_data_frames_equal_prosts_encoding(
         head in proptest::option::of(head()),
         metas in vec(fragment_meta(), 1..4),
-        pieces in vec((0usize..4, bytes(300), any::<bool>(), any::<bool>()), 0..6),
+        pieces in vec((0usize..4, bytes(300), any::<bool>(), 0u8..3), 0..6),
         (stream_id, stream_offset, flags, padding_size, t) in
             (any::<i64>(), any::<i64>(), any::<i32>(), any::<i32>(), any::<i64>()),
     ) {
         let cached_metas: Vec<CachedMessageMeta> = metas.iter().map(CachedMessageMeta::new).collect();
         let specs: Vec<FragmentSpec> = pieces
             .iter()
-            .map(|(m, data, first, has_more)| FragmentSpec {
+            // Flag 1: HAS_MORE, 2: PACKED (the splicer does not look inside).
+            .map(|(m, data, first, flag)| FragmentSpec {
                 meta: first.then(|| &cached_metas[m % cached_metas.len()]),
                 data,
-                has_more: *has_more,
+                has_more: *flag == 1,
+                packed: *flag == 2,
             })
             .collect();
         // The same content built the prost way.
         let fragments: Vec<FragmentType> = pieces
             .iter()
-            .map(|(m, data, first, has_more)| {
+            .map(|(m, data, first, flag)| {
                 let mut f = if *first { metas[m % metas.len()].clone() } else { FragmentType::default() };
                 f.data = data.clone();
-                f.fragment_flag = i32::from(*has_more);
+                f.fragment_flag = i32::from(*flag);
                 f
             })
             .collect();

@@ -209,6 +209,7 @@ fn golden_data_frames_are_what_the_splicer_writes() {
                 meta: meta.as_ref(),
                 data: &f.data,
                 has_more: f.fragment_flag == HAS_MORE,
+                packed: false,
             })
             .collect();
         let head = CachedHead::new(msg.head.as_ref().unwrap());

@@ -212,6 +212,14 @@ impl AtbusTransport {
                     stream: u32::try_from(stream).unwrap_or(u32::MAX),
                     payload: message.payload,
                 }),
+                Output::Event(Event::Messages {
+                    stream, payloads, ..
+                }) => self
+                    .received
+                    .extend(payloads.into_iter().map(|payload| Received {
+                        stream: u32::try_from(stream).unwrap_or(u32::MAX),
+                        payload,
+                    })),
                 Output::Event(event) => {
                     match &event {
                         Event::PeerConnected { peer, .. } => self.peer = Some(*peer),

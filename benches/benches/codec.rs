@@ -66,6 +66,7 @@ fn codec(c: &mut Criterion) {
             meta: Some(&meta),
             data: &payload[..len],
             has_more: true,
+            packed: false,
         }];
         DataFrame {
             head: &cached_head,
@@ -86,6 +87,7 @@ fn codec(c: &mut Criterion) {
         meta: Some(&meta),
         data: &payload[..data_len],
         has_more: true,
+        packed: false,
     }];
     let frame = DataFrame {
         head: &cached_head,
@@ -154,6 +156,7 @@ fn codec(c: &mut Criterion) {
             meta: Some(&meta),
             data: &payload[..len],
             has_more: true,
+            packed: false,
         }];
         DataFrame {
             content: Content::Fragments(&fragments),
@@ -167,6 +170,7 @@ fn codec(c: &mut Criterion) {
         meta: Some(&meta),
         data: &payload[..data_len],
         has_more: true,
+        packed: false,
     }];
     let labelled = DataFrame {
         content: Content::Fragments(&fragments),

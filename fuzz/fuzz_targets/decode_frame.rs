@@ -1,10 +1,13 @@
 //! Arbitrary bytes through every decoder of atbus-proto: one frame, a datagram of
-//! frames, a byte stream split at input-chosen points, and packet contents. None may
+//! frames, a byte stream split at input-chosen points, packet contents and packed
+//! fragments' records. None may
 //! panic, and the stream decoder may not buffer beyond its frame limit.
 #![no_main]
 
 use atbus_proto::pb::frame_message::Body;
-use atbus_proto::{DecodeLimits, Frames, StreamDecoder, decode_content, decode_frame, strip_padding};
+use atbus_proto::{
+    DecodeLimits, Frames, PackedRecords, StreamDecoder, decode_content, decode_frame, strip_padding,
+};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -25,12 +28,17 @@ fuzz_target!(|input: &[u8]| {
         if let Ok(frame) = frame {
             if let Some(Body::Packet(packet)) = frame.body {
                 if let Ok(content) = strip_padding(packet.content, packet.padding_size) {
-                    let _ = decode_content(content, &limits);
+                    if let Ok(content) = decode_content(content, &limits) {
+                        for fragment in content.fragment {
+                            packed_records(fragment.data, &limits);
+                        }
+                    }
                 }
             }
         }
     }
     let _ = decode_content(bytes.clone(), &limits);
+    packed_records(bytes.clone(), &limits);
 
     // The stream decoder, fed in chunks whose sizes come from the data itself.
     let mut decoder = StreamDecoder::new(limits);
@@ -50,3 +58,20 @@ fuzz_target!(|input: &[u8]| {
         assert!(decoder.buffered() <= limits.max_frame_size.max(20));
     }
 });
+
+/// Packed records: whatever the data, what is accepted covers exactly the records'
+/// bytes, and iterating yields that many records within the data.
+fn packed_records(data: Bytes, limits: &DecodeLimits) {
+    let Ok(records) = PackedRecords::new(data.clone(), limits.max_fragments) else {
+        return;
+    };
+    let (count, span) = (records.messages(), records.span());
+    let mut seen = 0usize;
+    let mut units = 0u64;
+    for record in records {
+        assert!(record.len() <= data.len());
+        seen += 1;
+        units += record.len() as u64 + 1;
+    }
+    assert_eq!((seen, units), (count, span));
+}

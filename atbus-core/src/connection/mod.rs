@@ -134,6 +134,9 @@ pub(crate) struct Connection {
     pub peer: Option<PeerId>,
     pub mtu: usize,
     pub head: CachedHead,
+    /// Whether data frames on this connection may hold packed fragments: both
+    /// handshake messages offered them (docs/protocol.md, "Packed fragments").
+    pub pack: bool,
     pub rtt: RttEstimator,
     pub cc: Box<dyn CongestionController>,
     pub in_flight: InFlight,
@@ -253,6 +256,7 @@ impl Connection {
             peer: None,
             mtu,
             head: CachedHead::absent(),
+            pack: false,
             rtt: RttEstimator::new(config.rto),
             cc,
             in_flight: InFlight::default(),

@@ -40,6 +40,11 @@ pub(super) struct Delivery {
     /// Streams whose complete messages wait for the budget, with the connection
     /// their last frame came on.
     held: BTreeMap<(PeerId, i64), ConnectionId>,
+    /// The held stream served last: the next budget starts after it (round-robin),
+    /// so that a stream with more waiting than a budget does not starve the others.
+    last_served: Option<(PeerId, i64)>,
+    /// Connections whose control stream holds a command for the budget.
+    held_control: BTreeSet<ConnectionId>,
     /// Streams of connections on which a frame was dropped whole while delivery
     /// was held, and not acknowledged: an acknowledgement would have the sender of
     /// a reliable connection resend it at once, into the same full window, for as
@@ -54,6 +59,11 @@ impl Delivery {
         self.remaining.is_some_and(|r| r.is_spent())
     }
 
+    /// What may still be delivered, as `(bytes, messages)`; `None`: no limit.
+    pub(super) fn room(&self) -> Option<(usize, usize)> {
+        self.remaining.map(|r| (r.bytes, r.messages))
+    }
+
     /// Counts a delivered message.
     pub(super) fn charge(&mut self, payload: usize) {
         if let Some(r) = self.remaining.as_mut() {
@@ -62,9 +72,28 @@ impl Delivery {
         }
     }
 
+    /// Counts `messages` delivered messages of `payload` bytes together.
+    pub(super) fn charge_many(&mut self, messages: usize, payload: usize) {
+        if let Some(r) = self.remaining.as_mut() {
+            r.bytes = r.bytes.saturating_sub(payload.max(messages));
+            r.messages = r.messages.saturating_sub(messages);
+        }
+    }
+
     /// Remembers a stream whose delivery stopped at the spent budget.
     pub(super) fn hold(&mut self, peer: PeerId, stream: i64, connection: ConnectionId) {
         self.held.insert((peer, stream), connection);
+    }
+
+    /// Remembers a connection whose next control message is a command waiting for
+    /// the budget.
+    pub(super) fn hold_control(&mut self, connection: ConnectionId) {
+        self.held_control.insert(connection);
+    }
+
+    /// Whether a command waits in `connection`'s control stream for the budget.
+    pub(super) fn holds_control(&self, connection: ConnectionId) -> bool {
+        self.held_control.contains(&connection)
     }
 
     /// Remembers a frame dropped whole while delivery was held; false (the frame
@@ -86,7 +115,13 @@ impl Endpoint {
     /// full window is dropped and resent once there is room again, so a sender's
     /// `send` waits for its window like for any slow receiver. Everything else
     /// (acknowledgements of what this endpoint sends, handshakes, pings, commands,
-    /// connection events) goes on. Setting a budget that is not spent delivers what
+    /// connection events) goes on, except that commands
+    /// ([`Event::Command`](crate::Event::Command)) wait in their connection's
+    /// bounded control window too, and skips
+    /// ([`Event::MessagesSkipped`](crate::Event::MessagesSkipped)) of a stream wait
+    /// merged into one, after the stream's earlier messages: both count against
+    /// the budget (a skip as one message of one byte, a command as its payload).
+    /// Held streams get the budget in turn (round-robin). Setting a budget that is not spent delivers what
     /// waits, up to that budget, and acknowledges the frames dropped meanwhile so
     /// that their senders resend them. A message larger than what is left is still
     /// delivered whole: the budget may be passed by one message.
@@ -95,10 +130,20 @@ impl Endpoint {
         if self.delivery.spent() {
             return;
         }
-        for ((peer, stream), id) in std::mem::take(&mut self.delivery.held) {
+        for id in std::mem::take(&mut self.delivery.held_control) {
+            // Holds it again if the budget is spent.
+            self.deliver(id, None, -1);
+        }
+        // Round-robin: from the stream after the one served last.
+        let held = std::mem::take(&mut self.delivery.held);
+        let (before, after): (Vec<_>, Vec<_>) = held
+            .into_iter()
+            .partition(|(key, _)| self.delivery.last_served.is_some_and(|last| *key <= last));
+        for ((peer, stream), id) in after.into_iter().chain(before) {
             if self.delivery.spent() {
                 self.delivery.hold(peer, stream, id);
             } else {
+                self.delivery.last_served = Some((peer, stream));
                 self.deliver(id, Some(peer), stream);
             }
         }
@@ -106,7 +151,12 @@ impl Endpoint {
         let unacknowledged = std::mem::take(&mut self.delivery.unacknowledged);
         for (id, stream) in unacknowledged {
             let peer = self.connections.get(&id).and_then(|c| c.peer);
-            if peer.is_some_and(|p| self.delivery.held.contains_key(&(p, stream))) {
+            let full = if stream < 0 {
+                self.delivery.holds_control(id)
+            } else {
+                peer.is_some_and(|p| self.delivery.held.contains_key(&(p, stream)))
+            };
+            if full {
                 // Its window is still full.
                 self.delivery.unacknowledged.insert((id, stream));
                 continue;

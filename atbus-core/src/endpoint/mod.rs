@@ -55,6 +55,7 @@
 mod delivery;
 pub use delivery::DeliveryBudget;
 mod recv;
+mod runs;
 mod send;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -711,7 +712,7 @@ impl Endpoint {
             self.config.session_id,
             connection.0 + 1,
             association,
-            &BTreeMap::new(),
+            &handshake::handshake_options(self.config.pack_messages),
         );
         self.queue_control(connection, payload, self.hello_meta.clone());
     }
@@ -858,28 +859,27 @@ impl Endpoint {
                 });
                 break;
             }
-            match s.send.push(
-                payload.clone(),
-                SendMeta {
-                    cached: meta.clone(),
-                    fin: false,
-                },
-                options.deadline,
-            ) {
-                Ok(_) => {
-                    payloads.pop_front();
-                    queued = true;
-                }
-                Err(crate::stream::PushError::WouldBlock) => {
-                    s.blocked = Some(len);
-                    result = Err(SendError::WouldBlock);
-                    break;
-                }
-                Err(crate::stream::PushError::Finished) => {
-                    result = Err(SendError::StreamFinished);
-                    break;
-                }
+            // Checked before the payload leaves the queue, so that it is moved
+            // into the send buffer rather than cloned (and the queue's copy
+            // dropped): no reference count touched per message.
+            if s.send.is_finished() {
+                result = Err(SendError::StreamFinished);
+                break;
             }
+            if !s.send.has_room(len) {
+                s.blocked = Some(len);
+                result = Err(SendError::WouldBlock);
+                break;
+            }
+            let Some(payload) = payloads.pop_front() else {
+                break;
+            };
+            let meta = SendMeta {
+                cached: meta.clone(),
+                fin: false,
+            };
+            // Cannot fail: finished and room were checked above.
+            queued |= s.send.push(payload, meta, options.deadline).is_ok();
         }
         if queued {
             if let Some(deadline) = s.send.next_deadline() {
@@ -1546,15 +1546,15 @@ impl Endpoint {
 /// one message, or a queue of them.
 trait PayloadQueue {
     fn front(&self) -> Option<&Bytes>;
-    fn pop_front(&mut self);
+    fn pop_front(&mut self) -> Option<Bytes>;
 }
 
 impl PayloadQueue for Option<Bytes> {
     fn front(&self) -> Option<&Bytes> {
         self.as_ref()
     }
-    fn pop_front(&mut self) {
-        *self = None;
+    fn pop_front(&mut self) -> Option<Bytes> {
+        self.take()
     }
 }
 
@@ -1562,7 +1562,7 @@ impl PayloadQueue for VecDeque<Bytes> {
     fn front(&self) -> Option<&Bytes> {
         VecDeque::front(self)
     }
-    fn pop_front(&mut self) {
-        VecDeque::pop_front(self);
+    fn pop_front(&mut self) -> Option<Bytes> {
+        VecDeque::pop_front(self)
     }
 }

@@ -8,6 +8,7 @@ use atbus_proto::{Frames, decode_content, pb};
 use bytes::{Bytes, BytesMut};
 use prost::Message as _;
 
+use super::runs::{Handed, MessageRun, Piece, Pieces, checked_packed, hand_over, is_packed};
 use super::{Endpoint, Sample, TimerKey};
 use crate::config::ConnectionKind;
 use crate::connection::recovery::{
@@ -18,13 +19,14 @@ use crate::event::{
     CloseCode, CloseReason, Command, CommandId, ConnectionId, Event, PeerId, ReceivedMessage,
 };
 use crate::handshake::{self, AuthDecision, HandshakeKind, Hello};
-use crate::stream::{AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, RecvMeta, Stream};
+use crate::stream::{
+    AssembledMessage, CHUNK_COST, Footprint, InsertOutcome, PendingSkip, RecvMeta, Stream,
+};
 use crate::time::Timestamp;
 
 const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
 const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
 const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
-const HAS_MORE: i32 = pb::AtbusPacketFragmentFlagType::HasMore as i32;
 
 /// A fragment held by a slice of a datagram pins the whole datagram; fragments that
 /// use less than this share of it are copied out, so that retained memory stays
@@ -279,6 +281,10 @@ impl Endpoint {
             self.count_malformed(id);
             return;
         };
+        let Some(mut packed) = checked_packed(&content, limits.max_fragments) else {
+            self.count_malformed(id);
+            return;
+        };
         if let Some(c) = self.connections.get_mut(&id) {
             c.rx_fragments += content.fragment.len() as u64;
         }
@@ -332,9 +338,18 @@ impl Endpoint {
         let peer_limit = self.config.peer_receive_limit;
         let max_ack_ranges = self.config.max_ack_ranges.max(1);
         let mut dropped = 0u64;
-        let fragments = content.fragment.len() as u64;
+        // Pieces (plain fragments, or records of packed ones) offered to the
+        // reassembler: a frame is "dropped whole" when each of them was dropped.
+        let mut pieces = 0u64;
         // One past the last offset this frame carried.
         let mut cursor = offset;
+        // Messages of packed fragments handed over without the reassembler; not
+        // while the application holds delivery back (they wait in the window like
+        // any other), and only as many as the budget has room for: the rest go
+        // through the reassembler and wait for it like any other.
+        let mut handed = Handed::default();
+        let mut room = self.delivery.room();
+        let resets = packet.flags & FLAG_RESET_OFFSET != 0;
         {
             let (asm, mut budget) = match self.recv_parts(id, peer, stream_id) {
                 Some(parts) => parts,
@@ -365,106 +380,152 @@ impl Endpoint {
                 .iter()
                 .map(|f| f.data.len())
                 .filter(|&len| small(len))
-                .sum();
+                .sum::<usize>()
+                + content
+                    .fragment
+                    .iter()
+                    .filter(|f| is_packed(f) && !small(f.data.len()))
+                    .map(|f| f.data.len())
+                    .sum::<usize>();
             let mut block = BytesMut::new();
             // The end of the run of whole messages from the delivery point: a
             // fragment starting there that is final is a whole message.
             let mut run_end =
                 (asm.acknowledge_offset() == asm.read_offset()).then(|| asm.read_offset());
-            for fragment in content.fragment {
-                let is_final = fragment.fragment_flag & HAS_MORE == 0;
-                let Some(end) = cursor
-                    .checked_add(fragment.data.len() as u64)
-                    .and_then(|e| e.checked_add(u64::from(is_final)))
-                else {
-                    break;
-                };
-                let start = cursor;
-                cursor = end;
-                // A message may not grow past the size limit.
-                if end.saturating_sub(asm.read_offset())
-                    > max_message.saturating_add(1).max(asm.window())
-                {
-                    dropped += 1;
-                    continue;
-                }
-                let meta = RecvMeta::new(
-                    fragment.packet_type,
-                    fin && fragment.close_reason.is_some(),
-                    fragment.labels,
-                    // Copied: a slice would pin the whole datagram.
-                    fragment
-                        .options
-                        .map(|o| Bytes::copy_from_slice(&o.token))
-                        .unwrap_or_default(),
-                    fragment.close_reason.as_ref().map(CloseReason::from_pb),
-                );
-                let before = asm.footprint();
-                // What storing it may cost at most.
-                let cost = fragment.data.len() + CHUNK_COST + meta.footprint();
-                let in_order = start <= asm.acknowledge_offset();
-                // The control stream has no peer budget (it runs before the
-                // handshake binds one): its own bound covers labels and tokens too,
-                // not just the offsets its window counts. Out-of-order pieces get
-                // one bound; a piece at the in-order edge may use a second one, so
-                // the retransmissions that fill the holes under a full stream are
-                // still taken and the stream drains (a hostile peer's in-order
-                // pieces of an unfinished message stop at twice the bound).
-                let bound = if in_order {
-                    2 * CONTROL_BUFFER_LIMIT
+            'fragments: for fragment in content.fragment {
+                // A packed fragment at a drained delivery point is handed over
+                // whole: its messages skip the reassembler (nothing to reorder,
+                // nothing to hold) and count against no budget.
+                let records = if is_packed(&fragment) {
+                    packed.pop_front()
                 } else {
-                    CONTROL_BUFFER_LIMIT
+                    None
                 };
-                if budget.is_none() && before + cost > bound {
-                    dropped += 1;
-                    continue;
+                if stream_id >= 0 {
+                    if let Some(records) = records.clone() {
+                        let bytes = records.data().len();
+                        // Not in a frame that reset the stream: the skip it
+                        // reports (from `deliver`) comes before what follows the gap.
+                        let fits = !resets
+                            && room.is_none_or(|(b, m)| records.messages() <= m && bytes <= b);
+                        if fits
+                            && records.largest() as u64 <= max_message
+                            && asm.take_in_order(cursor, records.span())
+                        {
+                            if let Some((b, m)) = room.as_mut() {
+                                *b -= bytes;
+                                *m -= records.messages();
+                            }
+                            cursor += records.span();
+                            run_end = Some(cursor);
+                            hand_over(
+                                records,
+                                fragment.packet_type,
+                                &small,
+                                copied.min(SHARED_BLOCK),
+                                &mut block,
+                                &mut handed,
+                            );
+                            continue;
+                        }
+                    }
                 }
-                if let Some(budget) = budget.as_mut() {
-                    if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
+                for Piece {
+                    data,
+                    is_final,
+                    meta,
+                } in Pieces::of(fragment, records, fin)
+                {
+                    pieces += 1;
+                    let Some(end) = cursor
+                        .checked_add(data.len() as u64)
+                        .and_then(|e| e.checked_add(u64::from(is_final)))
+                    else {
+                        break 'fragments;
+                    };
+                    let start = cursor;
+                    cursor = end;
+                    // A message may not grow past the size limit.
+                    if end.saturating_sub(asm.read_offset())
+                        > max_message.saturating_add(1).max(asm.window())
+                    {
                         dropped += 1;
                         continue;
                     }
-                }
-                let at_run =
-                    is_final && run_end == Some(start) && start == asm.acknowledge_offset();
-                // Within the window: a whole message past it would be cut, and the
-                // reassembler must not keep a slice of the shared block.
-                let whole_in_order = at_run
-                    && !fragment.data.is_empty()
-                    && end.saturating_sub(asm.read_offset()) <= asm.window();
-                let data = if !small(fragment.data.len()) {
-                    fragment.data
-                } else if whole_in_order {
-                    if block.capacity() < fragment.data.len() {
-                        block = BytesMut::with_capacity(
-                            copied.min(SHARED_BLOCK).max(fragment.data.len()),
-                        );
+                    let before = asm.footprint();
+                    // What storing it may cost at most.
+                    let cost = data.len() + CHUNK_COST + meta.footprint();
+                    let in_order = start <= asm.acknowledge_offset();
+                    // The control stream has no peer budget (it runs before the
+                    // handshake binds one): its own bound covers labels and tokens too,
+                    // not just the offsets its window counts. Out-of-order pieces get
+                    // one bound; a piece at the in-order edge may use a second one, so
+                    // the retransmissions that fill the holes under a full stream are
+                    // still taken and the stream drains (a hostile peer's in-order
+                    // pieces of an unfinished message stop at twice the bound).
+                    let bound = if in_order {
+                        2 * CONTROL_BUFFER_LIMIT
+                    } else {
+                        CONTROL_BUFFER_LIMIT
+                    };
+                    if budget.is_none() && before + cost > bound {
+                        dropped += 1;
+                        continue;
                     }
-                    block.extend_from_slice(&fragment.data);
-                    block.split().freeze()
-                } else {
-                    Bytes::copy_from_slice(&fragment.data)
-                };
-                let outcome = asm.insert(start, data, is_final, Some(meta));
-                if at_run && asm.acknowledge_offset() == end {
-                    run_end = Some(end);
-                }
-                if matches!(outcome, InsertOutcome::BeyondWindow) {
-                    dropped += 1;
-                }
-                let after = asm.footprint();
-                if let Some(budget) = budget.as_mut() {
-                    let grown = after.saturating_sub(before);
-                    *budget.peer_buffered += grown;
-                    *budget.stream_counted += grown;
+                    if let Some(budget) = budget.as_mut() {
+                        if !budget.admit(stream_id, cost, in_order, peer_limit, max_message) {
+                            dropped += 1;
+                            continue;
+                        }
+                    }
+                    let at_run =
+                        is_final && run_end == Some(start) && start == asm.acknowledge_offset();
+                    // Within the window: a whole message past it would be cut, and the
+                    // reassembler must not keep a slice of the shared block.
+                    let whole_in_order = at_run
+                        && !data.is_empty()
+                        && end.saturating_sub(asm.read_offset()) <= asm.window();
+                    let data = if !small(data.len()) {
+                        data
+                    } else if whole_in_order {
+                        if block.capacity() < data.len() {
+                            block =
+                                BytesMut::with_capacity(copied.min(SHARED_BLOCK).max(data.len()));
+                        }
+                        block.extend_from_slice(&data);
+                        block.split().freeze()
+                    } else {
+                        Bytes::copy_from_slice(&data)
+                    };
+                    let outcome = asm.insert(start, data, is_final, Some(meta));
+                    if at_run && asm.acknowledge_offset() == end {
+                        run_end = Some(end);
+                    }
+                    if matches!(outcome, InsertOutcome::BeyondWindow) {
+                        dropped += 1;
+                    }
+                    let after = asm.footprint();
+                    if let Some(budget) = budget.as_mut() {
+                        let grown = after.saturating_sub(before);
+                        *budget.peer_buffered += grown;
+                        *budget.stream_counted += grown;
+                    }
                 }
             }
         }
+        let handed_any = handed.len() > 0;
+        if let (1.., Some(peer)) = (handed.len(), peer) {
+            self.stats.delivered_messages += handed.len() as u64;
+            self.delivery
+                .charge_many(handed.len(), handed.payload_bytes());
+            handed.report(&mut self.events, peer, stream_id, self.config.batch_events);
+        }
         // A frame dropped whole while the application holds delivery back is not
         // acknowledged until it reads (see `delivery.rs`).
-        let withheld = stream_id >= 0
+        let withheld = (stream_id >= 0 || self.delivery.holds_control(id))
             && dropped > 0
-            && dropped == fragments
+            && dropped == pieces
+            && !handed_any
             && self.delivery.withhold_ack(id, stream_id);
         if let Some(c) = self.connections.get_mut(&id) {
             c.stats.dropped_over_limit += dropped;
@@ -484,12 +545,7 @@ impl Endpoint {
         if skipped > 0 || skipped_offsets > 0 {
             if let Some(peer) = peer {
                 self.stats.skipped_messages += skipped;
-                self.events.push_back(Event::MessagesSkipped {
-                    peer,
-                    stream: stream_id,
-                    messages: skipped,
-                    offsets: skipped_offsets,
-                });
+                self.note_skip(peer, stream_id, offset, skipped, skipped_offsets);
             }
         }
         self.deliver(id, peer, stream_id);
@@ -606,6 +662,36 @@ impl Endpoint {
     }
 
     /// Pops every complete message of a stream and turns it into events.
+    /// A reset at `at` skipped messages of a stream: reported by `deliver`, after
+    /// the messages the reset kept, within the budget (merged with earlier skips
+    /// not reported yet, so a peer's resets queue at most one event per stream).
+    /// The control stream has no messages held for the application: its skips are
+    /// reported at once, while the budget is not spent, and otherwise only counted.
+    fn note_skip(&mut self, peer: PeerId, stream: i64, at: u64, messages: u64, offsets: u64) {
+        let s = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.streams.get_mut(&stream));
+        match s {
+            Some(s) if stream >= 0 => {
+                let k = s.skipped.get_or_insert_with(PendingSkip::default);
+                k.at = k.at.max(at);
+                k.messages += messages;
+                k.offsets += offsets;
+            }
+            _ if self.delivery.spent() => {}
+            _ => {
+                self.delivery.charge(0);
+                self.events.push_back(Event::MessagesSkipped {
+                    peer,
+                    stream,
+                    messages,
+                    offsets,
+                });
+            }
+        }
+    }
+
     pub(super) fn deliver(&mut self, id: ConnectionId, peer: Option<PeerId>, stream: i64) {
         if stream == -1 {
             loop {
@@ -616,6 +702,19 @@ impl Endpoint {
                 else {
                     break;
                 };
+                let command = message
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| m.packet_type == pb::AtbusPacketType::Command as i32);
+                if command && self.delivery.spent() {
+                    // A command is an event for the application: it waits in the
+                    // control stream's bounded window like messages in theirs.
+                    if let Some(c) = self.connections.get_mut(&id) {
+                        c.control_recv.unpop(message);
+                    }
+                    self.delivery.hold_control(id);
+                    break;
+                }
                 self.on_control_message(id, message);
                 if !self.is_open(id) {
                     break;
@@ -627,6 +726,8 @@ impl Endpoint {
         let max_message = self.config.max_message_size;
         let peer_limit = self.config.peer_receive_limit;
         let mut done = false;
+        // Plain messages (no labels, no token) of one type, reported together.
+        let mut run = MessageRun::new(self.config.batch_events);
         while let Some(p) = self.peers.get_mut(&peer) {
             let Some(s) = p.streams.get_mut(&stream) else {
                 break;
@@ -635,6 +736,22 @@ impl Endpoint {
                 // The application's queue is full: the rest waits in the window.
                 self.delivery.hold(peer, stream, id);
                 break;
+            }
+            if let Some(k) = s.skipped {
+                if s.recv.next_kept_offset().is_none_or(|o| o >= k.at) {
+                    // What came before the skips was delivered: report them.
+                    s.skipped = None;
+                    self.delivery.charge(0);
+                    // After the messages before the gap batched so far.
+                    run.flush(&mut self.events, peer, stream);
+                    self.events.push_back(Event::MessagesSkipped {
+                        peer,
+                        stream,
+                        messages: k.messages,
+                        offsets: k.offsets,
+                    });
+                    continue;
+                }
             }
             let held = s.recv.footprint();
             let Some(message) = s.recv.pop_message() else {
@@ -668,6 +785,7 @@ impl Endpoint {
                     continue;
                 }
                 s.recv_finished = true;
+                run.flush(&mut self.events, peer, stream);
                 self.events.push_back(Event::StreamFinished {
                     peer,
                     stream,
@@ -678,18 +796,16 @@ impl Endpoint {
             } else {
                 self.stats.delivered_messages += 1;
                 self.delivery.charge(len);
-                self.events.push_back(Event::Message {
-                    peer,
-                    stream,
-                    message: ReceivedMessage {
-                        packet_type: meta.packet_type,
-                        labels: extra.labels,
-                        token: extra.token,
-                        payload: message.payload,
-                    },
-                });
+                let message = ReceivedMessage {
+                    packet_type: meta.packet_type,
+                    labels: extra.labels,
+                    token: extra.token,
+                    payload: message.payload,
+                };
+                run.push(&mut self.events, peer, stream, message);
             }
         }
+        run.flush(&mut self.events, peer, stream);
         if done {
             self.retire_stream(peer, stream);
         }
@@ -724,6 +840,7 @@ impl Endpoint {
             if let (Some(peer), true) = (peer, established) {
                 if let Some(command) = handshake::decode_command(message.payload) {
                     if let Some(cid) = CommandId::from_wire(command.command_id) {
+                        self.delivery.charge(command.payload.len());
                         self.events.push_back(Event::Command {
                             peer,
                             command: Command {
@@ -810,6 +927,10 @@ impl Endpoint {
                 }
             }
             (Role::Initiator, ConnectionState::Handshaking, HandshakeKind::Accept) => {
+                let pack = self.config.pack_messages && handshake::offers_packed(&hello.options);
+                if let Some(c) = self.connections.get_mut(&id) {
+                    c.pack = pack;
+                }
                 self.complete_connect(id, hello);
             }
             _ => self.count_malformed(id),
@@ -882,13 +1003,17 @@ impl Endpoint {
         };
         self.set_identity(peer, &hello);
         self.bind(id, peer);
+        let pack = self.config.pack_messages && handshake::offers_packed(&hello.options);
+        if let Some(c) = self.connections.get_mut(&id) {
+            c.pack = pack;
+        }
         let payload = handshake::encode_handshake(
             HandshakeKind::Accept,
             &self.config.node_name,
             self.config.session_id,
             0,
             (0, 0),
-            &std::collections::BTreeMap::new(),
+            &handshake::handshake_options(pack),
         );
         let meta = self.hello_meta.clone();
         self.queue_control(id, payload, meta);

@@ -12,7 +12,7 @@
 
 use atbus_proto::{
     CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, encode_frame,
-    encoded_frame_len, pb,
+    encoded_frame_len, packed_record_len, pb, put_packed_record,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -28,7 +28,8 @@ const FLAG_FINISH_STREAM: i32 = pb::AtbusPacketFlagType::FinishStream as i32;
 const FLAG_FINISH_CONNECTION: i32 = pb::AtbusPacketFlagType::FinishConnection as i32;
 const FLAG_RESET_OFFSET: i32 = pb::AtbusPacketFlagType::ResetOffset as i32;
 
-/// Fragments per data frame at most (well under the decoder's limit).
+/// Fragments per data frame, and records per packed fragment, at most (well under
+/// the decoder's limit on each).
 const MAX_FRAGMENTS_PER_FRAME: usize = 512;
 
 /// A fragment shorter than this is not started at the end of a nearly full
@@ -43,6 +44,104 @@ struct OwnedFragment {
     meta: Option<CachedMessageMeta>,
     data: Bytes,
     has_more: bool,
+    packed: bool,
+}
+
+impl OwnedFragment {
+    fn spec(&self) -> FragmentSpec<'_> {
+        FragmentSpec {
+            meta: self.meta.as_ref(),
+            data: &self.data,
+            has_more: self.has_more,
+            packed: self.packed,
+        }
+    }
+}
+
+/// Whether a piece may go into a packed fragment: a whole message, sent whole,
+/// whose only metadata is its type (docs/protocol.md, "Packed fragments").
+fn packable(p: &crate::stream::Pending<'_, SendMeta>) -> bool {
+    p.starts_message()
+        && p.limit == p.message.end()
+        && !p.message.meta.fin
+        && p.message.meta.cached.is_type_only()
+}
+
+/// Whole messages of one type being packed into one fragment, as records.
+struct PackedGroup {
+    packet_type: i32,
+    meta: CachedMessageMeta,
+    records: BytesMut,
+    /// The first message, sent as a plain fragment if it stays alone (a packed
+    /// fragment of one record costs its length varint and the flag more).
+    first: Bytes,
+    count: usize,
+    /// Bytes the group occupies as a fragment now.
+    encoded: usize,
+}
+
+impl PackedGroup {
+    /// An empty group whose records take at most `room` bytes (what is left of
+    /// the frame: allocated once).
+    fn new(packet_type: i32, room: usize) -> Self {
+        PackedGroup {
+            packet_type,
+            meta: CachedMessageMeta::of_type(packet_type),
+            records: BytesMut::with_capacity(room),
+            first: Bytes::new(),
+            count: 0,
+            encoded: 0,
+        }
+    }
+
+    /// Bytes a group holding only `message` occupies.
+    fn first_len(packet_type: i32, message: &[u8]) -> usize {
+        FragmentSpec::packed_encoded_len(
+            Some(&CachedMessageMeta::of_type(packet_type)),
+            packed_record_len(message.len()),
+        )
+    }
+
+    /// Bytes the group would occupy with `message` added.
+    fn encoded_len_with(&self, message: &[u8]) -> usize {
+        FragmentSpec::packed_encoded_len(
+            Some(&self.meta),
+            self.records.len() + packed_record_len(message.len()),
+        )
+    }
+
+    /// Adds `message`; the group then occupies `encoded` bytes.
+    fn push(&mut self, message: &Bytes, encoded: usize) {
+        if self.count == 0 {
+            self.first = message.clone();
+        }
+        put_packed_record(&mut self.records, message);
+        self.count += 1;
+        self.encoded = encoded;
+    }
+
+    /// Appends the group as one fragment; returns the bytes it occupies (never
+    /// more than `encoded`).
+    fn finish(self, fragments: &mut Vec<OwnedFragment>) -> usize {
+        let owned = if self.count == 1 {
+            OwnedFragment {
+                meta: Some(self.meta),
+                data: self.first,
+                has_more: false,
+                packed: false,
+            }
+        } else {
+            OwnedFragment {
+                meta: Some(self.meta),
+                data: self.records.freeze(),
+                has_more: false,
+                packed: true,
+            }
+        };
+        let len = owned.spec().encoded_len();
+        fragments.push(owned);
+        len
+    }
 }
 
 /// The next piece to send: the next pending range, or the next piece of a copy.
@@ -61,6 +160,11 @@ fn next_piece(
 /// exceed `limit` bytes; marks what it carries as sent and returns the range and the
 /// number of fragments. `None` if nothing to send or no room.
 ///
+/// With `pack` (the peer's handshake offered packed fragments), consecutive whole
+/// messages whose only metadata is their type go into packed fragments, one per
+/// run of one type (docs/protocol.md, "Packed fragments"); the offsets are those
+/// of separate fragments, so a range may be packed differently when resent.
+///
 /// With `copy`, the frame is a redundant copy of `[copy.0, copy.1)`, data already
 /// sent on another connection: it is cut from that range, changes nothing in the
 /// send buffer, and `copy.0` advances past what it carries.
@@ -74,6 +178,7 @@ pub(crate) fn write_data_frame(
     now: Timestamp,
     packet: u64,
     copy: Option<&mut (u64, u64)>,
+    pack: bool,
 ) -> Option<(SentRange, usize)> {
     let space = limit.checked_sub(buf.len())?;
     let tp = timepoint(now);
@@ -142,6 +247,8 @@ pub(crate) fn write_data_frame(
     let mut cursor = start;
     let mut any_retransmit = retransmit;
     let mut fin = false;
+    // Whole messages being packed into one fragment (`pack` only).
+    let mut group: Option<PackedGroup> = None;
     while fragments.len() < MAX_FRAGMENTS_PER_FRAME {
         let Some(p) = next_piece(send, Some(cursor), copy_range) else {
             break;
@@ -150,6 +257,48 @@ pub(crate) fn write_data_frame(
             break;
         }
         let message = p.message;
+        // A message that does not fit whole waits for the next frame when this
+        // one carries something already; otherwise (a message larger than a
+        // frame) it goes the plain way below, which cuts it.
+        let packed_fit = (pack && packable(&p)).then(|| {
+            let packet_type = message.meta.cached.packet_type();
+            let group_len = group.as_ref().map_or(0, |g| g.encoded);
+            let remaining = content_budget.saturating_sub(used + group_len);
+            // Records per packed fragment stay under the decoder's limit like
+            // fragments per frame do.
+            let joins = group
+                .as_ref()
+                .is_some_and(|g| g.packet_type == packet_type && g.count < MAX_FRAGMENTS_PER_FRAME);
+            let grown = match &group {
+                Some(g) if joins => g.encoded_len_with(&message.data) - group_len,
+                _ => PackedGroup::first_len(packet_type, &message.data),
+            };
+            let encoded = if joins { group_len + grown } else { grown };
+            (grown <= remaining).then_some((packet_type, joins, remaining, encoded))
+        });
+        if packed_fit == Some(None) && (group.is_some() || !fragments.is_empty()) {
+            break;
+        }
+        if let Some(Some((packet_type, joins, remaining, encoded))) = packed_fit {
+            if !joins {
+                if let Some(g) = group.take() {
+                    used += g.finish(&mut fragments);
+                }
+            }
+            let end = message.end();
+            group
+                .get_or_insert_with(|| PackedGroup::new(packet_type, remaining))
+                .push(&message.data, encoded);
+            any_retransmit |= p.retransmit;
+            if copy_range.is_none() {
+                send.mark_sent(cursor, end);
+            }
+            cursor = end;
+            continue;
+        }
+        if let Some(g) = group.take() {
+            used += g.finish(&mut fragments);
+        }
         let data_from = (p.offset - message.start) as usize;
         let data_rest = message.data.len().saturating_sub(data_from);
         // Data bytes this range may carry (a lost range may end inside the data).
@@ -163,6 +312,7 @@ pub(crate) fn write_data_frame(
             meta,
             data: &message.data[data_from..data_from + probe_len],
             has_more: true,
+            packed: false,
         };
         let fragment_overhead = probe.overhead();
         if fragment_overhead >= remaining {
@@ -186,18 +336,17 @@ pub(crate) fn write_data_frame(
             meta: meta.cloned(),
             data,
             has_more: !is_final,
+            packed: false,
         };
-        let spec = FragmentSpec {
-            meta: owned.meta.as_ref(),
-            data: &owned.data,
-            has_more: owned.has_more,
-        };
-        used += spec.encoded_len();
+        used += owned.spec().encoded_len();
         fragments.push(owned);
         if copy_range.is_none() {
             send.mark_sent(cursor, end);
         }
         cursor = end;
+    }
+    if let Some(g) = group.take() {
+        g.finish(&mut fragments);
     }
     if fragments.is_empty() {
         return None;
@@ -205,14 +354,7 @@ pub(crate) fn write_data_frame(
     if fin {
         flags |= FLAG_FINISH_STREAM;
     }
-    let specs: Vec<FragmentSpec<'_>> = fragments
-        .iter()
-        .map(|f| FragmentSpec {
-            meta: f.meta.as_ref(),
-            data: &f.data,
-            has_more: f.has_more,
-        })
-        .collect();
+    let specs: Vec<FragmentSpec<'_>> = fragments.iter().map(OwnedFragment::spec).collect();
     let frame = DataFrame {
         head,
         stream_id,
@@ -323,6 +465,7 @@ pub(crate) fn finish_connection_frame(
         meta: Some(&meta),
         data: &[],
         has_more: false,
+        packed: false,
     }];
     let frame = DataFrame {
         head,
@@ -628,6 +771,7 @@ impl Endpoint {
                 at,
                 packet,
                 None,
+                false,
             ) {
                 Some(sent) => record(c, sent),
                 None => break,
@@ -701,6 +845,7 @@ impl Endpoint {
                     at,
                     packet,
                     Some(&mut range),
+                    c.pack,
                 ) {
                     Some((sent, fragments)) => {
                         // A copy is not a retransmission declared lost here: an
@@ -741,6 +886,7 @@ impl Endpoint {
                         at,
                         packet,
                         None,
+                        c.pack,
                     ) {
                         if sent.0.end > sent.0.start && scheduler == Scheduler::Redundant {
                             fresh.push((sid, sent.0.start, sent.0.end));

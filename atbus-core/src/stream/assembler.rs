@@ -13,10 +13,16 @@ use std::iter;
 use bytes::{Bytes, BytesMut};
 
 /// The most pieces the in-order fast path holds at once: a large message arriving
-/// in order as many small pieces goes on into the B-tree past this, so the fast
-/// path's queue (whose capacity is never given back while the stream lives, and
-/// which the charge per stored chunk does not count) stays a few KiB.
-const IN_ORDER_MAX: usize = 256;
+/// in order as many small pieces goes on into the B-tree past this. It is above
+/// the messages one packed frame carries (about 1,000 of 64 B in 64 KiB), which
+/// are all inserted before the first is popped. Every piece held is charged
+/// (`CHUNK_COST`), and the queue's capacity goes back to [`IN_ORDER_KEEP`]
+/// pieces whenever it empties, so what outlives the messages uncounted stays a
+/// few KiB.
+const IN_ORDER_MAX: usize = 2048;
+
+/// The capacity (pieces) the fast path's queue keeps when it empties.
+const IN_ORDER_KEEP: usize = 256;
 
 /// Reassembles the messages of one stream direction from fragments that may arrive
 /// duplicated, overlapping, cut differently and in any order.
@@ -487,7 +493,49 @@ impl<M: Footprint> Assembler<M> {
         self.overhead -= freed;
         self.buffered -= message.payload.len();
         self.head = end;
+        self.trim_in_order();
         Some(message)
+    }
+
+    /// Settles `span` units at `offset` as received and delivered at once, without
+    /// storing them: for whole messages the caller hands over itself (a packed
+    /// fragment at the delivery point). Done, and `true`, only when `offset` is the
+    /// delivery point and nothing is held or waiting (so no message can be
+    /// delivered before them), `span` fits in the window and does not pass the
+    /// final offset; otherwise nothing changes and the caller inserts them.
+    pub fn take_in_order(&mut self, offset: u64, span: u64) -> bool {
+        let Some(end) = offset.checked_add(span) else {
+            return false;
+        };
+        let drained = offset == self.head
+            && self.ack == self.head
+            && self.received_max == self.head
+            && self.ready.is_empty()
+            && self.complete_ends.is_empty()
+            && self.in_order.is_empty()
+            && self.chunks.is_empty();
+        if !drained || span == 0 || span > self.window || self.final_offset.is_some_and(|f| end > f)
+        {
+            return false;
+        }
+        self.head = end;
+        self.ack = end;
+        self.received_max = end;
+        true
+    }
+
+    /// Puts back the message [`pop_message`](Self::pop_message) just returned: it is
+    /// returned again next.
+    pub fn unpop(&mut self, message: AssembledMessage<M>) {
+        self.buffered += message.payload.len();
+        self.overhead += charge(&message.meta);
+        self.ready.push_front(message);
+    }
+
+    /// Offset of the next complete message a reset left below the delivery point,
+    /// if one waits (see [`reset_to`](Self::reset_to)).
+    pub fn next_kept_offset(&self) -> Option<u64> {
+        self.ready.front().map(|m| m.offset)
     }
 
     /// Every offset below this has been received, delivered or settled by a reset:
@@ -669,6 +717,15 @@ impl<M: Footprint> Assembler<M> {
     /// every stored chunk. Each chunk moves at most once.
     fn spill(&mut self) {
         self.chunks.extend(self.in_order.drain(..));
+        self.trim_in_order();
+    }
+
+    /// Gives the fast path's queue back its resting capacity once it is empty:
+    /// what it grew to is not counted once its pieces are gone.
+    fn trim_in_order(&mut self) {
+        if self.in_order.is_empty() && self.in_order.capacity() > IN_ORDER_KEEP {
+            self.in_order.shrink_to(IN_ORDER_KEEP);
+        }
     }
 
     fn store(&mut self, chunk: (u64, Chunk<M>), end: u64) {
@@ -879,7 +936,68 @@ mod tests {
         assert_eq!(message.payload.len(), pieces as usize);
         assert!(message.payload.iter().all(|&b| b == b'x'));
         assert_eq!(rx.footprint(), 0);
-        assert!(rx.in_order.capacity() <= 2 * IN_ORDER_MAX);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    /// A run of small whole messages (a packed frame) stays on the fast path up
+    /// to `IN_ORDER_MAX` pieces, and the queue gives its capacity back once
+    /// drained.
+    #[test]
+    fn a_long_in_order_run_stays_on_the_fast_path_and_gives_back_its_queue() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let run = 1500u64;
+        for i in 0..run {
+            assert_eq!(rx.insert(i * 2, bytes("m"), true, None), accepted(2));
+        }
+        assert_eq!(rx.in_order.len(), run as usize);
+        assert!(rx.chunks.is_empty(), "spilled into the B-tree");
+        for _ in 0..run {
+            assert_eq!(rx.pop_message().unwrap().payload, bytes("m"));
+        }
+        assert!(rx.pop_message().is_none());
+        assert_eq!(rx.footprint(), 0);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    /// (From review) pieces of an unfinished message that a reset discards leave
+    /// the fast path's queue at its resting capacity: nothing counts it once they
+    /// are gone.
+    #[test]
+    fn a_reset_past_an_unfinished_in_order_run_gives_back_the_queue() {
+        let mut rx = Assembler::<u32>::new(BIG);
+        let run = 2000u64;
+        for i in 0..run {
+            assert_eq!(rx.insert(i, bytes("x"), false, None), accepted(1));
+        }
+        assert!(rx.in_order.capacity() > IN_ORDER_KEEP);
+        rx.reset_to(run + 10).unwrap();
+        assert!(rx.pop_message().is_none());
+        assert_eq!(rx.footprint(), 0);
+        assert!(rx.in_order.capacity() <= IN_ORDER_KEEP);
+    }
+
+    #[test]
+    fn take_in_order_settles_only_at_a_drained_delivery_point() {
+        let mut rx = Assembler::<u32>::new(100);
+        assert!(rx.take_in_order(0, 10));
+        assert_eq!((rx.read_offset(), rx.acknowledge_offset()), (10, 10));
+        // Not at the delivery point, or past the window.
+        assert!(!rx.take_in_order(11, 5));
+        assert!(!rx.take_in_order(10, 101));
+        // Something held: a message waiting to be popped must come first.
+        rx.insert(10, bytes("ab"), true, None);
+        assert!(!rx.take_in_order(13, 5));
+        assert_eq!(rx.pop_message().unwrap().payload, bytes("ab"));
+        assert!(rx.take_in_order(13, 5));
+        // A hole above: not drained.
+        rx.insert(30, bytes("x"), true, None);
+        assert!(!rx.take_in_order(18, 2));
+        // Past the final offset.
+        let mut rx = Assembler::<u32>::new(100);
+        rx.finish_at(4).unwrap();
+        assert!(!rx.take_in_order(0, 5));
+        assert!(rx.take_in_order(0, 4));
+        assert!(rx.is_finished());
     }
 
     #[test]

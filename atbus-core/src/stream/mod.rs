@@ -116,6 +116,22 @@ pub(crate) struct Stream {
     pub recv_finished: bool,
     /// Payload bytes this stream counted against the peer's receive limit.
     pub counted: usize,
+    /// Skips (RESET_OFFSET) not yet reported, merged into one
+    /// [`Event::MessagesSkipped`](crate::Event::MessagesSkipped): reported once the
+    /// messages a reset kept below its offset are delivered, and only within the
+    /// delivery budget.
+    pub skipped: Option<PendingSkip>,
+}
+
+/// Skips of a stream waiting to be reported (see [`Stream::skipped`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PendingSkip {
+    /// The highest reset offset: reported once no message below it waits.
+    pub at: u64,
+    /// Messages skipped.
+    pub messages: u64,
+    /// Offsets skipped.
+    pub offsets: u64,
 }
 
 impl Stream {
@@ -126,6 +142,7 @@ impl Stream {
             blocked: None,
             recv_finished: false,
             counted: 0,
+            skipped: None,
         }
     }
 
@@ -135,6 +152,7 @@ impl Stream {
     /// send on it.
     pub fn is_done(&self) -> bool {
         self.recv_finished
+            && self.skipped.is_none()
             && self.recv.buffered_bytes() == 0
             && self.send.is_finished()
             && self.send.is_settled()

@@ -276,13 +276,15 @@ impl Net {
         self.events(side).filter(|e| pred(e)).count()
     }
 
-    /// Messages `side` received on `stream`, from any peer, in delivery order.
+    /// Messages `side` received on `stream`, from any peer, in delivery order
+    /// (runs reported as one [`Event::Messages`] count message by message).
     pub fn messages(&self, side: Side, stream: i64) -> Vec<ReceivedMessage> {
         self.events(side)
+            .flat_map(|e| e.clone().into_messages())
             .filter_map(|e| match e {
                 Event::Message {
                     stream: s, message, ..
-                } if *s == stream => Some(message.clone()),
+                } if s == stream => Some(message),
                 _ => None,
             })
             .collect()
@@ -291,12 +293,13 @@ impl Net {
     /// Messages `side` received from `peer` on `stream`.
     pub fn messages_from(&self, side: Side, peer: PeerId, stream: i64) -> Vec<ReceivedMessage> {
         self.events(side)
+            .flat_map(|e| e.clone().into_messages())
             .filter_map(|e| match e {
                 Event::Message {
                     peer: p,
                     stream: s,
                     message,
-                } if *s == stream && *p == peer => Some(message.clone()),
+                } if s == stream && p == peer => Some(message),
                 _ => None,
             })
             .collect()

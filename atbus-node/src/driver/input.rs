@@ -1,6 +1,7 @@
 //! The driver's inputs: commands from the handle, and what the socket tasks
 //! report (datagrams, accepted and dialled streams, stream bytes and ends).
 
+use crate::UdpPmtudCeiling;
 use std::io;
 use std::time::Instant;
 
@@ -436,16 +437,46 @@ impl<R: Runtime> Driver<R> {
 
     /// Turns path MTU discovery on for a new datagram connection to `remote` if
     /// it is a UDP one (see [`NodeConfig::udp_pmtud`](crate::NodeConfig::udp_pmtud)).
+    /// A ceiling from the route's MTU is looked up once the handshake completes
+    /// ([`Driver::start_route_ceiling`]); until then the search has not started
+    /// and the configured maximum stands in.
     pub(super) fn start_udp_pmtud(
         &mut self,
         now: Timestamp,
         connection: ConnectionId,
         remote: &Remote,
     ) {
+        let ceiling = self.config.udp_pmtud_ceiling;
         if let Some(config) =
-            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, self.config.udp_pmtud_ceiling)
+            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, UdpPmtudCeiling::Fixed)
         {
             self.endpoint.set_pmtud(now, connection, Some(config));
+            if matches!(ceiling, UdpPmtudCeiling::Route { .. }) {
+                self.route_pending.insert(connection);
+            }
+        }
+    }
+
+    /// Sets the PMTUD ceiling of a UDP connection whose handshake just completed
+    /// from its route's MTU (see [`Driver::start_udp_pmtud`]).
+    pub(super) fn start_route_ceiling(&mut self, connection: ConnectionId) {
+        if !self.route_pending.remove(&connection) {
+            return;
+        }
+        let Some(Conn {
+            link: Link::Datagram { remote, .. },
+            ..
+        }) = self.conns.get(&connection)
+        else {
+            return;
+        };
+        self.route_lookups += 1;
+        let fixed = crate::udp::udp_pmtud(remote, self.config.udp_pmtud, UdpPmtudCeiling::Fixed);
+        let route =
+            crate::udp::udp_pmtud(remote, self.config.udp_pmtud, self.config.udp_pmtud_ceiling);
+        if route != fixed {
+            let now = self.now();
+            self.endpoint.set_pmtud(now, connection, route);
         }
     }
 
@@ -729,6 +760,7 @@ mod tests {
             meta: Some(&meta),
             data: &[],
             has_more: false,
+            packed: false,
         }];
         let frame = DataFrame {
             head: &head,

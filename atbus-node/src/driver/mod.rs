@@ -52,15 +52,42 @@ struct DatagramSlot<R: Runtime> {
     listening: bool,
     scheme: &'static str,
     mtu: usize,
-    /// Datagrams waiting to be written (bounded by `write_queue`).
+    /// Datagrams waiting to be written (bounded by `write_queue` and
+    /// [`DATAGRAM_QUEUE_BYTES`]).
     queue: VecDeque<(Remote, Bytes)>,
+    /// Bytes in `queue`.
+    queue_bytes: usize,
     _stop: async_channel::Sender<()>,
 }
 
 /// Bytes one GSO system call may carry (the UDP length limit, with room to spare).
 const GSO_BYTES: usize = 60_000;
 
+/// Bytes of datagrams a socket's write queue holds at most (besides `write_queue`
+/// datagrams): what its kernel send buffer is asked to hold
+/// ([`SOCKET_BUFFER`](crate::udp::SOCKET_BUFFER)). Without it, `write_queue`
+/// datagrams of up to 64 KiB (PMTUD on loopback) would be 16 MiB per socket.
+const DATAGRAM_QUEUE_BYTES: usize = crate::udp::SOCKET_BUFFER;
+
+/// Whether a write queue of `count` datagrams and `bytes` bytes takes one more of
+/// `len` bytes: within `limit` datagrams and [`DATAGRAM_QUEUE_BYTES`] (an empty
+/// queue takes any datagram).
+fn queue_has_room(count: usize, bytes: usize, len: usize, limit: usize) -> bool {
+    count == 0 || (count < limit && bytes + len <= DATAGRAM_QUEUE_BYTES)
+}
+
 impl<R: Runtime> DatagramSlot<R> {
+    /// Whether the write queue takes one more datagram of `len` bytes.
+    fn has_room(&self, len: usize, limit: usize) -> bool {
+        queue_has_room(self.queue.len(), self.queue_bytes, len, limit)
+    }
+
+    /// Queues a datagram to write.
+    fn push(&mut self, remote: Remote, data: Bytes) {
+        self.queue_bytes += data.len();
+        self.queue.push_back((remote, data));
+    }
+
     /// Writes queued datagrams until the socket is full; consecutive datagrams to
     /// one remote of one size (the last may be shorter) leave in one system call.
     /// Returns the number of send errors and of datagrams dropped because their
@@ -76,7 +103,9 @@ impl<R: Runtime> DatagramSlot<R> {
     /// on. A second remote that would block too means the socket itself is full:
     /// writing stops and the rest waits, as for UDP.
     fn flush(&mut self, keep_blocked: usize) -> (u64, u64) {
-        flush_datagrams(&*self.socket, &mut self.queue, keep_blocked)
+        let outcome = flush_datagrams(&*self.socket, &mut self.queue, keep_blocked);
+        self.queue_bytes = self.queue.iter().map(|(_, d)| d.len()).sum();
+        outcome
     }
 }
 
@@ -335,6 +364,11 @@ pub(crate) struct Driver<R: Runtime> {
     io_errors: u64,
     backlog_closes: u64,
     evicted_accepts: u64,
+    /// UDP connections whose PMTUD ceiling waits for their route's MTU, looked
+    /// up once their handshake completes: not per new remote (a spoofed source
+    /// never gets that far), and only for a peer that is there.
+    route_pending: HashSet<ConnectionId>,
+    route_lookups: u64,
     reconnects: u64,
     unix_paths: Vec<PathBuf>,
     /// Each task or thread that holds a socket (stream writers and readers,
@@ -399,6 +433,8 @@ impl<R: Runtime> Driver<R> {
             io_errors: 0,
             backlog_closes: 0,
             evicted_accepts: 0,
+            route_pending: HashSet::new(),
+            route_lookups: 0,
             reconnects: 0,
             unix_paths: Vec::new(),
             writers_alive: Some(writers_alive),
@@ -508,11 +544,15 @@ impl<R: Runtime> Driver<R> {
     }
 
     /// Lets the core deliver what the application's queue has room for: none once
-    /// it holds `event_capacity` events or `event_bytes` payload bytes.
+    /// it holds `event_capacity` messages (other events count 1) or `event_bytes`
+    /// payload bytes.
     fn set_delivery_budget(&mut self) {
         let room = atbus_core::DeliveryBudget {
             bytes: self.config.event_bytes.saturating_sub(self.gauge.bytes()),
-            messages: self.config.event_capacity.saturating_sub(self.events.len()),
+            messages: self
+                .config
+                .event_capacity
+                .saturating_sub(self.gauge.messages()),
         };
         self.endpoint.set_delivery_budget(Some(room));
     }
@@ -627,6 +667,7 @@ impl<R: Runtime> Driver<R> {
                 scheme,
                 mtu,
                 queue: VecDeque::new(),
+                queue_bytes: 0,
                 _stop: stop,
             },
         );
@@ -807,6 +848,20 @@ mod tests {
         assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 0));
         let left: Vec<_> = queue.iter().map(|(_, d)| d[0]).collect();
         assert_eq!(left, [3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    #[test]
+    fn a_datagram_write_queue_is_bounded_in_bytes_as_well_as_datagrams() {
+        let big = crate::udp::MAX_UDP_PAYLOAD_V4;
+        // 256 datagrams of 64 KiB would be 16 MiB: the bytes stop it first.
+        let fits = DATAGRAM_QUEUE_BYTES / big;
+        assert!(queue_has_room(fits - 1, (fits - 1) * big, big, 256));
+        assert!(!queue_has_room(fits, fits * big, big, 256));
+        // Small datagrams stop at the count.
+        assert!(queue_has_room(255, 255 * 100, 100, 256));
+        assert!(!queue_has_room(256, 256 * 100, 100, 256));
+        // An empty queue takes any datagram.
+        assert!(queue_has_room(0, 0, usize::MAX / 2, 256));
     }
 
     #[test]

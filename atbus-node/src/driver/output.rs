@@ -47,13 +47,14 @@ impl<R: Runtime> Driver<R> {
                 // of datagrams to one remote leave in one GSO system call. A drain can
                 // yield more than the queue holds (a congestion window of datagrams):
                 // a full queue is written out before it drops anything.
-                if slot.queue.len() >= self.config.write_queue {
-                    let (errors, dropped) = slot.flush(keep_blocked(self.config.write_queue));
+                let (len, limit) = (transmit.data.len(), self.config.write_queue);
+                if !slot.has_room(len, limit) {
+                    let (errors, dropped) = slot.flush(keep_blocked(limit));
                     self.io_errors += errors;
                     self.dropped_datagrams += dropped;
                 }
-                if slot.queue.len() < self.config.write_queue {
-                    slot.queue.push_back((remote.clone(), transmit.data));
+                if slot.has_room(len, limit) {
+                    slot.push(remote.clone(), transmit.data);
                 } else {
                     // Lost like any datagram; the core retransmits.
                     self.dropped_datagrams += 1;
@@ -120,9 +121,9 @@ impl<R: Runtime> Driver<R> {
     }
 
     pub(super) fn forward(&mut self, event: Event) {
-        let bytes = self.gauge.queued(&event);
+        let (bytes, messages) = self.gauge.queued(&event);
         if self.events.try_send(event).is_err() {
-            self.gauge.taken(bytes);
+            self.gauge.release(bytes, messages);
         }
     }
 
@@ -136,6 +137,7 @@ impl<R: Runtime> Driver<R> {
                 ..
             } => {
                 self.pending_accepts.remove(connection);
+                self.start_route_ceiling(*connection);
                 self.departed.remove(peer);
                 if let Some(path) = self.conns.get(connection).and_then(|c| c.dialed) {
                     if let Some(p) = self.dialed.get_mut(&path) {
@@ -178,6 +180,7 @@ impl<R: Runtime> Driver<R> {
                 }
                 self.closed_now.push(*connection);
                 self.pending_accepts.remove(connection);
+                self.route_pending.remove(connection);
                 let path = self.conns.get(connection).and_then(|c| c.dialed);
                 let waiting = peer.filter(|p| self.connect_waiters.contains_key(p));
                 // A connect fails once none of its paths is left; a path that fails
@@ -558,6 +561,7 @@ impl<R: Runtime> Driver<R> {
             reconnects: self.reconnects,
             backlog_closes: self.backlog_closes,
             evicted_accepts: self.evicted_accepts,
+            route_lookups: self.route_lookups,
             buffered_bytes: self.endpoint.buffered_bytes(),
             open_sockets: self.sockets.len() + self.streams.len(),
             queued_events: self.events.len(),

@@ -535,6 +535,7 @@ pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R
         meta: Some(&meta),
         data: &[],
         has_more: false,
+        packed: false,
     }];
     let frame = DataFrame {
         head: &head,
@@ -803,25 +804,7 @@ pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: 
         config.endpoint.stream_send_window = 16 * 1024;
         let client = bind(&rt, config).unwrap();
         let peer = client.connect(&[address]).await.unwrap();
-        let sending = async {
-            for b in 0..batches {
-                let mut block = Vec::with_capacity(per_batch as usize * size);
-                for i in 0..per_batch {
-                    block.extend_from_slice(&payload(b * per_batch + i, size));
-                }
-                let block = Bytes::from(block);
-                let batch = (0..per_batch as usize)
-                    .map(|i| block.slice(i * size..(i + 1) * size))
-                    .collect();
-                let mut options = SendOptions::default();
-                if b % 2 == 1 {
-                    options.labels.insert("batch".into(), b.to_string());
-                    options.token = Bytes::from_static(b"odd");
-                }
-                client.send_many(peer, 1, batch, options).await.unwrap();
-            }
-            client.finish(peer, 1).await.unwrap();
-        };
+        let sending = send_sliced_batches(&client, peer, batches, per_batch, size, true);
         let receiving = async {
             let (mut next, mut events) = (0u32, Vec::new());
             'receive: loop {
@@ -847,6 +830,117 @@ pub async fn sliced_small_message_batches_arrive_once_in_order_with_metadata<R: 
                 }
             }
             assert_eq!(next, batches * per_batch);
+        };
+        within(&rt, future::zip(sending, receiving)).await;
+        client.close().await;
+    }
+}
+
+/// Sends `batches` batches of `per_batch` numbered messages of `size` bytes on
+/// stream 1, each batch sliced from one buffer; with `labelled`, every odd batch
+/// carries labels and a token. Finishes the stream.
+async fn send_sliced_batches(
+    client: &Node,
+    peer: PeerId,
+    batches: u32,
+    per_batch: u32,
+    size: usize,
+    labelled: bool,
+) {
+    for b in 0..batches {
+        let mut block = Vec::with_capacity(per_batch as usize * size);
+        for i in 0..per_batch {
+            block.extend_from_slice(&payload(b * per_batch + i, size));
+        }
+        let block = Bytes::from(block);
+        let batch = (0..per_batch as usize)
+            .map(|i| block.slice(i * size..(i + 1) * size))
+            .collect();
+        let mut options = SendOptions::default();
+        if labelled && b % 2 == 1 {
+            options.labels.insert("batch".into(), b.to_string());
+            options.token = Bytes::from_static(b"odd");
+        }
+        client.send_many(peer, 1, batch, options).await.unwrap();
+    }
+    client.finish(peer, 1).await.unwrap();
+}
+
+/// Small messages travel packed and arrive as runs (`Event::Messages`) through
+/// `recv_batch`, once each and in order, over TCP and Unix, with a small event
+/// capacity (the node pauses on messages held, not on events); `recv` and
+/// `recv_many` calls mixed in between hand the same messages over one per event.
+pub async fn packed_runs_arrive_once_in_order_through_recv_batch_and_recv<R: Runtime + Clone>(
+    rt: R,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let unix = format!("unix://{}", dir.path().join("s.sock").display());
+    let mut server_config = NodeConfig::new("server");
+    server_config.listen = vec!["tcp://127.0.0.1:0".parse().unwrap(), unix.parse().unwrap()];
+    server_config.event_capacity = 64;
+    let server = bind(&rt, server_config).unwrap();
+    let (batches, per_batch, size) = (40u32, 1000u32, 64usize);
+    for address in addresses(&server) {
+        let client = bind(&rt, NodeConfig::new("client")).unwrap();
+        let peer = client.connect(&[address]).await.unwrap();
+        let sending = send_sliced_batches(&client, peer, batches, per_batch, size, false);
+        let receiving = async {
+            let mut events = Vec::new();
+            // (messages checked, runs seen, stream finished)
+            let check = |event: Event, got: &mut (u32, u32, bool)| match event {
+                Event::Message {
+                    stream: 1, message, ..
+                } => {
+                    assert_eq!(message.payload, payload(got.0, size), "message {}", got.0);
+                    got.0 += 1;
+                }
+                Event::Messages {
+                    stream: 1,
+                    packet_type: 0,
+                    payloads,
+                    ..
+                } => {
+                    assert!(payloads.len() >= 2);
+                    for p in payloads {
+                        assert_eq!(p, payload(got.0, size), "message {}", got.0);
+                        got.0 += 1;
+                    }
+                    got.1 += 1;
+                }
+                Event::StreamFinished { stream: 1, .. } => {
+                    assert_eq!(got.0, batches * per_batch, "finished early");
+                    got.2 = true;
+                }
+                _ => {}
+            };
+            let mut got = (0u32, 0u32, false);
+            let mut round = 0u32;
+            while !got.2 {
+                round += 1;
+                match round % 8 {
+                    // One message per event, from a run split by the node.
+                    0 => {
+                        let event = server.recv().await.unwrap();
+                        assert!(!matches!(event, Event::Messages { .. }));
+                        check(event, &mut got);
+                    }
+                    1 => {
+                        server.recv_many(&mut events, 5).await;
+                        for event in events.drain(..) {
+                            assert!(!matches!(event, Event::Messages { .. }));
+                            check(event, &mut got);
+                        }
+                    }
+                    _ => {
+                        server.recv_batch(&mut events, 16).await;
+                        for event in events.drain(..) {
+                            check(event, &mut got);
+                        }
+                    }
+                }
+            }
+            assert_eq!(got.0, batches * per_batch);
+            assert!(got.1 > 0, "no run arrived as one event");
         };
         within(&rt, future::zip(sending, receiving)).await;
         client.close().await;
@@ -1390,6 +1484,62 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
     server.close().await;
 }
 
+/// A UDP hello from a remote that never completes its handshake (here: without
+/// the token the server asks for) costs no route MTU look-up (system calls per
+/// new, possibly spoofed, remote): the PMTUD ceiling is looked up once a
+/// handshake completes.
+pub async fn a_udp_hello_that_never_completes_costs_no_route_lookup<R: Runtime + Clone>(rt: R) {
+    // A client's hello, caught by a plain socket.
+    let catcher = UdpSocket::bind("127.0.0.1:0").unwrap();
+    catcher.set_nonblocking(true).unwrap();
+    let caught = Address::Udp(catcher.local_addr().unwrap());
+    let client = bind(&rt, NodeConfig::new("client")).unwrap();
+    let hello = within(
+        &rt,
+        future::or(
+            async {
+                let _ = client.connect(&[caught]).await;
+                unreachable!("nothing answers")
+            },
+            async {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    match catcher.recv(&mut buf) {
+                        Ok(n) => break buf[..n].to_vec(),
+                        Err(_) => sleep(&rt, Duration::from_millis(5)).await,
+                    }
+                }
+            },
+        ),
+    )
+    .await;
+    let mut config = NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap());
+    config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
+    let server = bind(&rt, config).unwrap();
+    let to = addresses(&server);
+    let Address::Udp(target) = to[0] else {
+        unreachable!()
+    };
+    let replayers: Vec<_> = (0..3)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    for r in &replayers {
+        r.send_to(&hello, target).unwrap();
+    }
+    let stats = stats_until(&rt, &server, |s| s.windows.totals.packets_received >= 3).await;
+    assert_eq!(stats.route_lookups, 0, "{stats:?}");
+    // A real peer's path gets its ceiling once connected.
+    let mut config = NodeConfig::new("other");
+    config.endpoint.token = Bytes::from_static(b"secret");
+    let other = bind(&rt, config).unwrap();
+    within(&rt, other.connect(&to)).await.unwrap();
+    let stats = stats_until(&rt, &server, |s| s.route_lookups >= 1).await;
+    assert_eq!(stats.route_lookups, 1, "{stats:?}");
+    other.close().await;
+    client.close().await;
+    server.close().await;
+}
+
 /// A Unix datagram peer that stops reading (its socket queue fills up) does not
 /// hold up the server's other peers on the same listening socket: what the
 /// silent receiver cannot take waits (up to a bound, past it dropped), the rest goes on.
@@ -1586,6 +1736,7 @@ macro_rules! loopback_tests {
             a_send_given_up_while_waiting_for_the_window_is_not_sent_later,
             send_many_queues_batches_in_order_past_a_full_window,
             sliced_small_message_batches_arrive_once_in_order_with_metadata,
+            packed_runs_arrive_once_in_order_through_recv_batch_and_recv,
             connecting_to_a_silent_udp_port_times_out_clearly,
             a_peer_without_the_right_token_is_rejected_clearly,
             a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_completes,
@@ -1601,6 +1752,7 @@ macro_rules! loopback_tests {
             a_unix_datagram_peer_that_stops_reading_does_not_block_the_others,
             a_shm_writer_holds_the_close_until_its_end_record_is_written,
             a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped,
+            a_udp_hello_that_never_completes_costs_no_route_lookup,
         );
     };
     (@each $run:ident; $($name:ident),* $(,)?) => {
