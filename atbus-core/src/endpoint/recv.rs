@@ -1177,9 +1177,11 @@ impl Endpoint {
         if rto_fired {
             let now = self.now;
             if let Some(c) = self.connections.get_mut(&id) {
-                if c.rto_backoff == 1 {
+                if c.rto_backoff == 1 && c.rtt.samples() > 0 {
                     // The second timeout in a row with nothing acknowledged: the
-                    // path is congested persistently; once per episode.
+                    // path is congested persistently; once per episode. Not before
+                    // the first RTT sample (RFC 9002 §7.6.2): those timeouts are
+                    // the initial guess's, not evidence of congestion.
                     c.cc.on_persistent_congestion(now);
                 }
                 c.rto_backoff = c.rto_backoff.saturating_add(1).min(16);
@@ -1203,6 +1205,9 @@ impl Endpoint {
         if !c.is_lossy() {
             return;
         }
+        // Before the first RTT sample only timeouts of the initial guess declare
+        // losses (rtt.rs): they resend, but tell nothing of congestion and leave
+        // the window alone (in RFC 9002 a probe timeout declares nothing lost).
         // Which rule declared each datagram: the timeout's deadlines as they were
         // before this detection.
         let timed_out_at = c.in_flight.timed_out_at();
@@ -1229,7 +1234,9 @@ impl Endpoint {
                     c.stats.lost_by_rack += 1;
                 }
             }
-            c.cc.on_lost(now, range.sent_at, range.bytes);
+            if c.rtt.samples() > 0 {
+                c.cc.on_lost(now, range.sent_at, range.bytes);
+            }
         }
         c.stats.lost_packets += packets;
         if c.in_flight.began_recovery() {
