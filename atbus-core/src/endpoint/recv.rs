@@ -1177,11 +1177,9 @@ impl Endpoint {
         if rto_fired {
             let now = self.now;
             if let Some(c) = self.connections.get_mut(&id) {
-                if c.rto_backoff == 1 && c.rtt.samples() > 0 {
+                if c.rto_backoff == 1 {
                     // The second timeout in a row with nothing acknowledged: the
-                    // path is congested persistently; once per episode. Not before
-                    // the first RTT sample (RFC 9002 §7.6.2): those timeouts are
-                    // the initial guess's, not evidence of congestion.
+                    // path is congested persistently; once per episode.
                     c.cc.on_persistent_congestion(now);
                 }
                 c.rto_backoff = c.rto_backoff.saturating_add(1).min(16);

@@ -140,6 +140,9 @@ pub struct Cubic {
     standing: StandingRtt,
     /// The RTT's mean deviation (RFC 6298 `RTTVAR`).
     rtt_variance: Duration,
+    /// Whether the recovery episode in progress began for losses alone (no queue
+    /// in the RTT): the window keeps growing through it.
+    loss_only_episode: bool,
 }
 
 /// The minimum of the RTT samples over a sliding span of about half a smoothed
@@ -213,6 +216,7 @@ impl Cubic {
             queue_armed: true,
             standing: StandingRtt::default(),
             rtt_variance: Duration::ZERO,
+            loss_only_episode: false,
         }
     }
 
@@ -257,6 +261,7 @@ impl Cubic {
     /// new recovery episode started by `losses` losses.
     fn reduce(&mut self, now: Timestamp, losses: u64) {
         self.episode.begin(now, self.saved(), losses);
+        self.loss_only_episode = false;
         self.w_max = if self.window < self.w_max {
             self.window * (1.0 + BETA) / 2.0
         } else {
@@ -413,7 +418,17 @@ impl CongestionController for Cubic {
             }
         }
         self.round_acked[0] = self.round_acked[0].saturating_add(bytes as u64);
-        if self.in_recovery(sent_at) {
+        // RFC 9438 holds the window through recovery so that it does not grow
+        // before the reduction takes effect on a queue. Losses without a queue
+        // (a lossy link) recur every round at 10 % loss and more: held each round,
+        // the window never grew back, and a sender that needed more than the
+        // floor backlogged behind it for good. Without a queue, a window below
+        // `QUEUE_SIGNAL_MIN_PACKETS` datagrams (a trickle of game updates; too
+        // small to hold a bottleneck's queue) grows on; larger ones are held (bulk
+        // flows whose drop-tail overflow the RTT hid: growing through it cost
+        // issue 5's 10 Mbit/s two-flow split 0.81 → 0.77).
+        let trickle = self.loss_only_episode && self.window() < QUEUE_SIGNAL_MIN_PACKETS * self.mtu;
+        if self.in_recovery(sent_at) && !trickle {
             return;
         }
         if self.queue_too_long() {
@@ -449,11 +464,24 @@ impl CongestionController for Cubic {
             if self.min_rtt.is_some() && !self.queue_shows() {
                 // Losses without a queue (a lossy link, or a policer): no lower
                 // than what got through in a round, with a margin for the losses.
-                let delivered = self.round_acked[0].max(self.round_acked[1]) as f64;
+                // A sender that never filled its window (a game's trickle of
+                // updates) keeps room for all it sent in a round, retransmissions
+                // included: it cannot be what overloads the path, and a window
+                // cut to what got through leaves no room for the retransmissions,
+                // so its messages queue behind the window. A sender that filled
+                // it (behind a policer, say) keeps the delivered floor.
+                let delivered = self.round_acked[0].max(self.round_acked[1]);
+                let floor = if self.utilization.filled(window as usize, self.mtu) {
+                    delivered
+                } else {
+                    let sent = |i: usize| self.round_acked[i].saturating_add(self.round_lost[i]);
+                    delivered.max(sent(0)).max(sent(1))
+                };
                 self.window = self
-                    .clamp(self.window.max(delivered * LOSS_ONLY_FLOOR))
+                    .clamp(self.window.max(floor as f64 * LOSS_ONLY_FLOOR))
                     .min(window);
                 self.ssthresh = self.window as usize;
+                self.loss_only_episode = true;
             }
         }
     }
@@ -502,6 +530,7 @@ impl CongestionController for Cubic {
                 // the bandwidth-delay product (64 KB at 20 Mbit/s and 40 ms holds
                 // 60 % of it); the cubic curve probes from here instead.
                 self.ssthresh = self.window as usize;
+                self.loss_only_episode = true;
             }
         }
     }
