@@ -375,7 +375,11 @@ impl Utilization {
     /// this round or the last; if not, it sent all the application offered.
     pub(crate) fn filled(&self, window: usize, slack: usize) -> bool {
         !self.reported
-            || self.peak_this_round.max(self.peak_last_round).saturating_add(slack) >= window
+            || self
+                .peak_this_round
+                .max(self.peak_last_round)
+                .saturating_add(slack)
+                >= window
     }
 
     /// Whether the sender used enough of `window` for it to grow.
