@@ -2,7 +2,9 @@
 //! when the congestion window is full of lost datagrams, and consecutive timeouts
 //! keep their period (no backoff by default); on a path that keeps send order, a
 //! hole is retransmitted as soon as the next frame is acknowledged, even after
-//! delay spikes made timeouts fire spuriously.
+//! delay spikes made timeouts fire spuriously. Before the first RTT sample, a lost
+//! hello is retried on a short initial timeout that doubles, and those timeouts
+//! leave the congestion window alone.
 
 mod common;
 
@@ -286,4 +288,96 @@ fn a_timeout_from_a_lost_acknowledgement_sends_no_copy() {
     let again: usize = sends.values().map(|n| n - 1).sum();
     assert!(again >= 1, "the lost acknowledgement caused no timeout");
     assert_eq!(again, 1, "{sends:?}");
+}
+
+/// A 5 ms one-way path whose first `lost` datagrams of A are dropped (the hello
+/// and its first retries); returns when A and B were connected, from the connect.
+fn handshake_with_lost_hellos(lost: u64) -> Duration {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    net.delay = Duration::from_millis(5);
+    net.fate = Box::new(move |d| {
+        if d.from == Side::A && d.index < lost {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let start = net.now;
+    net.establish(DATAGRAM);
+    net.now.saturating_since(start)
+}
+
+#[test]
+fn a_lost_hello_is_retried_on_the_short_initial_timeout_and_backs_off() {
+    // No loss: one round trip.
+    assert_eq!(handshake_with_lost_hellos(0), Duration::from_millis(10));
+    // The hello is lost: its retry leaves after the 100 ms initial timeout. Before,
+    // the timeout without an RTT sample was 200 ms + 4 × 100 ms: connected at
+    // 610 ms (the 605 ms maxima of the sweep's 5 ms, 10–20 % loss cells).
+    assert_eq!(handshake_with_lost_hellos(1), Duration::from_millis(110));
+    // Two lost: the second retry waits twice as long (0.1 + 0.2 s).
+    assert_eq!(handshake_with_lost_hellos(2), Duration::from_millis(310));
+}
+
+#[test]
+fn a_dead_peer_costs_few_hellos() {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    net.delay = Duration::from_millis(5);
+    net.fate = Box::new(|d| {
+        if d.from == Side::A {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    let start = net.now;
+    let (_, a_conn, _) = net.connect(DATAGRAM);
+    net.run_for(Duration::from_secs(12));
+    let times: Vec<Duration> = net
+        .sent_by(Side::A)
+        .map(|s| s.at.saturating_since(start))
+        .collect();
+    // Hellos at 0, 0.1, 0.3, 0.7, 1.5, 3.1 and 6.3 s, then the 10 s handshake
+    // timeout closes the connection (its close frame, and nothing after); the
+    // fixed 600 ms timeout sent 17 hellos.
+    let ms = |n| Duration::from_millis(n);
+    assert_eq!(
+        times,
+        [0, 100, 300, 700, 1500, 3100, 6300, 10_000].map(ms),
+        "sent at {times:?}"
+    );
+    assert!(
+        net.a
+            .connection_info(a_conn)
+            .is_none_or(|c| c.state != atbus_core::ConnectionState::Established)
+    );
+}
+
+/// A 200 ms one-way path: A's hello and first messages wait 400 ms for their
+/// answer, past two initial timeouts (0.1 and 0.3 s). Returns A's congestion window
+/// once connected, and the initial one.
+fn window_after_a_long_first_round_trip() -> (usize, usize) {
+    let mut net = Net::new(config("client", 1), config("server", 2));
+    net.delay = Duration::from_millis(200);
+    let (peer, a_conn, _) = net.connect(DATAGRAM);
+    let initial = net.a.connection_info(a_conn).unwrap().congestion_window;
+    for i in 0..10 {
+        send_on_stream_1(&mut net, peer, payload(1000, i));
+    }
+    let connected = net.run_until(|n| n.connected_peer(Side::A, a_conn).is_some());
+    assert!(connected);
+    (
+        net.a.connection_info(a_conn).unwrap().congestion_window,
+        initial,
+    )
+}
+
+#[test]
+fn timeouts_before_the_first_rtt_sample_leave_the_window_alone() {
+    let (window, initial) = window_after_a_long_first_round_trip();
+    // The initial guess's timeouts resend, but are no evidence of congestion: the
+    // losses they declared cut the window to 0.7 × (26880 bytes measured), and
+    // two in a row collapsed it as persistent congestion (which RFC 9002 §7.6.2
+    // establishes only after an RTT sample).
+    assert!(window >= initial, "window {window}, initial {initial}");
 }

@@ -32,7 +32,8 @@ fn path_weights_split_round_robin_traffic() {
 /// Data spread over a fast and a much slower path leaves holes at the receiver
 /// (what the slow path still carries) far beyond what one acknowledgement can
 /// list: each path's acknowledgements still report what arrived on it, so no
-/// range is declared lost or resent on a loss-free link.
+/// range is declared lost or resent on a loss-free link (but the slow path's hello,
+/// whose answer takes longer than the initial timeout).
 #[test]
 fn a_slower_path_causes_no_spurious_resends() {
     for (scheduler, weights) in [
@@ -61,10 +62,13 @@ fn a_slower_path_causes_no_spurious_resends() {
         server.set_path_weights(&weights);
         let report = run(&scenario, client, server);
         assert_eq!(report.delivered, 5000, "{report}");
-        for path in &report.paths {
-            assert_eq!(
-                (path.lost_packets, path.retransmits),
-                (0, 0),
+        // The 80 ms path's round trip (160 ms) is longer than the 100 ms timeout
+        // before the first RTT sample (docs/decisions.md): its hello is resent
+        // once, spuriously. Nothing else may be.
+        let allowed = [(0, 0), (1, 1)];
+        for (path, allowed) in report.paths.iter().zip(allowed) {
+            assert!(
+                path.lost_packets <= allowed.0 && path.retransmits <= allowed.1,
                 "{scheduler:?} {weights:?}: {report}"
             );
         }

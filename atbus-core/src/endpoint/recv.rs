@@ -1328,6 +1328,9 @@ impl Endpoint {
         if !c.is_lossy() {
             return;
         }
+        // Before the first RTT sample only timeouts of the initial guess declare
+        // losses (rtt.rs): they resend, but tell nothing of congestion and leave
+        // the window alone (in RFC 9002 a probe timeout declares nothing lost).
         // Which rule declared each datagram: the timeout's deadlines as they were
         // before this detection.
         let timed_out_at = c.in_flight.timed_out_at();
@@ -1354,7 +1357,9 @@ impl Endpoint {
                     c.stats.lost_by_rack += 1;
                 }
             }
-            c.cc.on_lost(now, range.sent_at, range.bytes);
+            if c.rtt.samples() > 0 {
+                c.cc.on_lost(now, range.sent_at, range.bytes);
+            }
         }
         c.stats.lost_packets += packets;
         if c.in_flight.began_recovery() {

@@ -371,6 +371,17 @@ impl Utilization {
         self.peak_this_round = 0;
     }
 
+    /// Whether the sender filled `window` (to within `slack` bytes) at some point
+    /// this round or the last; if not, it sent all the application offered.
+    pub(crate) fn filled(&self, window: usize, slack: usize) -> bool {
+        !self.reported
+            || self
+                .peak_this_round
+                .max(self.peak_last_round)
+                .saturating_add(slack)
+                >= window
+    }
+
     /// Whether the sender used enough of `window` for it to grow.
     pub(crate) fn window_limited(&self, window: usize) -> bool {
         !self.reported
