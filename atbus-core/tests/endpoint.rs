@@ -15,7 +15,7 @@ use atbus_core::{
     SendError, SendOptions, Timestamp, TokenAuthenticator,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, payload};
+use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, data_frame, payload};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -1599,8 +1599,7 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
 
 /// Data frames of `stream` at `offset`, one per `(data, has_more)`, in one datagram.
 fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i32) -> Bytes {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
-    let head = CachedHead::absent();
+    use atbus_proto::{CachedMessageMeta, FragmentSpec, pb};
     let meta = if flags & pb::AtbusPacketFlagType::FinishStream as i32 != 0 {
         CachedMessageMeta::new(&pb::packet_content::FragmentType {
             close_reason: Some(pb::CloseReasonData {
@@ -1622,18 +1621,7 @@ fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i
             packed: false,
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, flags, &specs)
 }
 
 const PEER_LIMIT: usize = 16 * 1024;
@@ -2724,8 +2712,7 @@ fn the_same_inputs_give_byte_identical_outputs() {
 /// A frame of empty message ends (each one offset) with `label_len` bytes of labels
 /// on the first fragment.
 fn empty_messages_frame(stream: i64, offset: u64, count: usize, label_len: usize) -> Bytes {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
-    let head = CachedHead::absent();
+    use atbus_proto::{CachedMessageMeta, FragmentSpec};
     let meta = CachedMessageMeta::new(&atbus_proto::pb::packet_content::FragmentType {
         labels: labels(&[("k", &"v".repeat(label_len))]),
         ..Default::default()
@@ -2738,18 +2725,7 @@ fn empty_messages_frame(stream: i64, offset: u64, count: usize, label_len: usize
             packed: false,
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags: 0,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, 0, &specs)
 }
 
 #[test]

@@ -13,11 +13,11 @@ use atbus_core::{
     ConnectionKind, EndpointConfig, Event, Input, OPTION_PACKED_FRAGMENTS, SendOptions,
 };
 use atbus_proto::{
-    CachedHead, CachedMessageMeta, Content, DataFrame, DecodeLimits, FRAGMENT_FLAG_PACKED,
-    FragmentSpec, decode_content, pb, put_packed_record,
+    CachedMessageMeta, DecodeLimits, FRAGMENT_FLAG_PACKED, FragmentSpec, decode_content, pb,
+    put_packed_record,
 };
-use bytes::{Bytes, BytesMut};
-use common::{DATAGRAM, Fate, Net, Pair, START, Side, config, packets, payload};
+use bytes::Bytes;
+use common::{DATAGRAM, Fate, Net, Pair, Side, config, data_frame, packets, payload};
 
 /// A configuration that packs and batches.
 fn packing(name: &str, session: u64) -> EndpointConfig {
@@ -422,25 +422,13 @@ fn packed_frame(
     has_more: bool,
     meta: &CachedMessageMeta,
 ) -> Bytes {
-    let head = CachedHead::absent();
     let specs = [FragmentSpec {
         meta: Some(meta),
         data: records,
         has_more,
         packed: true,
     }];
-    let mut buf = BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags: 0,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, 0, &specs)
 }
 
 fn records(messages: &[Bytes]) -> Vec<u8> {

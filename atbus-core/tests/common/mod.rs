@@ -17,7 +17,7 @@ use atbus_core::{
     ConnectionId, ConnectionKind, Endpoint, EndpointConfig, Event, Input, Output, PeerId,
     ReceivedMessage, Timestamp, Transmit,
 };
-use atbus_proto::{DecodeLimits, Frames, pb};
+use atbus_proto::{CachedHead, Content, DataFrame, DecodeLimits, FragmentSpec, Frames, pb};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The virtual clock starts here (never at zero: a zero timepoint means "none").
@@ -622,6 +622,24 @@ pub fn carries_ping(data: &Bytes) -> bool {
     frames(data)
         .iter()
         .any(|f| matches!(f.body, Some(pb::frame_message::Body::Ping(_))))
+}
+
+/// One data frame of `stream` at `offset` with `flags` carrying `specs`, without
+/// a head or padding and timed at [`START`], encoded as a datagram.
+pub fn data_frame(stream: i64, offset: u64, flags: i32, specs: &[FragmentSpec<'_>]) -> Bytes {
+    let head = CachedHead::absent();
+    let mut buf = BytesMut::new();
+    DataFrame {
+        head: &head,
+        stream_id: stream,
+        stream_offset: offset as i64,
+        flags,
+        padding_size: 0,
+        timepoint_microseconds: START.as_micros() as i64,
+        content: Content::Fragments(specs),
+    }
+    .encode(&mut buf);
+    buf.freeze()
 }
 
 /// A payload of `len` bytes whose content depends on `seed` (so that messages differ).
