@@ -1380,8 +1380,9 @@ fn the_delivery_budget_bounds_the_bytes_and_messages_handed_out() {
     assert_eq!(net.messages(Side::B, 1).len(), 8);
 }
 
-#[test]
-fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
+/// A pair whose server holds all delivery back (an empty budget), with three
+/// messages of 1000 bytes sent on stream 1 and acknowledged: returns them too.
+fn three_messages_held_back() -> (Net, Pair, Vec<Bytes>) {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
     net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
     let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
@@ -1389,6 +1390,20 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
         send(&mut net, Side::A, pair.a_peer, 1, m.clone());
     }
     assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    (net, pair, sent)
+}
+
+/// The index of the last [`Event::Message`] of `events`.
+fn last_message_event(events: &[&Event]) -> usize {
+    events
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }))
+        .unwrap()
+}
+
+#[test]
+fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
+    let (mut net, pair, sent) = three_messages_held_back();
     assert!(net.messages(Side::B, 1).is_empty(), "held back");
     let now = net.now;
     net.b.forget_peer(now, pair.b_peer).unwrap();
@@ -1400,10 +1415,7 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
         .iter()
         .position(|e| matches!(e, Event::PeerLost { .. }))
         .expect("PeerLost");
-    let last_message = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Message { .. }))
-        .unwrap();
+    let last_message = last_message_event(&events);
     assert!(last_message < lost, "messages before PeerLost");
 }
 
@@ -1555,13 +1567,7 @@ fn held_streams_share_the_delivery_budget_in_turn() {
 #[test]
 fn skips_wait_behind_held_messages_merged_into_one_event() {
     use atbus_proto::pb::AtbusPacketFlagType as Flag;
-    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
-    let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
-    for m in &sent {
-        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
-    }
-    assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    let (mut net, pair, sent) = three_messages_held_back();
     // Each message takes its bytes and a final marker: they end at 3003.
     for i in 0..50u64 {
         let now = net.now;
@@ -1581,10 +1587,7 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
     net.drain(Side::B);
     assert_eq!(net.payloads(Side::B, 1), sent);
     let events: Vec<&Event> = net.events(Side::B).collect();
-    let last_message = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Message { .. }))
-        .unwrap();
+    let last_message = last_message_event(&events);
     let skip = events
         .iter()
         .position(|e| matches!(e, Event::MessagesSkipped { .. }))
