@@ -15,7 +15,7 @@ use atbus_core::{
     SendError, SendOptions, Timestamp, TokenAuthenticator,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, data_frame, payload};
+use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, data_frame, feed, payload};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -1570,15 +1570,11 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
     let (mut net, pair, sent) = three_messages_held_back();
     // Each message takes its bytes and a final marker: they end at 3003.
     for i in 0..50u64 {
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data: hostile_frame(1, 3503 + i, &[], Flag::ResetOffset as i32),
-            },
+        feed(
+            &mut net,
+            &pair,
+            hostile_frame(1, 3503 + i, &[], Flag::ResetOffset as i32),
         );
-        net.drain(Side::B);
     }
     let skips =
         |net: &Net| net.count_events(Side::B, |e| matches!(e, Event::MessagesSkipped { .. }));
@@ -1686,16 +1682,7 @@ fn feed_hostile(
         if in_order && rng.chance(3) {
             flags |= Flag::FinishStream as i32;
         }
-        let data = hostile_frame(stream, offset, &fragments, flags);
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data,
-            },
-        );
-        net.drain(Side::B);
+        feed(net, pair, hostile_frame(stream, offset, &fragments, flags));
         let held = net
             .b
             .peer_info(pair.b_peer)
@@ -2741,15 +2728,7 @@ fn empty_fragments_and_their_labels_count_against_the_receive_limit() {
     for _ in 0..2000 {
         let data = empty_messages_frame(3, offset, 1, 200);
         offset += 2;
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data,
-            },
-        );
-        net.drain(Side::B);
+        feed(&mut net, &pair, data);
         let held = net.b.peer_info(pair.b_peer).unwrap().receive_buffered;
         assert!(held <= PEER_LIMIT, "peer holds {held} > {PEER_LIMIT}");
         assert!(net.b.buffered_bytes() <= PEER_LIMIT);

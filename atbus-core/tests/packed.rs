@@ -9,15 +9,13 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use atbus_core::{
-    ConnectionKind, EndpointConfig, Event, Input, OPTION_PACKED_FRAGMENTS, SendOptions,
-};
+use atbus_core::{ConnectionKind, EndpointConfig, Event, OPTION_PACKED_FRAGMENTS, SendOptions};
 use atbus_proto::{
     CachedMessageMeta, DecodeLimits, FRAGMENT_FLAG_PACKED, FragmentSpec, decode_content, pb,
     put_packed_record,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, Net, Pair, Side, config, data_frame, packets, payload};
+use common::{DATAGRAM, Fate, Net, Pair, Side, config, data_frame, feed, packets, payload};
 
 /// A configuration that packs and batches.
 fn packing(name: &str, session: u64) -> EndpointConfig {
@@ -437,18 +435,6 @@ fn records(messages: &[Bytes]) -> Vec<u8> {
         put_packed_record(&mut out, m);
     }
     out
-}
-
-fn feed(net: &mut Net, pair: &Pair, data: Bytes) {
-    let now = net.now;
-    net.b.handle_input(
-        now,
-        Input::Datagram {
-            connection: pair.b_conn,
-            data,
-        },
-    );
-    net.drain(Side::B);
 }
 
 #[test]

@@ -589,6 +589,19 @@ impl Net {
     }
 }
 
+/// Hands `data` to `B` as a datagram on the pair's connection and drains `B`.
+pub fn feed(net: &mut Net, pair: &Pair, data: Bytes) {
+    let now = net.now;
+    net.b.handle_input(
+        now,
+        Input::Datagram {
+            connection: pair.b_conn,
+            data,
+        },
+    );
+    net.drain(Side::B);
+}
+
 /// Decodes every frame of a datagram (empty if malformed).
 pub fn frames(data: &Bytes) -> Vec<pb::FrameMessage> {
     Frames::new(data.clone(), DecodeLimits::default())
