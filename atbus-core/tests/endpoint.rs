@@ -1419,6 +1419,31 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
     assert!(last_message < lost, "messages before PeerLost");
 }
 
+/// The payloads of the commands handed to `B`'s application, in order.
+fn commands_received(net: &Net) -> Vec<Bytes> {
+    net.events(Side::B)
+        .filter_map(|e| match e {
+            Event::Command { command, .. } => Some(command.payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `A` sends `sent[*next..]` as commands until one would block, moving `next` on.
+fn send_commands_until_blocked(net: &mut Net, pair: &Pair, sent: &[Bytes], next: &mut usize) {
+    let now = net.now;
+    while let Some(m) = sent.get(*next) {
+        match net
+            .a
+            .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+        {
+            Ok(()) => *next += 1,
+            Err(SendError::WouldBlock) => break,
+            Err(err) => panic!("send_command: {err}"),
+        }
+    }
+}
+
 /// Commands are events for the application too: while its queue is full they wait
 /// in the control stream's bounded window (a peer cannot grow the queue with
 /// them), count against the budget by their payload, and come out in order.
@@ -1434,23 +1459,15 @@ fn commands_wait_for_the_delivery_budget() {
             .unwrap();
     }
     net.run_for(Duration::from_secs(1));
-    let commands = |net: &Net| -> Vec<Bytes> {
-        net.events(Side::B)
-            .filter_map(|e| match e {
-                Event::Command { command, .. } => Some(command.payload.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(commands(&net).is_empty(), "held back");
+    assert!(commands_received(&net).is_empty(), "held back");
     // 100 + 100 is below 250; the third passes it.
     net.b.set_delivery_budget(bytes(250));
     net.drain(Side::B);
-    assert_eq!(commands(&net), sent[..3].to_vec());
+    assert_eq!(commands_received(&net), sent[..3].to_vec());
     assert!(net.b.delivery_budget().unwrap().is_spent());
     net.b.set_delivery_budget(None);
     net.drain(Side::B);
-    assert_eq!(commands(&net), sent);
+    assert_eq!(commands_received(&net), sent);
     assert_eq!(
         net.b.connection_info(pair.b_conn).unwrap().state,
         ConnectionState::Established
@@ -1474,17 +1491,7 @@ fn commands_past_a_held_control_window_are_flow_controlled() {
     let sent_bytes = |net: &Net| net.a.connection_info(pair.a_conn).unwrap().stats.sent_bytes;
     let mut steady_from = 0;
     for round in 0..50 {
-        let now = net.now;
-        while let Some(m) = sent.get(next) {
-            match net
-                .a
-                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
-            {
-                Ok(()) => next += 1,
-                Err(SendError::WouldBlock) => break,
-                Err(err) => panic!("send_command: {err}"),
-            }
-        }
+        send_commands_until_blocked(&mut net, &pair, &sent, &mut next);
         net.run_for(Duration::from_millis(100));
         if round == 9 {
             steady_from = sent_bytes(&net);
@@ -1496,34 +1503,16 @@ fn commands_past_a_held_control_window_are_flow_controlled() {
         steady <= 64 * 1024,
         "A sent {steady} B into a full window in 4 s"
     );
-    let commands = |net: &Net| -> Vec<Bytes> {
-        net.events(Side::B)
-            .filter_map(|e| match e {
-                Event::Command { command, .. } => Some(command.payload.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(commands(&net).is_empty());
+    assert!(commands_received(&net).is_empty());
     net.b.set_delivery_budget(None);
     for _ in 0..100 {
-        if commands(&net).len() == sent.len() {
+        if commands_received(&net).len() == sent.len() {
             break;
         }
-        let now = net.now;
-        while let Some(m) = sent.get(next) {
-            match net
-                .a
-                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
-            {
-                Ok(()) => next += 1,
-                Err(SendError::WouldBlock) => break,
-                Err(err) => panic!("send_command: {err}"),
-            }
-        }
+        send_commands_until_blocked(&mut net, &pair, &sent, &mut next);
         net.run_for(Duration::from_millis(100));
     }
-    assert_eq!(commands(&net), sent);
+    assert_eq!(commands_received(&net), sent);
 }
 
 /// A stream with more waiting than one budget does not starve the streams after
