@@ -15,7 +15,9 @@ use atbus_core::{
     SendError, SendOptions, Timestamp, TokenAuthenticator,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, data_frame, feed, payload};
+use common::{
+    DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, cut_off_stream, data_frame, feed, payload,
+};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -940,15 +942,7 @@ fn metadata_larger_than_the_mtu_is_refused_or_delivered() {
 #[test]
 fn a_stream_blocked_by_loss_does_not_hold_up_another() {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    let blocking = Arc::new(Mutex::new(true));
-    let flag = blocking.clone();
-    net.fate = Box::new(move |d| {
-        if *flag.lock().unwrap() && d.from == Side::A && common::carries_stream(d.data, 1) {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    let blocking = cut_off_stream(&mut net, 1);
     let one: Vec<Bytes> = (0..5).map(|i| payload(700, i)).collect();
     for m in &one {
         send(&mut net, Side::A, pair.a_peer, 1, m.clone());

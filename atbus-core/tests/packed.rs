@@ -15,7 +15,9 @@ use atbus_proto::{
     put_packed_record,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, Net, Pair, Side, config, data_frame, feed, packets, payload};
+use common::{
+    DATAGRAM, Fate, Net, Pair, Side, config, cut_off_stream, data_frame, feed, packets, payload,
+};
 
 /// A configuration that packs and batches.
 fn packing(name: &str, session: u64) -> EndpointConfig {
@@ -367,20 +369,9 @@ fn a_reset_across_packed_records_keeps_what_arrived() {
 /// (which carries the reset) is packed and could be handed over whole.
 #[test]
 fn a_skip_event_comes_before_the_packed_messages_after_the_gap() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let (mut net, pair) = Net::pair(packing("client", 1), packing("server", 2), DATAGRAM);
-    let blocked = Arc::new(AtomicBool::new(true));
-    let gate = blocked.clone();
-    net.fate = Box::new(move |d| {
-        // Stream 1's data and the resets the sender sends on their own.
-        let stream = packets(d.data).iter().any(|p| p.stream_id == 1);
-        if d.from == Side::A && stream && gate.load(Ordering::Relaxed) {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    // Stream 1's data and the resets the sender sends on their own.
+    let blocked = cut_off_stream(&mut net, 1);
     let lost: Vec<Bytes> = (0..3).map(|i| payload(48, i)).collect();
     let options = SendOptions {
         deadline: Some(net.now + Duration::from_millis(100)),
@@ -389,7 +380,7 @@ fn a_skip_event_comes_before_the_packed_messages_after_the_gap() {
     send_all(&mut net, &pair, 1, &lost, &options);
     net.run_for(Duration::from_millis(400));
     assert!(net.count_events(Side::A, |e| matches!(e, Event::MessagesExpired { .. })) > 0);
-    blocked.store(false, Ordering::Relaxed);
+    *blocked.lock().unwrap() = false;
     let after: Vec<Bytes> = (10..30).map(|i| payload(48, i)).collect();
     send_all(&mut net, &pair, 1, &after, &SendOptions::default());
     assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == after.len()));

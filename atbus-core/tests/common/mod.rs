@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atbus_core::{
@@ -600,6 +601,21 @@ pub fn feed(net: &mut Net, pair: &Pair, data: Bytes) {
         },
     );
     net.drain(Side::B);
+}
+
+/// Cuts `stream` off (replacing `net.fate`): while the returned switch is on,
+/// every datagram from `A` that carries data (or a reset) of `stream` is dropped.
+pub fn cut_off_stream(net: &mut Net, stream: i64) -> Arc<Mutex<bool>> {
+    let cut = Arc::new(Mutex::new(true));
+    let on = cut.clone();
+    net.fate = Box::new(move |d| {
+        if *on.lock().unwrap() && d.from == Side::A && carries_stream(d.data, stream) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    cut
 }
 
 /// Decodes every frame of a datagram (empty if malformed).
