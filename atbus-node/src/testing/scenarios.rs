@@ -65,6 +65,21 @@ fn addresses(node: &Node) -> Vec<Address> {
     node.local_addresses().to_vec()
 }
 
+/// The UDP address `node` listens on first (its first listener is a UDP one).
+fn udp_address(node: &Node) -> SocketAddr {
+    let Address::Udp(address) = addresses(node)[0] else {
+        unreachable!()
+    };
+    address
+}
+
+/// `count` plain UDP sockets on loopback, to send raw datagrams from.
+fn udp_sockets(count: usize) -> Vec<UdpSocket> {
+    (0..count)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect()
+}
+
 /// Sends `count` messages of `size` bytes from a new client to `server` over
 /// `addresses`, finishes the stream, and checks every message arrives once, in
 /// order. Returns the client (dropping it closes its connections).
@@ -468,9 +483,7 @@ pub async fn a_failed_connect_leaves_no_unix_datagram_socket_file<R: Runtime + C
 /// Malformed datagrams during a transfer are counted and dropped.
 pub async fn garbage_datagrams_are_dropped_and_the_node_keeps_serving<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0"]);
-    let Address::Udp(target) = addresses(&server)[0] else {
-        unreachable!()
-    };
+    let target = udp_address(&server);
     let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
     let flood = async {
         for i in 0..2000u32 {
@@ -677,12 +690,8 @@ pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Run
     config.max_pending_accepts = 4;
     let server = bind(&rt, config).unwrap();
     let to = addresses(&server);
-    let Address::Udp(target) = to[0] else {
-        unreachable!()
-    };
-    let flooders: Vec<_> = (0..32)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let target = udp_address(&server);
+    let flooders = udp_sockets(32);
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = {
         let stop = stop.clone();
@@ -980,9 +989,7 @@ pub async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_complete
         short(NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap())),
     )
     .unwrap();
-    let Address::Udp(target) = addresses(&server)[0] else {
-        unreachable!()
-    };
+    let target = udp_address(&server);
     let (relay, blocked) = pausable_relay(target);
     let client = bind(&rt, short(NodeConfig::new("client"))).unwrap();
     let peer = client.connect(&[Address::Udp(relay)]).await.unwrap();
@@ -1455,9 +1462,7 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
         },
         &mut ping,
     );
-    let pingers: Vec<_> = (0..8)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let pingers = udp_sockets(8);
     for pinger in &pingers {
         pinger.send_to(&ping, udp).unwrap();
     }
@@ -1517,12 +1522,8 @@ pub async fn a_udp_hello_that_never_completes_costs_no_route_lookup<R: Runtime +
     config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
     let server = bind(&rt, config).unwrap();
     let to = addresses(&server);
-    let Address::Udp(target) = to[0] else {
-        unreachable!()
-    };
-    let replayers: Vec<_> = (0..3)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let target = udp_address(&server);
+    let replayers = udp_sockets(3);
     for r in &replayers {
         r.send_to(&hello, target).unwrap();
     }
