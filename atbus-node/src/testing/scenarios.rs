@@ -534,33 +534,14 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
 /// without telling the application, which never heard of the connection (and a
 /// flood of them cannot fill its event queue).
 pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R) {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
     let server = server(&rt, &["tcp://127.0.0.1:0"]);
     let Address::Tcp(target) = addresses(&server)[0] else {
         unreachable!()
     };
-    let head = CachedHead::new(&pb::MessageHead {
-        source: "spoofed".into(),
-        ..Default::default()
-    });
-    let meta = CachedMessageMeta::new(&pb::packet_content::FragmentType::default());
-    let fragments = [FragmentSpec {
-        meta: Some(&meta),
-        data: &[],
-        has_more: false,
-        packed: false,
-    }];
-    let frame = DataFrame {
-        head: &head,
-        stream_id: -1,
-        stream_offset: 0,
-        flags: pb::AtbusPacketFlagType::FinishConnection as i32,
-        padding_size: 0,
-        timepoint_microseconds: 1,
-        content: Content::Fragments(&fragments),
-    };
-    let mut finish = bytes::BytesMut::new();
-    frame.encode(&mut finish);
+    let finish = crate::driver::control_frame(
+        "spoofed",
+        atbus_proto::pb::AtbusPacketFlagType::FinishConnection as i32,
+    );
     let mut finisher = TcpStream::connect(target).unwrap();
     finisher.write_all(&finish).unwrap();
     let closed = within(&rt, closed_by_server(finisher).recv()).await;
