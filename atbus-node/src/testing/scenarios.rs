@@ -1601,6 +1601,47 @@ fn silent_unix_peer(
     }
 }
 
+/// A dialled shm connection run by its own threads, without a driver: `queue`
+/// feeds its writer, dropping `queue` and `stop` lets go of it (as the node's
+/// close does), and `written` closes once its writers are done. `peer` reads
+/// what it writes; `files` are its rings' files. (Fields drop in the reverse
+/// order of their setup.)
+struct ThreadedShm<R: Runtime> {
+    written: async_channel::Receiver<()>,
+    queue: async_channel::Sender<Bytes>,
+    stop: async_channel::Sender<()>,
+    _net: async_channel::Receiver<crate::tasks::NetInput<R>>,
+    peer: atbus_shm::Reader,
+    files: Vec<std::path::PathBuf>,
+    _listener: atbus_shm::Reader,
+}
+
+impl<R: Runtime> ThreadedShm<R> {
+    /// Listens on shm `name`, dials it and spawns the dialled connection's threads.
+    fn dial(name: &str) -> Self {
+        let listener = crate::shm::bind(name).unwrap();
+        let link = crate::shm::dial(name).unwrap();
+        let files = link.ring_paths();
+        let peer =
+            atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
+        let (net, net_rx) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
+        let (stop, stopped) = async_channel::bounded(1);
+        let (queue, queued) = async_channel::bounded(16);
+        let (writing, written) = async_channel::bounded::<()>(1);
+        let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
+        crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+        ThreadedShm {
+            written,
+            queue,
+            stop,
+            _net: net_rx,
+            peer,
+            files,
+            _listener: listener,
+        }
+    }
+}
+
 /// A shm connection's writer thread holds the node's close until it has
 /// written the connection's last transmits and its end record: a process that
 /// exits right after `close` must not cut them off (its peer would see a lost
@@ -1609,25 +1650,16 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
     rt: R,
 ) {
     let name = shm_name("end");
-    let _listener = crate::shm::bind(&name).unwrap();
-    let link = crate::shm::dial(&name).unwrap();
-    let mut peer =
-        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
-    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
-    let (stop, stopped) = async_channel::bounded(1);
-    let (queue, queued) = async_channel::bounded(16);
-    let (writing, written) = async_channel::bounded::<()>(1);
-    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
-    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    let mut shm = ThreadedShm::<R>::dial(&name);
     for i in 0..8 {
-        queue.send(payload(i, 100)).await.unwrap();
+        shm.queue.send(payload(i, 100)).await.unwrap();
     }
     // The driver lets go of the connection (as at the node's close) and waits
     // for its writers.
-    drop((queue, stop));
-    assert!(within(&rt, written.recv()).await.is_err());
+    drop((shm.queue, shm.stop));
+    assert!(within(&rt, shm.written.recv()).await.is_err());
     let mut records = Vec::new();
-    while let Ok(Some(record)) = peer.recv_timeout(Duration::ZERO) {
+    while let Ok(Some(record)) = shm.peer.recv_timeout(Duration::ZERO) {
         records.push(record.to_vec());
     }
     assert_eq!(records.len(), 10, "hello, 8 transmits, end: {records:?}");
@@ -1641,27 +1673,17 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
 /// and the end record.
 pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runtime + Clone>(rt: R) {
     let name = shm_name("full");
-    let _listener = crate::shm::bind(&name).unwrap();
-    let link = crate::shm::dial(&name).unwrap();
-    let files = link.ring_paths();
-    let mut peer =
-        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
-    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
-    let (stop, stopped) = async_channel::bounded(1);
-    let (queue, queued) = async_channel::bounded(16);
-    let (writing, written) = async_channel::bounded::<()>(1);
-    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
-    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    let mut shm = ThreadedShm::<R>::dial(&name);
     // More than the ring holds: the writer waits on a full ring.
     let size = 16 * 1024;
-    let count = (peer.layout().ring_size as usize / size + 4) as u32;
+    let count = (shm.peer.layout().ring_size as usize / size + 4) as u32;
     for i in 0..count {
-        within(&rt, queue.send(payload(i, size))).await.unwrap();
+        within(&rt, shm.queue.send(payload(i, size))).await.unwrap();
     }
-    drop((queue, stop));
+    drop((shm.queue, shm.stop));
     // The reader thread has seen the stop once it removed the rings.
     within(&rt, async {
-        while files.iter().any(|f| f.exists()) {
+        while shm.files.iter().any(|f| f.exists()) {
             sleep(&rt, Duration::from_millis(1)).await;
         }
     })
@@ -1669,11 +1691,11 @@ pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runti
     let mut records = Vec::new();
     let start = Instant::now();
     while records.last().is_none_or(|r: &Vec<u8>| !r.is_empty()) && start.elapsed() < LIMIT {
-        if let Ok(Some(record)) = peer.recv_timeout(Duration::from_millis(10)) {
+        if let Ok(Some(record)) = shm.peer.recv_timeout(Duration::from_millis(10)) {
             records.push(record.to_vec());
         }
     }
-    assert!(within(&rt, written.recv()).await.is_err());
+    assert!(within(&rt, shm.written.recv()).await.is_err());
     // Hello, the transmits, the end record.
     assert_eq!(records.len(), count as usize + 2);
     assert!(
