@@ -15,7 +15,9 @@ use atbus_core::{
     SendError, SendOptions, Timestamp, TokenAuthenticator,
 };
 use bytes::Bytes;
-use common::{DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, payload};
+use common::{
+    DATAGRAM, Fate, MTU, Net, Pair, START, Side, config, cut_off_stream, data_frame, feed, payload,
+};
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
@@ -940,15 +942,7 @@ fn metadata_larger_than_the_mtu_is_refused_or_delivered() {
 #[test]
 fn a_stream_blocked_by_loss_does_not_hold_up_another() {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    let blocking = Arc::new(Mutex::new(true));
-    let flag = blocking.clone();
-    net.fate = Box::new(move |d| {
-        if *flag.lock().unwrap() && d.from == Side::A && common::carries_stream(d.data, 1) {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    let blocking = cut_off_stream(&mut net, 1);
     let one: Vec<Bytes> = (0..5).map(|i| payload(700, i)).collect();
     for m in &one {
         send(&mut net, Side::A, pair.a_peer, 1, m.clone());
@@ -1380,8 +1374,9 @@ fn the_delivery_budget_bounds_the_bytes_and_messages_handed_out() {
     assert_eq!(net.messages(Side::B, 1).len(), 8);
 }
 
-#[test]
-fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
+/// A pair whose server holds all delivery back (an empty budget), with three
+/// messages of 1000 bytes sent on stream 1 and acknowledged: returns them too.
+fn three_messages_held_back() -> (Net, Pair, Vec<Bytes>) {
     let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
     net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
     let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
@@ -1389,6 +1384,20 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
         send(&mut net, Side::A, pair.a_peer, 1, m.clone());
     }
     assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    (net, pair, sent)
+}
+
+/// The index of the last [`Event::Message`] of `events`.
+fn last_message_event(events: &[&Event]) -> usize {
+    events
+        .iter()
+        .rposition(|e| matches!(e, Event::Message { .. }))
+        .unwrap()
+}
+
+#[test]
+fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
+    let (mut net, pair, sent) = three_messages_held_back();
     assert!(net.messages(Side::B, 1).is_empty(), "held back");
     let now = net.now;
     net.b.forget_peer(now, pair.b_peer).unwrap();
@@ -1400,11 +1409,33 @@ fn messages_held_back_are_delivered_before_their_peer_is_dropped() {
         .iter()
         .position(|e| matches!(e, Event::PeerLost { .. }))
         .expect("PeerLost");
-    let last_message = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Message { .. }))
-        .unwrap();
+    let last_message = last_message_event(&events);
     assert!(last_message < lost, "messages before PeerLost");
+}
+
+/// The payloads of the commands handed to `B`'s application, in order.
+fn commands_received(net: &Net) -> Vec<Bytes> {
+    net.events(Side::B)
+        .filter_map(|e| match e {
+            Event::Command { command, .. } => Some(command.payload.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `A` sends `sent[*next..]` as commands until one would block, moving `next` on.
+fn send_commands_until_blocked(net: &mut Net, pair: &Pair, sent: &[Bytes], next: &mut usize) {
+    let now = net.now;
+    while let Some(m) = sent.get(*next) {
+        match net
+            .a
+            .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
+        {
+            Ok(()) => *next += 1,
+            Err(SendError::WouldBlock) => break,
+            Err(err) => panic!("send_command: {err}"),
+        }
+    }
 }
 
 /// Commands are events for the application too: while its queue is full they wait
@@ -1422,23 +1453,15 @@ fn commands_wait_for_the_delivery_budget() {
             .unwrap();
     }
     net.run_for(Duration::from_secs(1));
-    let commands = |net: &Net| -> Vec<Bytes> {
-        net.events(Side::B)
-            .filter_map(|e| match e {
-                Event::Command { command, .. } => Some(command.payload.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(commands(&net).is_empty(), "held back");
+    assert!(commands_received(&net).is_empty(), "held back");
     // 100 + 100 is below 250; the third passes it.
     net.b.set_delivery_budget(bytes(250));
     net.drain(Side::B);
-    assert_eq!(commands(&net), sent[..3].to_vec());
+    assert_eq!(commands_received(&net), sent[..3].to_vec());
     assert!(net.b.delivery_budget().unwrap().is_spent());
     net.b.set_delivery_budget(None);
     net.drain(Side::B);
-    assert_eq!(commands(&net), sent);
+    assert_eq!(commands_received(&net), sent);
     assert_eq!(
         net.b.connection_info(pair.b_conn).unwrap().state,
         ConnectionState::Established
@@ -1462,17 +1485,7 @@ fn commands_past_a_held_control_window_are_flow_controlled() {
     let sent_bytes = |net: &Net| net.a.connection_info(pair.a_conn).unwrap().stats.sent_bytes;
     let mut steady_from = 0;
     for round in 0..50 {
-        let now = net.now;
-        while let Some(m) = sent.get(next) {
-            match net
-                .a
-                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
-            {
-                Ok(()) => next += 1,
-                Err(SendError::WouldBlock) => break,
-                Err(err) => panic!("send_command: {err}"),
-            }
-        }
+        send_commands_until_blocked(&mut net, &pair, &sent, &mut next);
         net.run_for(Duration::from_millis(100));
         if round == 9 {
             steady_from = sent_bytes(&net);
@@ -1484,34 +1497,16 @@ fn commands_past_a_held_control_window_are_flow_controlled() {
         steady <= 64 * 1024,
         "A sent {steady} B into a full window in 4 s"
     );
-    let commands = |net: &Net| -> Vec<Bytes> {
-        net.events(Side::B)
-            .filter_map(|e| match e {
-                Event::Command { command, .. } => Some(command.payload.clone()),
-                _ => None,
-            })
-            .collect()
-    };
-    assert!(commands(&net).is_empty());
+    assert!(commands_received(&net).is_empty());
     net.b.set_delivery_budget(None);
     for _ in 0..100 {
-        if commands(&net).len() == sent.len() {
+        if commands_received(&net).len() == sent.len() {
             break;
         }
-        let now = net.now;
-        while let Some(m) = sent.get(next) {
-            match net
-                .a
-                .send_command(now, pair.a_peer, CommandId::User(100), m.clone())
-            {
-                Ok(()) => next += 1,
-                Err(SendError::WouldBlock) => break,
-                Err(err) => panic!("send_command: {err}"),
-            }
-        }
+        send_commands_until_blocked(&mut net, &pair, &sent, &mut next);
         net.run_for(Duration::from_millis(100));
     }
-    assert_eq!(commands(&net), sent);
+    assert_eq!(commands_received(&net), sent);
 }
 
 /// A stream with more waiting than one budget does not starve the streams after
@@ -1555,24 +1550,14 @@ fn held_streams_share_the_delivery_budget_in_turn() {
 #[test]
 fn skips_wait_behind_held_messages_merged_into_one_event() {
     use atbus_proto::pb::AtbusPacketFlagType as Flag;
-    let (mut net, pair) = Net::pair(config("client", 1), config("server", 2), DATAGRAM);
-    net.b.set_delivery_budget(Some(DeliveryBudget::NONE));
-    let sent: Vec<Bytes> = (0..3).map(|i| payload(1000, i)).collect();
-    for m in &sent {
-        send(&mut net, Side::A, pair.a_peer, 1, m.clone());
-    }
-    assert!(net.run_until(|n| n.a.peer_info(pair.a_peer).unwrap().send_buffered == 0));
+    let (mut net, pair, sent) = three_messages_held_back();
     // Each message takes its bytes and a final marker: they end at 3003.
     for i in 0..50u64 {
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data: hostile_frame(1, 3503 + i, &[], Flag::ResetOffset as i32),
-            },
+        feed(
+            &mut net,
+            &pair,
+            hostile_frame(1, 3503 + i, &[], Flag::ResetOffset as i32),
         );
-        net.drain(Side::B);
     }
     let skips =
         |net: &Net| net.count_events(Side::B, |e| matches!(e, Event::MessagesSkipped { .. }));
@@ -1581,10 +1566,7 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
     net.drain(Side::B);
     assert_eq!(net.payloads(Side::B, 1), sent);
     let events: Vec<&Event> = net.events(Side::B).collect();
-    let last_message = events
-        .iter()
-        .rposition(|e| matches!(e, Event::Message { .. }))
-        .unwrap();
+    let last_message = last_message_event(&events);
     let skip = events
         .iter()
         .position(|e| matches!(e, Event::MessagesSkipped { .. }))
@@ -1599,8 +1581,7 @@ fn skips_wait_behind_held_messages_merged_into_one_event() {
 
 /// Data frames of `stream` at `offset`, one per `(data, has_more)`, in one datagram.
 fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i32) -> Bytes {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
-    let head = CachedHead::absent();
+    use atbus_proto::{CachedMessageMeta, FragmentSpec, pb};
     let meta = if flags & pb::AtbusPacketFlagType::FinishStream as i32 != 0 {
         CachedMessageMeta::new(&pb::packet_content::FragmentType {
             close_reason: Some(pb::CloseReasonData {
@@ -1622,18 +1603,7 @@ fn hostile_frame(stream: i64, offset: u64, fragments: &[(Bytes, bool)], flags: i
             packed: false,
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, flags, &specs)
 }
 
 const PEER_LIMIT: usize = 16 * 1024;
@@ -1695,16 +1665,7 @@ fn feed_hostile(
         if in_order && rng.chance(3) {
             flags |= Flag::FinishStream as i32;
         }
-        let data = hostile_frame(stream, offset, &fragments, flags);
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data,
-            },
-        );
-        net.drain(Side::B);
+        feed(net, pair, hostile_frame(stream, offset, &fragments, flags));
         let held = net
             .b
             .peer_info(pair.b_peer)
@@ -2724,8 +2685,7 @@ fn the_same_inputs_give_byte_identical_outputs() {
 /// A frame of empty message ends (each one offset) with `label_len` bytes of labels
 /// on the first fragment.
 fn empty_messages_frame(stream: i64, offset: u64, count: usize, label_len: usize) -> Bytes {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec};
-    let head = CachedHead::absent();
+    use atbus_proto::{CachedMessageMeta, FragmentSpec};
     let meta = CachedMessageMeta::new(&atbus_proto::pb::packet_content::FragmentType {
         labels: labels(&[("k", &"v".repeat(label_len))]),
         ..Default::default()
@@ -2738,18 +2698,7 @@ fn empty_messages_frame(stream: i64, offset: u64, count: usize, label_len: usize
             packed: false,
         })
         .collect();
-    let mut buf = bytes::BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags: 0,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, 0, &specs)
 }
 
 #[test]
@@ -2762,15 +2711,7 @@ fn empty_fragments_and_their_labels_count_against_the_receive_limit() {
     for _ in 0..2000 {
         let data = empty_messages_frame(3, offset, 1, 200);
         offset += 2;
-        let now = net.now;
-        net.b.handle_input(
-            now,
-            Input::Datagram {
-                connection: pair.b_conn,
-                data,
-            },
-        );
-        net.drain(Side::B);
+        feed(&mut net, &pair, data);
         let held = net.b.peer_info(pair.b_peer).unwrap().receive_buffered;
         assert!(held <= PEER_LIMIT, "peer holds {held} > {PEER_LIMIT}");
         assert!(net.b.buffered_bytes() <= PEER_LIMIT);

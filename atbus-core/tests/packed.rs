@@ -9,15 +9,15 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use atbus_core::{
-    ConnectionKind, EndpointConfig, Event, Input, OPTION_PACKED_FRAGMENTS, SendOptions,
-};
+use atbus_core::{ConnectionKind, EndpointConfig, Event, OPTION_PACKED_FRAGMENTS, SendOptions};
 use atbus_proto::{
-    CachedHead, CachedMessageMeta, Content, DataFrame, DecodeLimits, FRAGMENT_FLAG_PACKED,
-    FragmentSpec, decode_content, pb, put_packed_record,
+    CachedMessageMeta, DecodeLimits, FRAGMENT_FLAG_PACKED, FragmentSpec, decode_content, pb,
+    put_packed_record,
 };
-use bytes::{Bytes, BytesMut};
-use common::{DATAGRAM, Fate, Net, Pair, START, Side, config, packets, payload};
+use bytes::Bytes;
+use common::{
+    DATAGRAM, Fate, Net, Pair, Side, config, cut_off_stream, data_frame, feed, packets, payload,
+};
 
 /// A configuration that packs and batches.
 fn packing(name: &str, session: u64) -> EndpointConfig {
@@ -369,20 +369,9 @@ fn a_reset_across_packed_records_keeps_what_arrived() {
 /// (which carries the reset) is packed and could be handed over whole.
 #[test]
 fn a_skip_event_comes_before_the_packed_messages_after_the_gap() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
     let (mut net, pair) = Net::pair(packing("client", 1), packing("server", 2), DATAGRAM);
-    let blocked = Arc::new(AtomicBool::new(true));
-    let gate = blocked.clone();
-    net.fate = Box::new(move |d| {
-        // Stream 1's data and the resets the sender sends on their own.
-        let stream = packets(d.data).iter().any(|p| p.stream_id == 1);
-        if d.from == Side::A && stream && gate.load(Ordering::Relaxed) {
-            Fate::Drop
-        } else {
-            Fate::Deliver
-        }
-    });
+    // Stream 1's data and the resets the sender sends on their own.
+    let blocked = cut_off_stream(&mut net, 1);
     let lost: Vec<Bytes> = (0..3).map(|i| payload(48, i)).collect();
     let options = SendOptions {
         deadline: Some(net.now + Duration::from_millis(100)),
@@ -391,7 +380,7 @@ fn a_skip_event_comes_before_the_packed_messages_after_the_gap() {
     send_all(&mut net, &pair, 1, &lost, &options);
     net.run_for(Duration::from_millis(400));
     assert!(net.count_events(Side::A, |e| matches!(e, Event::MessagesExpired { .. })) > 0);
-    blocked.store(false, Ordering::Relaxed);
+    *blocked.lock().unwrap() = false;
     let after: Vec<Bytes> = (10..30).map(|i| payload(48, i)).collect();
     send_all(&mut net, &pair, 1, &after, &SendOptions::default());
     assert!(net.run_until(|n| n.payloads(Side::B, 1).len() == after.len()));
@@ -422,25 +411,13 @@ fn packed_frame(
     has_more: bool,
     meta: &CachedMessageMeta,
 ) -> Bytes {
-    let head = CachedHead::absent();
     let specs = [FragmentSpec {
         meta: Some(meta),
         data: records,
         has_more,
         packed: true,
     }];
-    let mut buf = BytesMut::new();
-    DataFrame {
-        head: &head,
-        stream_id: stream,
-        stream_offset: offset as i64,
-        flags: 0,
-        padding_size: 0,
-        timepoint_microseconds: START.as_micros() as i64,
-        content: Content::Fragments(&specs),
-    }
-    .encode(&mut buf);
-    buf.freeze()
+    data_frame(stream, offset, 0, &specs)
 }
 
 fn records(messages: &[Bytes]) -> Vec<u8> {
@@ -449,18 +426,6 @@ fn records(messages: &[Bytes]) -> Vec<u8> {
         put_packed_record(&mut out, m);
     }
     out
-}
-
-fn feed(net: &mut Net, pair: &Pair, data: Bytes) {
-    let now = net.now;
-    net.b.handle_input(
-        now,
-        Input::Datagram {
-            connection: pair.b_conn,
-            data,
-        },
-    );
-    net.drain(Side::B);
 }
 
 #[test]

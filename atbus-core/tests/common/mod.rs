@@ -11,13 +11,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atbus_core::{
     ConnectionId, ConnectionKind, Endpoint, EndpointConfig, Event, Input, Output, PeerId,
     ReceivedMessage, Timestamp, Transmit,
 };
-use atbus_proto::{DecodeLimits, Frames, pb};
+use atbus_proto::{CachedHead, Content, DataFrame, DecodeLimits, FragmentSpec, Frames, pb};
 use bytes::{BufMut, Bytes, BytesMut};
 
 /// The virtual clock starts here (never at zero: a zero timepoint means "none").
@@ -589,6 +590,34 @@ impl Net {
     }
 }
 
+/// Hands `data` to `B` as a datagram on the pair's connection and drains `B`.
+pub fn feed(net: &mut Net, pair: &Pair, data: Bytes) {
+    let now = net.now;
+    net.b.handle_input(
+        now,
+        Input::Datagram {
+            connection: pair.b_conn,
+            data,
+        },
+    );
+    net.drain(Side::B);
+}
+
+/// Cuts `stream` off (replacing `net.fate`): while the returned switch is on,
+/// every datagram from `A` that carries data (or a reset) of `stream` is dropped.
+pub fn cut_off_stream(net: &mut Net, stream: i64) -> Arc<Mutex<bool>> {
+    let cut = Arc::new(Mutex::new(true));
+    let on = cut.clone();
+    net.fate = Box::new(move |d| {
+        if *on.lock().unwrap() && d.from == Side::A && carries_stream(d.data, stream) {
+            Fate::Drop
+        } else {
+            Fate::Deliver
+        }
+    });
+    cut
+}
+
 /// Decodes every frame of a datagram (empty if malformed).
 pub fn frames(data: &Bytes) -> Vec<pb::FrameMessage> {
     Frames::new(data.clone(), DecodeLimits::default())
@@ -622,6 +651,24 @@ pub fn carries_ping(data: &Bytes) -> bool {
     frames(data)
         .iter()
         .any(|f| matches!(f.body, Some(pb::frame_message::Body::Ping(_))))
+}
+
+/// One data frame of `stream` at `offset` with `flags` carrying `specs`, without
+/// a head or padding and timed at [`START`], encoded as a datagram.
+pub fn data_frame(stream: i64, offset: u64, flags: i32, specs: &[FragmentSpec<'_>]) -> Bytes {
+    let head = CachedHead::absent();
+    let mut buf = BytesMut::new();
+    DataFrame {
+        head: &head,
+        stream_id: stream,
+        stream_offset: offset as i64,
+        flags,
+        padding_size: 0,
+        timepoint_microseconds: START.as_micros() as i64,
+        content: Content::Fragments(specs),
+    }
+    .encode(&mut buf);
+    buf.freeze()
 }
 
 /// A payload of `len` bytes whose content depends on `seed` (so that messages differ).

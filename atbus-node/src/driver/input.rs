@@ -744,37 +744,41 @@ fn starts_a_connection(data: &Bytes, limits: &atbus_proto::DecodeLimits) -> bool
     })
 }
 
+/// A hand-built frame on the control stream (-1) from a node named `source`, with
+/// `flags` and one empty data fragment: what a peer (or a spoofer) sends, for
+/// tests.
+#[cfg(any(test, feature = "testing"))]
+pub(crate) fn control_frame(source: &str, flags: i32) -> Bytes {
+    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
+    let head = CachedHead::new(&pb::MessageHead {
+        source: source.into(),
+        ..Default::default()
+    });
+    let meta = CachedMessageMeta::of_type(pb::AtbusPacketType::Data as i32);
+    let fragments = [FragmentSpec {
+        meta: Some(&meta),
+        data: &[],
+        has_more: false,
+        packed: false,
+    }];
+    let frame = DataFrame {
+        head: &head,
+        stream_id: -1,
+        stream_offset: 0,
+        flags,
+        padding_size: 0,
+        timepoint_microseconds: 1,
+        content: Content::Fragments(&fragments),
+    };
+    let mut buf = bytes::BytesMut::new();
+    frame.encode(&mut buf);
+    buf.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
-    use bytes::BytesMut;
-
-    fn control_frame(flags: i32) -> Bytes {
-        let head = CachedHead::new(&pb::MessageHead {
-            source: "a".into(),
-            ..Default::default()
-        });
-        let meta = CachedMessageMeta::of_type(pb::AtbusPacketType::Data as i32);
-        let fragments = [FragmentSpec {
-            meta: Some(&meta),
-            data: &[],
-            has_more: false,
-            packed: false,
-        }];
-        let frame = DataFrame {
-            head: &head,
-            stream_id: -1,
-            stream_offset: 0,
-            flags,
-            padding_size: 0,
-            timepoint_microseconds: 1,
-            content: Content::Fragments(&fragments),
-        };
-        let mut buf = BytesMut::new();
-        frame.encode(&mut buf);
-        buf.freeze()
-    }
+    use atbus_proto::pb;
 
     #[test]
     fn only_handshaking_accepts_are_evictable() {
@@ -812,8 +816,8 @@ mod tests {
     #[test]
     fn a_finish_connection_frame_does_not_open_a_connection() {
         let limits = atbus_proto::DecodeLimits::default();
-        assert!(starts_a_connection(&control_frame(0), &limits));
+        assert!(starts_a_connection(&control_frame("a", 0), &limits));
         let finish = pb::AtbusPacketFlagType::FinishConnection as i32;
-        assert!(!starts_a_connection(&control_frame(finish), &limits));
+        assert!(!starts_a_connection(&control_frame("a", finish), &limits));
     }
 }

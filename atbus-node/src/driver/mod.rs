@@ -25,6 +25,8 @@ mod output;
 
 use bind::BoundSocket;
 pub(crate) use bind::{Bound, bind_all};
+#[cfg(feature = "testing")]
+pub(crate) use input::control_frame;
 
 /// Timestamps start one second after the node's start: a timepoint of 0 means
 /// "absent" on the wire.

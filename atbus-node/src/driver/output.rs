@@ -241,12 +241,7 @@ impl<R: Runtime> Driver<R> {
     /// the end of this drain, for a restarted node's new peer to take over
     /// ([`Driver::adopt_orphans`]), and released then.
     fn on_peer_lost(&mut self, peer: PeerId) {
-        let ids: Vec<u64> = self
-            .dialed
-            .iter()
-            .filter(|(_, p)| p.peer == peer)
-            .map(|(&id, _)| id)
-            .collect();
+        let ids = self.dialed_ids_of(peer);
         for id in ids {
             let now_serves = self.dialed[&id]
                 .connection
@@ -296,14 +291,18 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
-    /// Drops every dialled path to `peer` with what it holds.
-    pub(super) fn release_paths_of(&mut self, peer: PeerId) {
-        let ids: Vec<u64> = self
-            .dialed
+    /// The ids of the dialled paths to `peer`.
+    fn dialed_ids_of(&self, peer: PeerId) -> Vec<u64> {
+        self.dialed
             .iter()
             .filter(|(_, p)| p.peer == peer)
             .map(|(&id, _)| id)
-            .collect();
+            .collect()
+    }
+
+    /// Drops every dialled path to `peer` with what it holds.
+    pub(super) fn release_paths_of(&mut self, peer: PeerId) {
+        let ids = self.dialed_ids_of(peer);
         for id in ids {
             self.release_path(id);
         }

@@ -65,6 +65,21 @@ fn addresses(node: &Node) -> Vec<Address> {
     node.local_addresses().to_vec()
 }
 
+/// The UDP address `node` listens on first (its first listener is a UDP one).
+fn udp_address(node: &Node) -> SocketAddr {
+    let Address::Udp(address) = addresses(node)[0] else {
+        unreachable!()
+    };
+    address
+}
+
+/// `count` plain UDP sockets on loopback, to send raw datagrams from.
+fn udp_sockets(count: usize) -> Vec<UdpSocket> {
+    (0..count)
+        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect()
+}
+
 /// Sends `count` messages of `size` bytes from a new client to `server` over
 /// `addresses`, finishes the stream, and checks every message arrives once, in
 /// order. Returns the client (dropping it closes its connections).
@@ -468,9 +483,7 @@ pub async fn a_failed_connect_leaves_no_unix_datagram_socket_file<R: Runtime + C
 /// Malformed datagrams during a transfer are counted and dropped.
 pub async fn garbage_datagrams_are_dropped_and_the_node_keeps_serving<R: Runtime + Clone>(rt: R) {
     let server = server(&rt, &["udp://127.0.0.1:0"]);
-    let Address::Udp(target) = addresses(&server)[0] else {
-        unreachable!()
-    };
+    let target = udp_address(&server);
     let garbage = UdpSocket::bind("127.0.0.1:0").unwrap();
     let flood = async {
         for i in 0..2000u32 {
@@ -521,33 +534,14 @@ pub async fn truncated_and_oversized_frames_on_tcp_close_only_that_connection<
 /// without telling the application, which never heard of the connection (and a
 /// flood of them cannot fill its event queue).
 pub async fn a_finish_before_any_hello_closes_silently<R: Runtime + Clone>(rt: R) {
-    use atbus_proto::{CachedHead, CachedMessageMeta, Content, DataFrame, FragmentSpec, pb};
     let server = server(&rt, &["tcp://127.0.0.1:0"]);
     let Address::Tcp(target) = addresses(&server)[0] else {
         unreachable!()
     };
-    let head = CachedHead::new(&pb::MessageHead {
-        source: "spoofed".into(),
-        ..Default::default()
-    });
-    let meta = CachedMessageMeta::new(&pb::packet_content::FragmentType::default());
-    let fragments = [FragmentSpec {
-        meta: Some(&meta),
-        data: &[],
-        has_more: false,
-        packed: false,
-    }];
-    let frame = DataFrame {
-        head: &head,
-        stream_id: -1,
-        stream_offset: 0,
-        flags: pb::AtbusPacketFlagType::FinishConnection as i32,
-        padding_size: 0,
-        timepoint_microseconds: 1,
-        content: Content::Fragments(&fragments),
-    };
-    let mut finish = bytes::BytesMut::new();
-    frame.encode(&mut finish);
+    let finish = crate::driver::control_frame(
+        "spoofed",
+        atbus_proto::pb::AtbusPacketFlagType::FinishConnection as i32,
+    );
     let mut finisher = TcpStream::connect(target).unwrap();
     finisher.write_all(&finish).unwrap();
     let closed = within(&rt, closed_by_server(finisher).recv()).await;
@@ -677,12 +671,8 @@ pub async fn a_garbage_flood_from_many_ports_cannot_hold_the_accept_slots<R: Run
     config.max_pending_accepts = 4;
     let server = bind(&rt, config).unwrap();
     let to = addresses(&server);
-    let Address::Udp(target) = to[0] else {
-        unreachable!()
-    };
-    let flooders: Vec<_> = (0..32)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let target = udp_address(&server);
+    let flooders = udp_sockets(32);
     let stop = Arc::new(AtomicBool::new(false));
     let flooding = {
         let stop = stop.clone();
@@ -980,9 +970,7 @@ pub async fn a_udp_path_closed_by_an_outage_is_renewed_and_the_transfer_complete
         short(NodeConfig::new("server").listen("udp://127.0.0.1:0".parse().unwrap())),
     )
     .unwrap();
-    let Address::Udp(target) = addresses(&server)[0] else {
-        unreachable!()
-    };
+    let target = udp_address(&server);
     let (relay, blocked) = pausable_relay(target);
     let client = bind(&rt, short(NodeConfig::new("client"))).unwrap();
     let peer = client.connect(&[Address::Udp(relay)]).await.unwrap();
@@ -1455,9 +1443,7 @@ pub async fn cheap_input_cannot_hold_the_pending_accept_slots<R: Runtime + Clone
         },
         &mut ping,
     );
-    let pingers: Vec<_> = (0..8)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let pingers = udp_sockets(8);
     for pinger in &pingers {
         pinger.send_to(&ping, udp).unwrap();
     }
@@ -1517,12 +1503,8 @@ pub async fn a_udp_hello_that_never_completes_costs_no_route_lookup<R: Runtime +
     config.accept_tokens = Some(vec![Bytes::from_static(b"secret")]);
     let server = bind(&rt, config).unwrap();
     let to = addresses(&server);
-    let Address::Udp(target) = to[0] else {
-        unreachable!()
-    };
-    let replayers: Vec<_> = (0..3)
-        .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let target = udp_address(&server);
+    let replayers = udp_sockets(3);
     for r in &replayers {
         r.send_to(&hello, target).unwrap();
     }
@@ -1619,6 +1601,47 @@ fn silent_unix_peer(
     }
 }
 
+/// A dialled shm connection run by its own threads, without a driver: `queue`
+/// feeds its writer, dropping `queue` and `stop` lets go of it (as the node's
+/// close does), and `written` closes once its writers are done. `peer` reads
+/// what it writes; `files` are its rings' files. (Fields drop in the reverse
+/// order of their setup.)
+struct ThreadedShm<R: Runtime> {
+    written: async_channel::Receiver<()>,
+    queue: async_channel::Sender<Bytes>,
+    stop: async_channel::Sender<()>,
+    _net: async_channel::Receiver<crate::tasks::NetInput<R>>,
+    peer: atbus_shm::Reader,
+    files: Vec<std::path::PathBuf>,
+    _listener: atbus_shm::Reader,
+}
+
+impl<R: Runtime> ThreadedShm<R> {
+    /// Listens on shm `name`, dials it and spawns the dialled connection's threads.
+    fn dial(name: &str) -> Self {
+        let listener = crate::shm::bind(name).unwrap();
+        let link = crate::shm::dial(name).unwrap();
+        let files = link.ring_paths();
+        let peer =
+            atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
+        let (net, net_rx) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
+        let (stop, stopped) = async_channel::bounded(1);
+        let (queue, queued) = async_channel::bounded(16);
+        let (writing, written) = async_channel::bounded::<()>(1);
+        let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
+        crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+        ThreadedShm {
+            written,
+            queue,
+            stop,
+            _net: net_rx,
+            peer,
+            files,
+            _listener: listener,
+        }
+    }
+}
+
 /// A shm connection's writer thread holds the node's close until it has
 /// written the connection's last transmits and its end record: a process that
 /// exits right after `close` must not cut them off (its peer would see a lost
@@ -1627,25 +1650,16 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
     rt: R,
 ) {
     let name = shm_name("end");
-    let _listener = crate::shm::bind(&name).unwrap();
-    let link = crate::shm::dial(&name).unwrap();
-    let mut peer =
-        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
-    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
-    let (stop, stopped) = async_channel::bounded(1);
-    let (queue, queued) = async_channel::bounded(16);
-    let (writing, written) = async_channel::bounded::<()>(1);
-    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
-    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    let mut shm = ThreadedShm::<R>::dial(&name);
     for i in 0..8 {
-        queue.send(payload(i, 100)).await.unwrap();
+        shm.queue.send(payload(i, 100)).await.unwrap();
     }
     // The driver lets go of the connection (as at the node's close) and waits
     // for its writers.
-    drop((queue, stop));
-    assert!(within(&rt, written.recv()).await.is_err());
+    drop((shm.queue, shm.stop));
+    assert!(within(&rt, shm.written.recv()).await.is_err());
     let mut records = Vec::new();
-    while let Ok(Some(record)) = peer.recv_timeout(Duration::ZERO) {
+    while let Ok(Some(record)) = shm.peer.recv_timeout(Duration::ZERO) {
         records.push(record.to_vec());
     }
     assert_eq!(records.len(), 10, "hello, 8 transmits, end: {records:?}");
@@ -1659,27 +1673,17 @@ pub async fn a_shm_writer_holds_the_close_until_its_end_record_is_written<R: Run
 /// and the end record.
 pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runtime + Clone>(rt: R) {
     let name = shm_name("full");
-    let _listener = crate::shm::bind(&name).unwrap();
-    let link = crate::shm::dial(&name).unwrap();
-    let files = link.ring_paths();
-    let mut peer =
-        atbus_shm::Reader::open(link.outgoing_ring(), crate::shm::reader_config()).unwrap();
-    let (net, _net) = async_channel::unbounded::<crate::tasks::NetInput<R>>();
-    let (stop, stopped) = async_channel::bounded(1);
-    let (queue, queued) = async_channel::bounded(16);
-    let (writing, written) = async_channel::bounded::<()>(1);
-    let budget = Arc::new(crate::budget::InputBudget::new(usize::MAX));
-    crate::shm::spawn_connection(link, 0, net, budget, stopped, queued, Some(writing)).unwrap();
+    let mut shm = ThreadedShm::<R>::dial(&name);
     // More than the ring holds: the writer waits on a full ring.
     let size = 16 * 1024;
-    let count = (peer.layout().ring_size as usize / size + 4) as u32;
+    let count = (shm.peer.layout().ring_size as usize / size + 4) as u32;
     for i in 0..count {
-        within(&rt, queue.send(payload(i, size))).await.unwrap();
+        within(&rt, shm.queue.send(payload(i, size))).await.unwrap();
     }
-    drop((queue, stop));
+    drop((shm.queue, shm.stop));
     // The reader thread has seen the stop once it removed the rings.
     within(&rt, async {
-        while files.iter().any(|f| f.exists()) {
+        while shm.files.iter().any(|f| f.exists()) {
             sleep(&rt, Duration::from_millis(1)).await;
         }
     })
@@ -1687,11 +1691,11 @@ pub async fn a_shm_writer_waits_on_a_full_ring_after_its_reader_stopped<R: Runti
     let mut records = Vec::new();
     let start = Instant::now();
     while records.last().is_none_or(|r: &Vec<u8>| !r.is_empty()) && start.elapsed() < LIMIT {
-        if let Ok(Some(record)) = peer.recv_timeout(Duration::from_millis(10)) {
+        if let Ok(Some(record)) = shm.peer.recv_timeout(Duration::from_millis(10)) {
             records.push(record.to_vec());
         }
     }
-    assert!(within(&rt, written.recv()).await.is_err());
+    assert!(within(&rt, shm.written.recv()).await.is_err());
     // Hello, the transmits, the end record.
     assert_eq!(records.len(), count as usize + 2);
     assert!(
