@@ -88,7 +88,9 @@ pub struct NodeConfig {
     /// received messages wait in their streams' receive windows and the peers are
     /// flow-controlled by them, while the node goes on reading its sockets
     /// (acknowledgements, handshakes, commands). Events other than messages are
-    /// not held back and may pass it.
+    /// not held back and may pass it. Default 65,536: room for several packed
+    /// frames of small messages while the application works on a batch (see
+    /// docs/adapters.md, "Flow control and memory bounds").
     pub event_capacity: usize,
     /// Payload bytes of the messages held for the application (default 64 MiB):
     /// delivery is held back at this bound like at
@@ -133,7 +135,7 @@ impl NodeConfig {
             udp_pmtud: Some(PmtudConfig::default()),
             udp_pmtud_ceiling: UdpPmtudCeiling::default(),
             max_pending_accepts: 256,
-            event_capacity: 4096,
+            event_capacity: 65536,
             event_bytes: 64 * 1024 * 1024,
             input_bytes: 16 * 1024 * 1024,
             write_queue: 256,

@@ -406,15 +406,17 @@ impl Endpoint {
                         let bytes = records.data().len();
                         // Not in a frame that reset the stream: the skip it
                         // reports (from `deliver`) comes before what follows the gap.
-                        let fits = !resets
-                            && room.is_none_or(|(b, m)| records.messages() <= m && bytes <= b);
+                        // While the budget is not spent: a packed fragment (at most
+                        // `max_fragments` records, one frame's bytes) may pass what is
+                        // left of it, like one large message may.
+                        let fits = !resets && room.is_none_or(|(b, m)| b > 0 && m > 0);
                         if fits
                             && records.largest() as u64 <= max_message
                             && asm.take_in_order(cursor, records.span())
                         {
                             if let Some((b, m)) = room.as_mut() {
-                                *b -= bytes;
-                                *m -= records.messages();
+                                *b = b.saturating_sub(bytes);
+                                *m = m.saturating_sub(records.messages());
                             }
                             cursor += records.span();
                             run_end = Some(cursor);
