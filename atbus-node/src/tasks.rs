@@ -348,11 +348,15 @@ pub(crate) async fn dial<R: Runtime>(
         }
         Address::UnixDatagram(path) => {
             let own = client_unix_path(path);
-            let bound = std::os::unix::net::UnixDatagram::bind(&own);
-            // From here on the file goes whenever the result is dropped.
+            // A bind that failed created no file (it may be someone else's): the
+            // guard is taken only once the file is ours, and from then on the
+            // file goes whenever the result is dropped.
+            let bound =
+                std::os::unix::net::UnixDatagram::bind(&own).map_err(|err| fail(&address, err))?;
             let own = crate::driver::OwnSocketFile::new(own);
             let socket = bound
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .set_nonblocking(true)
+                .map(|()| bound)
                 .inspect(|s| {
                     crate::udp::grow_buffers(s, crate::udp::SOCKET_BUFFER);
                 })

@@ -59,6 +59,9 @@ struct DatagramSlot<R: Runtime> {
     queue: VecDeque<(Remote, Bytes)>,
     /// Bytes in `queue`.
     queue_bytes: usize,
+    /// The Unix remote that would block in the last flush (see
+    /// [`DatagramSlot::flush`]).
+    blocked: Option<Remote>,
     _stop: async_channel::Sender<()>,
 }
 
@@ -99,13 +102,20 @@ impl<R: Runtime> DatagramSlot<R> {
     /// waits. A Unix datagram socket answers "would block" both when its own send
     /// buffer is full (every datagram is charged to it until read) and when the
     /// one receiver's queue is full. After the first "would block" that remote is
-    /// skipped for the rest of the flush, and up to `keep_blocked` of its
-    /// datagrams wait for the next one (the rest are dropped: a receiver that
-    /// does not read holds no more of the queue than that); the other remotes go
-    /// on. A second remote that would block too means the socket itself is full:
-    /// writing stops and the rest waits, as for UDP.
+    /// skipped for the rest of the flush and its datagrams wait for the next one;
+    /// if it would block in the next flush as well, only `keep_blocked` of them
+    /// wait and the rest are dropped (a receiver that does not read holds no more
+    /// of the queue than that, while a short stall of the socket itself loses
+    /// nothing); the other remotes go on. A second remote that would block too
+    /// means the socket itself is full: writing stops and the rest waits, as for
+    /// UDP.
     fn flush(&mut self, keep_blocked: usize) -> (u64, u64) {
-        let outcome = flush_datagrams(&*self.socket, &mut self.queue, keep_blocked);
+        let outcome = flush_datagrams(
+            &*self.socket,
+            &mut self.queue,
+            keep_blocked,
+            &mut self.blocked,
+        );
         self.queue_bytes = self.queue.iter().map(|(_, d)| d.len()).sum();
         outcome
     }
@@ -118,21 +128,26 @@ fn keep_blocked(write_queue: usize) -> usize {
     (write_queue / 2).max(1)
 }
 
-/// [`DatagramSlot::flush`] of `queue` on `socket`.
+/// [`DatagramSlot::flush`] of `queue` on `socket`; `last_blocked` is the Unix
+/// remote that would block in the previous flush, and becomes this one's.
 fn flush_datagrams<S: DatagramSocket>(
     socket: &S,
     queue: &mut VecDeque<(Remote, Bytes)>,
     keep_blocked: usize,
+    last_blocked: &mut Option<Remote>,
 ) -> (u64, u64) {
     let mut errors = 0;
     let mut dropped = 0;
     let max_segments = socket.max_segments();
     let mut blocked: Option<Remote> = None;
+    // How many of the blocked remote's datagrams wait: all of them the first
+    // time it would block, `keep_blocked` once it would block twice in a row.
+    let mut keep = usize::MAX;
     let mut kept = VecDeque::new();
     while let Some((remote, first)) = queue.front() {
         if blocked.as_ref() == Some(remote) {
             let datagram = queue.pop_front();
-            if kept.len() < keep_blocked {
+            if kept.len() < keep {
                 kept.extend(datagram);
             } else {
                 dropped += 1;
@@ -167,7 +182,10 @@ fn flush_datagrams<S: DatagramSocket>(
                 if !matches!(remote, Remote::Unix(_)) || blocked.is_some() {
                     break;
                 }
-                // Kept (or dropped past `keep_blocked`) by the next turn.
+                // Kept (or dropped past `keep`) by the next turn.
+                if last_blocked.as_ref() == Some(remote) {
+                    keep = keep_blocked;
+                }
                 blocked = Some(remote.clone());
                 continue;
             }
@@ -181,6 +199,7 @@ fn flush_datagrams<S: DatagramSocket>(
     while let Some(datagram) = kept.pop_back() {
         queue.push_front(datagram);
     }
+    *last_blocked = blocked;
     (errors, dropped)
 }
 
@@ -670,6 +689,7 @@ impl<R: Runtime> Driver<R> {
                 mtu,
                 queue: VecDeque::new(),
                 queue_bytes: 0,
+                blocked: None,
                 _stop: stop,
             },
         );
@@ -826,8 +846,20 @@ mod tests {
             sent: Mutex::new(Vec::new()),
         };
         let mut queue = queue_of(&[&slow, &fast], 12);
-        // The slow receiver keeps 4 of its 6 datagrams; the fast one gets all 6.
-        assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 2));
+        let mut last_blocked = None;
+        // The fast receiver gets all 6; the slow one keeps its 6 the first time
+        // it would block...
+        assert_eq!(
+            flush_datagrams(&socket, &mut queue, 4, &mut last_blocked),
+            (0, 0)
+        );
+        assert_eq!(queue.len(), 6);
+        assert_eq!(last_blocked, Some(slow.clone()));
+        // ... and 4 of them once it would block again.
+        assert_eq!(
+            flush_datagrams(&socket, &mut queue, 4, &mut last_blocked),
+            (0, 2)
+        );
         let sent = socket.sent.lock().unwrap().clone();
         assert_eq!(
             sent.iter().map(|s| s.1).collect::<Vec<_>>(),
@@ -847,9 +879,39 @@ mod tests {
         };
         let mut queue = queue_of(&[&a, &b], 10);
         // 3 go; then `b` and `a` would block: the socket is full, nothing is lost.
-        assert_eq!(flush_datagrams(&socket, &mut queue, 4), (0, 0));
+        assert_eq!(flush_datagrams(&socket, &mut queue, 4, &mut None), (0, 0));
         let left: Vec<_> = queue.iter().map(|(_, d)| d[0]).collect();
         assert_eq!(left, [3, 4, 5, 6, 7, 8, 9]);
+    }
+
+    /// (From review) one peer on the socket, whose own send buffer is full for
+    /// a moment: its datagrams wait, none is dropped for a single stall.
+    #[test]
+    fn a_single_unix_peer_stalled_once_loses_nothing() {
+        let a = unix("a");
+        let socket = FakeSocket {
+            full: Vec::new(),
+            room: Mutex::new(3),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut queue = queue_of(&[&a], 12);
+        let mut last_blocked = None;
+        assert_eq!(
+            flush_datagrams(&socket, &mut queue, 4, &mut last_blocked),
+            (0, 0)
+        );
+        let left: Vec<_> = queue.iter().map(|(_, d)| d[0]).collect();
+        assert_eq!(left, (3..12).collect::<Vec<u8>>());
+        // Room again: everything left goes, in order.
+        *socket.room.lock().unwrap() = usize::MAX;
+        assert_eq!(
+            flush_datagrams(&socket, &mut queue, 4, &mut last_blocked),
+            (0, 0)
+        );
+        assert!(queue.is_empty());
+        assert_eq!(last_blocked, None);
+        let sent: Vec<u8> = socket.sent.lock().unwrap().iter().map(|s| s.1).collect();
+        assert_eq!(sent, (0..12).collect::<Vec<u8>>());
     }
 
     #[test]
