@@ -161,11 +161,18 @@ impl<R: Runtime> Driver<R> {
                 reason,
                 by_peer,
             } => {
-                // A discarded accept, or one the remote closed before any
-                // handshake bound a peer (a FINISH_CONNECTION, possibly spoofed,
-                // on a stream that never sent a hello): the application never
-                // heard of it, so it hears nothing of its close either.
-                let unannounced = peer.is_none() && *by_peer;
+                // A discarded accept, one the remote closed before any handshake
+                // bound a peer (a FINISH_CONNECTION, possibly spoofed, on a stream
+                // that never sent a hello), or an accept closed here before its
+                // handshake completed (a hello refused for its token, a handshake
+                // that timed out: one per spoofed datagram otherwise): the
+                // application never heard of it, so it hears nothing of its close
+                // either.
+                let accepted = self
+                    .conns
+                    .get(connection)
+                    .is_some_and(|c| c.dialed.is_none());
+                let unannounced = peer.is_none() && (*by_peer || accepted);
                 if self.discarded.remove(connection) || unannounced {
                     self.pending_accepts.remove(connection);
                     // A stream's slot (its socket and tasks) still goes.

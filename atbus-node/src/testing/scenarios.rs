@@ -950,7 +950,23 @@ pub async fn a_peer_without_the_right_token_is_rejected_clearly<R: Runtime + Clo
     let mut right = NodeConfig::new("client");
     right.endpoint.token = Bytes::from_static(b"secret");
     let client = bind(&rt, right).unwrap();
-    client.connect(&addresses(&server)).await.unwrap();
+    let peer = client.connect(&addresses(&server)).await.unwrap();
+    // The server's application hears of the client, not of the refused
+    // intruder (it never heard of it connecting; a flood of refused hellos would
+    // otherwise be one event each).
+    client
+        .send(peer, 1, Bytes::from_static(b"hi"), SendOptions::default())
+        .await
+        .unwrap();
+    loop {
+        match within(&rt, server.recv()).await.expect("an event") {
+            Event::ConnectionClosed { peer: None, .. } => {
+                panic!("the refused intruder's close reached the application")
+            }
+            Event::Message { .. } | Event::Messages { .. } => break,
+            _ => {}
+        }
+    }
 }
 
 /// A 900 ms outage closes the UDP path (idle timeout 400 ms); it is renewed and
